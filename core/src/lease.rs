@@ -322,7 +322,13 @@ mod tests {
 
     #[test]
     fn garbage_value_is_an_error_not_a_panic() {
-        for v in [&b"not json"[..], b"{}", b"{\"PublicIP\":7}", b"\xff\xfe", b""] {
+        for v in [
+            &b"not json"[..],
+            b"{}",
+            b"{\"PublicIP\":7}",
+            b"\xff\xfe",
+            b"",
+        ] {
             assert!(LeaseAttrs::decode("k", v).is_err());
         }
     }

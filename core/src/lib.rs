@@ -12,11 +12,14 @@
 pub mod allocator;
 pub mod config;
 pub mod lease;
+pub mod lease_table;
+pub mod node;
 pub mod router;
 pub mod store;
 pub mod subnet;
 pub mod subnet_env;
 pub mod time;
+pub mod timer;
 
 pub use config::NetworkConfig;
 pub use time::Timestamp;
