@@ -117,7 +117,10 @@ pub struct Node {
     next_op: OpId,
     listing_op: Option<OpId>,
     alloc_op: Option<OpId>,
+    /// A watch is running (as far as we know).
     watching: bool,
+    /// A listing failed and must be retried when the retry timer fires.
+    relist_on_retry: bool,
     store_retries: u32,
     retry_min: Duration,
     retry_max: Duration,
@@ -141,6 +144,7 @@ impl Node {
             listing_op: None,
             alloc_op: None,
             watching: false,
+            relist_on_retry: false,
             store_retries: 0,
             retry_min,
             retry_max,
@@ -272,10 +276,12 @@ impl Node {
     }
 
     fn resume_store(&mut self) {
-        if !self.table.is_synced() || !self.watching {
-            self.watching = false;
+        if self.relist_on_retry || !self.table.is_synced() {
+            self.relist_on_retry = false;
+            // The watch, if broken too, restarts from the listing's revision.
             self.list();
-        } else {
+        } else if !self.watching {
+            self.watching = true;
             let from = self.table.revision() + 1;
             let prefix = self.subnets_prefix.clone();
             self.push_op(StoreOp::Watch { prefix, from });
@@ -308,9 +314,13 @@ impl Node {
                 Ok(StoreOutput::Listing(listing)) => self.apply_listing(&listing, now),
                 Ok(StoreOutput::Entry(_)) => {
                     let error = StoreError::Backend("a listing was answered with an entry".into());
+                    self.relist_on_retry = true;
                     self.store_failed(error, now);
                 }
-                Err(error) => self.store_failed(error, now),
+                Err(error) => {
+                    self.relist_on_retry = true;
+                    self.store_failed(error, now);
+                }
             }
         } else if self.alloc_op == Some(id) {
             self.alloc_op = None;
@@ -328,6 +338,7 @@ impl Node {
 
     fn apply_listing(&mut self, listing: &Listing, now: Timestamp) {
         self.store_retries = 0;
+        self.relist_on_retry = false;
         let (changes, skipped) = self.table.replace(listing);
         self.events
             .extend(skipped.into_iter().map(NodeEvent::Skipped));
@@ -375,6 +386,7 @@ impl Node {
             self.watching = false;
             self.list();
         } else {
+            self.watching = false;
             self.store_failed(error, now);
         }
         self.pump();

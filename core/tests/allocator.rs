@@ -1,0 +1,221 @@
+//! The allocator's promises, one scenario each, over the real memory store.
+
+#![allow(clippy::unwrap_used)]
+
+mod support;
+
+use std::time::Duration;
+
+use support::{ip, space, Cluster, PREFIX};
+use weft_core::allocator::{AcquiredHow, AllocError, AllocEvent, LossReason};
+use weft_core::node::NodeEvent;
+use weft_core::router::RouteChange;
+use weft_core::store::subnets_prefix;
+
+const TTL: Duration = Duration::from_secs(600);
+const MARGIN: Duration = Duration::from_secs(120);
+
+fn lease_events(c: &Cluster, i: u8) -> Vec<AllocEvent> {
+    c.nodes[&ip(i)]
+        .events
+        .iter()
+        .filter_map(|e| match e {
+            NodeEvent::Lease(l) => Some(l.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn three_nodes_get_distinct_subnets_and_route_to_each_other() {
+    let mut c = Cluster::new(space("10.5.0.0/16", 24), TTL, MARGIN, 1);
+    for i in 1..=3 {
+        c.start(ip(i));
+    }
+    c.settle();
+    let held: Vec<_> = (1..=3).map(|i| c.held(ip(i)).unwrap()).collect();
+    assert_ne!(held[0], held[1]);
+    assert_ne!(held[1], held[2]);
+    assert_ne!(held[0], held[2]);
+    for i in 1..=3u8 {
+        let routes = c.nodes[&ip(i)].node.routes();
+        assert_eq!(routes.len(), 2, "node {i} routes to both peers");
+        for (j, key) in held.iter().enumerate() {
+            let found = routes.lookup(key.ipv4.addr().into());
+            if j + 1 == usize::from(i) {
+                assert!(found.is_none(), "no route to our own subnet");
+            } else {
+                assert_eq!(
+                    found.unwrap().public_ip,
+                    std::net::IpAddr::V4(ip(j as u8 + 1))
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn leases_are_renewed_before_expiry_and_survive_many_ttls() {
+    let mut c = Cluster::new(space("10.5.0.0/16", 24), TTL, MARGIN, 2);
+    c.start(ip(1));
+    c.settle();
+    let first = c.held(ip(1)).unwrap();
+    c.advance(TTL * 10);
+    assert_eq!(c.held(ip(1)), Some(first));
+    let renewals = lease_events(&c, 1)
+        .iter()
+        .filter(|e| matches!(e, AllocEvent::Renewed { .. }))
+        .count();
+    assert!(renewals >= 10, "renewed {renewals} times in 10 TTLs");
+    let lease = &c.leases()[0];
+    assert!(lease.expires_at.unwrap() > c.now + MARGIN);
+}
+
+#[test]
+fn restart_reuses_the_lease_of_its_public_ip() {
+    let mut c = Cluster::new(space("10.5.0.0/16", 24), TTL, MARGIN, 3);
+    c.start(ip(1));
+    c.settle();
+    let before = c.held(ip(1)).unwrap();
+    c.stop(ip(1));
+    c.subnet_files.clear(); // reuse must not depend on the subnet file
+    c.advance(Duration::from_secs(30));
+    c.start(ip(1));
+    c.settle();
+    assert_eq!(c.held(ip(1)), Some(before));
+    assert!(matches!(
+        lease_events(&c, 1)[0],
+        AllocEvent::Acquired {
+            how: AcquiredHow::Reused,
+            ..
+        }
+    ));
+}
+
+#[test]
+fn restart_after_expiry_prefers_the_subnet_file() {
+    let mut c = Cluster::new(space("10.5.0.0/16", 24), TTL, MARGIN, 4);
+    c.start(ip(1));
+    c.settle();
+    let before = c.held(ip(1)).unwrap();
+    c.stop(ip(1));
+    c.advance(TTL * 2);
+    assert!(c.leases().is_empty(), "the lease expired");
+    c.start(ip(1));
+    c.settle();
+    assert_eq!(c.held(ip(1)), Some(before));
+    assert!(matches!(
+        lease_events(&c, 1)[0],
+        AllocEvent::Acquired {
+            how: AcquiredHow::Previous,
+            ..
+        }
+    ));
+}
+
+#[test]
+fn exhaustion_is_a_clear_error_and_a_freed_subnet_is_taken_at_once() {
+    // 10.5.0.0/26 in /28s: 4 subnets, the first skipped: 3 allocatable.
+    let mut c = Cluster::new(space("10.5.0.0/26", 28), TTL, MARGIN, 5);
+    for i in 1..=4 {
+        c.start(ip(i));
+    }
+    c.settle();
+    let holders = (1..=4).filter(|i| c.held(ip(*i)).is_some()).count();
+    assert_eq!(holders, 3);
+    let loser = (1..=4).find(|i| c.held(ip(*i)).is_none()).unwrap();
+    let failed = lease_events(&c, loser)
+        .into_iter()
+        .find_map(|e| match e {
+            AllocEvent::AcquireFailed { error, .. } => Some(error),
+            _ => None,
+        })
+        .unwrap();
+    assert!(matches!(failed, AllocError::OutOfSubnets { total: 3, .. }));
+    assert_eq!(
+        failed.to_string(),
+        "out of subnets: all 3 subnets from 10.5.0.16/28 to 10.5.0.48/28 are taken (3 leases in range)"
+    );
+    // An operator deletes one holder's lease: the waiting node takes it.
+    let victim = (1..=4).find(|i| *i != loser).unwrap();
+    let key = c.held(ip(victim)).unwrap();
+    c.store
+        .delete(&format!("{}{}", subnets_prefix(PREFIX), key))
+        .unwrap();
+    c.advance(Duration::from_secs(1));
+    assert_eq!(c.held(ip(loser)), Some(key));
+    assert!(c.nodes[&ip(victim)].node.is_stopped());
+    assert!(lease_events(&c, victim).contains(&AllocEvent::Lost {
+        key,
+        reason: LossReason::Deleted
+    }));
+}
+
+#[test]
+fn an_outage_longer_than_the_ttl_loses_the_lease_then_reacquires_it() {
+    let mut c = Cluster::new(space("10.5.0.0/16", 24), TTL, MARGIN, 6);
+    c.start(ip(1));
+    c.settle();
+    let before = c.held(ip(1)).unwrap();
+    c.store.set_unavailable(true);
+    c.advance(TTL * 2);
+    assert_eq!(c.held(ip(1)), None);
+    let events = lease_events(&c, 1);
+    assert!(events
+        .iter()
+        .any(|e| matches!(e, AllocEvent::RenewFailed { .. })));
+    assert!(events.contains(&AllocEvent::Lost {
+        key: before,
+        reason: LossReason::Expired
+    }));
+    c.store.set_unavailable(false);
+    c.advance(Duration::from_secs(120));
+    assert_eq!(c.held(ip(1)), Some(before), "same subnet, still free");
+}
+
+#[test]
+fn a_peer_that_stops_renewing_loses_its_route() {
+    let mut c = Cluster::new(space("10.5.0.0/16", 24), TTL, MARGIN, 7);
+    c.start(ip(1));
+    c.start(ip(2));
+    c.settle();
+    let gone = c.held(ip(2)).unwrap();
+    c.stop(ip(2));
+    c.advance(TTL + Duration::from_secs(1));
+    let removed = c.nodes[&ip(1)].events.iter().any(
+        |e| matches!(e, NodeEvent::Route(RouteChange::Remove(r)) if r.subnet == gone.ipv4_net()),
+    );
+    assert!(removed);
+    assert!(c.nodes[&ip(1)].node.routes().is_empty());
+}
+
+#[test]
+fn garbage_under_the_prefix_is_skipped_and_its_subnet_avoided() {
+    let mut c = Cluster::new(space("10.5.0.0/26", 28), TTL, MARGIN, 8);
+    let sp = subnets_prefix(PREFIX);
+    c.store
+        .put(&format!("{sp}10.5.0.16-28"), b"not json")
+        .unwrap();
+    c.store.put(&format!("{sp}not-a-subnet"), b"{}").unwrap();
+    c.start(ip(1));
+    c.start(ip(2));
+    c.settle();
+    let skipped = c.nodes[&ip(1)]
+        .events
+        .iter()
+        .filter(|e| matches!(e, NodeEvent::Skipped(_)))
+        .count();
+    assert_eq!(skipped, 2);
+    for i in [1, 2] {
+        assert_ne!(c.held(ip(i)).unwrap().to_string(), "10.5.0.16-28");
+    }
+    assert_eq!(
+        c.store
+            .get(&format!("{sp}10.5.0.16-28"))
+            .unwrap()
+            .unwrap()
+            .value,
+        b"not json",
+        "never overwritten"
+    );
+}

@@ -1,0 +1,237 @@
+//! A small synchronous driver for nodes over the memory store, for the allocator tests:
+//! store operations run one at a time, round-robin across nodes, so that concurrent
+//! acquisitions really interleave (two nodes list, both pick, one create loses).
+
+#![allow(dead_code, clippy::unwrap_used)]
+
+use std::collections::{BTreeMap, VecDeque};
+use std::net::Ipv4Addr;
+use std::time::Duration;
+
+use weft_core::allocator::{AllocEvent, AllocatorConfig};
+use weft_core::lease::{decode_all, Lease, LeaseKey};
+use weft_core::node::{Node, NodeConfig, NodeEvent, OpId, StoreOp, StoreOutput};
+use weft_core::store::{subnets_prefix, StoreError};
+use weft_core::subnet::SubnetSpace;
+use weft_core::Timestamp;
+use weft_stores::memory::MemoryStore;
+
+pub const PREFIX: &str = "/coreos.com/network";
+
+#[derive(Debug)]
+pub struct SimNode {
+    pub node: Node,
+    pub ip: Ipv4Addr,
+    queue: VecDeque<(OpId, StoreOp)>,
+    watch_from: Option<u64>,
+    pub events: Vec<NodeEvent>,
+}
+
+/// Nodes by public IP, a store, and the subnet file each IP's node left behind.
+#[derive(Debug)]
+pub struct Cluster {
+    pub store: MemoryStore,
+    pub space: SubnetSpace,
+    pub ttl: Duration,
+    pub margin: Duration,
+    pub nodes: BTreeMap<Ipv4Addr, SimNode>,
+    pub subnet_files: BTreeMap<Ipv4Addr, LeaseKey>,
+    pub now: Timestamp,
+    seed: u64,
+}
+
+impl Cluster {
+    pub fn new(space: SubnetSpace, ttl: Duration, margin: Duration, seed: u64) -> Self {
+        let now = Timestamp::from_millis(1_700_000_000_000);
+        Cluster {
+            store: MemoryStore::manual(now),
+            space,
+            ttl,
+            margin,
+            nodes: BTreeMap::new(),
+            subnet_files: BTreeMap::new(),
+            now,
+            seed,
+        }
+    }
+
+    pub fn start(&mut self, ip: Ipv4Addr) {
+        if self.nodes.contains_key(&ip) {
+            return;
+        }
+        let mut alloc = AllocatorConfig::new(self.space, ip, "alloc");
+        alloc.lease_ttl = self.ttl;
+        alloc.renew_margin = self.margin;
+        alloc.previous = self.subnet_files.get(&ip).copied();
+        self.seed = self.seed.wrapping_mul(6364136223846793005).wrapping_add(1);
+        let node = Node::new(
+            NodeConfig {
+                prefix: PREFIX.into(),
+                alloc,
+            },
+            self.seed,
+            self.now,
+        );
+        self.nodes.insert(
+            ip,
+            SimNode {
+                node,
+                ip,
+                queue: VecDeque::new(),
+                watch_from: None,
+                events: Vec::new(),
+            },
+        );
+        self.collect(ip);
+    }
+
+    /// Graceful stop or crash: both keep the lease in the store and the subnet file.
+    pub fn stop(&mut self, ip: Ipv4Addr) {
+        self.nodes.remove(&ip);
+    }
+
+    fn collect(&mut self, ip: Ipv4Addr) {
+        let Some(n) = self.nodes.get_mut(&ip) else {
+            return;
+        };
+        while let Some(op) = n.node.poll_store_op() {
+            if let StoreOp::Watch { from, .. } = op.1 {
+                n.watch_from = Some(from);
+            } else {
+                n.queue.push_back(op);
+            }
+        }
+        while let Some(ev) = n.node.poll_event() {
+            if let NodeEvent::Lease(AllocEvent::Acquired { lease, .. }) = &ev {
+                self.subnet_files.insert(ip, lease.key);
+            }
+            n.events.push(ev);
+        }
+    }
+
+    fn execute(&self, op: &StoreOp) -> Result<StoreOutput, StoreError> {
+        match op {
+            StoreOp::List { prefix } => self.store.list(prefix).map(StoreOutput::Listing),
+            StoreOp::Create { key, value, ttl } => {
+                self.store.create(key, value, *ttl).map(StoreOutput::Entry)
+            }
+            StoreOp::Renew {
+                key,
+                create_revision,
+                value,
+                ttl,
+            } => self
+                .store
+                .renew(key, *create_revision, value, *ttl)
+                .map(StoreOutput::Entry),
+            StoreOp::Watch { .. } => unreachable!("watches are not queued"),
+        }
+    }
+
+    fn deliver_watches(&mut self) -> bool {
+        let prefix = subnets_prefix(PREFIX);
+        let ips: Vec<_> = self.nodes.keys().copied().collect();
+        let mut any = false;
+        for ip in ips {
+            let Some(from) = self.nodes[&ip].watch_from else {
+                continue;
+            };
+            let result = self.store.events_since(&prefix, from);
+            let now = self.now;
+            let n = self.nodes.get_mut(&ip).unwrap();
+            match result {
+                Ok(events) if events.is_empty() => continue,
+                Ok(events) => {
+                    n.watch_from = Some(events.last().unwrap().revision() + 1);
+                    n.node.handle_watch_events(&events, now);
+                }
+                Err(e) => {
+                    n.watch_from = None;
+                    n.node.handle_watch_error(e, now);
+                }
+            }
+            any = true;
+            self.collect(ip);
+        }
+        any
+    }
+
+    /// Runs store operations round-robin until no node has any left.
+    pub fn settle(&mut self) {
+        for _ in 0..100_000 {
+            let mut progressed = self.deliver_watches();
+            let ips: Vec<_> = self.nodes.keys().copied().collect();
+            for ip in ips {
+                let Some((id, op)) = self.nodes.get_mut(&ip).unwrap().queue.pop_front() else {
+                    continue;
+                };
+                let result = self.execute(&op);
+                let now = self.now;
+                self.nodes
+                    .get_mut(&ip)
+                    .unwrap()
+                    .node
+                    .handle_store_result(id, result, now);
+                self.collect(ip);
+                progressed = true;
+            }
+            if !progressed {
+                return;
+            }
+        }
+        panic!("the cluster did not settle: livelock");
+    }
+
+    /// Moves time forward to `until`, firing every node timer and store expiry on the way.
+    pub fn advance(&mut self, d: Duration) {
+        let until = self.now + d;
+        loop {
+            self.settle();
+            let next = self
+                .nodes
+                .values()
+                .filter_map(|n| n.node.poll_timeout())
+                .chain(self.store.next_expiry())
+                .filter(|t| *t <= until)
+                .min();
+            let Some(next) = next else { break };
+            self.now = self.now.max(next);
+            self.store.advance_to(self.now);
+            let ips: Vec<_> = self.nodes.keys().copied().collect();
+            for ip in ips {
+                let now = self.now;
+                self.nodes.get_mut(&ip).unwrap().node.handle_timeout(now);
+                self.collect(ip);
+            }
+        }
+        self.now = until;
+        self.store.advance_to(until);
+        self.settle();
+    }
+
+    /// Every live lease in the store.
+    pub fn leases(&self) -> Vec<Lease> {
+        let prefix = subnets_prefix(PREFIX);
+        let listing = self.store.list(&prefix).unwrap();
+        let (leases, skipped) = decode_all(&prefix, &listing.entries);
+        assert!(skipped.is_empty(), "{skipped:?}");
+        leases
+    }
+
+    pub fn held(&self, ip: Ipv4Addr) -> Option<LeaseKey> {
+        self.nodes.get(&ip)?.node.lease().map(|l| l.key)
+    }
+}
+
+pub fn space(network: &str, subnet_len: u8) -> SubnetSpace {
+    let net: ipnet::IpNet = network.parse().unwrap();
+    let probe = SubnetSpace::new(net, subnet_len, net.network(), net.network()).unwrap();
+    let total = probe.total_in_network();
+    let min = probe.subnet_at(1).addr();
+    let max = probe.subnet_at(total - 1).addr();
+    SubnetSpace::new(net, subnet_len, min, max).unwrap()
+}
+
+pub fn ip(i: u8) -> Ipv4Addr {
+    Ipv4Addr::new(192, 0, 2, i)
+}
