@@ -217,7 +217,8 @@ enum Phase {
     Stopped,
 }
 
-/// The allocator state machine. Driven by [`crate::node::Node`].
+/// The allocator state machine. [`crate::node::Node`] drives it, feeding it the lease
+/// table; its methods are public so that tests and benchmarks can drive it alone.
 #[derive(Debug)]
 pub struct Allocator {
     cfg: AllocatorConfig,
@@ -268,17 +269,17 @@ impl Allocator {
 
     /// Whether the allocator needs a fresh listing before it can decide; clears the
     /// request.
-    pub(crate) fn take_listing_request(&mut self) -> bool {
+    pub fn take_listing_request(&mut self) -> bool {
         std::mem::take(&mut self.wants_listing)
     }
 
     /// The next store operation to perform. Poll again after every `handle_*` call.
-    pub(crate) fn poll_op(&mut self) -> Option<AllocOp> {
+    pub fn poll_op(&mut self) -> Option<AllocOp> {
         self.ops.pop_front()
     }
 
     /// The next event. Poll again after every `handle_*` call.
-    pub(crate) fn poll_event(&mut self) -> Option<AllocEvent> {
+    pub fn poll_event(&mut self) -> Option<AllocEvent> {
         self.events.pop_front()
     }
 
@@ -299,7 +300,7 @@ impl Allocator {
     }
 
     /// The table was (re)listed: decide if we were waiting for it.
-    pub(crate) fn on_synced(&mut self, table: &LeaseTable, now: Timestamp) {
+    pub fn on_synced(&mut self, table: &LeaseTable, now: Timestamp) {
         self.recent_conflicts.clear();
         self.conflicts = 0;
         // A listing taken after our last write that lacks our lease means the lease went
@@ -501,7 +502,7 @@ impl Allocator {
     }
 
     /// The result of the last [`AllocOp`] polled.
-    pub(crate) fn handle_result(
+    pub fn handle_result(
         &mut self,
         result: Result<Entry, StoreError>,
         table: &LeaseTable,
@@ -605,12 +606,7 @@ impl Allocator {
     }
 
     /// A change seen by the watch (already applied to `table`).
-    pub(crate) fn on_watch_event(
-        &mut self,
-        event: &WatchEvent,
-        table: &LeaseTable,
-        now: Timestamp,
-    ) {
+    pub fn on_watch_event(&mut self, event: &WatchEvent, table: &LeaseTable, now: Timestamp) {
         if let Some(lease) = self.lease.clone() {
             if event.key() == self.full_key(&lease.key) {
                 match event {
@@ -647,7 +643,7 @@ impl Allocator {
     }
 
     /// A timer of ours fired.
-    pub(crate) fn handle_timer(&mut self, timer: Timer, table: &LeaseTable, now: Timestamp) {
+    pub fn handle_timer(&mut self, timer: Timer, table: &LeaseTable, now: Timestamp) {
         match timer {
             Timer::Renew if self.phase == Phase::Holding => self.renew(),
             Timer::Expiry if self.lease.is_some() => {

@@ -1,0 +1,202 @@
+//! The network config: flannel's `net-conf.json`, parsed and validated with flannel's rules.
+//!
+//! flannel decodes this JSON with Go's `encoding/json` and checks it in
+//! `pkg/subnet/config.go`; weft accepts the same documents, derives the same defaults and
+//! names the field and the rule when it rejects one. The Go decoder's habits are part of
+//! what users rely on, so they are reproduced:
+//!
+//! - keys match case-insensitively (`"network"` sets `Network`), unknown keys are ignored
+//!   (kube-flannel's `EnableNFTables`), and of two members for one field the later wins;
+//! - `null` leaves a number, a boolean or `IPv6SubnetMin`/`IPv6SubnetMax` at its default,
+//!   but is an invalid `Network` or `SubnetMin` (Go hands it to their parsers);
+//! - a `SubnetLen`, `SubnetMin` or `SubnetMax` of zero means "not set", `Network` is
+//!   truncated to its prefix (`10.5.1.0/16` is `10.5.0.0/16`), and `0.0.0.0/0` counts as
+//!   no network at all;
+//! - the backend type matches case-insensitively, and no `Backend` at all means `udp`.
+//!
+//! Where flannel accepts a config that cannot work (and fails later, or panics), weft
+//! rejects it up front; the variants of [`ConfigError`] say where that is the case.
+
+mod decode;
+mod error;
+mod rules;
+#[cfg(test)]
+mod tests;
+
+use std::fmt;
+use std::net::{Ipv4Addr, Ipv6Addr};
+
+use ipnet::{IpNet, Ipv4Net, Ipv6Net};
+use serde_json::Value;
+
+use crate::subnet::SubnetSpace;
+use decode::{json_error, json_type, Fields, Members};
+pub use error::ConfigError;
+
+/// The backends weft implements, as listed in error messages.
+const SUPPORTED: &str = "alloc, udp, vxlan, host-gw";
+
+/// Backend types flannel has (or had) that weft does not implement.
+const FLANNEL_ONLY_BACKENDS: [&str; 8] = [
+    "ipip",
+    "ipsec",
+    "wireguard",
+    "extension",
+    "aws-vpc",
+    "gce",
+    "ali-vpc",
+    "tencent-vpc",
+];
+
+/// flannel's udp backend port.
+pub const DEFAULT_UDP_PORT: u16 = 8285;
+/// The kernel's VXLAN port, which flannel gets by leaving `Port` at 0.
+pub const DEFAULT_VXLAN_PORT: u16 = 8472;
+/// flannel's VXLAN network identifier.
+pub const DEFAULT_VXLAN_VNI: u32 = 1;
+/// VNIs are 24 bits on the wire.
+const MAX_VNI: u32 = (1 << 24) - 1;
+
+/// The backends weft knows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum BackendType {
+    /// Allocation only, no datapath.
+    Alloc,
+    /// flannel's udp backend: TUN + UDP encapsulation.
+    Udp,
+    /// Kernel VXLAN.
+    Vxlan,
+    /// Plain routes via peers' public IPs.
+    HostGw,
+}
+
+impl BackendType {
+    /// Every backend weft implements.
+    pub const ALL: [BackendType; 4] = [
+        BackendType::Alloc,
+        BackendType::Udp,
+        BackendType::Vxlan,
+        BackendType::HostGw,
+    ];
+
+    /// The name used in configs and lease values.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BackendType::Alloc => "alloc",
+            BackendType::Udp => "udp",
+            BackendType::Vxlan => "vxlan",
+            BackendType::HostGw => "host-gw",
+        }
+    }
+
+    /// The backend called `name`, matched case-insensitively as flannel does (`"VXLAN"`
+    /// is vxlan).
+    pub fn from_name(name: &str) -> Option<Self> {
+        let name = name.to_lowercase();
+        Self::ALL.into_iter().find(|kind| kind.as_str() == name)
+    }
+
+    /// Bytes of encapsulation overhead: the overlay MTU is the underlay MTU minus this.
+    pub fn overhead(self) -> u32 {
+        match self {
+            BackendType::Alloc | BackendType::HostGw => 0,
+            BackendType::Udp => 28,
+            BackendType::Vxlan => 50,
+        }
+    }
+}
+
+impl fmt::Display for BackendType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The `Backend` object of the config.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BackendConfig {
+    /// `Type`.
+    pub kind: BackendType,
+    /// `Port` (udp: default 8285; vxlan: default 8472, which a `Port` of 0 also means;
+    /// 0 for the backends without a port).
+    pub port: u16,
+    /// `VNI` for vxlan (default 1); `None` for the other backends.
+    pub vni: Option<u32>,
+    /// The whole object as written, for backend options weft does not interpret here;
+    /// an empty object when the config has no `Backend`.
+    pub raw: serde_json::Value,
+}
+
+/// A validated network config.
+///
+/// The fields of a disabled address family are empty (`None`, 0, `0.0.0.0`) even when
+/// the config wrote them, so that [`NetworkConfig::ipv4_space`] and
+/// [`NetworkConfig::ipv6_space`] are `Some` exactly when the family is enabled.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NetworkConfig {
+    /// `EnableIPv4` (default true).
+    pub enable_ipv4: bool,
+    /// `Network`, truncated to its prefix.
+    pub network: Option<Ipv4Net>,
+    /// `SubnetLen`, defaulted.
+    pub subnet_len: u8,
+    /// `SubnetMin`, defaulted to the network's second subnet.
+    pub subnet_min: Ipv4Addr,
+    /// `SubnetMax`, defaulted to the network's last subnet.
+    pub subnet_max: Ipv4Addr,
+    /// `EnableIPv6` (default false).
+    pub enable_ipv6: bool,
+    /// `IPv6Network`, truncated to its prefix.
+    pub ipv6_network: Option<Ipv6Net>,
+    /// `IPv6SubnetLen`, defaulted.
+    pub ipv6_subnet_len: u8,
+    /// `IPv6SubnetMin`, defaulted to the network's second subnet.
+    pub ipv6_subnet_min: Option<Ipv6Addr>,
+    /// `IPv6SubnetMax`, defaulted to the network's last subnet.
+    pub ipv6_subnet_max: Option<Ipv6Addr>,
+    /// `Backend`.
+    pub backend: BackendConfig,
+}
+
+impl NetworkConfig {
+    /// Parses and validates a config JSON text.
+    pub fn parse(text: &str) -> Result<Self, ConfigError> {
+        let members = match serde_json::from_str::<Value>(text).map_err(json_error)? {
+            Value::Object(_) => Members::parse(text)?,
+            Value::Null => Members::default(),
+            other => {
+                return Err(ConfigError::NotAnObject {
+                    found: json_type(&other),
+                })
+            }
+        };
+        Fields::decode(&members)?.validate()
+    }
+
+    /// The allocatable IPv4 subnets, when IPv4 is enabled.
+    pub fn ipv4_space(&self) -> Option<SubnetSpace> {
+        let network = self.network?;
+        SubnetSpace::new(
+            IpNet::V4(network),
+            self.subnet_len,
+            self.subnet_min.into(),
+            self.subnet_max.into(),
+        )
+    }
+
+    /// The allocatable IPv6 subnets, when IPv6 is enabled.
+    pub fn ipv6_space(&self) -> Option<SubnetSpace> {
+        let network = self.ipv6_network?;
+        SubnetSpace::new(
+            IpNet::V6(network),
+            self.ipv6_subnet_len,
+            self.ipv6_subnet_min?.into(),
+            self.ipv6_subnet_max?.into(),
+        )
+    }
+
+    /// The overlay MTU over an underlay of `underlay_mtu` bytes (`FLANNEL_MTU`).
+    pub fn mtu(&self, underlay_mtu: u32) -> u32 {
+        underlay_mtu.saturating_sub(self.backend.kind.overhead())
+    }
+}
