@@ -1,1 +1,102 @@
-fn main() {}
+//! `weft`: the command line of the weft overlay network.
+//!
+//! This binary is the only place that reads the clock, the OS random source, files and
+//! signals; it wires the sans-IO core (`weft-core`) to a store backend (`weft-stores`).
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+mod cmd_config;
+mod cmd_leases;
+mod daemon;
+mod subnet_file;
+
+/// weft: a flannel-compatible container overlay network.
+///
+/// Every node leases one subnet of the overlay network from a shared store (etcd in
+/// production, an embedded sled database on one host) and writes it to subnet.env for
+/// the container runtime's CNI plugin.
+#[derive(Debug, Parser)]
+#[command(name = "weft", version, propagate_version = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Validate and store the network config (flannel's net-conf.json).
+    #[command(subcommand)]
+    Config(ConfigCommand),
+    /// List the subnet leases in a store: subnet, public IP, backend, expiry.
+    Leases(cmd_leases::LeasesArgs),
+    /// Run the node daemon: acquire and renew this node's subnet lease and write
+    /// subnet.env. Stops cleanly on SIGTERM or SIGINT, keeping the lease.
+    Daemon(Box<daemon::DaemonArgs>),
+}
+
+#[derive(Debug, Subcommand)]
+enum ConfigCommand {
+    /// Check a network config file: print the derived subnet range, the number of
+    /// subnets and the MTU per backend, or say exactly what is wrong.
+    Check {
+        /// The network config JSON file (flannel's net-conf.json).
+        file: PathBuf,
+    },
+    /// Validate a network config file and write it to the store's config key.
+    Set {
+        /// Where the leases live: memory:, sled:PATH.
+        #[arg(long, env = "WEFT_STORE")]
+        store: String,
+        /// The key prefix in the store.
+        #[arg(long, default_value = weft_core::store::DEFAULT_PREFIX)]
+        etcd_prefix: String,
+        /// The network config JSON file.
+        file: PathBuf,
+    },
+}
+
+fn init_tracing() {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_env("WEFT_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_tracing();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("weft: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async {
+        match cli.command {
+            Command::Config(ConfigCommand::Check { file }) => cmd_config::check(&file),
+            Command::Config(ConfigCommand::Set {
+                store,
+                etcd_prefix,
+                file,
+            }) => cmd_config::set(&store, &etcd_prefix, &file).await,
+            Command::Leases(args) => cmd_leases::run(&args).await,
+            Command::Daemon(args) => daemon::run(*args).await,
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("weft: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

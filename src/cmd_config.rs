@@ -1,0 +1,77 @@
+//! `weft config check` and `weft config set`.
+
+use std::path::Path;
+
+use anyhow::{Context, Result};
+use weft_core::config::{BackendType, NetworkConfig};
+use weft_core::store::config_key;
+
+/// The underlay MTU assumed when printing per-backend MTUs.
+const TYPICAL_UNDERLAY_MTU: u32 = 1500;
+
+/// Reads and validates a config file, naming the file in any error.
+pub fn load(file: &Path) -> Result<(String, NetworkConfig)> {
+    let text = std::fs::read_to_string(file)
+        .with_context(|| format!("cannot read network config {}", file.display()))?;
+    let config = NetworkConfig::parse(&text)
+        .with_context(|| format!("invalid network config {}", file.display()))?;
+    Ok((text, config))
+}
+
+/// A human summary of a valid config: range, subnet count, MTU per backend.
+pub fn describe(config: &NetworkConfig) -> String {
+    let mut out = String::new();
+    for (family, space) in [("IPv4", config.ipv4_space()), ("IPv6", config.ipv6_space())] {
+        if let Some(space) = space {
+            out += &format!(
+                "{family} network {}: subnets /{} from {} to {} ({} subnets)\n",
+                space.network(),
+                space.subnet_len(),
+                space.min(),
+                space.max(),
+                space.len()
+            );
+        }
+    }
+    out += &format!(
+        "backend: {}\nMTU on a {TYPICAL_UNDERLAY_MTU}-byte underlay:",
+        config.backend.kind.as_str()
+    );
+    for kind in [
+        BackendType::Udp,
+        BackendType::Vxlan,
+        BackendType::HostGw,
+        BackendType::Alloc,
+    ] {
+        let mark = if kind == config.backend.kind { "*" } else { "" };
+        out += &format!(
+            " {}{mark} {}",
+            kind.as_str(),
+            TYPICAL_UNDERLAY_MTU - kind.overhead()
+        );
+    }
+    out.push('\n');
+    out
+}
+
+/// `weft config check FILE`.
+pub fn check(file: &Path) -> Result<()> {
+    let (_, config) = load(file)?;
+    print!("{}: valid\n{}", file.display(), describe(&config));
+    Ok(())
+}
+
+/// `weft config set --store URL FILE`.
+pub async fn set(store_url: &str, prefix: &str, file: &Path) -> Result<()> {
+    let (text, config) = load(file)?;
+    let store = weft_stores::open(store_url)
+        .await
+        .with_context(|| format!("cannot open store {store_url}"))?;
+    let key = config_key(prefix);
+    store
+        .put(&key, text.trim().as_bytes())
+        .await
+        .with_context(|| format!("cannot write {key}"))?;
+    print!("wrote {key}\n{}", describe(&config));
+    Ok(())
+}

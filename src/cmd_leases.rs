@@ -1,0 +1,83 @@
+//! `weft leases`: the lease table of a store.
+
+use std::fmt::Write as _;
+
+use anyhow::{Context, Result};
+use weft_core::lease::decode_all;
+use weft_core::store::subnets_prefix;
+use weft_core::Timestamp;
+
+/// Arguments of `weft leases`.
+#[derive(Debug, clap::Args)]
+pub struct LeasesArgs {
+    /// Where the leases live: memory:, sled:PATH.
+    #[arg(long, env = "WEFT_STORE")]
+    store: String,
+    /// The key prefix in the store.
+    #[arg(long, default_value = weft_core::store::DEFAULT_PREFIX)]
+    etcd_prefix: String,
+}
+
+fn human(d: std::time::Duration) -> String {
+    let s = d.as_secs();
+    match s {
+        0..=59 => format!("{s}s"),
+        60..=3599 => format!("{}m{:02}s", s / 60, s % 60),
+        _ => format!("{}h{:02}m", s / 3600, (s % 3600) / 60),
+    }
+}
+
+/// Renders leases as a table; entries that are not leases are listed after it.
+pub fn table(listing: &weft_core::store::Listing, prefix: &str, now: Timestamp) -> String {
+    let sp = subnets_prefix(prefix);
+    let (leases, skipped) = decode_all(&sp, &listing.entries);
+    let mut out = format!(
+        "{:<20} {:<16} {:<9} {}\n",
+        "SUBNET", "PUBLIC IP", "BACKEND", "EXPIRES IN"
+    );
+    for lease in &leases {
+        let expires = match lease.expires_at {
+            None => "never (reservation)".to_string(),
+            Some(at) if at <= now => "expired".to_string(),
+            Some(at) => human(at.saturating_since(now)),
+        };
+        let mut subnet = lease.key.ipv4.to_string();
+        if let Some(v6) = lease.key.ipv6 {
+            let _ = write!(subnet, " {v6}");
+        }
+        let _ = writeln!(
+            out,
+            "{:<20} {:<16} {:<9} {}",
+            subnet,
+            lease.attrs.public_ip,
+            lease.attrs.backend_type.as_deref().unwrap_or("-"),
+            expires
+        );
+    }
+    let _ = writeln!(
+        out,
+        "{} leases at revision {}",
+        leases.len(),
+        listing.revision
+    );
+    for s in &skipped {
+        let _ = writeln!(out, "skipped {}: {}", s.key, s.error);
+    }
+    out
+}
+
+/// `weft leases --store URL`.
+pub async fn run(args: &LeasesArgs) -> Result<()> {
+    let store = weft_stores::open(&args.store)
+        .await
+        .with_context(|| format!("cannot open store {}", args.store))?;
+    let listing = store
+        .list(&subnets_prefix(&args.etcd_prefix))
+        .await
+        .context("cannot list leases")?;
+    print!(
+        "{}",
+        table(&listing, &args.etcd_prefix, weft_stores::clock::wall_now())
+    );
+    Ok(())
+}
