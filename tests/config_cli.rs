@@ -1,0 +1,66 @@
+//! `weft config check` on flannel's examples and on every invalid case of the core's
+//! table: accepted with a summary, or rejected with a non-zero exit and the core's
+//! message, which names the field.
+
+mod common;
+
+use common::weft;
+use weft_core::NetworkConfig;
+
+fn cases(name: &str) -> Vec<String> {
+    let path = format!("{}/core/tests/configs/{name}", env!("CARGO_MANIFEST_DIR"));
+    std::fs::read_to_string(path)
+        .unwrap()
+        .lines()
+        .filter(|l| !l.trim().is_empty() && !l.starts_with('#'))
+        .map(str::to_string)
+        .collect()
+}
+
+fn check(json: &str) -> std::process::Output {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("net-conf.json");
+    std::fs::write(&file, json).unwrap();
+    weft(&["config", "check", file.to_str().unwrap()])
+}
+
+#[test]
+fn flannel_documented_examples_are_accepted_with_a_summary() {
+    let out = check(r#"{"Network":"10.5.0.0/16","SubnetLen":24,"Backend":{"Type":"udp","Port":8285}}"#);
+    assert!(out.status.success(), "{out:?}");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("subnets /24 from 10.5.1.0/24 to 10.5.255.0/24 (255 subnets)"), "{text}");
+    assert!(text.contains("udp* 1472") && text.contains("vxlan 1450"), "{text}");
+
+    let out = check(r#"{"Network":"10.244.0.0/16","Backend":{"Type":"vxlan"}}"#);
+    assert!(out.status.success(), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stdout).contains("vxlan* 1450"));
+}
+
+#[test]
+fn every_valid_table_entry_is_accepted() {
+    for json in cases("valid.txt") {
+        let out = check(&json);
+        assert!(out.status.success(), "{json}: {out:?}");
+    }
+}
+
+#[test]
+fn every_invalid_table_entry_is_rejected_with_the_cores_message() {
+    for json in cases("invalid.txt") {
+        let out = check(&json);
+        assert!(!out.status.success(), "{json} was accepted");
+        let err = String::from_utf8_lossy(&out.stderr);
+        let expected = NetworkConfig::parse(&json).unwrap_err().to_string();
+        assert!(err.contains("invalid network config"), "{json}: {err}");
+        assert!(err.contains(&expected), "{json}: {err} lacks {expected}");
+    }
+}
+
+#[test]
+fn a_missing_file_is_a_clear_error() {
+    let out = weft(&["config", "check", "/nonexistent/net-conf.json"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("cannot read network config /nonexistent/net-conf.json"), "{err}");
+}
