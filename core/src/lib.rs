@@ -20,6 +20,7 @@ pub mod subnet;
 pub mod subnet_env;
 pub mod time;
 pub mod timer;
+pub mod wire;
 
 pub use config::NetworkConfig;
 pub use time::Timestamp;

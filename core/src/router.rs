@@ -40,6 +40,9 @@ pub struct RouteTable {
     own: Option<LeaseKey>,
     v4: BTreeMap<Ipv4Net, Route>,
     v6: BTreeMap<Ipv6Net, Route>,
+    /// How many routes go via each public IP, so that "is this a peer at all" is one
+    /// lookup on the receive path.
+    peers: BTreeMap<IpAddr, usize>,
 }
 
 fn routes_of(lease: &Lease) -> Vec<Route> {
@@ -106,21 +109,39 @@ impl RouteTable {
         // table change for it; dropping ours never invents a route by itself.
     }
 
-    fn remove_key(&mut self, key: &LeaseKey, out: &mut Vec<RouteChange>) {
-        if let Some(r) = self.v4.remove(&key.ipv4) {
-            out.push(RouteChange::Remove(r));
+    /// Whether some route goes via `public_ip`.
+    pub fn is_peer(&self, public_ip: IpAddr) -> bool {
+        self.peers.contains_key(&public_ip)
+    }
+
+    fn unpeer(&mut self, public_ip: IpAddr) {
+        if let Some(n) = self.peers.get_mut(&public_ip) {
+            *n -= 1;
+            if *n == 0 {
+                self.peers.remove(&public_ip);
+            }
         }
-        if let Some(r) = key.ipv6.and_then(|v6| self.v6.remove(&v6)) {
+    }
+
+    fn remove_key(&mut self, key: &LeaseKey, out: &mut Vec<RouteChange>) {
+        let v4 = self.v4.remove(&key.ipv4);
+        let v6 = key.ipv6.and_then(|v6| self.v6.remove(&v6));
+        for r in v4.into_iter().chain(v6) {
+            self.unpeer(r.public_ip);
             out.push(RouteChange::Remove(r));
         }
     }
 
     fn upsert(&mut self, route: Route, out: &mut Vec<RouteChange>) {
-        let slot = match route.subnet {
+        let old = match route.subnet {
             IpNet::V4(n) => self.v4.insert(n, route.clone()),
             IpNet::V6(n) => self.v6.insert(n, route.clone()),
         };
-        if slot.as_ref() != Some(&route) {
+        *self.peers.entry(route.public_ip).or_default() += 1;
+        if let Some(old) = &old {
+            self.unpeer(old.public_ip);
+        }
+        if old.as_ref() != Some(&route) {
             out.push(RouteChange::Add(route));
         }
     }

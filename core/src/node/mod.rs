@@ -10,6 +10,8 @@
 //! [`Node::poll_timeout`] says so. Poll ops, events and the timeout again after every
 //! `handle_*` call.
 
+mod forward;
+
 use std::collections::VecDeque;
 use std::time::Duration;
 
@@ -20,6 +22,8 @@ use crate::router::{RouteChange, RouteTable};
 use crate::store::{subnets_prefix, Entry, Listing, Revision, StoreError, WatchEvent};
 use crate::time::Timestamp;
 use crate::timer::{Timer, TimerTable};
+
+pub use forward::{DropCounters, DropReason, Inbound, Outbound};
 
 /// Identifies a store operation so that its result finds its way back.
 pub type OpId = u64;
@@ -127,6 +131,7 @@ pub struct Node {
     ops: VecDeque<(OpId, StoreOp)>,
     events: VecDeque<NodeEvent>,
     timers: TimerTable,
+    drops: DropCounters,
 }
 
 impl Node {
@@ -151,6 +156,7 @@ impl Node {
             ops: VecDeque::new(),
             events: VecDeque::new(),
             timers: TimerTable::default(),
+            drops: DropCounters::default(),
         };
         node.pump();
         node

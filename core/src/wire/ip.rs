@@ -1,0 +1,118 @@
+//! Reading an IP header and decrementing its TTL, IPv4 and IPv6 alike, on smoltcp's
+//! wire types.
+
+use std::net::IpAddr;
+
+use smoltcp::wire::{Ipv4Packet, Ipv6Packet};
+
+use super::WireError;
+
+/// The fields of an IP header the forwarding decision needs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IpHeader {
+    /// Source address.
+    pub src: IpAddr,
+    /// Destination address.
+    pub dst: IpAddr,
+    /// TTL (IPv4) or hop limit (IPv6).
+    pub ttl: u8,
+}
+
+fn map(e: smoltcp::wire::Error) -> WireError {
+    let _ = e;
+    WireError::Truncated
+}
+
+/// Parses the IP header at the start of `packet`, checking lengths (and the IPv4 header
+/// checksum, as a kernel would).
+pub fn parse(packet: &[u8]) -> Result<IpHeader, WireError> {
+    match packet.first().map(|b| b >> 4) {
+        Some(4) => {
+            let p = Ipv4Packet::new_checked(packet).map_err(map)?;
+            if !p.verify_checksum() {
+                return Err(WireError::Checksum);
+            }
+            Ok(IpHeader {
+                src: IpAddr::V4(p.src_addr()),
+                dst: IpAddr::V4(p.dst_addr()),
+                ttl: p.hop_limit(),
+            })
+        }
+        Some(6) => {
+            let p = Ipv6Packet::new_checked(packet).map_err(map)?;
+            Ok(IpHeader {
+                src: IpAddr::V6(p.src_addr()),
+                dst: IpAddr::V6(p.dst_addr()),
+                ttl: p.hop_limit(),
+            })
+        }
+        Some(_) => Err(WireError::Malformed),
+        None => Err(WireError::Truncated),
+    }
+}
+
+/// Decrements the TTL (hop limit) of a packet that [`parse`] accepted, fixing the IPv4
+/// header checksum. The caller has checked that the TTL is above 1.
+pub fn decrement_ttl(packet: &mut [u8]) -> Result<(), WireError> {
+    match packet.first().map(|b| b >> 4) {
+        Some(4) => {
+            let mut p = Ipv4Packet::new_checked(packet).map_err(map)?;
+            let ttl = p.hop_limit();
+            p.set_hop_limit(ttl.saturating_sub(1));
+            p.fill_checksum();
+            Ok(())
+        }
+        Some(6) => {
+            let mut p = Ipv6Packet::new_checked(packet).map_err(map)?;
+            let ttl = p.hop_limit();
+            p.set_hop_limit(ttl.saturating_sub(1));
+            Ok(())
+        }
+        _ => Err(WireError::Malformed),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use smoltcp::phy::ChecksumCapabilities;
+    use smoltcp::wire::{IpProtocol, Ipv4Repr};
+
+    pub(crate) fn v4(src: [u8; 4], dst: [u8; 4], ttl: u8, payload: &[u8]) -> Vec<u8> {
+        let repr = Ipv4Repr {
+            src_addr: src.into(),
+            dst_addr: dst.into(),
+            next_header: IpProtocol::Udp,
+            payload_len: payload.len(),
+            hop_limit: ttl,
+        };
+        let mut buf = vec![0; repr.buffer_len() + payload.len()];
+        let mut p = Ipv4Packet::new_unchecked(&mut buf[..]);
+        repr.emit(&mut p, &ChecksumCapabilities::default());
+        p.payload_mut().copy_from_slice(payload);
+        buf
+    }
+
+    #[test]
+    fn parses_and_decrements_with_a_valid_checksum() {
+        let mut pkt = v4([10, 5, 1, 2], [10, 5, 2, 3], 64, b"hello");
+        let h = parse(&pkt).unwrap();
+        assert_eq!(h.src, "10.5.1.2".parse::<IpAddr>().unwrap());
+        assert_eq!(h.ttl, 64);
+        decrement_ttl(&mut pkt).unwrap();
+        let h = parse(&pkt).unwrap();
+        assert_eq!(h.ttl, 63, "and the checksum still verifies");
+    }
+
+    #[test]
+    fn garbage_is_an_error() {
+        assert_eq!(parse(&[]), Err(WireError::Truncated));
+        assert_eq!(parse(&[0x10; 40]), Err(WireError::Malformed));
+        assert!(parse(&[0x45, 0, 0, 20]).is_err());
+        let mut pkt = v4([10, 5, 1, 2], [10, 5, 2, 3], 64, b"x");
+        pkt[8] = 7; // TTL changed without fixing the checksum
+        assert_eq!(parse(&pkt), Err(WireError::Checksum));
+        let full = v4([10, 5, 1, 2], [10, 5, 2, 3], 64, b"some payload");
+        assert!(parse(&full[..full.len() - 3]).is_err(), "truncated");
+    }
+}
