@@ -12,8 +12,15 @@
 //!
 //! `weft sim` (in the binary) and the scenario tests drive it through [`run`].
 
+pub mod container;
+pub mod engine;
+pub mod light;
 pub mod queue;
+pub mod record;
 pub mod rng;
+pub mod run;
 pub mod scenario;
 pub mod time;
 pub mod underlay;
+
+pub use run::{run, Outcome, RunOptions};

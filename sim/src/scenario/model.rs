@@ -80,6 +80,10 @@ pub struct Scenario {
     /// The seed used when none is given on the command line.
     #[serde(default)]
     pub seed: u64,
+    /// Whether the trace lists every route change, renewal and listing (default), or
+    /// only leases, steps and checks (for large scenarios).
+    #[serde(default = "yes")]
+    pub trace_routes: bool,
     /// The overlay network and lease timing.
     pub network: NetworkSection,
     /// The store's behaviour.

@@ -1,0 +1,669 @@
+//! A host: one node's core, its containers, its subnet file, its clock offset; and how
+//! the world drives it -- store operations out, events in, packets through its TUN.
+
+use std::net::{IpAddr, Ipv4Addr};
+
+use weft_core::allocator::{AcquiredHow, AllocEvent, AllocatorConfig, LossReason};
+use weft_core::lease::LeaseKey;
+use weft_core::node::{Inbound, Node, NodeConfig, NodeEvent, Outbound, StoreOp};
+use weft_core::router::RouteChange;
+use weft_core::store::DEFAULT_PREFIX;
+use weft_core::subnet::first_host;
+use weft_core::wire::icmp::net_unreachable_v4;
+use weft_core::Timestamp;
+
+use super::store::WatchCursor;
+use super::{Ev, World};
+use crate::container::{AppEvent, Container};
+use crate::light::LightContainer;
+use crate::rng;
+use crate::time::SimTime;
+
+/// A container of either kind.
+#[derive(Debug)]
+pub enum Guest {
+    /// A smoltcp interface.
+    Full(Box<Container>),
+    /// An echo responder built on smoltcp's wire types.
+    Light(LightContainer),
+}
+
+impl Guest {
+    /// Its overlay address.
+    pub fn addr(&self) -> Ipv4Addr {
+        match self {
+            Guest::Full(c) => c.addr,
+            Guest::Light(c) => c.addr,
+        }
+    }
+}
+
+/// A running node.
+#[derive(Debug)]
+pub struct Running {
+    /// The core.
+    pub node: Node,
+    /// Containers, present while the node holds a lease.
+    pub guests: Vec<Guest>,
+    seed: u64,
+    /// How many times containers were (re)built, for their seeds.
+    builds: u64,
+    /// Whether a watch was reported stopped already.
+    reported_stop: bool,
+}
+
+/// Whether the host runs.
+#[derive(Debug)]
+pub enum HostState {
+    /// Not running (never started, stopped, crashed, or exited).
+    Down,
+    /// Running.
+    Up(Box<Running>),
+}
+
+/// See the module docs.
+#[derive(Debug)]
+pub struct Host {
+    /// Its name.
+    pub name: String,
+    /// Its public IP.
+    pub ip: Ipv4Addr,
+    /// Its container names.
+    pub container_names: Vec<String>,
+    /// Running or not.
+    pub state: HostState,
+    /// What its `subnet.env` says: survives crashes.
+    pub subnet_file: Option<LeaseKey>,
+    /// The subnet it held when it last went down.
+    pub previous: Option<LeaseKey>,
+    /// Its clock minus the store's, in milliseconds.
+    pub clock_offset_ms: i64,
+    /// Starts so far.
+    pub incarnation: u32,
+    /// Errors it reported, as displayed.
+    pub errors: Vec<String>,
+    /// It exited because its lease was deleted by someone else.
+    pub exited: bool,
+    pub(crate) watch: Option<WatchCursor>,
+    pub(crate) watch_generation: u64,
+    pub(crate) timeout_at: Option<SimTime>,
+    pub(crate) wake_at: Option<SimTime>,
+    /// Store results still to come back.
+    pub(crate) in_flight: usize,
+}
+
+impl Host {
+    /// A host that is not running yet.
+    pub fn new(
+        name: &str,
+        ip: Ipv4Addr,
+        containers: Vec<String>,
+        subnet_file: Option<LeaseKey>,
+    ) -> Self {
+        Host {
+            name: name.to_string(),
+            ip,
+            container_names: containers,
+            state: HostState::Down,
+            subnet_file,
+            previous: None,
+            clock_offset_ms: 0,
+            incarnation: 0,
+            errors: Vec::new(),
+            exited: false,
+            watch: None,
+            watch_generation: 0,
+            timeout_at: None,
+            wake_at: None,
+            in_flight: 0,
+        }
+    }
+
+    pub(crate) fn is_incarnation(&self, inc: u32) -> bool {
+        self.running_incarnation() == Some(inc)
+    }
+
+    pub(crate) fn running_incarnation(&self) -> Option<u32> {
+        matches!(self.state, HostState::Up(_)).then_some(self.incarnation)
+    }
+
+    /// The node's clock at virtual time `t`.
+    pub fn node_now(&self, t: SimTime) -> Timestamp {
+        t.to_timestamp(self.clock_offset_ms)
+    }
+
+    /// The running node, if any.
+    pub fn node(&self) -> Option<&Node> {
+        match &self.state {
+            HostState::Up(r) => Some(&r.node),
+            HostState::Down => None,
+        }
+    }
+
+    pub(crate) fn node_mut(&mut self) -> Option<&mut Node> {
+        match &mut self.state {
+            HostState::Up(r) => Some(&mut r.node),
+            HostState::Down => None,
+        }
+    }
+
+    /// The running part, if up.
+    pub fn running(&self) -> Option<&Running> {
+        match &self.state {
+            HostState::Up(r) => Some(r),
+            HostState::Down => None,
+        }
+    }
+
+    pub(crate) fn running_mut(&mut self) -> Option<&mut Running> {
+        match &mut self.state {
+            HostState::Up(r) => Some(r),
+            HostState::Down => None,
+        }
+    }
+
+    /// The lease key the running node holds.
+    pub fn lease_key(&self) -> Option<LeaseKey> {
+        self.node()?.lease().map(|l| l.key)
+    }
+
+    /// Whether it runs.
+    pub fn is_up(&self) -> bool {
+        matches!(self.state, HostState::Up(_))
+    }
+}
+
+fn how(h: AcquiredHow) -> &'static str {
+    match h {
+        AcquiredHow::Reused => "reused",
+        AcquiredHow::Previous => "previous",
+        AcquiredHow::Random => "random",
+    }
+}
+
+fn reason(r: LossReason) -> &'static str {
+    match r {
+        LossReason::Expired => "expired",
+        LossReason::Deleted => "deleted by someone else",
+        LossReason::Taken => "taken by someone else",
+    }
+}
+
+impl World {
+    /// Adds a host (not started).
+    pub fn add_host(&mut self, host: Host) -> usize {
+        let i = self.hosts.len();
+        self.by_name.insert(host.name.clone(), i);
+        self.by_ip.insert(host.ip, i);
+        self.hosts.push(host);
+        i
+    }
+
+    /// The index of the host called `name`.
+    pub fn host_index(&self, name: &str) -> Option<usize> {
+        self.by_name.get(name).copied()
+    }
+
+    /// Starts host `h` (a fresh process: it reads its subnet file, nothing else).
+    pub fn start_host(&mut self, h: usize) {
+        if self.hosts[h].is_up() {
+            return;
+        }
+        self.hosts[h].incarnation += 1;
+        let inc = self.hosts[h].incarnation;
+        let seed = self.node_seed(h, inc);
+        let host = &mut self.hosts[h];
+        let Some(space) = self.cfg.network.ipv4_space() else {
+            return;
+        };
+        let mut alloc =
+            AllocatorConfig::new(space, host.ip, self.cfg.network.backend.kind.as_str());
+        alloc.lease_ttl = self.cfg.lease_ttl;
+        alloc.renew_margin = self.cfg.renew_margin;
+        alloc.retry_min = self.cfg.retry_min;
+        alloc.retry_max = self.cfg.retry_max;
+        alloc.previous = host.subnet_file;
+        let config = NodeConfig {
+            prefix: DEFAULT_PREFIX.to_string(),
+            alloc,
+        };
+        let node = Node::new(config, seed, host.node_now(self.now));
+        host.exited = false;
+        host.watch = None;
+        host.timeout_at = None;
+        host.wake_at = None;
+        host.in_flight = 0;
+        host.state = HostState::Up(Box::new(Running {
+            node,
+            guests: Vec::new(),
+            seed,
+            builds: 0,
+            reported_stop: false,
+        }));
+        let what = match host.subnet_file {
+            Some(k) => format!("starts (subnet file: {k})"),
+            None => "starts".to_string(),
+        };
+        let name = host.name.clone();
+        self.log(&name, format_args!("{what}"));
+        self.dirty.push(h);
+    }
+
+    /// Takes host `h` down: `why` is "stops" or "crashes". Either way the process and
+    /// its memory are gone; the lease stays in the store until it expires, and the
+    /// subnet file stays on disk.
+    pub fn stop_host(&mut self, h: usize, why: &str) {
+        let host = &mut self.hosts[h];
+        let held = host.lease_key();
+        if held.is_some() {
+            host.previous = held;
+        }
+        host.state = HostState::Down;
+        host.watch = None;
+        if let Some(k) = held {
+            self.held.remove(&k.ipv4);
+        }
+        let name = host.name.clone();
+        self.note_step(format!("{name} {why}"));
+    }
+
+    /// Drains what the node of `h` wants done and said, and reschedules its timers.
+    pub(crate) fn sync_host(&mut self, h: usize) {
+        let inc = self.hosts[h].incarnation;
+        let latency = self.cfg.store_latency;
+        let Some(node) = self.hosts[h].node_mut() else {
+            return;
+        };
+        let mut ops = Vec::new();
+        while let Some(op) = node.poll_store_op() {
+            ops.push(op);
+        }
+        let mut events = Vec::new();
+        while let Some(ev) = node.poll_event() {
+            events.push(ev);
+        }
+        let stopped = node.is_stopped();
+        let at = self.now + latency;
+        for (id, op) in ops {
+            match op {
+                StoreOp::Watch { from, .. } => {
+                    if self.cfg.watches {
+                        self.schedule(at, Ev::WatchOpen { host: h, inc, from });
+                    }
+                }
+                op => {
+                    self.hosts[h].in_flight += 1;
+                    self.schedule(
+                        at,
+                        Ev::StoreExec {
+                            host: h,
+                            inc,
+                            id,
+                            op,
+                        },
+                    );
+                }
+            }
+        }
+        for ev in events {
+            self.node_event(h, ev);
+        }
+        if stopped {
+            if let Some(r) = self.hosts[h].running_mut() {
+                if !r.reported_stop {
+                    r.reported_stop = true;
+                    self.hosts[h].exited = true;
+                    self.stop_host(h, "exits: its lease was deleted by someone else");
+                    return;
+                }
+            }
+        }
+        self.reschedule_timeout(h);
+    }
+
+    fn reschedule_timeout(&mut self, h: usize) {
+        let host = &self.hosts[h];
+        let Some(node) = host.node() else { return };
+        let next = node
+            .poll_timeout()
+            .map(|t| SimTime::from_timestamp(t, host.clock_offset_ms).max(self.now));
+        if next != host.timeout_at {
+            let inc = host.incarnation;
+            self.hosts[h].timeout_at = next;
+            if let Some(at) = next {
+                self.schedule(at, Ev::NodeTimeout { host: h, inc });
+            }
+        }
+    }
+
+    pub(crate) fn node_timeout(&mut self, h: usize, inc: u32) {
+        let host = &mut self.hosts[h];
+        if !host.is_incarnation(inc) || host.timeout_at != Some(self.now) {
+            return;
+        }
+        host.timeout_at = None;
+        let now = host.node_now(self.now);
+        if let Some(node) = host.node_mut() {
+            node.handle_timeout(now);
+        }
+        self.dirty.push(h);
+    }
+
+    /// A store result reaches host `h`.
+    pub(crate) fn store_result(
+        &mut self,
+        h: usize,
+        inc: u32,
+        id: weft_core::node::OpId,
+        result: Result<weft_core::node::StoreOutput, weft_core::store::StoreError>,
+    ) {
+        let host = &mut self.hosts[h];
+        if !host.is_incarnation(inc) {
+            return;
+        }
+        host.in_flight = host.in_flight.saturating_sub(1);
+        let now = host.node_now(self.now);
+        if let Some(node) = host.node_mut() {
+            node.handle_store_result(id, result, now);
+        }
+        self.dirty.push(h);
+    }
+
+    fn node_event(&mut self, h: usize, ev: NodeEvent) {
+        let name = self.hosts[h].name.clone();
+        let routes = self.cfg.trace_routes;
+        match ev {
+            NodeEvent::Lease(AllocEvent::Acquired { lease, how: h_ }) => {
+                let expiry = lease
+                    .expires_at
+                    .map(|t| {
+                        format!(
+                            "expires at {}",
+                            SimTime::from_timestamp(t, 0).to_string().trim()
+                        )
+                    })
+                    .unwrap_or_else(|| "a reservation, never expires".into());
+                self.log(
+                    &name,
+                    format_args!("acquired {} ({}), {expiry}", lease.key.ipv4, how(h_)),
+                );
+                self.hosts[h].subnet_file = Some(lease.key);
+                self.hold(h, lease.key);
+                self.build_guests(h, lease.key);
+            }
+            NodeEvent::Lease(AllocEvent::Renewed { lease }) => {
+                if routes {
+                    let expiry = lease
+                        .expires_at
+                        .map(|t| SimTime::from_timestamp(t, 0).to_string().trim().to_string())
+                        .unwrap_or_default();
+                    self.log(
+                        &name,
+                        format_args!("renewed {}, expires at {expiry}", lease.key.ipv4),
+                    );
+                }
+            }
+            NodeEvent::Lease(AllocEvent::Lost { key, reason: r }) => {
+                self.log(&name, format_args!("lost {}: {}", key.ipv4, reason(r)));
+                if self.held.get(&key.ipv4) == Some(&h) {
+                    self.held.remove(&key.ipv4);
+                }
+                if let Some(run) = self.hosts[h].running_mut() {
+                    run.guests.clear();
+                }
+            }
+            NodeEvent::Lease(AllocEvent::AcquireFailed { error, retry_at }) => {
+                let msg = error.to_string();
+                let wait = retry_at.saturating_since(self.hosts[h].node_now(self.now));
+                self.log(
+                    &name,
+                    format_args!(
+                        "acquire failed: {msg}; retry in {}",
+                        crate::time::format_duration(wait)
+                    ),
+                );
+                self.hosts[h].errors.push(msg);
+            }
+            NodeEvent::Lease(AllocEvent::RenewFailed { error, retry_at }) => {
+                let msg = error.to_string();
+                let wait = retry_at.saturating_since(self.hosts[h].node_now(self.now));
+                self.log(
+                    &name,
+                    format_args!(
+                        "renew failed: {msg}; retry in {}",
+                        crate::time::format_duration(wait)
+                    ),
+                );
+                self.hosts[h].errors.push(msg);
+            }
+            NodeEvent::Route(change) => {
+                if routes {
+                    match change {
+                        RouteChange::Add(r) => self.log(
+                            &name,
+                            format_args!("route + {} via {}", r.subnet, r.public_ip),
+                        ),
+                        RouteChange::Remove(r) => self.log(
+                            &name,
+                            format_args!("route - {} via {}", r.subnet, r.public_ip),
+                        ),
+                    }
+                }
+            }
+            NodeEvent::Skipped(s) => {
+                self.log(&name, format_args!("skipped {s:?}"));
+            }
+            NodeEvent::Synced { revision, leases } => {
+                if routes {
+                    self.log(
+                        &name,
+                        format_args!("synced {leases} leases at revision {revision}"),
+                    );
+                }
+            }
+            NodeEvent::StoreFailed { error, retry_at } => {
+                let msg = error.to_string();
+                let wait = retry_at.saturating_since(self.hosts[h].node_now(self.now));
+                self.log(
+                    &name,
+                    format_args!(
+                        "store failed: {msg}; retry in {}",
+                        crate::time::format_duration(wait)
+                    ),
+                );
+                self.hosts[h].errors.push(msg);
+            }
+        }
+    }
+
+    /// Gives host `h`'s containers addresses in `key`: .2, .3, ... (.1 is the node's).
+    fn build_guests(&mut self, h: usize, key: LeaseKey) {
+        let full = self.cfg.full_containers;
+        let mtu = self.cfg.network.mtu(self.cfg.faults.mtu as u32) as usize;
+        let now = self.now;
+        let names = self.hosts[h].container_names.clone();
+        let Some(run) = self.hosts[h].running_mut() else {
+            return;
+        };
+        run.builds += 1;
+        let IpAddr::V4(gateway) = first_host(&ipnet::IpNet::V4(key.ipv4)).addr() else {
+            return;
+        };
+        let base = u32::from(gateway);
+        run.guests = names
+            .iter()
+            .enumerate()
+            .map(|(i, name)| {
+                let addr = Ipv4Addr::from(base + 1 + i as u32);
+                if full {
+                    let seed = rng::derive(run.seed, "iface", (run.builds << 16) | i as u64);
+                    Guest::Full(Box::new(Container::new(
+                        name,
+                        addr,
+                        key.ipv4.prefix_len(),
+                        gateway,
+                        mtu,
+                        seed,
+                        now,
+                    )))
+                } else {
+                    Guest::Light(LightContainer::new(addr))
+                }
+            })
+            .collect();
+        self.guests_dirty.push(h);
+    }
+
+    pub(crate) fn container_wake(&mut self, h: usize, inc: u32) {
+        let host = &mut self.hosts[h];
+        if !host.is_incarnation(inc) || host.wake_at != Some(self.now) {
+            return;
+        }
+        host.wake_at = None;
+        self.poll_guests(h);
+    }
+
+    /// Polls every container of `h` until none has anything more to send, routing what
+    /// they send, and reschedules their wake-up.
+    pub(crate) fn poll_guests(&mut self, h: usize) {
+        let now = self.now;
+        let mut wake: Option<SimTime> = None;
+        for _round in 0..32 {
+            let mut out = Vec::new();
+            let mut app = Vec::new();
+            let Some(run) = self.hosts[h].running_mut() else {
+                return;
+            };
+            wake = None;
+            for g in &mut run.guests {
+                match g {
+                    Guest::Full(c) => {
+                        if let Some(at) = c.poll(now, &mut out, &mut app) {
+                            wake = Some(wake.map_or(at, |w| w.min(at)));
+                        }
+                    }
+                    Guest::Light(c) => c.drain(&mut out),
+                }
+            }
+            for e in app {
+                self.app_event(h, e);
+            }
+            if out.is_empty() {
+                break;
+            }
+            for packet in out {
+                self.tun_outbound(h, packet);
+            }
+        }
+        let host = &mut self.hosts[h];
+        if let Some(at) = wake {
+            if host.wake_at.is_none_or(|w| at < w || w < now) {
+                host.wake_at = Some(at);
+                let inc = host.incarnation;
+                self.schedule(at, Ev::ContainerWake { host: h, inc });
+            }
+        }
+    }
+
+    /// A container of `h` sent `packet`: ask the core where it goes.
+    fn tun_outbound(&mut self, h: usize, mut packet: Vec<u8>) {
+        let Some(node) = self.hosts[h].node_mut() else {
+            return;
+        };
+        match node.route_outbound(&mut packet) {
+            Outbound::Send {
+                peer: IpAddr::V4(peer),
+            } => {
+                let from = self.hosts[h].ip;
+                self.send_datagram(from, peer, packet);
+            }
+            Outbound::Local => self.deliver_local(h, packet),
+            Outbound::Unreachable => {
+                let Some(key) = self.hosts[h].lease_key() else {
+                    return;
+                };
+                let IpAddr::V4(gw) = first_host(&ipnet::IpNet::V4(key.ipv4)).addr() else {
+                    return;
+                };
+                let mut out = [0u8; 576];
+                if let Some(n) = net_unreachable_v4(&packet, gw, &mut out) {
+                    self.deliver_local(h, out[..n].to_vec());
+                }
+            }
+            Outbound::Send { .. } | Outbound::Drop(_) => {}
+        }
+    }
+
+    /// A datagram arrives at `to` on the backend port.
+    pub(crate) fn datagram(
+        &mut self,
+        from: std::net::Ipv4Addr,
+        to: std::net::Ipv4Addr,
+        packet: Vec<u8>,
+    ) {
+        let Some(&h) = self.by_ip.get(&to) else {
+            return;
+        };
+        let Some(node) = self.hosts[h].node_mut() else {
+            return;
+        };
+        if node.accept_inbound(IpAddr::V4(from), &packet) == Inbound::Deliver {
+            self.stats.delivered += 1;
+            self.deliver_local(h, packet);
+        }
+    }
+
+    /// Hands an IP packet to the container of `h` it is addressed to.
+    fn deliver_local(&mut self, h: usize, packet: Vec<u8>) {
+        let Ok(header) = weft_core::wire::ip::parse(&packet) else {
+            return;
+        };
+        let IpAddr::V4(dst) = header.dst else { return };
+        let held = self.hosts[h].lease_key();
+        let Some(run) = self.hosts[h].running_mut() else {
+            return;
+        };
+        let Some(guest) = run.guests.iter_mut().find(|g| g.addr() == dst) else {
+            return;
+        };
+        if held.is_none_or(|k| !k.ipv4.contains(&dst)) || guest.addr() != dst {
+            let name = self.hosts[h].name.clone();
+            self.fail(format!(
+                "invariant: a packet for {dst} was delivered to a container of {name}, which does not hold it"
+            ));
+            return;
+        }
+        let mut app = Vec::new();
+        match guest {
+            Guest::Full(c) => c.receive(packet),
+            Guest::Light(c) => c.receive(&packet, &mut app),
+        }
+        for e in app {
+            self.app_event(h, e);
+        }
+        self.guests_dirty.push(h);
+    }
+
+    pub(crate) fn app_event(&mut self, h: usize, e: AppEvent) {
+        match e {
+            AppEvent::EchoReply { ident, seq } => self.ping_reply(h, ident, seq),
+            AppEvent::Received { id } => self.transfer_done(id),
+            AppEvent::Corrupted { id, offset } => self.fail(format!(
+                "transfer {id} received a wrong byte at offset {offset}: corruption got through"
+            )),
+        }
+    }
+
+    /// The clock of `h` jumps by `by_ms`.
+    pub fn clock_jump(&mut self, h: usize, by_ms: i64) {
+        self.hosts[h].clock_offset_ms += by_ms;
+        let name = self.hosts[h].name.clone();
+        let off = self.hosts[h].clock_offset_ms;
+        self.note_step(format!(
+            "{name} clock jumps {by_ms:+}ms (now {off:+}ms from the store)"
+        ));
+        // Timers are set in the node's clock: where they fall in virtual time moved.
+        self.hosts[h].timeout_at = None;
+        self.dirty.push(h);
+    }
+}
