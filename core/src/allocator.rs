@@ -230,6 +230,14 @@ pub struct Allocator {
     conflicts: u32,
     recent_conflicts: BTreeSet<LeaseKey>,
     retries: u32,
+    /// When (on our clock) the last create or renewal was sent: the store's TTL runs
+    /// from a moment after it.
+    sent_at: Option<Timestamp>,
+    /// When (on our clock) the lease we hold runs out at the latest. The store's
+    /// `expires_at` is in the store's time base; comparing it with our clock would make
+    /// a node whose clock runs ahead expire (and re-acquire) at once, and one whose
+    /// clock runs behind take an expiry for a deletion.
+    deadline: Option<Timestamp>,
     wants_listing: bool,
     ops: VecDeque<AllocOp>,
     events: VecDeque<AllocEvent>,
@@ -249,6 +257,8 @@ impl Allocator {
             lease: None,
             conflicts: 0,
             recent_conflicts: BTreeSet::new(),
+            sent_at: None,
+            deadline: None,
             retries: 0,
             wants_listing: true,
             ops: VecDeque::new(),
@@ -309,12 +319,7 @@ impl Allocator {
             if table.revision() >= lease.mod_revision {
                 match table.get(&lease.key) {
                     None => {
-                        let live = lease.expires_at.is_none_or(|at| now < at);
-                        let reason = if live {
-                            LossReason::Deleted
-                        } else {
-                            LossReason::Expired
-                        };
+                        let reason = self.why_gone(now);
                         self.lose(reason, table, now);
                     }
                     Some(l) if l.create_revision != lease.create_revision => {
@@ -339,6 +344,7 @@ impl Allocator {
     }
 
     fn acquire(&mut self, table: &LeaseTable, now: Timestamp) {
+        self.sent_at = Some(now);
         if !table.is_synced() {
             self.phase = Phase::NeedTable;
             self.wants_listing = true;
@@ -486,12 +492,18 @@ impl Allocator {
         self.retries = 0;
         self.conflicts = 0;
         self.timers.stop(Timer::AllocRetry);
-        match lease.expires_at {
-            Some(expires_at) => {
-                let ttl = expires_at.saturating_since(now);
+        // The lease lives `lease_ttl` from when the store wrote it, which is after we
+        // sent the request: counting from the sending, on our own clock, errs on the
+        // safe side whatever the store's clock says.
+        self.deadline = lease
+            .expires_at
+            .map(|_| self.sent_at.unwrap_or(now) + self.cfg.lease_ttl);
+        match self.deadline {
+            Some(deadline) => {
+                let ttl = deadline.saturating_since(now);
                 let margin = self.cfg.renew_margin.min(ttl / 2);
-                self.timers.set(Timer::Renew, expires_at - margin);
-                self.timers.set(Timer::Expiry, expires_at);
+                self.timers.set(Timer::Renew, deadline - margin);
+                self.timers.set(Timer::Expiry, deadline);
             }
             None => {
                 self.timers.stop(Timer::Renew);
@@ -574,6 +586,7 @@ impl Allocator {
         };
         self.timers.stop(Timer::Renew);
         self.timers.stop(Timer::Expiry);
+        self.deadline = None;
         self.events.push_back(AllocEvent::Lost {
             key: lease.key,
             reason,
@@ -594,7 +607,30 @@ impl Allocator {
         }
     }
 
-    fn renew(&mut self) {
+    /// Our lease vanished from the store: expired if our deadline has passed, deleted
+    /// by someone else if it was still live.
+    fn why_gone(&self, now: Timestamp) -> LossReason {
+        if self.deadline.is_none_or(|at| now < at) {
+            LossReason::Deleted
+        } else {
+            LossReason::Expired
+        }
+    }
+
+    /// Our clock went back by at least `d` (we cannot tell how much real time passed
+    /// since the last call): move every deadline back with it, and renew a lease we
+    /// hold now rather than trust a renewal time that may have become late.
+    pub(crate) fn clock_went_back(&mut self, d: std::time::Duration, now: Timestamp) {
+        self.timers.shift_back(d);
+        self.sent_at = self.sent_at.map(|t| t - d);
+        self.deadline = self.deadline.map(|t| t - d);
+        if self.phase == Phase::Holding && self.deadline.is_some() {
+            self.timers.set(Timer::Renew, now);
+        }
+    }
+
+    fn renew(&mut self, now: Timestamp) {
+        self.sent_at = Some(now);
         let Some(lease) = &self.lease else { return };
         self.ops.push_back(AllocOp::Renew {
             key: self.full_key(&lease.key),
@@ -611,12 +647,7 @@ impl Allocator {
             if event.key() == self.full_key(&lease.key) {
                 match event {
                     WatchEvent::Delete { .. } => {
-                        let live = lease.expires_at.is_none_or(|at| now < at);
-                        let reason = if live {
-                            LossReason::Deleted
-                        } else {
-                            LossReason::Expired
-                        };
+                        let reason = self.why_gone(now);
                         self.lose(reason, table, now);
                     }
                     WatchEvent::Put(entry) if entry.create_revision != lease.create_revision => {
@@ -626,7 +657,7 @@ impl Allocator {
                         let ours = self.cfg.attrs().encode();
                         if entry.value != ours && self.phase == Phase::Holding {
                             // Someone overwrote our lease's value: write ours back.
-                            self.renew();
+                            self.renew(now);
                         }
                     }
                 }
@@ -645,7 +676,7 @@ impl Allocator {
     /// A timer of ours fired.
     pub fn handle_timer(&mut self, timer: Timer, table: &LeaseTable, now: Timestamp) {
         match timer {
-            Timer::Renew if self.phase == Phase::Holding => self.renew(),
+            Timer::Renew if self.phase == Phase::Holding => self.renew(now),
             Timer::Expiry if self.lease.is_some() => {
                 self.lose(LossReason::Expired, table, now);
             }
