@@ -8,7 +8,7 @@ use weft_core::lease::{LeaseAttrs, LeaseKey};
 use crate::engine::Host;
 use crate::engine::{Decisions, Failure, Stats, World, WorldConfig};
 use crate::record::{EventFile, Replay};
-use crate::scenario::{Expect, PingExpect, Scenario, Step, SubnetExpect};
+use crate::scenario::{Expect, PingExpect, Scenario, Step, SubnetExpect, STORE};
 use crate::time::{format_duration, SimTime};
 use crate::underlay::LinkFaults;
 
@@ -224,7 +224,6 @@ fn step(w: &mut World, s: &Step) {
     match s {
         Step::Start { node, .. } | Step::Restart { node, .. } => {
             let h = host(w, node);
-            w.note_step(format!("{node} starts"));
             w.start_host(h);
         }
         Step::Stop { node, .. } => {
@@ -239,6 +238,20 @@ fn step(w: &mut World, s: &Step) {
             from, to, one_way, ..
         } => {
             let (a, b) = (hosts_of(w, from.iter()), hosts_of(w, to.iter()));
+            let to_store = to.iter().any(|n| n == STORE);
+            let from_store = from.iter().any(|n| n == STORE);
+            for &x in &a {
+                let down = w.hosts[x].store_cut_down;
+                if to_store {
+                    w.cut_store(x, true, down || !*one_way);
+                }
+            }
+            for &y in &b {
+                let up = w.hosts[y].store_cut_up;
+                if from_store {
+                    w.cut_store(y, up || !*one_way, true);
+                }
+            }
             for &x in &a {
                 for &y in &b {
                     let (ix, iy) = (w.hosts[x].ip, w.hosts[y].ip);
@@ -248,14 +261,19 @@ fn step(w: &mut World, s: &Step) {
                     }
                 }
             }
-            let names = |v: &[usize]| {
-                v.iter()
-                    .map(|h| w.hosts[*h].name.clone())
-                    .collect::<Vec<_>>()
-                    .join(",")
+            let names = |v: &[usize], store: bool| {
+                let mut n: Vec<String> = v.iter().map(|h| w.hosts[*h].name.clone()).collect();
+                if store {
+                    n.push(STORE.into());
+                }
+                n.join(",")
             };
             let arrow = if *one_way { "->" } else { "<->" };
-            let text = format!("partition {} {arrow} {}", names(&a), names(&b));
+            let text = format!(
+                "partition {} {arrow} {}",
+                names(&a, from_store),
+                names(&b, to_store)
+            );
             w.note_step(text);
         }
         Step::Heal { from, to, .. } => match (from, to) {
@@ -268,10 +286,22 @@ fn step(w: &mut World, s: &Step) {
                         w.underlay.heal(Some((iy, ix)));
                     }
                 }
+                let store = from.iter().chain(to.iter()).any(|n| n == STORE);
+                for h in a.into_iter().chain(b) {
+                    if store {
+                        w.cut_store(h, false, false);
+                    }
+                }
                 w.note_step("heal the named partitions".into());
             }
             _ => {
                 w.underlay.heal(None);
+                for h in 0..w.hosts.len() {
+                    w.cut_store(h, false, false);
+                }
+                for h in 0..w.hosts.len() {
+                    w.cut_store(h, false, false);
+                }
                 w.note_step("heal every partition".into());
             }
         },

@@ -106,7 +106,6 @@ impl World {
         };
         !self.store.is_unavailable()
             && host.in_flight == 0
-            && node.lease().is_some()
             && node.leases().is_synced()
             && node.leases().revision() == self.store.revision()
     }

@@ -7,13 +7,13 @@ use weft_core::allocator::{AcquiredHow, AllocEvent, AllocatorConfig, LossReason}
 use weft_core::lease::LeaseKey;
 use weft_core::node::{Inbound, Node, NodeConfig, NodeEvent, Outbound, StoreOp};
 use weft_core::router::RouteChange;
-use weft_core::store::DEFAULT_PREFIX;
+use weft_core::store::{StoreError, DEFAULT_PREFIX};
 use weft_core::subnet::first_host;
 use weft_core::wire::icmp::net_unreachable_v4;
 use weft_core::Timestamp;
 
 use super::store::WatchCursor;
-use super::{Ev, World};
+use super::{Ev, World, STORE_TIMEOUT};
 use crate::container::{AppEvent, Container};
 use crate::light::LightContainer;
 use crate::rng;
@@ -90,6 +90,10 @@ pub struct Host {
     pub(crate) wake_at: Option<SimTime>,
     /// Store results still to come back.
     pub(crate) in_flight: usize,
+    /// Requests from this node to the store are lost.
+    pub store_cut_up: bool,
+    /// Answers and watch events from the store to this node are lost.
+    pub store_cut_down: bool,
 }
 
 impl Host {
@@ -116,6 +120,8 @@ impl Host {
             timeout_at: None,
             wake_at: None,
             in_flight: 0,
+            store_cut_up: false,
+            store_cut_down: false,
         }
     }
 
@@ -245,7 +251,7 @@ impl World {
             None => "starts".to_string(),
         };
         let name = host.name.clone();
-        self.log(&name, format_args!("{what}"));
+        self.note_step(format!("{name} {what}"));
         self.dirty.push(h);
     }
 
@@ -285,7 +291,9 @@ impl World {
         let stopped = node.is_stopped();
         let at = self.now + latency;
         for (id, op) in ops {
+            let cut = self.hosts[h].store_cut_up;
             match op {
+                StoreOp::Watch { .. } if cut => self.watch_lost(h, inc),
                 StoreOp::Watch { from, .. } => {
                     if self.cfg.watches {
                         self.schedule(at, Ev::WatchOpen { host: h, inc, from });
@@ -293,15 +301,30 @@ impl World {
                 }
                 op => {
                     self.hosts[h].in_flight += 1;
-                    self.schedule(
-                        at,
-                        Ev::StoreExec {
-                            host: h,
-                            inc,
-                            id,
-                            op,
-                        },
-                    );
+                    let ev = if cut {
+                        // The request is lost: the client times out.
+                        let result = Err(StoreError::Timeout(STORE_TIMEOUT));
+                        (
+                            self.now + STORE_TIMEOUT,
+                            Ev::StoreResult {
+                                host: h,
+                                inc,
+                                id,
+                                result,
+                            },
+                        )
+                    } else {
+                        (
+                            at,
+                            Ev::StoreExec {
+                                host: h,
+                                inc,
+                                id,
+                                op,
+                            },
+                        )
+                    };
+                    self.schedule(ev.0, ev.1);
                 }
             }
         }
@@ -324,9 +347,17 @@ impl World {
     fn reschedule_timeout(&mut self, h: usize) {
         let host = &self.hosts[h];
         let Some(node) = host.node() else { return };
-        let next = node
+        let mut next = node
             .poll_timeout()
             .map(|t| SimTime::from_timestamp(t, host.clock_offset_ms).max(self.now));
+        // A daemon sleeps on a monotonic clock: a wake-up it asked for before its wall
+        // clock jumped still comes at the same real time, and is how the node notices
+        // the jump. Keep an earlier pending one.
+        if let Some(pending) = host.timeout_at.filter(|t| *t >= self.now) {
+            if next.is_none_or(|n| pending < n) {
+                next = Some(pending);
+            }
+        }
         if next != host.timeout_at {
             let inc = host.incarnation;
             self.hosts[h].timeout_at = next;
@@ -404,6 +435,7 @@ impl World {
                 }
             }
             NodeEvent::Lease(AllocEvent::Lost { key, reason: r }) => {
+                self.hosts[h].previous = Some(key);
                 self.log(&name, format_args!("lost {}: {}", key.ipv4, reason(r)));
                 if self.held.get(&key.ipv4) == Some(&h) {
                     self.held.remove(&key.ipv4);
@@ -662,8 +694,8 @@ impl World {
         self.note_step(format!(
             "{name} clock jumps {by_ms:+}ms (now {off:+}ms from the store)"
         ));
-        // Timers are set in the node's clock: where they fall in virtual time moved.
-        self.hosts[h].timeout_at = None;
+        // The node's pending wake-up stays where it was in real time (see
+        // `reschedule_timeout`); the node sees the new clock at its next call.
         self.dirty.push(h);
     }
 }

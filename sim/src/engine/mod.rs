@@ -29,6 +29,10 @@ use crate::rng;
 use crate::time::SimTime;
 use crate::underlay::{Fate, LinkFaults, PacketInfo, Underlay};
 
+/// How long a node's store client waits for an answer that does not come (a cut link)
+/// before it reports a timeout: etcd's client default.
+pub const STORE_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// Where the random decisions come from.
 #[derive(Debug)]
 pub enum Decisions {

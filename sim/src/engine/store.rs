@@ -5,7 +5,7 @@
 use weft_core::node::{OpId, StoreOp, StoreOutput};
 use weft_core::store::{Revision, StoreError, WatchEvent};
 
-use super::{Ev, World};
+use super::{Ev, World, STORE_TIMEOUT};
 use crate::time::SimTime;
 
 /// A running watch, as the store side sees it.
@@ -39,7 +39,18 @@ impl World {
                 .map(StoreOutput::Entry),
             StoreOp::Watch { .. } => return,
         };
-        let at = self.now + self.latency();
+        // An answer that cannot get back is a timeout for the client, though the
+        // operation took effect.
+        let at = if self.hosts[host].store_cut_down {
+            self.now + STORE_TIMEOUT
+        } else {
+            self.now + self.latency()
+        };
+        let result = if self.hosts[host].store_cut_down {
+            Err(StoreError::Timeout(STORE_TIMEOUT))
+        } else {
+            result
+        };
         self.schedule(
             at,
             Ev::StoreResult {
@@ -56,12 +67,18 @@ impl World {
         if !self.hosts[host].is_incarnation(inc) {
             return;
         }
+        if self.hosts[host].store_cut_down {
+            self.watch_lost(host, inc);
+            return;
+        }
         let h = &mut self.hosts[host];
         h.watch_generation += 1;
         let generation = h.watch_generation;
         if self.store.is_unavailable() {
             h.watch = None;
-            let batch = Err(StoreError::Unavailable("store outage".into()));
+            let batch = Err(StoreError::Unavailable(
+                "memory store outage injected by set_unavailable".into(),
+            ));
             let at = self.now + self.latency();
             self.schedule(
                 at,
@@ -82,6 +99,37 @@ impl World {
     }
 
     /// Has every running watch look for news now (after a change or an outage).
+    pub(crate) fn watch_lost(&mut self, host: usize, inc: u32) {
+        let h = &mut self.hosts[host];
+        h.watch = None;
+        h.watch_generation += 1;
+        let generation = h.watch_generation;
+        let batch = Err(StoreError::Timeout(STORE_TIMEOUT));
+        self.schedule(
+            self.now + STORE_TIMEOUT,
+            Ev::WatchDeliver {
+                host,
+                inc,
+                generation,
+                batch,
+            },
+        );
+    }
+
+    /// Cuts (or restores) the link between host `h` and the store: `up` is the
+    /// direction to the store, `down` the one back. A running watch breaks when its
+    /// direction is cut, as an etcd client's stream times out.
+    pub fn cut_store(&mut self, h: usize, up: bool, down: bool) {
+        let host = &mut self.hosts[h];
+        host.store_cut_up = up;
+        host.store_cut_down = down;
+        if down && host.watch.is_some() {
+            if let Some(inc) = host.running_incarnation() {
+                self.watch_lost(h, inc);
+            }
+        }
+    }
+
     pub fn request_flush(&mut self) {
         if !self.flush_pending {
             self.flush_pending = true;

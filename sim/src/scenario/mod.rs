@@ -11,6 +11,7 @@ mod validate;
 use std::path::Path;
 
 pub use model::*;
+pub use validate::STORE;
 
 /// Why a scenario file was rejected.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

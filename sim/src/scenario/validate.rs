@@ -10,6 +10,9 @@ use crate::time::format_duration;
 
 use super::model::{Expect, FaultFields, NetworkSection, Scenario, Step};
 
+/// The name that stands for the store in partitions.
+pub const STORE: &str = "store";
+
 type Failure = (Range<usize>, String);
 
 impl NetworkSection {
@@ -97,6 +100,14 @@ impl Names {
 
     fn all<'a>(&self, names: impl IntoIterator<Item = &'a String>) -> Result<(), String> {
         names.into_iter().try_for_each(|n| self.node(n))
+    }
+
+    /// Node names, or `store` for the link between nodes and the store.
+    fn all_or_store<'a>(&self, names: impl IntoIterator<Item = &'a String>) -> Result<(), String> {
+        names
+            .into_iter()
+            .filter(|n| n.as_str() != STORE)
+            .try_for_each(|n| self.node(n))
     }
 }
 
@@ -194,15 +205,15 @@ fn check_step(
         | Step::ClockJump { node, .. }
         | Step::DeleteLease { node, .. } => names.node(node),
         Step::Partition { from, to, .. } => {
-            names.all(from.iter())?;
-            names.all(to.iter())
+            names.all_or_store(from.iter())?;
+            names.all_or_store(to.iter())
         }
         Step::Heal { from, to, .. } => {
             if from.is_some() != to.is_some() {
                 return Err("heal takes both from and to, or neither".into());
             }
-            names.all(from.iter().flat_map(|n| n.iter()))?;
-            names.all(to.iter().flat_map(|n| n.iter()))
+            names.all_or_store(from.iter().flat_map(|n| n.iter()))?;
+            names.all_or_store(to.iter().flat_map(|n| n.iter()))
         }
         Step::Faults {
             from,
