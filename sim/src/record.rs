@@ -93,15 +93,15 @@ impl EventFile {
                     node,
                     incarnation,
                     seed,
-                } => writeln!(s, "{} node {node} {incarnation} seed {seed}", at.0),
+                } => writeln!(s, "{} node {node} {incarnation} seed {seed}", stamp(*at)),
                 Decision::Packet {
                     at,
                     n,
                     from,
                     to,
                     fate,
-                } => writeln!(s, "{} packet {n} {from}>{to} {fate}", at.0),
-                Decision::Step { at, text } => writeln!(s, "{} step {text}", at.0),
+                } => writeln!(s, "{} packet {n} {from}>{to} {fate}", stamp(*at)),
+                Decision::Step { at, text } => writeln!(s, "{} step {text}", stamp(*at)),
             };
         }
         s
@@ -141,7 +141,7 @@ impl EventFile {
                 "seed" => file.seed = rest.parse().map_err(|_| bad("bad seed"))?,
                 "failure" => file.failure = rest.to_string(),
                 t => {
-                    let at = SimTime(t.parse().map_err(|_| bad("expected a time"))?);
+                    let at = unstamp(t).ok_or_else(|| bad("expected a time such as 12.000345s"))?;
                     file.decisions
                         .push(parse_decision(at, rest).ok_or_else(|| bad("not a decision"))?);
                 }
@@ -152,6 +152,21 @@ impl EventFile {
         }
         Ok(file)
     }
+}
+
+/// Virtual time as `seconds.micros` followed by `s`: exact, and readable.
+fn stamp(t: SimTime) -> String {
+    format!("{}.{:06}s", t.0 / 1_000_000, t.0 % 1_000_000)
+}
+
+fn unstamp(text: &str) -> Option<SimTime> {
+    let (s, us) = text.strip_suffix('s')?.split_once('.')?;
+    if us.len() != 6 {
+        return None;
+    }
+    Some(SimTime(
+        s.parse::<u64>().ok()? * 1_000_000 + us.parse::<u64>().ok()?,
+    ))
 }
 
 fn parse_decision(at: SimTime, rest: &str) -> Option<Decision> {

@@ -181,7 +181,7 @@ pub fn run(path: &str, scenario: &Scenario, source: &str, opts: &RunOptions) -> 
     let event_file = failure.as_ref().map(|f| EventFile {
         scenario_path: path.to_string(),
         seed,
-        failure: format!("at {}: {}", f.at, f.message).replace("  ", " "),
+        failure: f.describe(),
         scenario: source.to_string(),
         decisions: std::mem::take(&mut w.decisions),
     });

@@ -85,6 +85,13 @@ pub struct Failure {
     pub message: String,
 }
 
+impl Failure {
+    /// `at 12.345s: what went wrong`, the form event files record.
+    pub fn describe(&self) -> String {
+        format!("at {}: {}", self.at.to_string().trim(), self.message)
+    }
+}
+
 /// Counters of a run.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Stats {
