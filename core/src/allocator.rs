@@ -30,6 +30,8 @@ pub const DEFAULT_LEASE_TTL: Duration = Duration::from_secs(24 * 3600);
 pub const DEFAULT_RENEW_MARGIN: Duration = Duration::from_secs(60 * 60);
 /// Consecutive lost create races after which the allocator re-lists the store.
 const CONFLICTS_BEFORE_RELIST: u32 = 16;
+/// The shortest wait between two renewal attempts near the lease's end.
+const RENEW_RETRY_FLOOR: Duration = Duration::from_millis(100);
 /// Random draws before falling back to enumerating the free subnets.
 const RANDOM_DRAWS: u32 = 64;
 
@@ -571,7 +573,15 @@ impl Allocator {
                 self.lose(LossReason::Taken, table, now);
             }
             (Pending::Renew, Err(error)) => {
-                let retry_at = self.backoff(now);
+                // Back off, but never past half of what is left of the lease: a store
+                // that comes back a little before the deadline must still find a
+                // renewal coming (with 30 s of backoff, a lease was lost although the
+                // store was back 3 s before it ran out).
+                let mut retry_at = self.backoff(now);
+                if let Some(deadline) = self.deadline {
+                    let half = now + deadline.saturating_since(now) / 2;
+                    retry_at = retry_at.min(half.max(now + RENEW_RETRY_FLOOR));
+                }
                 self.phase = Phase::Holding;
                 self.timers.set(Timer::Renew, retry_at);
                 self.events
