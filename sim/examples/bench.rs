@@ -58,7 +58,12 @@ fn mass_ping() {
         1,
     );
     for i in 0..NODES {
-        let h = w.add_host(Host::new(&format!("n{i}"), public_ip(i), vec!["c0".into()], None));
+        let h = w.add_host(Host::new(
+            &format!("n{i}"),
+            public_ip(i),
+            vec!["c0".into()],
+            None,
+        ));
         w.start_host(h);
     }
     let mut pick = rng::stream(1, "bench-pings", 0);
@@ -126,11 +131,18 @@ fn mass_ping() {
     for h in &w.hosts {
         if let Some(n) = h.node() {
             if n.drops().total() > 0 {
-                eprintln!("{} drops {:?}", h.name, n.drops().iter().filter(|d| d.1 > 0).collect::<Vec<_>>());
+                eprintln!(
+                    "{} drops {:?}",
+                    h.name,
+                    n.drops().iter().filter(|d| d.1 > 0).collect::<Vec<_>>()
+                );
             }
         }
     }
-    assert_eq!(replied as u64, pings, "every ping between running nodes is answered");
+    assert_eq!(
+        replied as u64, pings,
+        "every ping between running nodes is answered"
+    );
 }
 
 /// `watches`: whether nodes follow the store's watch. With it, every node ends up
@@ -150,7 +162,12 @@ fn mass_join(nodes: usize, watches: bool) {
     #[allow(non_snake_case)]
     let NODES = nodes_;
     for i in 0..NODES {
-        let h = w.add_host(Host::new(&format!("n{i}"), public_ip(i), vec!["c0".into()], None));
+        let h = w.add_host(Host::new(
+            &format!("n{i}"),
+            public_ip(i),
+            vec!["c0".into()],
+            None,
+        ));
         w.start_host(h);
     }
     let start = Instant::now();
@@ -165,19 +182,36 @@ fn mass_join(nodes: usize, watches: bool) {
         if leased == NODES {
             break t;
         }
-        assert!(t < SimTime::from_duration(Duration::from_secs(600)), "only {leased} leased after 10 minutes");
+        assert!(
+            t < SimTime::from_duration(Duration::from_secs(600)),
+            "only {leased} leased after 10 minutes"
+        );
     };
     let wall = start.elapsed();
-    let mut subnets: Vec<_> = w.hosts.iter().filter_map(|h| h.lease_key()).map(|k| k.ipv4).collect();
+    let mut subnets: Vec<_> = w
+        .hosts
+        .iter()
+        .filter_map(|h| h.lease_key())
+        .map(|k| k.ipv4)
+        .collect();
     subnets.sort();
-    let overlaps = subnets.windows(2).filter(|p| p[0].contains(&p[1].network())).count();
+    let overlaps = subnets
+        .windows(2)
+        .filter(|p| p[0].contains(&p[1].network()))
+        .count();
     let in_store = w
         .store
-        .list(&weft_core::store::subnets_prefix(weft_core::store::DEFAULT_PREFIX))
+        .list(&weft_core::store::subnets_prefix(
+            weft_core::store::DEFAULT_PREFIX,
+        ))
         .expect("list")
         .entries
         .len();
-    let with = if watches { "with watches" } else { "without watches" };
+    let with = if watches {
+        "with watches"
+    } else {
+        "without watches"
+    };
     println!("2. {NODES} nodes join at once ({with}): all leased at virtual {}, {in_store} leases in the store, {overlaps} overlaps", all_leased.to_string().trim());
     println!(
         "   wall {:.3}s ({} events, {} store operations)",
@@ -190,7 +224,17 @@ fn mass_join(nodes: usize, watches: bool) {
 }
 
 fn main() {
-    mass_ping();
-    mass_join(10_000, false);
-    mass_join(2_000, true);
+    // `bench` runs all; `bench ping`, `bench join`, `bench join-watch N` one each.
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let n = args.get(1).and_then(|n| n.parse().ok()).unwrap_or(2_000);
+    match args.first().map(String::as_str) {
+        Some("ping") => mass_ping(),
+        Some("join") => mass_join(10_000, false),
+        Some("join-watch") => mass_join(n, true),
+        _ => {
+            mass_ping();
+            mass_join(10_000, false);
+            mass_join(n, true);
+        }
+    }
 }
