@@ -1,42 +1,19 @@
 //! A host: one node's core, its containers, its subnet file, its clock offset; and how
-//! the world drives it -- store operations out, events in, packets through its TUN.
+//! the world drives its node -- starts, stops, store operations out, results and
+//! timeouts in.
 
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::Ipv4Addr;
 
-use weft_core::allocator::{AcquiredHow, AllocEvent, AllocatorConfig, LossReason};
+use weft_core::allocator::AllocatorConfig;
 use weft_core::lease::LeaseKey;
-use weft_core::node::{Inbound, Node, NodeConfig, NodeEvent, Outbound, StoreOp};
-use weft_core::router::RouteChange;
+use weft_core::node::{Node, NodeConfig, StoreOp};
 use weft_core::store::{StoreError, DEFAULT_PREFIX};
-use weft_core::subnet::first_host;
-use weft_core::wire::icmp::net_unreachable_v4;
 use weft_core::Timestamp;
 
+use super::datapath::Guest;
 use super::store::WatchCursor;
 use super::{Ev, World, STORE_TIMEOUT};
-use crate::container::{AppEvent, Container};
-use crate::light::LightContainer;
-use crate::rng;
 use crate::time::SimTime;
-
-/// A container of either kind.
-#[derive(Debug)]
-pub enum Guest {
-    /// A smoltcp interface.
-    Full(Box<Container>),
-    /// An echo responder built on smoltcp's wire types.
-    Light(LightContainer),
-}
-
-impl Guest {
-    /// Its overlay address.
-    pub fn addr(&self) -> Ipv4Addr {
-        match self {
-            Guest::Full(c) => c.addr,
-            Guest::Light(c) => c.addr,
-        }
-    }
-}
 
 /// A running node.
 #[derive(Debug)]
@@ -45,9 +22,9 @@ pub struct Running {
     pub node: Node,
     /// Containers, present while the node holds a lease.
     pub guests: Vec<Guest>,
-    seed: u64,
+    pub(crate) seed: u64,
     /// How many times containers were (re)built, for their seeds.
-    builds: u64,
+    pub(crate) builds: u64,
     /// Whether a watch was reported stopped already.
     reported_stop: bool,
 }
@@ -176,22 +153,6 @@ impl Host {
     /// Whether it runs.
     pub fn is_up(&self) -> bool {
         matches!(self.state, HostState::Up(_))
-    }
-}
-
-fn how(h: AcquiredHow) -> &'static str {
-    match h {
-        AcquiredHow::Reused => "reused",
-        AcquiredHow::Previous => "previous",
-        AcquiredHow::Random => "random",
-    }
-}
-
-fn reason(r: LossReason) -> &'static str {
-    match r {
-        LossReason::Expired => "expired",
-        LossReason::Deleted => "deleted by someone else",
-        LossReason::Taken => "taken by someone else",
     }
 }
 
@@ -398,292 +359,6 @@ impl World {
             node.handle_store_result(id, result, now);
         }
         self.dirty.push(h);
-    }
-
-    fn node_event(&mut self, h: usize, ev: NodeEvent) {
-        let name = self.hosts[h].name.clone();
-        let routes = self.cfg.trace_routes;
-        match ev {
-            NodeEvent::Lease(AllocEvent::Acquired { lease, how: h_ }) => {
-                let expiry = lease
-                    .expires_at
-                    .map(|t| {
-                        format!(
-                            "expires at {}",
-                            SimTime::from_timestamp(t, 0).to_string().trim()
-                        )
-                    })
-                    .unwrap_or_else(|| "a reservation, never expires".into());
-                self.log(
-                    &name,
-                    format_args!("acquired {} ({}), {expiry}", lease.key.ipv4, how(h_)),
-                );
-                self.hosts[h].subnet_file = Some(lease.key);
-                self.hold(h, lease.key);
-                self.build_guests(h, lease.key);
-            }
-            NodeEvent::Lease(AllocEvent::Renewed { lease }) => {
-                if routes {
-                    let expiry = lease
-                        .expires_at
-                        .map(|t| SimTime::from_timestamp(t, 0).to_string().trim().to_string())
-                        .unwrap_or_default();
-                    self.log(
-                        &name,
-                        format_args!("renewed {}, expires at {expiry}", lease.key.ipv4),
-                    );
-                }
-            }
-            NodeEvent::Lease(AllocEvent::Lost { key, reason: r }) => {
-                self.hosts[h].previous = Some(key);
-                self.log(&name, format_args!("lost {}: {}", key.ipv4, reason(r)));
-                if self.held.get(&key.ipv4) == Some(&h) {
-                    self.held.remove(&key.ipv4);
-                }
-                if let Some(run) = self.hosts[h].running_mut() {
-                    run.guests.clear();
-                }
-            }
-            NodeEvent::Lease(AllocEvent::AcquireFailed { error, retry_at }) => {
-                let msg = error.to_string();
-                let wait = retry_at.saturating_since(self.hosts[h].node_now(self.now));
-                self.log(
-                    &name,
-                    format_args!(
-                        "acquire failed: {msg}; retry in {}",
-                        crate::time::format_duration(wait)
-                    ),
-                );
-                self.hosts[h].errors.push(msg);
-            }
-            NodeEvent::Lease(AllocEvent::RenewFailed { error, retry_at }) => {
-                let msg = error.to_string();
-                let wait = retry_at.saturating_since(self.hosts[h].node_now(self.now));
-                self.log(
-                    &name,
-                    format_args!(
-                        "renew failed: {msg}; retry in {}",
-                        crate::time::format_duration(wait)
-                    ),
-                );
-                self.hosts[h].errors.push(msg);
-            }
-            NodeEvent::Route(change) => {
-                if routes {
-                    match change {
-                        RouteChange::Add(r) => self.log(
-                            &name,
-                            format_args!("route + {} via {}", r.subnet, r.public_ip),
-                        ),
-                        RouteChange::Remove(r) => self.log(
-                            &name,
-                            format_args!("route - {} via {}", r.subnet, r.public_ip),
-                        ),
-                    }
-                }
-            }
-            NodeEvent::Skipped(s) => {
-                self.log(&name, format_args!("skipped {s:?}"));
-            }
-            NodeEvent::Synced { revision, leases } => {
-                if routes {
-                    self.log(
-                        &name,
-                        format_args!("synced {leases} leases at revision {revision}"),
-                    );
-                }
-            }
-            NodeEvent::StoreFailed { error, retry_at } => {
-                let msg = error.to_string();
-                let wait = retry_at.saturating_since(self.hosts[h].node_now(self.now));
-                self.log(
-                    &name,
-                    format_args!(
-                        "store failed: {msg}; retry in {}",
-                        crate::time::format_duration(wait)
-                    ),
-                );
-                self.hosts[h].errors.push(msg);
-            }
-        }
-    }
-
-    /// Gives host `h`'s containers addresses in `key`: .2, .3, ... (.1 is the node's).
-    fn build_guests(&mut self, h: usize, key: LeaseKey) {
-        let full = self.cfg.full_containers;
-        let mtu = self.cfg.network.mtu(self.cfg.faults.mtu as u32) as usize;
-        let now = self.now;
-        let names = self.hosts[h].container_names.clone();
-        let Some(run) = self.hosts[h].running_mut() else {
-            return;
-        };
-        run.builds += 1;
-        let IpAddr::V4(gateway) = first_host(&ipnet::IpNet::V4(key.ipv4)).addr() else {
-            return;
-        };
-        let base = u32::from(gateway);
-        run.guests = names
-            .iter()
-            .enumerate()
-            .map(|(i, name)| {
-                let addr = Ipv4Addr::from(base + 1 + i as u32);
-                if full {
-                    let seed = rng::derive(run.seed, "iface", (run.builds << 16) | i as u64);
-                    Guest::Full(Box::new(Container::new(
-                        name,
-                        addr,
-                        key.ipv4.prefix_len(),
-                        gateway,
-                        mtu,
-                        seed,
-                        now,
-                    )))
-                } else {
-                    Guest::Light(LightContainer::new(addr))
-                }
-            })
-            .collect();
-        self.guests_dirty.push(h);
-    }
-
-    pub(crate) fn container_wake(&mut self, h: usize, inc: u32) {
-        let host = &mut self.hosts[h];
-        if !host.is_incarnation(inc) || host.wake_at != Some(self.now) {
-            return;
-        }
-        host.wake_at = None;
-        self.poll_guests(h);
-    }
-
-    /// Polls every container of `h` until none has anything more to send, routing what
-    /// they send, and reschedules their wake-up.
-    pub(crate) fn poll_guests(&mut self, h: usize) {
-        let now = self.now;
-        let mut wake: Option<SimTime> = None;
-        for _round in 0..32 {
-            let mut out = Vec::new();
-            let mut app = Vec::new();
-            let Some(run) = self.hosts[h].running_mut() else {
-                return;
-            };
-            wake = None;
-            for g in &mut run.guests {
-                match g {
-                    Guest::Full(c) => {
-                        if let Some(at) = c.poll(now, &mut out, &mut app) {
-                            wake = Some(wake.map_or(at, |w| w.min(at)));
-                        }
-                    }
-                    Guest::Light(c) => c.drain(&mut out),
-                }
-            }
-            for e in app {
-                self.app_event(h, e);
-            }
-            if out.is_empty() {
-                break;
-            }
-            for packet in out {
-                self.tun_outbound(h, packet);
-            }
-        }
-        let host = &mut self.hosts[h];
-        if let Some(at) = wake {
-            if host.wake_at.is_none_or(|w| at < w || w < now) {
-                host.wake_at = Some(at);
-                let inc = host.incarnation;
-                self.schedule(at, Ev::ContainerWake { host: h, inc });
-            }
-        }
-    }
-
-    /// A container of `h` sent `packet`: ask the core where it goes.
-    fn tun_outbound(&mut self, h: usize, mut packet: Vec<u8>) {
-        let Some(node) = self.hosts[h].node_mut() else {
-            return;
-        };
-        match node.route_outbound(&mut packet) {
-            Outbound::Send {
-                peer: IpAddr::V4(peer),
-            } => {
-                let from = self.hosts[h].ip;
-                self.send_datagram(from, peer, packet);
-            }
-            Outbound::Local => self.deliver_local(h, packet),
-            Outbound::Unreachable => {
-                let Some(key) = self.hosts[h].lease_key() else {
-                    return;
-                };
-                let IpAddr::V4(gw) = first_host(&ipnet::IpNet::V4(key.ipv4)).addr() else {
-                    return;
-                };
-                let mut out = [0u8; 576];
-                if let Some(n) = net_unreachable_v4(&packet, gw, &mut out) {
-                    self.deliver_local(h, out[..n].to_vec());
-                }
-            }
-            Outbound::Send { .. } | Outbound::Drop(_) => {}
-        }
-    }
-
-    /// A datagram arrives at `to` on the backend port.
-    pub(crate) fn datagram(
-        &mut self,
-        from: std::net::Ipv4Addr,
-        to: std::net::Ipv4Addr,
-        packet: Vec<u8>,
-    ) {
-        let Some(&h) = self.by_ip.get(&to) else {
-            return;
-        };
-        let Some(node) = self.hosts[h].node_mut() else {
-            return;
-        };
-        if node.accept_inbound(IpAddr::V4(from), &packet) == Inbound::Deliver {
-            self.stats.delivered += 1;
-            self.deliver_local(h, packet);
-        }
-    }
-
-    /// Hands an IP packet to the container of `h` it is addressed to.
-    fn deliver_local(&mut self, h: usize, packet: Vec<u8>) {
-        let Ok(header) = weft_core::wire::ip::parse(&packet) else {
-            return;
-        };
-        let IpAddr::V4(dst) = header.dst else { return };
-        let held = self.hosts[h].lease_key();
-        let Some(run) = self.hosts[h].running_mut() else {
-            return;
-        };
-        let Some(guest) = run.guests.iter_mut().find(|g| g.addr() == dst) else {
-            return;
-        };
-        if held.is_none_or(|k| !k.ipv4.contains(&dst)) || guest.addr() != dst {
-            let name = self.hosts[h].name.clone();
-            self.fail(format!(
-                "invariant: a packet for {dst} was delivered to a container of {name}, which does not hold it"
-            ));
-            return;
-        }
-        let mut app = Vec::new();
-        match guest {
-            Guest::Full(c) => c.receive(packet),
-            Guest::Light(c) => c.receive(&packet, &mut app),
-        }
-        for e in app {
-            self.app_event(h, e);
-        }
-        self.guests_dirty.push(h);
-    }
-
-    pub(crate) fn app_event(&mut self, h: usize, e: AppEvent) {
-        match e {
-            AppEvent::EchoReply { ident, seq } => self.ping_reply(h, ident, seq),
-            AppEvent::Received { id } => self.transfer_done(id),
-            AppEvent::Corrupted { id, offset } => self.fail(format!(
-                "transfer {id} received a wrong byte at offset {offset}: corruption got through"
-            )),
-        }
     }
 
     /// The clock of `h` jumps by `by_ms`.

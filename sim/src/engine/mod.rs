@@ -5,6 +5,8 @@
 //! schedules further events), and checks the invariants. Nothing reads a wall clock.
 
 mod check;
+mod datapath;
+mod events;
 mod host;
 mod probe;
 mod store;
@@ -20,7 +22,8 @@ use weft_core::node::{OpId, StoreOp, StoreOutput};
 use weft_core::store::{subnets_prefix, Revision, StoreError, WatchEvent, DEFAULT_PREFIX};
 use weft_stores::memory::MemoryStore;
 
-pub use host::{Host, HostState};
+pub use datapath::Guest;
+pub use host::{Host, HostState, Running};
 pub use probe::{Ping, Transfer};
 
 use crate::queue::EventQueue;

@@ -4,7 +4,7 @@
 use std::net::Ipv4Addr;
 use std::time::Duration;
 
-use super::host::Guest;
+use super::datapath::Guest;
 use super::{Ev, World};
 use crate::time::{format_duration, SimTime};
 
