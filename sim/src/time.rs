@@ -119,6 +119,9 @@ pub fn format_duration(d: Duration) -> String {
             return format!("{}{unit}", us / per);
         }
     }
+    if us >= 1_000_000 {
+        return format!("{:.3}s", us as f64 / 1e6);
+    }
     if us >= 1000 {
         return format!("{:.3}ms", us as f64 / 1000.0);
     }
