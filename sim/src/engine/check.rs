@@ -164,3 +164,58 @@ impl World {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use weft_core::config::NetworkConfig;
+
+    use super::super::{Decisions, Host, World, WorldConfig};
+    use crate::time::SimTime;
+    use crate::underlay::LinkFaults;
+
+    fn world() -> World {
+        let network = r#"{"Network":"10.5.0.0/16","SubnetLen":24,"Backend":{"Type":"udp"}}"#;
+        World::new(WorldConfig {
+            network: NetworkConfig::parse(network).unwrap(),
+            lease_ttl: Duration::from_secs(600),
+            renew_margin: Duration::from_secs(60),
+            retry_min: Duration::from_secs(1),
+            retry_max: Duration::from_secs(30),
+            store_latency: Duration::from_millis(2),
+            watches: true,
+            faults: LinkFaults::default(),
+            decisions: Decisions::Seeded(5),
+            record: true,
+            trace: true,
+            trace_routes: true,
+            check: true,
+            full_containers: true,
+        })
+    }
+
+    #[test]
+    fn two_nodes_holding_one_subnet_stop_the_run_with_time_and_names() {
+        let mut w = world();
+        for (i, name) in ["a", "b"].into_iter().enumerate() {
+            let ip = std::net::Ipv4Addr::new(192, 0, 2, i as u8 + 1);
+            let h = w.add_host(Host::new(name, ip, vec!["c0".into()], None));
+            w.start_host(h);
+        }
+        w.run_until(SimTime::from_duration(Duration::from_secs(1)));
+        assert!(w.failure.is_none(), "{:?}", w.failure);
+        assert!(w.caught_up(0) && w.route_mismatch(0).is_none());
+        // As if b's core had taken a's subnet.
+        let a = w.hosts[0].lease_key().unwrap();
+        w.hold(1, a);
+        let f = w.failure.clone().expect("the invariant fires");
+        assert_eq!(f.at, SimTime::from_duration(Duration::from_secs(1)));
+        assert!(
+            f.message.contains("a holds") && f.message.contains("b now holds"),
+            "{}",
+            f.message
+        );
+        assert!(w.trace().lines().last().unwrap().contains("FAIL"));
+    }
+}
