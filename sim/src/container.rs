@@ -214,6 +214,13 @@ impl Container {
     /// Connects to `dst:port` and sends `total` bytes for transfer `id`.
     pub fn tcp_send(&mut self, id: u32, dst: Ipv4Addr, port: u16, total: u64) {
         let mut s = Self::tcp_socket();
+        // smoltcp has no persist timer: a lost window update after a zero window
+        // leaves both ends waiting for ever (the simulator found this under loss).
+        // Its keep-alive doubles as the window probe. Only while data is pending: a
+        // keep-alive sent after the FIN carries a byte at the FIN's sequence number,
+        // which a receiver that missed the FIN takes for data (seen with seed 3 of
+        // scenario 08).
+        s.set_keep_alive(Some(smoltcp::time::Duration::from_secs(1)));
         let local = 40_000 + (id % 20_000) as u16;
         if s.connect(self.iface.context(), (IpAddress::Ipv4(dst), port), local)
             .is_ok()
@@ -222,6 +229,20 @@ impl Container {
             self.transfers
                 .insert(id, (h, Role::Send { total, sent: 0 }));
         }
+    }
+
+    /// One side of transfer `id`, described: its TCP state and its byte count.
+    pub fn transfer_status(&self, id: u32) -> Option<String> {
+        let (handle, role) = self.transfers.get(&id)?;
+        let s = self.sockets.get::<tcp::Socket>(*handle);
+        Some(match role {
+            Role::Send { total, sent } => {
+                format!("sender {} with {sent} of {total} bytes queued", s.state())
+            }
+            Role::Receive { total, got, .. } => {
+                format!("receiver {} with {got} of {total} bytes", s.state())
+            }
+        })
     }
 
     /// Runs the interface and the applications at `now`: packets it sends are appended
@@ -285,6 +306,7 @@ impl Container {
                         }
                     }
                     if *sent == *total && s.may_send() && s.send_queue() == 0 {
+                        s.set_keep_alive(None);
                         s.close();
                     }
                 }
@@ -306,6 +328,7 @@ impl Container {
                         queued = true;
                         if before < *total && *got >= *total && !*bad {
                             events.push(AppEvent::Received { id: *id });
+                            s.close();
                         }
                     }
                 }

@@ -229,8 +229,16 @@ impl World {
         let t = self.transfers[id].clone();
         if t.done.is_none() {
             let (a, b) = (self.endpoint_name(t.from), self.endpoint_name(t.to));
+            let side = |e: Endpoint| match self.hosts[e.0].running().and_then(|r| r.guests.get(e.1))
+            {
+                Some(Guest::Full(c)) => c
+                    .transfer_status(id as u32)
+                    .unwrap_or_else(|| "no socket".into()),
+                _ => "no container".into(),
+            };
+            let status = format!("{}; {}", side(t.from), side(t.to));
             self.fail(format!(
-                "tcp {a} -> {b}: {} bytes not delivered within {}",
+                "tcp {a} -> {b}: {} bytes not delivered within {} ({status})",
                 t.bytes,
                 format_duration(t.deadline.as_duration() - t.started.as_duration())
             ));
