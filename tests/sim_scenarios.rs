@@ -41,6 +41,8 @@ scenario!(one_way_partition, "09-one-way-partition.toml");
 scenario!(crash_during_acquisition, "10-crash-during-acquisition.toml");
 scenario!(clock_jump, "11-clock-jump.toml");
 scenario!(operator_deletes_lease, "12-operator-deletes-lease.toml");
+scenario!(store_outage_past_ttl, "13-store-outage-past-ttl.toml");
+scenario!(chaos, "14-chaos.toml");
 
 #[test]
 fn every_scenario_file_has_a_test() {
@@ -55,7 +57,7 @@ fn every_scenario_file_has_a_test() {
                 .is_some_and(|x| x == "toml")
         })
         .count();
-    assert_eq!(files, 12, "add a scenario! line for the new file");
+    assert_eq!(files, 14, "add a scenario! line for the new file");
 }
 
 #[test]

@@ -176,6 +176,8 @@ pub struct World {
     pub(crate) cfg: WorldConfig,
     pub(crate) expiry_at: Option<SimTime>,
     pub(crate) flush_pending: bool,
+    /// The store revision the watches were last woken for.
+    pub(crate) flushed_revision: Revision,
     /// The store's live leases as the invariant checker follows them.
     pub(crate) live: BTreeMap<Ipv4Net, Ipv4Addr>,
     pub(crate) live_next: Revision,
@@ -217,6 +219,7 @@ impl World {
             cfg,
             expiry_at: None,
             flush_pending: false,
+            flushed_revision: 0,
             live: BTreeMap::new(),
             live_next: 1,
             held: BTreeMap::new(),

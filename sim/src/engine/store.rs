@@ -186,10 +186,15 @@ impl World {
     /// Keeps the next expiry scheduled and wakes the watches after a change.
     pub(crate) fn store_housekeeping(&mut self) {
         let revision = self.store.revision();
-        if revision >= self.live_next {
+        if revision > self.flushed_revision {
+            self.flushed_revision = revision;
             if self.cfg.watches {
                 self.request_flush();
             }
+        }
+        // The checker reads the store like a client, so it waits out an outage (in
+        // which nothing but expiries can happen) and catches up afterwards.
+        if revision >= self.live_next && !self.store.is_unavailable() {
             self.follow_store();
         }
         if let Some(t) = self.store.next_expiry() {
