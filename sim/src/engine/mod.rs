@@ -36,6 +36,10 @@ use crate::underlay::{Fate, LinkFaults, PacketInfo, Underlay};
 /// before it reports a timeout: etcd's client default.
 pub const STORE_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// Events at one virtual instant beyond which the run is taken for a livelock (time
+/// would never move on) and stopped with a failure rather than hanging.
+const LIVELOCK_EVENTS: u64 = 1_000_000;
+
 /// Where the random decisions come from.
 #[derive(Debug)]
 pub enum Decisions {
@@ -195,6 +199,7 @@ pub struct World {
     pub decisions: Vec<Decision>,
     trace: String,
     pub(crate) dirty: Vec<usize>,
+    same_instant: u64,
     pub(crate) guests_dirty: Vec<usize>,
     /// Hosts whose node was fed something by the current event.
     pub(crate) touched: Vec<usize>,
@@ -230,6 +235,7 @@ impl World {
             decisions: Vec::new(),
             trace: String::new(),
             dirty: Vec::new(),
+            same_instant: 0,
             guests_dirty: Vec::new(),
             touched: Vec::new(),
         }
@@ -375,6 +381,17 @@ impl World {
         // What the driver did since the last call (start a host, a ping...).
         self.after_event();
         while self.failure.is_none() {
+            if self.queue.peek_time() == Some(self.now) {
+                self.same_instant += 1;
+                if self.same_instant > LIVELOCK_EVENTS {
+                    self.fail(format!(
+                        "livelock: more than {LIVELOCK_EVENTS} events at one instant"
+                    ));
+                    break;
+                }
+            } else {
+                self.same_instant = 0;
+            }
             match self.queue.peek_time() {
                 Some(t) if t <= until => {}
                 _ => break,
