@@ -239,6 +239,13 @@ impl World {
             return;
         };
         let full = format!("{}{}", self.subnets_prefix, key);
+        // An operator's delete revokes the lease outright: a holder cut off from the
+        // store cannot know before its deadline, and another node may take the subnet
+        // meanwhile. That overlap is the operator's doing, not the protocol's, so the
+        // held-subnets invariant stops counting the old holder.
+        if self.held.get(&key.ipv4) == Some(&host) {
+            self.held.remove(&key.ipv4);
+        }
         let text = match self.store.delete(&full) {
             Ok(true) => format!("operator deletes {full}"),
             Ok(false) => format!("operator deletes {full}: not there"),
