@@ -10,7 +10,7 @@
 //! trace, byte for byte; and every fault decision is recorded, so that a failed run can
 //! be replayed from its event file without the seed.
 //!
-//! `weft sim` (in the binary) and the scenario tests drive it through [`run`].
+//! `weft sim` (in the binary) and the scenario tests drive it through [`run()`].
 
 pub mod container;
 pub mod engine;

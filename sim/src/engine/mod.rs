@@ -1,6 +1,6 @@
 //! The world: hosts, the store, the underlay and the event loop over virtual time.
 //!
-//! Everything that happens is an [`Ev`] in one queue ordered by (time, sequence); the
+//! Everything that happens is an event (`Ev`) in one queue ordered by (time, sequence); the
 //! loop pops the earliest, lets the part of the world it concerns react (which
 //! schedules further events), and checks the invariants. Nothing reads a wall clock.
 

@@ -2,6 +2,7 @@
 //! whose results travel back, watches fed from the store's history, expiries at their
 //! exact time, outages.
 
+use weft_core::lease::{LeaseAttrs, LeaseKey};
 use weft_core::node::{OpId, StoreOp, StoreOutput};
 use weft_core::store::{Revision, StoreError, WatchEvent};
 
@@ -227,6 +228,17 @@ impl World {
             Err(e) => node.handle_watch_error(e, now),
         }
         self.dirty.push(host);
+    }
+
+    /// An operator writes a reservation (a lease without TTL) of `subnet` for `ip`.
+    pub fn operator_reserve(&mut self, subnet: ipnet::Ipv4Net, ip: std::net::Ipv4Addr) {
+        let key = format!("{}{}", self.subnets_prefix, LeaseKey::v4(subnet));
+        let attrs = LeaseAttrs::new(ip, self.cfg.network.backend.kind.as_str());
+        let text = match self.store.put(&key, &attrs.encode()) {
+            Ok(_) => format!("operator reserves {subnet} for {ip}"),
+            Err(e) => format!("operator reserves {subnet} for {ip}: {e}"),
+        };
+        self.note_step(text);
     }
 
     /// An operator deletes the lease `host` holds.

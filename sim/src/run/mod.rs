@@ -6,7 +6,7 @@ mod steps;
 
 use std::time::Duration;
 
-use weft_core::lease::{LeaseAttrs, LeaseKey};
+use weft_core::lease::LeaseKey;
 
 use crate::engine::Host;
 use crate::engine::{Decisions, Failure, Stats, World, WorldConfig};
@@ -15,7 +15,7 @@ use crate::scenario::{Scenario, Step};
 use crate::time::SimTime;
 use crate::underlay::LinkFaults;
 use checks::{expect, summary};
-use steps::{step, w_backend, w_prefix};
+use steps::step;
 
 /// How to run a scenario.
 #[derive(Debug, Clone, Default)]
@@ -144,10 +144,7 @@ pub fn run(path: &str, scenario: &Scenario, source: &str, opts: &RunOptions) -> 
         ),
     );
     for r in &scenario.network.reservations {
-        let key = format!("{}{}", w_prefix(&w), LeaseKey::v4(r.subnet));
-        let attrs = LeaseAttrs::new(r.ip, w_backend(&w));
-        let _ = w.store.put(&key, &attrs.encode());
-        w.note_step(format!("operator reserves {} for {}", r.subnet, r.ip));
+        w.operator_reserve(r.subnet, r.ip);
     }
     for n in &scenario.nodes {
         let n = n.get_ref();

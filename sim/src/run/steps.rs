@@ -1,19 +1,9 @@
 //! The scenario's steps, applied to the world.
 
-use weft_core::lease::{LeaseAttrs, LeaseKey};
-
 use super::faults_from;
 use crate::engine::World;
 use crate::scenario::{PingExpect, Step, STORE};
 use crate::time::format_duration;
-
-pub(super) fn w_prefix(_w: &World) -> String {
-    weft_core::store::subnets_prefix(weft_core::store::DEFAULT_PREFIX)
-}
-
-pub(super) fn w_backend(w: &World) -> &'static str {
-    w.network().backend.kind.as_str()
-}
 
 fn endpoint(w: &World, text: &str) -> (usize, usize) {
     let (node, container) = text.split_once('/').unwrap_or((text, ""));
@@ -225,13 +215,7 @@ pub(super) fn step(w: &mut World, s: &Step) {
             let h = host(w, node);
             w.operator_delete(h);
         }
-        Step::Reserve { subnet, ip, .. } => {
-            let key = format!("{}{}", w_prefix(w), LeaseKey::v4(*subnet));
-            let _ = w
-                .store
-                .put(&key, &LeaseAttrs::new(*ip, w_backend(w)).encode());
-            w.note_step(format!("operator reserves {subnet} for {ip}"));
-        }
+        Step::Reserve { subnet, ip, .. } => w.operator_reserve(*subnet, *ip),
         Step::Compact { .. } => {
             let r = w.store.revision();
             let _ = w.store.compact(r);
