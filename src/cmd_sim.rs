@@ -205,8 +205,10 @@ fn run_files(
                         ))
                         .unwrap_or_default()
                 );
+                // Not ProgressBar::println: that prints nothing when the bar is hidden
+                // (stderr not a terminal, as in CI).
                 match &bar {
-                    Some(b) => b.println(msg),
+                    Some(b) => b.suspend(|| eprintln!("{msg}")),
                     None => eprintln!("{msg}"),
                 }
                 if bar.is_none() && quiet {
