@@ -11,6 +11,7 @@ use clap::{Parser, Subcommand};
 mod cmd_config;
 mod cmd_leases;
 mod daemon;
+mod lab;
 mod subnet_file;
 
 /// weft: a flannel-compatible container overlay network.
@@ -35,6 +36,10 @@ enum Command {
     /// Run the node daemon: acquire and renew this node's subnet lease and write
     /// subnet.env. Stops cleanly on SIGTERM or SIGINT, keeping the lease.
     Daemon(Box<daemon::DaemonArgs>),
+    /// A single-host lab: N nodes in network namespaces with containers behind them,
+    /// real TUN devices and kernel routes, leases in an embedded sled store (root).
+    #[command(subcommand)]
+    Lab(lab::LabCommand),
 }
 
 #[derive(Debug, Subcommand)]
@@ -90,6 +95,7 @@ fn main() -> ExitCode {
             }) => cmd_config::set(&store, &etcd_prefix, &file).await,
             Command::Leases(args) => cmd_leases::run(&args).await,
             Command::Daemon(args) => daemon::run(*args).await,
+            Command::Lab(command) => lab::run(command).await,
         }
     });
     match result {

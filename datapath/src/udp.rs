@@ -143,7 +143,10 @@ impl UdpBackend {
                 socket.clone(),
                 node.clone(),
                 cfg.port,
-                cfg.subnet.network(),
+                // The network's own address is never a host (the first subnet is not
+                // leased by default) nor local to this node, so the kernel accepts an
+                // ICMP error from it; the TUN's address would be a martian source.
+                cfg.network.network(),
                 counters.clone(),
             )),
             tokio::spawn(udp_to_tun(tun, socket, node, counters.clone())),

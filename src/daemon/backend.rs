@@ -70,6 +70,27 @@ impl Backend {
         Ok(())
     }
 
+    /// The datapath's packet counters, as JSON (`null` without a datapath).
+    pub fn counters_json(&self) -> serde_json::Value {
+        use std::sync::atomic::Ordering::Relaxed;
+        let Backend::Udp {
+            running: Some((_, backend)),
+            ..
+        } = self
+        else {
+            return serde_json::Value::Null;
+        };
+        let c = backend.counters();
+        serde_json::json!({
+            "tun_rx": c.tun_rx.load(Relaxed),
+            "udp_tx": c.udp_tx.load(Relaxed),
+            "udp_rx": c.udp_rx.load(Relaxed),
+            "tun_tx": c.tun_tx.load(Relaxed),
+            "icmp_tx": c.icmp_tx.load(Relaxed),
+            "errors": c.errors.load(Relaxed),
+        })
+    }
+
     /// Stops the datapath, removing the TUN device and its route.
     pub async fn stop(&mut self) -> Result<()> {
         if let Backend::Udp { running, .. } = self {

@@ -8,6 +8,7 @@ use std::time::Duration;
 use anyhow::{bail, Result};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
+use tracing::Instrument;
 use weft_core::allocator::{AllocEvent, LossReason};
 use weft_core::lease::Lease;
 use weft_core::node::{Node, NodeEvent, OpId, StoreOp, StoreOutput};
@@ -49,6 +50,7 @@ pub struct Driver {
     watch_gen: u64,
     skipped: u64,
     ready: bool,
+    stats_file: Option<PathBuf>,
 }
 
 fn lock(node: &Mutex<Node>) -> MutexGuard<'_, Node> {
@@ -62,6 +64,7 @@ impl Driver {
         node: Node,
         backend: Backend,
         subnet_file: SubnetFileSettings,
+        stats_file: Option<PathBuf>,
     ) -> Self {
         let (tx, rx) = mpsc::unbounded_channel();
         Driver {
@@ -76,6 +79,7 @@ impl Driver {
             watch_gen: 0,
             skipped: 0,
             ready: false,
+            stats_file,
         }
     }
 
@@ -209,8 +213,7 @@ impl Driver {
     /// (keeping the lease in the store).
     pub async fn run(mut self, mut shutdown: watch::Receiver<bool>) -> Result<()> {
         let span = tracing::info_span!("node", name = %self.name);
-        let _enter = span.enter();
-        let result = self.event_loop(&mut shutdown).await;
+        let result = self.event_loop(&mut shutdown).instrument(span).await;
         if let Some((_, task)) = self.watch.take() {
             task.abort();
         }
@@ -224,8 +227,30 @@ impl Driver {
         result.and(stopped)
     }
 
+    /// Drop counts by reason and the datapath's packet counts, as JSON.
+    fn stats(&self) -> serde_json::Value {
+        let drops: serde_json::Map<String, serde_json::Value> = lock(&self.node)
+            .drops()
+            .iter()
+            .map(|(reason, n)| (reason.as_str().to_string(), n.into()))
+            .collect();
+        serde_json::json!({ "drops": drops, "forward": self.backend.counters_json(), "skipped_leases": self.skipped })
+    }
+
+    fn write_stats(&self) {
+        if let Some(path) = &self.stats_file {
+            let tmp = path.with_extension("tmp");
+            let written = std::fs::write(&tmp, self.stats().to_string())
+                .and_then(|()| std::fs::rename(&tmp, path));
+            if let Err(e) = written {
+                tracing::debug!(error = %e, "cannot write the stats file");
+            }
+        }
+    }
+
     async fn event_loop(&mut self, shutdown: &mut watch::Receiver<bool>) -> Result<()> {
         self.drain(wall_now()).await?;
+        let mut stats_tick = tokio::time::interval(Duration::from_secs(1));
         loop {
             let sleep = match lock(&self.node).poll_timeout() {
                 Some(at) => at.saturating_since(wall_now()),
@@ -249,6 +274,7 @@ impl Driver {
                     }
                 }
                 _ = tokio::time::sleep(sleep) => lock(&self.node).handle_timeout(wall_now()),
+                _ = stats_tick.tick() => self.write_stats(),
                 changed = shutdown.changed() => {
                     if changed.is_err() || *shutdown.borrow() {
                         return Ok(());

@@ -103,6 +103,8 @@ pub struct NodeSetup {
     pub renew_margin: Duration,
     /// The udp backend's TUN device name.
     pub tun_name: String,
+    /// Where to write drop and forwarding counters every second, if anywhere.
+    pub stats_file: Option<PathBuf>,
 }
 
 /// Reads the network config from the file, or from the store, waiting for the store's
@@ -221,9 +223,16 @@ pub async fn run_node(setup: NodeSetup, shutdown: watch::Receiver<bool>) -> Resu
         mtu,
         ip_masq: setup.ip_masq,
     };
-    Driver::new(setup.name, setup.store, node, backend, subnet_file)
-        .run(shutdown)
-        .await
+    Driver::new(
+        setup.name,
+        setup.store,
+        node,
+        backend,
+        subnet_file,
+        setup.stats_file,
+    )
+    .run(shutdown)
+    .await
 }
 
 /// A watch that turns true on SIGTERM or SIGINT.
@@ -273,6 +282,7 @@ pub async fn run(args: DaemonArgs) -> Result<()> {
         lease_ttl: Duration::from_secs(args.subnet_lease_ttl.max(1)),
         renew_margin: Duration::from_secs(args.subnet_lease_renew_margin * 60),
         tun_name: args.tun_name,
+        stats_file: None,
     };
     run_node(setup, shutdown).await
 }
