@@ -229,12 +229,26 @@ impl Driver {
 
     /// Drop counts by reason and the datapath's packet counts, as JSON.
     fn stats(&self) -> serde_json::Value {
-        let drops: serde_json::Map<String, serde_json::Value> = lock(&self.node)
+        let node = lock(&self.node);
+        let drops: serde_json::Map<String, serde_json::Value> = node
             .drops()
             .iter()
             .map(|(reason, n)| (reason.as_str().to_string(), n.into()))
             .collect();
-        serde_json::json!({ "drops": drops, "forward": self.backend.counters_json(), "skipped_leases": self.skipped })
+        let routes: Vec<String> = node
+            .routes()
+            .routes()
+            .map(|r| r.subnet.to_string())
+            .collect();
+        let lease = node.lease().map(|l| l.key.to_string());
+        drop(node);
+        serde_json::json!({
+            "lease": lease,
+            "routes": routes,
+            "drops": drops,
+            "forward": self.backend.counters_json(),
+            "skipped_leases": self.skipped,
+        })
     }
 
     fn write_stats(&self) {

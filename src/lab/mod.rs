@@ -50,6 +50,17 @@ pub enum LabCommand {
     /// Stop `weft lab up` (by its PID) and remove every namespace, link and file the lab
     /// made, also after a crash.
     Down(DirArg),
+    /// Stop or start one node's daemon in a running lab (its namespace and containers
+    /// stay; a stopped node keeps its lease until the TTL runs out).
+    Node {
+        #[command(flatten)]
+        dir: DirArg,
+        /// stop or start.
+        #[arg(value_parser = ["stop", "start"])]
+        action: String,
+        /// The node (n1, n2, ...).
+        name: String,
+    },
 }
 
 /// Where the lab keeps its state.
@@ -80,6 +91,9 @@ pub struct UpArgs {
     /// Lease TTL in seconds.
     #[arg(long, default_value_t = 24 * 3600)]
     subnet_lease_ttl: u64,
+    /// The prefix of the lab's namespace names, so that several labs can coexist.
+    #[arg(long, default_value = state::DEFAULT_PREFIX)]
+    prefix: String,
 }
 
 fn alive(pid: u32) -> bool {
@@ -136,6 +150,7 @@ async fn up(args: UpArgs) -> Result<()> {
         .unwrap_or_else(|| format!("sled:{}", default_store(&dir).display()));
     let mut lab = Lab {
         pid: std::process::id(),
+        prefix: args.prefix.clone(),
         store: store_url,
         ..Lab::default()
     };
@@ -182,38 +197,36 @@ async fn build_and_run(lab: &mut Lab, dir: &Path, args: &UpArgs) -> Result<()> {
         node_paths.push(path);
     }
 
-    let mut nodes = JoinSet::new();
+    let make_setup = |node: &state::Node, path: &PathBuf| NodeSetup {
+        name: node.name.clone(),
+        store: store.clone(),
+        prefix: DEFAULT_PREFIX.to_string(),
+        config: config.clone(),
+        netns: Some(path.clone()),
+        iface: IfaceSelector {
+            ifaces: vec!["eth0".into()],
+            regexes: Vec::new(),
+        },
+        public_ip: None,
+        public_ipv6: None,
+        subnet_file: dir.join(&node.name).join("subnet.env"),
+        ip_masq: false,
+        lease_ttl: Duration::from_secs(args.subnet_lease_ttl.max(1)),
+        renew_margin: Duration::from_secs(60 * 60)
+            .min(Duration::from_secs(args.subnet_lease_ttl / 2)),
+        tun_name: "weft0".into(),
+        stats_file: Some(dir.join(&node.name).join("stats.json")),
+    };
+    let mut nodes = Nodes::default();
     for (node, path) in lab.nodes.iter().zip(&node_paths) {
         std::fs::create_dir_all(dir.join(&node.name))?;
-        let setup = NodeSetup {
-            name: node.name.clone(),
-            store: store.clone(),
-            prefix: DEFAULT_PREFIX.to_string(),
-            config: config.clone(),
-            netns: Some(path.clone()),
-            iface: IfaceSelector {
-                ifaces: vec!["eth0".into()],
-                regexes: Vec::new(),
-            },
-            public_ip: None,
-            public_ipv6: None,
-            subnet_file: dir.join(&node.name).join("subnet.env"),
-            ip_masq: false,
-            lease_ttl: Duration::from_secs(args.subnet_lease_ttl.max(1)),
-            renew_margin: Duration::from_secs(60 * 60)
-                .min(Duration::from_secs(args.subnet_lease_ttl / 2)),
-            tun_name: "weft0".into(),
-            stats_file: Some(dir.join(&node.name).join("stats.json")),
-        };
-        let name = node.name.clone();
-        let stop = shutdown.clone();
-        nodes.spawn(async move { (name, run_node(setup, stop).await) });
+        nodes.start(&node.name, make_setup(node, path));
     }
 
     // Wire the containers once each node knows its subnet.
     for (k, path) in node_paths.iter().enumerate() {
         let env_path = dir.join(&lab.nodes[k].name).join("subnet.env");
-        let env = wait_for_subnet(&env_path, &mut nodes).await?;
+        let env = wait_for_subnet(&env_path, &mut nodes.tasks).await?;
         let subnet = env
             .subnet
             .context("subnet.env without FLANNEL_SUBNET")?
@@ -231,21 +244,118 @@ async fn build_and_run(lab: &mut Lab, dir: &Path, args: &UpArgs) -> Result<()> {
     lab.save(dir)?;
     print!("{}", table(lab, network));
 
+    let control_path = dir.join("control.sock");
+    let _ = std::fs::remove_file(&control_path);
+    let control = tokio::net::UnixListener::bind(&control_path)
+        .with_context(|| format!("cannot listen on {}", control_path.display()))?;
     loop {
         tokio::select! {
             _ = shutdown.changed() => break,
-            done = nodes.join_next() => match done {
-                Some(Ok((name, Err(e)))) => tracing::error!(node = %name, error = %format!("{e:#}"), "node stopped"),
-                Some(_) => {}
-                None => break,
-            },
+            Some(done) = nodes.tasks.join_next() => {
+                if let Ok((name, Err(e))) = done {
+                    tracing::error!(node = %name, error = %format!("{e:#}"), "node stopped");
+                }
+            }
+            conn = control.accept() => {
+                let Ok((stream, _)) = conn else { continue };
+                let answer = match read_request(stream).await {
+                    Ok((action, name, stream)) => {
+                        let found = lab.nodes.iter().zip(&node_paths).find(|(n, _)| n.name == name);
+                        let reply = match (action.as_str(), found) {
+                            (_, None) => format!("error: no node {name:?}"),
+                            ("stop", Some(_)) => nodes.stop(&name).await,
+                            ("start", Some((node, path))) => {
+                                nodes.start(&name, make_setup(node, path));
+                                format!("ok: {name} started")
+                            }
+                            (other, _) => format!("error: unknown action {other:?}"),
+                        };
+                        (reply, stream)
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "bad control request");
+                        continue;
+                    }
+                };
+                let (reply, mut stream) = answer;
+                let _ = tokio::io::AsyncWriteExt::write_all(&mut stream, reply.as_bytes()).await;
+            }
         }
     }
+    let _ = std::fs::remove_file(&control_path);
     tracing::info!("stopping the lab's nodes");
-    while let Some(done) = nodes.join_next().await {
-        if let Ok((name, Err(e))) = done {
-            tracing::error!(node = %name, error = %format!("{e:#}"), "node failed while stopping");
+    nodes.stop_all().await;
+    Ok(())
+}
+
+/// The running nodes, each with its own stop switch.
+#[derive(Default)]
+struct Nodes {
+    tasks: JoinSet<(String, Result<()>)>,
+    stops: std::collections::BTreeMap<String, tokio::sync::watch::Sender<bool>>,
+}
+
+impl Nodes {
+    fn start(&mut self, name: &str, setup: NodeSetup) {
+        let (tx, rx) = tokio::sync::watch::channel(false);
+        let name = name.to_string();
+        if let Some(old) = self.stops.insert(name.clone(), tx) {
+            let _ = old.send(true);
         }
+        self.tasks
+            .spawn(async move { (name.clone(), run_node(setup, rx).await) });
+    }
+
+    async fn stop(&mut self, name: &str) -> String {
+        let Some(stop) = self.stops.remove(name) else {
+            return format!("error: {name} is not running");
+        };
+        let _ = stop.send(true);
+        // Wait until its datapath is gone, so the caller sees the effect.
+        stop.closed().await;
+        format!("ok: {name} stopped")
+    }
+
+    async fn stop_all(&mut self) {
+        for stop in self.stops.values() {
+            let _ = stop.send(true);
+        }
+        while let Some(done) = self.tasks.join_next().await {
+            if let Ok((name, Err(e))) = done {
+                tracing::error!(node = %name, error = %format!("{e:#}"), "node failed while stopping");
+            }
+        }
+    }
+}
+
+async fn read_request(
+    mut stream: tokio::net::UnixStream,
+) -> Result<(String, String, tokio::net::UnixStream)> {
+    use tokio::io::AsyncReadExt;
+    let mut buf = vec![0u8; 256];
+    let n = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut buf)).await??;
+    let text = String::from_utf8_lossy(&buf[..n]).to_string();
+    let mut words = text.split_whitespace();
+    match (words.next(), words.next()) {
+        (Some(a), Some(n)) => Ok((a.to_string(), n.to_string(), stream)),
+        _ => bail!("expected ACTION NAME, got {text:?}"),
+    }
+}
+
+async fn node_control(dir: &Path, action: &str, name: &str) -> Result<()> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let path = dir.join("control.sock");
+    let mut stream = tokio::net::UnixStream::connect(&path)
+        .await
+        .with_context(|| format!("no running lab answers on {}", path.display()))?;
+    stream
+        .write_all(format!("{action} {name}").as_bytes())
+        .await?;
+    let mut reply = String::new();
+    tokio::time::timeout(Duration::from_secs(30), stream.read_to_string(&mut reply)).await??;
+    println!("{reply}");
+    if reply.starts_with("error") {
+        bail!("{name}: {action} failed");
     }
     Ok(())
 }
@@ -392,5 +502,8 @@ pub async fn run(command: LabCommand) -> Result<()> {
         LabCommand::Status(d) => status(&d.state_dir).await,
         LabCommand::Exec { dir, name, command } => exec(&dir.state_dir, &name, &command),
         LabCommand::Down(d) => down(&d.state_dir).await,
+        LabCommand::Node { dir, action, name } => {
+            node_control(&dir.state_dir, &action, &name).await
+        }
     }
 }

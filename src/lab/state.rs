@@ -7,8 +7,8 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 
-/// Every namespace the lab made starts with this.
-pub const NS_PREFIX: &str = "weft-lab-";
+/// Every namespace the lab makes starts with this, unless `--prefix` says otherwise.
+pub const DEFAULT_PREFIX: &str = "weft-lab-";
 
 /// One container: a namespace behind its node's bridge.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -37,6 +37,8 @@ pub struct Node {
 pub struct Lab {
     /// The PID of `weft lab up`.
     pub pid: u32,
+    /// The prefix of every namespace name.
+    pub prefix: String,
     /// The store URL the nodes use.
     pub store: String,
     /// Every namespace made so far, in creation order (deleted in reverse).
@@ -84,6 +86,6 @@ impl Lab {
             .nodes
             .iter()
             .any(|n| n.name == name || n.containers.iter().any(|c| c.name == name));
-        known.then(|| format!("{NS_PREFIX}{name}"))
+        known.then(|| format!("{}{name}", self.prefix))
     }
 }

@@ -11,7 +11,7 @@ use ipnet::Ipv4Net;
 use weft_datapath::netlink::Netlink;
 use weft_datapath::netns;
 
-use super::state::{Container, Lab, NS_PREFIX};
+use super::state::{Container, Lab};
 
 /// The underlay network the nodes' public addresses are on (TEST-NET-1).
 pub const UNDERLAY_PREFIX: u8 = 24;
@@ -24,7 +24,7 @@ pub fn public_ip(i: usize) -> Ipv4Addr {
 /// Creates a namespace, recording it in the state file first so that a crash in
 /// between still leaves it known to `weft lab down`.
 async fn new_namespace(lab: &mut Lab, dir: &Path, short: &str) -> Result<(String, PathBuf)> {
-    let name = format!("{NS_PREFIX}{short}");
+    let name = format!("{}{short}", lab.prefix);
     lab.namespaces.push(name.clone());
     lab.save(dir)?;
     netns::add(&name).await?;
