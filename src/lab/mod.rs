@@ -7,9 +7,11 @@
 //! known, and tears everything down again when stopped. The state file lets `status`,
 //! `exec` and `down` work from another shell, and `down` clean up after a crash.
 
+mod probe;
 mod state;
 mod topology;
 
+use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -243,6 +245,7 @@ async fn build_and_run(lab: &mut Lab, dir: &Path, args: &UpArgs) -> Result<()> {
     lab.ready = true;
     lab.save(dir)?;
     print!("{}", table(lab, network));
+    print!("{}", connectivity(lab).await);
 
     let control_path = dir.join("control.sock");
     let _ = std::fs::remove_file(&control_path);
@@ -358,6 +361,42 @@ async fn node_control(dir: &Path, action: &str, name: &str) -> Result<()> {
         bail!("{name}: {action} failed");
     }
     Ok(())
+}
+
+/// Pings from each node's first container to every other node's, and reports.
+async fn connectivity(lab: &Lab) -> String {
+    let firsts: Vec<(String, Ipv4Addr)> = lab
+        .nodes
+        .iter()
+        .filter_map(|n| n.containers.first())
+        .filter_map(|c| Some((c.name.clone(), c.ip?)))
+        .collect();
+    let mut out = String::from("connectivity across the overlay (ICMP echo):\n");
+    let mut ident = 0x7700u16;
+    for (from, _) in &firsts {
+        for (to, ip) in &firsts {
+            if from == to {
+                continue;
+            }
+            ident = ident.wrapping_add(1);
+            let ns = netns::path(&format!("{}{from}", lab.prefix));
+            let (ip, id) = (*ip, ident);
+            let rtt = tokio::task::spawn_blocking(move || {
+                probe::echo(ns, ip, id, Duration::from_secs(2))
+            })
+            .await
+            .ok()
+            .flatten();
+            out += &match rtt {
+                Some(rtt) => format!(
+                    "  {from} -> {to} ({ip}): ok, {:.2} ms\n",
+                    rtt.as_secs_f64() * 1e3
+                ),
+                None => format!("  {from} -> {to} ({ip}): NO REPLY\n"),
+            };
+        }
+    }
+    out
 }
 
 async fn wait_for_subnet(
