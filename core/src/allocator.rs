@@ -19,7 +19,7 @@ use rand_chacha::ChaCha8Rng;
 
 use crate::lease::{Lease, LeaseAttrs, LeaseKey, RawJson};
 use crate::lease_table::LeaseTable;
-use crate::store::{Entry, StoreError, WatchEvent};
+use crate::store::{Entry, StoreError, StoreOp, WatchEvent};
 use crate::subnet::SubnetSpace;
 use crate::time::Timestamp;
 use crate::timer::{Timer, TimerTable};
@@ -171,31 +171,6 @@ pub enum AllocEvent {
     },
 }
 
-/// A store operation the allocator wants performed.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum AllocOp {
-    /// Create a lease key if absent.
-    Create {
-        /// The full store key.
-        key: String,
-        /// The lease JSON.
-        value: Vec<u8>,
-        /// Its TTL.
-        ttl: Option<Duration>,
-    },
-    /// Rewrite and extend a lease we hold (or take over, for reuse).
-    Renew {
-        /// The full store key.
-        key: String,
-        /// The incarnation we expect.
-        create_revision: u64,
-        /// The lease JSON.
-        value: Vec<u8>,
-        /// Its TTL; `None` keeps a reservation a reservation.
-        ttl: Option<Duration>,
-    },
-}
-
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Pending {
     Create(LeaseKey, AcquiredHow),
@@ -231,7 +206,7 @@ pub struct Allocator {
     recent_conflicts: BTreeSet<LeaseKey>,
     retries: u32,
     wants_listing: bool,
-    ops: VecDeque<AllocOp>,
+    ops: VecDeque<StoreOp>,
     events: VecDeque<AllocEvent>,
     pub(crate) timers: TimerTable,
 }
@@ -274,7 +249,7 @@ impl Allocator {
     }
 
     /// The next store operation to perform. Poll again after every `handle_*` call.
-    pub fn poll_op(&mut self) -> Option<AllocOp> {
+    pub fn poll_op(&mut self) -> Option<StoreOp> {
         self.ops.pop_front()
     }
 
@@ -308,15 +283,7 @@ impl Allocator {
         if let Some(lease) = self.lease.clone() {
             if table.revision() >= lease.mod_revision {
                 match table.get(&lease.key) {
-                    None => {
-                        let live = lease.expires_at.is_none_or(|at| now < at);
-                        let reason = if live {
-                            LossReason::Deleted
-                        } else {
-                            LossReason::Expired
-                        };
-                        self.lose(reason, table, now);
-                    }
+                    None => self.vanished(&lease, table, now),
                     Some(l) if l.create_revision != lease.create_revision => {
                         self.lose(LossReason::Taken, table, now);
                     }
@@ -355,7 +322,7 @@ impl Allocator {
             })
             .cloned();
         if let Some(lease) = reusable {
-            self.ops.push_back(AllocOp::Renew {
+            self.ops.push_back(StoreOp::Renew {
                 key: self.full_key(&lease.key),
                 create_revision: lease.create_revision,
                 value: self.cfg.attrs().encode(),
@@ -393,7 +360,7 @@ impl Allocator {
     }
 
     fn create(&mut self, key: LeaseKey, how: AcquiredHow) {
-        self.ops.push_back(AllocOp::Create {
+        self.ops.push_back(StoreOp::Create {
             key: self.full_key(&key),
             value: self.cfg.attrs().encode(),
             ttl: Some(self.cfg.lease_ttl),
@@ -501,7 +468,7 @@ impl Allocator {
         lease
     }
 
-    /// The result of the last [`AllocOp`] polled.
+    /// The result of the last [`StoreOp`] polled.
     pub fn handle_result(
         &mut self,
         result: Result<Entry, StoreError>,
@@ -594,9 +561,21 @@ impl Allocator {
         }
     }
 
+    /// Our lease is gone from the store: deleted by someone else if it was still live,
+    /// expired otherwise.
+    fn vanished(&mut self, lease: &Lease, table: &LeaseTable, now: Timestamp) {
+        let live = lease.expires_at.is_none_or(|at| now < at);
+        let reason = if live {
+            LossReason::Deleted
+        } else {
+            LossReason::Expired
+        };
+        self.lose(reason, table, now);
+    }
+
     fn renew(&mut self) {
         let Some(lease) = &self.lease else { return };
-        self.ops.push_back(AllocOp::Renew {
+        self.ops.push_back(StoreOp::Renew {
             key: self.full_key(&lease.key),
             create_revision: lease.create_revision,
             value: self.cfg.attrs().encode(),
@@ -610,15 +589,7 @@ impl Allocator {
         if let Some(lease) = self.lease.clone() {
             if event.key() == self.full_key(&lease.key) {
                 match event {
-                    WatchEvent::Delete { .. } => {
-                        let live = lease.expires_at.is_none_or(|at| now < at);
-                        let reason = if live {
-                            LossReason::Deleted
-                        } else {
-                            LossReason::Expired
-                        };
-                        self.lose(reason, table, now);
-                    }
+                    WatchEvent::Delete { .. } => self.vanished(&lease, table, now),
                     WatchEvent::Put(entry) if entry.create_revision != lease.create_revision => {
                         self.lose(LossReason::Taken, table, now);
                     }
