@@ -2,6 +2,8 @@
 //! table: accepted with a summary, or rejected with a non-zero exit and the core's
 //! message, which names the field.
 
+#![allow(clippy::unwrap_used)]
+
 mod common;
 
 use common::weft;
@@ -26,11 +28,18 @@ fn check(json: &str) -> std::process::Output {
 
 #[test]
 fn flannel_documented_examples_are_accepted_with_a_summary() {
-    let out = check(r#"{"Network":"10.5.0.0/16","SubnetLen":24,"Backend":{"Type":"udp","Port":8285}}"#);
+    let out =
+        check(r#"{"Network":"10.5.0.0/16","SubnetLen":24,"Backend":{"Type":"udp","Port":8285}}"#);
     assert!(out.status.success(), "{out:?}");
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(text.contains("subnets /24 from 10.5.1.0/24 to 10.5.255.0/24 (255 subnets)"), "{text}");
-    assert!(text.contains("udp* 1472") && text.contains("vxlan 1450"), "{text}");
+    assert!(
+        text.contains("subnets /24 from 10.5.1.0/24 to 10.5.255.0/24 (255 subnets)"),
+        "{text}"
+    );
+    assert!(
+        text.contains("udp* 1472") && text.contains("vxlan 1450"),
+        "{text}"
+    );
 
     let out = check(r#"{"Network":"10.244.0.0/16","Backend":{"Type":"vxlan"}}"#);
     assert!(out.status.success(), "{out:?}");
@@ -62,5 +71,8 @@ fn a_missing_file_is_a_clear_error() {
     let out = weft(&["config", "check", "/nonexistent/net-conf.json"]);
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("cannot read network config /nonexistent/net-conf.json"), "{err}");
+    assert!(
+        err.contains("cannot read network config /nonexistent/net-conf.json"),
+        "{err}"
+    );
 }
