@@ -160,6 +160,7 @@ impl EtcdStore {
             client,
             endpoints.to_vec(),
             options.timeout,
+            options.uses_tls(),
         ))
     }
 }

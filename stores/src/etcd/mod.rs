@@ -50,6 +50,12 @@ struct Inner {
     client: Client,
     endpoints: Vec<String>,
     timeout: Duration,
+    /// Whether the connection uses TLS, and whether any request was ever answered: a
+    /// TLS connection that etcd closes before the first answer is a client certificate
+    /// it refused (TLS 1.3 sends that verdict after the client thinks it is done, and
+    /// the client sees only the connection close).
+    tls: bool,
+    answered: std::sync::atomic::AtomicBool,
     /// Expiries of leases weft did not grant (flannel's), by lease ID, as etcd told them.
     foreign: Mutex<BTreeMap<i64, Timestamp>>,
     /// The shortest TTL the server grants, in seconds, once learned.
@@ -76,9 +82,11 @@ pub struct EtcdStats {
     pub txn_conflicts: u64,
 }
 
-/// How a call failed: no answer in time, or etcd's error.
+/// How a call failed: no answer in time, a TLS connection closed before any answer,
+/// or etcd's error.
 enum Failure {
     TimedOut(Duration),
+    TlsRefused(String),
     Etcd(etcd_client::Error),
 }
 
@@ -86,18 +94,25 @@ impl Failure {
     fn into_store(self, what: &str) -> StoreError {
         match self {
             Failure::TimedOut(d) => StoreError::Timeout(d),
+            Failure::TlsRefused(text) => StoreError::Backend(format!(
+                "{what}: etcd closed the TLS connection before answering anything: it does \
+                 not accept this client's certificate (check --etcd-certfile, --etcd-keyfile \
+                 and --etcd-cafile): {text}"
+            )),
             Failure::Etcd(e) => map_error(what, &e),
         }
     }
 }
 
 impl EtcdStore {
-    fn from_client(client: Client, endpoints: Vec<String>, timeout: Duration) -> Self {
+    fn from_client(client: Client, endpoints: Vec<String>, timeout: Duration, tls: bool) -> Self {
         EtcdStore {
             inner: Arc::new(Inner {
                 client,
                 endpoints,
                 timeout,
+                tls,
+                answered: std::sync::atomic::AtomicBool::new(false),
                 foreign: Mutex::new(BTreeMap::new()),
                 min_ttl: AtomicU64::new(1),
                 round_trips: AtomicU64::new(0),
@@ -139,15 +154,28 @@ impl EtcdStore {
             let attempt = request(self.inner.client.clone());
             match tokio::time::timeout_at(deadline, attempt).await {
                 Err(_) => return Err(Failure::TimedOut(timeout)),
-                Ok(Ok(v)) => return Ok(v),
+                Ok(Ok(v)) => {
+                    self.inner.answered.store(true, Ordering::Relaxed);
+                    return Ok(v);
+                }
                 Ok(Err(e)) if never_sent(&e) && (retries as usize) < self.inner.endpoints.len() => {
                     retries += 1;
                     tracing::debug!(error = %error::describe(&e), "etcd member unreachable; trying the next");
                     tokio::time::sleep(Duration::from_millis(10 * u64::from(retries))).await;
                 }
+                Ok(Err(e)) if self.closed_before_any_answer(&e) => {
+                    return Err(Failure::TlsRefused(error::describe(&e)))
+                }
                 Ok(Err(e)) => return Err(Failure::Etcd(e)),
             }
         }
+    }
+
+    fn closed_before_any_answer(&self, e: &etcd_client::Error) -> bool {
+        let text = error::describe(e);
+        self.inner.tls
+            && !self.inner.answered.load(Ordering::Relaxed)
+            && (text.contains("connection closed") || text.contains("connection reset"))
     }
 
     /// The expiry of each lease in `ids` (0, no lease, is left out): decoded from weft's

@@ -9,6 +9,13 @@
 //! Tests that need etcd call [`etcd_or_skip`]: where etcd cannot start it fails the test
 //! under `CI=true` and otherwise says so loudly and lets the test return early.
 //! Traffic goes only to 127.0.0.1.
+//!
+//! [`NodeRunner`] drives a real `weft_core::node::Node` against any store on tokio, the
+//! way the daemon does, minus the files: for tests and the scale benchmark.
+
+mod node;
+
+pub use node::NodeRunner;
 
 use std::fmt;
 use std::fs::File;
@@ -195,6 +202,11 @@ impl Etcd {
         }
     }
 
+    /// One token for the whole cluster, unique to it.
+    fn cluster_token(&self) -> String {
+        format!("weft-{}", self.members[0].peer_port)
+    }
+
     fn initial_cluster(&self) -> String {
         self.members
             .iter()
@@ -238,7 +250,7 @@ impl Etcd {
             .args(["--initial-advertise-peer-urls", &peer_url])
             .args(["--initial-cluster", &self.initial_cluster()])
             .args(["--initial-cluster-state", "new"])
-            .args(["--initial-cluster-token", &format!("weft-{}", m.peer_port)])
+            .args(["--initial-cluster-token", &self.cluster_token()])
             // Quick elections, and leases as short as one second.
             .args(["--heartbeat-interval", "50", "--election-timeout", "500"])
             .args(["--log-level", "warn"]);
