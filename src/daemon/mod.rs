@@ -17,18 +17,23 @@ use weft_core::allocator::AllocatorConfig;
 use weft_core::config::{BackendType, NetworkConfig};
 use weft_core::node::NodeConfig;
 use weft_core::store::{config_key, Store};
+use weft_stores::OpenError;
 
+use crate::etcd_args::EtcdArgs;
 use crate::subnet_file;
 
 /// Arguments of `weft daemon` (flannel's flag names where flannel has one).
 #[derive(Debug, clap::Args)]
 pub struct DaemonArgs {
-    /// Where the leases live: memory:, sled:PATH (embedded, one process per directory).
+    /// Where the leases live: memory:, sled:PATH (embedded, one process per directory),
+    /// etcd://HOST:PORT[,HOST:PORT...] (a cluster; several members fail over).
     #[arg(long, env = "WEFT_STORE", default_value = "sled:/var/lib/weft")]
     pub store: String,
     /// The key prefix in the store (flannel's default).
     #[arg(long, default_value = weft_core::store::DEFAULT_PREFIX)]
     pub etcd_prefix: String,
+    #[command(flatten)]
+    pub etcd: EtcdArgs,
     /// This node's public (underlay) IPv4 address, recorded in its lease. Default: the
     /// source address of the default route.
     #[arg(long)]
@@ -88,9 +93,35 @@ async fn network_config(args: &DaemonArgs, store: &dyn Store) -> Result<NetworkC
                 logged = true;
             }
             Ok(None) => {}
+            Err(e) if !e.is_transient() => {
+                return Err(e).with_context(|| format!("cannot read the network config {key}"));
+            }
             Err(e) => tracing::warn!(%key, error = %e, "cannot read the network config; retrying"),
         }
         tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
+/// Opens the store, waiting (with capped backoff) while it is unreachable: etcd may
+/// come up after the node. Anything else (a bad URL, a refused certificate or password)
+/// ends the daemon with the reason.
+async fn open_store(args: &DaemonArgs) -> Result<Arc<dyn Store>> {
+    let options = args.etcd.store_options();
+    let mut delay = Duration::from_secs(1);
+    let mut logged = false;
+    loop {
+        match weft_stores::open_with(&args.store, &options).await {
+            Ok(store) => return Ok(Arc::from(store)),
+            Err(OpenError::Store { source, .. }) if source.is_transient() => {
+                if !logged {
+                    tracing::warn!(store = %args.store, error = %source, "cannot reach the store; retrying");
+                    logged = true;
+                }
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(30));
+            }
+            Err(e) => return Err(e).with_context(|| format!("cannot open store {}", args.store)),
+        }
     }
 }
 
@@ -100,11 +131,7 @@ pub async fn run(args: DaemonArgs) -> Result<()> {
         Some(ip) => ip,
         None => bail!("cannot find a default route to take the public IP from; pass --public-ip"),
     };
-    let store: Arc<dyn Store> = Arc::from(
-        weft_stores::open(&args.store)
-            .await
-            .with_context(|| format!("cannot open store {}", args.store))?,
-    );
+    let store = open_store(&args).await?;
     let config = network_config(&args, store.as_ref()).await?;
     if config.backend.kind != BackendType::Alloc {
         bail!(

@@ -2,83 +2,12 @@
 //! etcd: the right certificates and credentials connect; wrong ones fail at once with an
 //! error that names the problem (and the flag to fix), never as "try again later".
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
-use rcgen::{
-    BasicConstraints, CertificateParams, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, SanType,
-};
-use tempfile::TempDir;
 use weft_core::store::{Store, StoreError};
-use weft_stores::testing::{etcd_or_skip, skip_unless, ClientTls, Etcd, EtcdConfig, ServerTls};
+use weft_stores::testing::{etcd_or_skip, skip_unless, ClientTls, Etcd, EtcdConfig, Pki};
 use weft_stores::{EtcdOptions, EtcdStore};
-
-/// Two certificate authorities: the one etcd trusts, and a rogue one.
-struct Pki {
-    dir: TempDir,
-}
-
-impl Pki {
-    fn new() -> Pki {
-        let dir = tempfile::tempdir().expect("tempdir");
-        for name in ["ca", "rogue"] {
-            let (issuer, pem) = ca(name);
-            std::fs::write(dir.path().join(format!("{name}.pem")), pem).expect("write");
-            let server = leaf(&issuer, ExtendedKeyUsagePurpose::ServerAuth);
-            let client = leaf(&issuer, ExtendedKeyUsagePurpose::ClientAuth);
-            for (kind, (cert, key)) in [("server", server), ("client", client)] {
-                let base = dir.path().join(format!("{name}-{kind}"));
-                std::fs::write(base.with_extension("pem"), cert).expect("write");
-                std::fs::write(base.with_extension("key"), key).expect("write");
-            }
-        }
-        Pki { dir }
-    }
-
-    fn path(&self, name: &str) -> PathBuf {
-        self.dir.path().join(name)
-    }
-
-    fn client(&self, ca: &str, signer: &str) -> ClientTls {
-        ClientTls {
-            ca: self.path(&format!("{ca}.pem")),
-            cert: self.path(&format!("{signer}-client.pem")),
-            key: self.path(&format!("{signer}-client.key")),
-        }
-    }
-
-    fn server(&self) -> ServerTls {
-        ServerTls {
-            cert: self.path("ca-server.pem"),
-            key: self.path("ca-server.key"),
-            client_ca: self.path("ca.pem"),
-            etcdctl: self.client("ca", "ca"),
-        }
-    }
-}
-
-fn ca(name: &str) -> (Issuer<'static, KeyPair>, String) {
-    let mut params = CertificateParams::new(Vec::<String>::new()).expect("params");
-    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    params
-        .distinguished_name
-        .push(rcgen::DnType::CommonName, format!("weft test {name} CA"));
-    let key = KeyPair::generate().expect("key");
-    let cert = params.self_signed(&key).expect("self-signed");
-    (Issuer::new(params, key), cert.pem())
-}
-
-fn leaf(issuer: &Issuer<'static, KeyPair>, usage: ExtendedKeyUsagePurpose) -> (String, String) {
-    let mut params = CertificateParams::new(Vec::<String>::new()).expect("params");
-    params.subject_alt_names = vec![SanType::IpAddress([127, 0, 0, 1].into())];
-    params
-        .distinguished_name
-        .push(rcgen::DnType::CommonName, "127.0.0.1");
-    params.extended_key_usages = vec![usage];
-    let key = KeyPair::generate().expect("key");
-    let cert = params.signed_by(&key, issuer).expect("signed");
-    (cert.pem(), key.serialize_pem())
-}
 
 fn options(tls: &ClientTls) -> EtcdOptions {
     EtcdOptions {

@@ -175,7 +175,9 @@ impl EtcdStore {
         let text = error::describe(e);
         self.inner.tls
             && !self.inner.answered.load(Ordering::Relaxed)
-            && (text.contains("connection closed") || text.contains("connection reset"))
+            && ["connection closed", "connection reset", "broken pipe"]
+                .iter()
+                .any(|w| text.contains(w))
     }
 
     /// The expiry of each lease in `ids` (0, no lease, is left out): decoded from weft's

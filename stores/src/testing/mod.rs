@@ -14,8 +14,10 @@
 //! way the daemon does, minus the files: for tests and the scale benchmark.
 
 mod node;
+mod pki;
 
 pub use node::NodeRunner;
+pub use pki::Pki;
 
 use std::fmt;
 use std::fs::File;
