@@ -38,6 +38,9 @@ pub struct Driver {
     rx: mpsc::UnboundedReceiver<Msg>,
     watch: Option<(u64, JoinHandle<()>)>,
     watch_gen: u64,
+    /// The node's first watch, held back until the node has reported on its lease.
+    deferred_watch: Option<(OpId, StoreOp)>,
+    lease_reported: bool,
     skipped: u64,
 }
 
@@ -63,11 +66,23 @@ impl Driver {
             rx,
             watch: None,
             watch_gen: 0,
+            deferred_watch: None,
+            lease_reported: false,
             skipped: 0,
         }
     }
 
+    /// Performs `op`, except the node's first watch, which waits until the node has
+    /// acquired its lease (or reported that it cannot yet): the watch resumes from the
+    /// listing's revision either way, so nothing is missed, and a fleet that starts at
+    /// once (a cold start of the whole cluster) does not have etcd stream every node's
+    /// new lease to every other node while they are all still acquiring; each watch
+    /// catches up afterwards from etcd's history, in large batches.
     fn perform(&mut self, id: OpId, op: StoreOp) {
+        if matches!(op, StoreOp::Watch { .. }) && !self.lease_reported && self.watch_gen == 0 {
+            self.deferred_watch = Some((id, op));
+            return;
+        }
         let store = self.store.clone();
         let tx = self.tx.clone();
         match op {
@@ -180,8 +195,15 @@ impl Driver {
                 progressed = true;
             }
             while let Some(event) = self.node.poll_event() {
+                self.lease_reported |= matches!(event, NodeEvent::Lease(_));
                 self.on_event(event, now)?;
                 progressed = true;
+            }
+            if self.lease_reported {
+                if let Some((id, op)) = self.deferred_watch.take() {
+                    self.perform(id, op);
+                    progressed = true;
+                }
             }
             if !progressed {
                 return Ok(());

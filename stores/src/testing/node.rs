@@ -1,6 +1,9 @@
 //! A thin async driver of `weft_core::node::Node`, as the daemon's, for tests and
 //! benchmarks: it performs the node's store operations on tokio tasks, runs its watch,
 //! fires its timeouts by the wall clock, and hands every [`NodeEvent`] to the caller.
+//!
+//! Like the daemon, it opens the node's first watch only once the node has reported on
+//! its lease (acquired, or failed to): see `src/daemon/driver.rs` for why.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -134,9 +137,15 @@ async fn run(
     let (tx, mut rx) = mpsc::unbounded_channel();
     let mut watcher: Option<(u64, JoinHandle<()>)> = None;
     let mut generation = 0;
+    // The first watch waits for the node's first word on its lease.
+    let mut deferred: Option<(String, u64)> = None;
+    let mut reported = false;
     loop {
         while let Some((id, op)) = node.poll_store_op() {
             match op {
+                StoreOp::Watch { prefix, from } if !reported && generation == 0 => {
+                    deferred = Some((prefix, from));
+                }
                 StoreOp::Watch { prefix, from } => {
                     if let Some((_, task)) = watcher.take() {
                         task.abort();
@@ -149,7 +158,15 @@ async fn run(
             }
         }
         while let Some(event) = node.poll_event() {
+            reported |= matches!(event, NodeEvent::Lease(_));
             let _ = events.send(event);
+        }
+        if reported {
+            if let Some((prefix, from)) = deferred.take() {
+                generation += 1;
+                let task = watch(&store, prefix, from, generation, &tx);
+                watcher = Some((generation, task));
+            }
         }
         let sleep = node.poll_timeout().map_or(Duration::from_secs(3600), |at| {
             at.saturating_since(wall_now())
