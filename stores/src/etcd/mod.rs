@@ -121,6 +121,18 @@ impl EtcdStore {
         }
     }
 
+    /// Another store on this one's connection, with counters of its own: many nodes
+    /// simulated in one process (the scale benchmark) share a connection as the tasks
+    /// of one node do.
+    pub fn sharing_connection(&self) -> EtcdStore {
+        EtcdStore::from_client(
+            self.inner.client.clone(),
+            self.inner.endpoints.clone(),
+            self.inner.timeout,
+            self.inner.tls,
+        )
+    }
+
     /// The endpoints the store talks to, as `host:port`.
     pub fn endpoints(&self) -> &[String] {
         &self.inner.endpoints
