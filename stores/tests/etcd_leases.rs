@@ -196,3 +196,53 @@ async fn an_unreachable_cluster_is_unavailable_within_the_deadline() {
     let err = store.watch("/k/", 1).await.expect_err("nothing listens");
     assert!(err.is_transient(), "{err}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_takes_the_reservation_of_its_public_ip_and_keeps_it_lease_less() {
+    use std::sync::Arc;
+
+    use weft_core::allocator::{AcquiredHow, AllocEvent, AllocatorConfig};
+    use weft_core::node::{NodeConfig, NodeEvent};
+    use weft_core::NetworkConfig;
+    use weft_stores::testing::NodeRunner;
+
+    let Some((etcd, store)) = start("a_node_takes_the_reservation_of_its_public_ip").await else {
+        return;
+    };
+    // An operator reserves 10.5.77.0/24 for 192.0.2.77: a plain put, no etcd lease.
+    let reserved = "/coreos.com/network/subnets/10.5.77.0-24";
+    stdout(&etcd.etcdctl(&["put", reserved, r#"{"PublicIP":"192.0.2.77"}"#]));
+    let config = NetworkConfig::parse(r#"{"Network":"10.5.0.0/16","Backend":{"Type":"alloc"}}"#)
+        .expect("config");
+    let alloc = AllocatorConfig::new(
+        config.ipv4_space().expect("v4"),
+        "192.0.2.77".parse().expect("ip"),
+        "alloc",
+    );
+    let node_config = NodeConfig {
+        prefix: "/coreos.com/network".to_string(),
+        alloc,
+    };
+    let mut node = NodeRunner::spawn(Arc::new(store.clone()), node_config, 3);
+    let event = node
+        .wait_for(Duration::from_secs(20), |e| {
+            matches!(e, NodeEvent::Lease(AllocEvent::Acquired { .. }))
+        })
+        .await
+        .expect("acquired");
+    let NodeEvent::Lease(AllocEvent::Acquired { lease, how }) = event else {
+        unreachable!()
+    };
+    assert_eq!(
+        (lease.key.to_string().as_str(), how),
+        ("10.5.77.0-24", AcquiredHow::Reused)
+    );
+    assert_eq!(lease.expires_at, None, "still a reservation");
+    node.stop().await;
+    assert_eq!(
+        store.live_leases().await.expect("leases"),
+        Vec::<i64>::new()
+    );
+    let entry = store.get(reserved).await.expect("get").expect("kept");
+    assert_eq!(entry.expires_at, None);
+}
