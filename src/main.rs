@@ -11,6 +11,7 @@ use clap::{Parser, Subcommand};
 mod cmd_config;
 mod cmd_leases;
 mod daemon;
+mod etcd_args;
 mod lab;
 mod subnet_file;
 
@@ -52,12 +53,14 @@ enum ConfigCommand {
     },
     /// Validate a network config file and write it to the store's config key.
     Set {
-        /// Where the leases live: memory:, sled:PATH.
+        /// Where the leases live: memory:, sled:PATH, etcd://HOST:PORT[,HOST:PORT...].
         #[arg(long, env = "WEFT_STORE")]
         store: String,
         /// The key prefix in the store.
         #[arg(long, default_value = weft_core::store::DEFAULT_PREFIX)]
         etcd_prefix: String,
+        #[command(flatten)]
+        etcd: etcd_args::EtcdArgs,
         /// The network config JSON file.
         file: PathBuf,
     },
@@ -91,8 +94,9 @@ fn main() -> ExitCode {
             Command::Config(ConfigCommand::Set {
                 store,
                 etcd_prefix,
+                etcd,
                 file,
-            }) => cmd_config::set(&store, &etcd_prefix, &file).await,
+            }) => cmd_config::set(&store, &etcd_prefix, &etcd, &file).await,
             Command::Leases(args) => cmd_leases::run(&args).await,
             Command::Daemon(args) => daemon::run(*args).await,
             Command::Lab(command) => lab::run(command).await,

@@ -48,6 +48,9 @@ pub struct Driver {
     rx: mpsc::UnboundedReceiver<Msg>,
     watch: Option<(u64, JoinHandle<()>)>,
     watch_gen: u64,
+    /// The node's first watch, held back until the node has reported on its lease.
+    deferred_watch: Option<(OpId, StoreOp)>,
+    lease_reported: bool,
     skipped: u64,
     ready: bool,
     stats_file: Option<PathBuf>,
@@ -77,13 +80,25 @@ impl Driver {
             rx,
             watch: None,
             watch_gen: 0,
+            deferred_watch: None,
+            lease_reported: false,
             skipped: 0,
             ready: false,
             stats_file,
         }
     }
 
+    /// Performs `op`, except the node's first watch, which waits until the node has
+    /// acquired its lease (or reported that it cannot yet): the watch resumes from the
+    /// listing's revision either way, so nothing is missed, and a fleet that starts at
+    /// once (a cold start of the whole cluster) does not have etcd stream every node's
+    /// new lease to every other node while they are all still acquiring; each watch
+    /// catches up afterwards from etcd's history, in large batches.
     fn perform(&mut self, id: OpId, op: StoreOp) {
+        if matches!(op, StoreOp::Watch { .. }) && !self.lease_reported && self.watch_gen == 0 {
+            self.deferred_watch = Some((id, op));
+            return;
+        }
         let store = self.store.clone();
         let tx = self.tx.clone();
         if let StoreOp::Watch { prefix, from } = op {
@@ -197,14 +212,21 @@ impl Driver {
                     std::iter::from_fn(|| node.poll_event()).collect(),
                 )
             };
-            if ops.is_empty() && events.is_empty() {
+            let deferred = self.deferred_watch.is_some() && self.lease_reported;
+            if ops.is_empty() && events.is_empty() && !deferred {
                 return Ok(());
             }
             for (id, op) in ops {
                 self.perform(id, op);
             }
             for event in events {
+                self.lease_reported |= matches!(event, NodeEvent::Lease(_));
                 self.on_event(event, now).await?;
+            }
+            if self.lease_reported {
+                if let Some((id, op)) = self.deferred_watch.take() {
+                    self.perform(id, op);
+                }
             }
         }
     }

@@ -26,7 +26,9 @@ use weft_datapath::iface::IfaceSelector;
 use weft_datapath::netlink::Netlink;
 use weft_datapath::udp::UdpConfig;
 use weft_stores::clock::wall_now;
+use weft_stores::OpenError;
 
+use crate::etcd_args::EtcdArgs;
 use crate::subnet_file;
 use backend::Backend;
 use driver::{Driver, SubnetFileSettings};
@@ -34,12 +36,15 @@ use driver::{Driver, SubnetFileSettings};
 /// Arguments of `weft daemon` (flannel's flag names where flannel has one).
 #[derive(Debug, clap::Args)]
 pub struct DaemonArgs {
-    /// Where the leases live: memory:, sled:PATH (embedded, one process per directory).
+    /// Where the leases live: memory:, sled:PATH (embedded, one process per directory),
+    /// etcd://HOST:PORT[,HOST:PORT...] (a cluster; several members fail over).
     #[arg(long, env = "WEFT_STORE", default_value = "sled:/var/lib/weft")]
     pub store: String,
     /// The key prefix in the store (flannel's default).
     #[arg(long, default_value = weft_core::store::DEFAULT_PREFIX)]
     pub etcd_prefix: String,
+    #[command(flatten)]
+    pub etcd: EtcdArgs,
     /// The interface (name or IP address) to carry the overlay over; repeat to give
     /// alternatives, tried in order. Default: the interface of the default route.
     #[arg(long)]
@@ -131,6 +136,9 @@ pub async fn network_config(
                 logged = true;
             }
             Ok(None) => {}
+            Err(e) if !e.is_transient() => {
+                return Err(e).with_context(|| format!("cannot read the network config {key}"));
+            }
             Err(e) => tracing::warn!(%key, error = %e, "cannot read the network config; retrying"),
         }
         tokio::time::sleep(Duration::from_secs(1)).await;
@@ -250,14 +258,36 @@ pub fn shutdown_on_signals() -> Result<watch::Receiver<bool>> {
     Ok(rx)
 }
 
+/// Opens the store, waiting (with capped backoff) while it is unreachable: etcd may
+/// come up after the node. Anything else (a bad URL, a refused certificate or password)
+/// ends the daemon with the reason.
+async fn open_store(args: &DaemonArgs) -> Result<Arc<dyn Store>> {
+    let options = args.etcd.store_options();
+    let mut delay = Duration::from_secs(1);
+    let mut logged = false;
+    loop {
+        match weft_stores::open_with(&args.store, &options).await {
+            Ok(store) => return Ok(Arc::from(store)),
+            Err(OpenError::Store { source, .. }) if source.is_transient() => {
+                if !logged {
+                    tracing::warn!(store = %args.store, error = %source, "cannot reach the store; retrying");
+                    logged = true;
+                }
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(30));
+            }
+            Err(e) => return Err(e).with_context(|| format!("cannot open store {}", args.store)),
+        }
+    }
+}
+
 /// `weft daemon`.
 pub async fn run(args: DaemonArgs) -> Result<()> {
     let mut shutdown = shutdown_on_signals()?;
-    let store: Arc<dyn Store> = Arc::from(
-        weft_stores::open(&args.store)
-            .await
-            .with_context(|| format!("cannot open store {}", args.store))?,
-    );
+    let store = tokio::select! {
+        store = open_store(&args) => store?,
+        _ = shutdown.changed() => return Ok(()),
+    };
     let config = tokio::select! {
         config = network_config(args.net_config_path.as_deref(), &args.etcd_prefix, store.as_ref()) => config?,
         _ = shutdown.changed() => {

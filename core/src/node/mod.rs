@@ -93,8 +93,16 @@ impl Node {
     pub fn new(config: NodeConfig, seed: u64, _now: Timestamp) -> Self {
         let subnets_prefix = subnets_prefix(&config.prefix);
         let (retry_min, retry_max) = (config.alloc.retry_min, config.alloc.retry_max);
+        let v4 = match config.alloc.v4_space.network() {
+            ipnet::IpNet::V4(n) => n,
+            ipnet::IpNet::V6(_) => unreachable!("the IPv4 space is IPv4"),
+        };
+        let v6 = config.alloc.v6_space.and_then(|s| match s.network() {
+            ipnet::IpNet::V6(n) => Some(n),
+            ipnet::IpNet::V4(_) => None,
+        });
         let mut node = Node {
-            table: LeaseTable::new(&subnets_prefix),
+            table: LeaseTable::new(&subnets_prefix).within(v4, v6),
             routes: RouteTable::new(),
             allocator: Allocator::new(config.alloc, &subnets_prefix, seed),
             subnets_prefix,
