@@ -166,14 +166,142 @@ async fn up(args: UpArgs) -> Result<()> {
     result.and(cleaned)
 }
 
-async fn build_and_run(lab: &mut Lab, dir: &Path, args: &UpArgs) -> Result<()> {
-    let mut shutdown = shutdown_on_signals()?;
-    let config_text = match &args.net_config_path {
-        Some(p) => crate::cmd_config::load(p)?.0,
-        None => DEFAULT_CONFIG.to_string(),
-    };
+/// A node of a lab to be, by its short name.
+#[derive(Debug, Clone)]
+pub struct NodeSpec {
+    /// Short name (`n1`, or a scenario's node name).
+    pub name: String,
+    /// Its underlay address, in 192.0.2.0/24.
+    pub ip: Ipv4Addr,
+    /// Its containers' short names (`c1`...), each becoming `{node}-{container}`.
+    pub containers: Vec<String>,
+    /// Whether its daemon starts with the lab.
+    pub start: bool,
+}
+
+/// What a lab is made of, before it exists.
+#[derive(Debug, Clone)]
+pub struct LabSpec {
+    /// The nodes.
+    pub nodes: Vec<NodeSpec>,
+    /// The network config JSON written to the store.
+    pub config_text: String,
+    /// Lease TTL.
+    pub lease_ttl: Duration,
+    /// Renewal margin.
+    pub renew_margin: Duration,
+}
+
+impl LabSpec {
+    fn from_args(args: &UpArgs) -> Result<LabSpec> {
+        let config_text = match &args.net_config_path {
+            Some(p) => crate::cmd_config::load(p)?.0,
+            None => DEFAULT_CONFIG.to_string(),
+        };
+        let ttl = Duration::from_secs(args.subnet_lease_ttl.max(1));
+        Ok(LabSpec {
+            nodes: (1..=usize::from(args.nodes))
+                .map(|i| NodeSpec {
+                    name: format!("n{i}"),
+                    ip: topology::public_ip(i),
+                    containers: (1..=args.containers).map(|j| format!("c{j}")).collect(),
+                    start: true,
+                })
+                .collect(),
+            config_text,
+            lease_ttl: ttl,
+            renew_margin: Duration::from_secs(60 * 60).min(ttl / 2),
+        })
+    }
+}
+
+/// A built lab whose nodes run in this process.
+pub struct Running {
+    dir: PathBuf,
+    spec: LabSpec,
+    store: Arc<dyn Store>,
+    config: weft_core::NetworkConfig,
+    network: ipnet::Ipv4Net,
+    paths: std::collections::BTreeMap<String, PathBuf>,
+    nodes: Nodes,
+}
+
+impl Running {
+    fn setup(&self, name: &str) -> Result<NodeSetup> {
+        let path = self
+            .paths
+            .get(name)
+            .with_context(|| format!("no node {name:?}"))?;
+        Ok(NodeSetup {
+            name: name.to_string(),
+            store: self.store.clone(),
+            prefix: DEFAULT_PREFIX.to_string(),
+            config: self.config.clone(),
+            netns: Some(path.clone()),
+            iface: IfaceSelector {
+                ifaces: vec!["eth0".into()],
+                regexes: Vec::new(),
+            },
+            public_ip: None,
+            public_ipv6: None,
+            subnet_file: self.dir.join(name).join("subnet.env"),
+            ip_masq: false,
+            lease_ttl: self.spec.lease_ttl,
+            renew_margin: self.spec.renew_margin,
+            tun_name: "weft0".into(),
+            stats_file: Some(self.dir.join(name).join("stats.json")),
+        })
+    }
+
+    /// Starts (or restarts) a node's daemon.
+    fn start(&mut self, name: &str) -> Result<()> {
+        let setup = self.setup(name)?;
+        self.nodes.start(name, setup);
+        Ok(())
+    }
+
+    /// Waits for a node's subnet, then wires its containers (once).
+    async fn wire(&mut self, lab: &mut Lab) -> Result<()> {
+        for k in 0..lab.nodes.len() {
+            let name = lab.nodes[k].name.clone();
+            let wanted = &self.spec.nodes[k].containers;
+            if !self.nodes.stops.contains_key(&name)
+                || lab.nodes[k].containers.len() == wanted.len()
+            {
+                continue;
+            }
+            let env_path = self.dir.join(&name).join("subnet.env");
+            let env = wait_for_subnet(&env_path, &mut self.nodes.tasks).await?;
+            let subnet = env
+                .subnet
+                .context("subnet.env without FLANNEL_SUBNET")?
+                .trunc();
+            let mtu = env.mtu.unwrap_or(1472);
+            lab.nodes[k].subnet = Some(subnet.to_string());
+            let path = self.paths[&name].clone();
+            for (j, cname) in wanted.clone().iter().enumerate() {
+                let c = topology::container(
+                    lab,
+                    &self.dir,
+                    (&name, &path),
+                    subnet,
+                    mtu,
+                    (j + 1, cname),
+                )
+                .await?;
+                lab.nodes[k].containers.push(c);
+            }
+            lab.save(&self.dir)?;
+        }
+        Ok(())
+    }
+}
+
+/// Builds the lab's namespaces, writes the config, starts the nodes that start with the
+/// lab and wires their containers.
+async fn build(lab: &mut Lab, dir: &Path, spec: LabSpec) -> Result<Running> {
     let config =
-        weft_core::NetworkConfig::parse(&config_text).context("the lab's network config")?;
+        weft_core::NetworkConfig::parse(&spec.config_text).context("the lab's network config")?;
     let network = config.network.context("the lab needs an IPv4 Network")?;
     let store: Arc<dyn Store> = Arc::from(
         weft_stores::open(&lab.store)
@@ -181,70 +309,56 @@ async fn build_and_run(lab: &mut Lab, dir: &Path, args: &UpArgs) -> Result<()> {
             .with_context(|| format!("cannot open store {}", lab.store))?,
     );
     store
-        .put(&config_key(DEFAULT_PREFIX), config_text.trim().as_bytes())
+        .put(
+            &config_key(DEFAULT_PREFIX),
+            spec.config_text.trim().as_bytes(),
+        )
         .await
         .context("cannot write the network config")?;
 
     let (underlay, bridge) = topology::underlay(lab, dir).await?;
-    let mut node_paths = Vec::new();
-    for i in 1..=usize::from(args.nodes) {
-        let path = topology::node(lab, dir, &underlay, bridge, i).await?;
+    let mut paths = std::collections::BTreeMap::new();
+    for (i, node) in spec.nodes.iter().enumerate() {
+        let path =
+            topology::node(lab, dir, &underlay, bridge, (i + 1, &node.name, node.ip)).await?;
         lab.nodes.push(state::Node {
-            name: format!("n{i}"),
-            public_ip: topology::public_ip(i),
+            name: node.name.clone(),
+            public_ip: node.ip,
             subnet: None,
             containers: Vec::new(),
         });
         lab.save(dir)?;
-        node_paths.push(path);
-    }
-
-    let make_setup = |node: &state::Node, path: &PathBuf| NodeSetup {
-        name: node.name.clone(),
-        store: store.clone(),
-        prefix: DEFAULT_PREFIX.to_string(),
-        config: config.clone(),
-        netns: Some(path.clone()),
-        iface: IfaceSelector {
-            ifaces: vec!["eth0".into()],
-            regexes: Vec::new(),
-        },
-        public_ip: None,
-        public_ipv6: None,
-        subnet_file: dir.join(&node.name).join("subnet.env"),
-        ip_masq: false,
-        lease_ttl: Duration::from_secs(args.subnet_lease_ttl.max(1)),
-        renew_margin: Duration::from_secs(60 * 60)
-            .min(Duration::from_secs(args.subnet_lease_ttl / 2)),
-        tun_name: "weft0".into(),
-        stats_file: Some(dir.join(&node.name).join("stats.json")),
-    };
-    let mut nodes = Nodes::default();
-    for (node, path) in lab.nodes.iter().zip(&node_paths) {
         std::fs::create_dir_all(dir.join(&node.name))?;
-        nodes.start(&node.name, make_setup(node, path));
+        paths.insert(node.name.clone(), path);
     }
+    let starting: Vec<String> = spec
+        .nodes
+        .iter()
+        .filter(|n| n.start)
+        .map(|n| n.name.clone())
+        .collect();
+    let mut running = Running {
+        dir: dir.to_path_buf(),
+        spec,
+        store,
+        config,
+        network,
+        paths,
+        nodes: Nodes::default(),
+    };
+    for name in &starting {
+        running.start(name)?;
+    }
+    running.wire(lab).await?;
+    Ok(running)
+}
 
-    // Wire the containers once each node knows its subnet.
-    for (k, path) in node_paths.iter().enumerate() {
-        let env_path = dir.join(&lab.nodes[k].name).join("subnet.env");
-        let env = wait_for_subnet(&env_path, &mut nodes.tasks).await?;
-        let subnet = env
-            .subnet
-            .context("subnet.env without FLANNEL_SUBNET")?
-            .trunc();
-        let mtu = env.mtu.unwrap_or(1472);
-        lab.nodes[k].subnet = Some(subnet.to_string());
-        for j in 1..=usize::from(args.containers) {
-            let short = lab.nodes[k].name.clone();
-            let c = topology::container(lab, dir, &short, path, subnet, mtu, j).await?;
-            lab.nodes[k].containers.push(c);
-        }
-        lab.save(dir)?;
-    }
+async fn build_and_run(lab: &mut Lab, dir: &Path, args: &UpArgs) -> Result<()> {
+    let mut shutdown = shutdown_on_signals()?;
+    let mut running = build(lab, dir, LabSpec::from_args(args)?).await?;
     lab.ready = true;
     lab.save(dir)?;
-    print!("{}", table(lab, network));
+    print!("{}", table(lab, running.network));
     print!("{}", connectivity(lab).await);
 
     let control_path = dir.join("control.sock");
@@ -254,7 +368,7 @@ async fn build_and_run(lab: &mut Lab, dir: &Path, args: &UpArgs) -> Result<()> {
     loop {
         tokio::select! {
             _ = shutdown.changed() => break,
-            Some(done) = nodes.tasks.join_next() => {
+            Some(done) = running.nodes.tasks.join_next() => {
                 if let Ok((name, Err(e))) = done {
                     tracing::error!(node = %name, error = %format!("{e:#}"), "node stopped");
                 }
@@ -263,15 +377,14 @@ async fn build_and_run(lab: &mut Lab, dir: &Path, args: &UpArgs) -> Result<()> {
                 let Ok((stream, _)) = conn else { continue };
                 let answer = match read_request(stream).await {
                     Ok((action, name, stream)) => {
-                        let found = lab.nodes.iter().zip(&node_paths).find(|(n, _)| n.name == name);
-                        let reply = match (action.as_str(), found) {
-                            (_, None) => format!("error: no node {name:?}"),
-                            ("stop", Some(_)) => nodes.stop(&name).await,
-                            ("start", Some((node, path))) => {
-                                nodes.start(&name, make_setup(node, path));
-                                format!("ok: {name} started")
-                            }
-                            (other, _) => format!("error: unknown action {other:?}"),
+                        let reply = match action.as_str() {
+                            _ if !running.paths.contains_key(&name) => format!("error: no node {name:?}"),
+                            "stop" => running.nodes.stop(&name).await,
+                            "start" => match running.start(&name) {
+                                Ok(()) => format!("ok: {name} started"),
+                                Err(e) => format!("error: {e:#}"),
+                            },
+                            other => format!("error: unknown action {other:?}"),
                         };
                         (reply, stream)
                     }
@@ -287,7 +400,7 @@ async fn build_and_run(lab: &mut Lab, dir: &Path, args: &UpArgs) -> Result<()> {
     }
     let _ = std::fs::remove_file(&control_path);
     tracing::info!("stopping the lab's nodes");
-    nodes.stop_all().await;
+    running.nodes.stop_all().await;
     Ok(())
 }
 

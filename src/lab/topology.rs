@@ -46,26 +46,25 @@ pub async fn underlay(lab: &mut Lab, dir: &Path) -> Result<(Netlink, u32)> {
     Ok((nl, bridge.index))
 }
 
-/// Node `i` (1-based): a namespace with `eth0` on the underlay bridge and IP forwarding
-/// on. Returns its namespace path.
+/// Node `short` (the `index`-th, from 1): a namespace with `eth0` on the underlay bridge
+/// at `ip`, and IP forwarding on. Returns its namespace path.
 pub async fn node(
     lab: &mut Lab,
     dir: &Path,
     underlay: &Netlink,
     bridge: u32,
-    i: usize,
+    (index, short, ip): (usize, &str, Ipv4Addr),
 ) -> Result<PathBuf> {
-    let short = format!("n{i}");
-    let (_, path) = new_namespace(lab, dir, &short).await?;
-    let peer = format!("{short}-eth0");
+    let (_, path) = new_namespace(lab, dir, short).await?;
+    let (host_side, peer) = (format!("u{index}"), format!("u{index}-eth0"));
     underlay
-        .add_veth_to_netns(&short, &peer, &path, Some(bridge))
+        .add_veth_to_netns(&host_side, &peer, &path, Some(bridge))
         .await?;
     let nl = Netlink::open(Some(&path))?;
     lo_up(&nl).await?;
     let eth = nl.require_link(&peer).await?;
     nl.rename(eth.index, "eth0").await?;
-    nl.add_address(eth.index, IpAddr::V4(public_ip(i)), UNDERLAY_PREFIX)
+    nl.add_address(eth.index, IpAddr::V4(ip), UNDERLAY_PREFIX)
         .await?;
     nl.set_up(eth.index, None).await?;
     netns::in_netns(Some(&path), || {
@@ -75,17 +74,17 @@ pub async fn node(
     Ok(path)
 }
 
-/// Container `j` (1-based) of node `node_short`, behind the node's `cni0` bridge.
+/// Container `name` (the node's `j`-th, from 1) of node `node_short`, behind the node's
+/// `cni0` bridge, named `{node_short}-{name}`.
 pub async fn container(
     lab: &mut Lab,
     dir: &Path,
-    node_short: &str,
-    node_ns: &Path,
+    (node_short, node_ns): (&str, &Path),
     subnet: Ipv4Net,
     mtu: u32,
-    j: usize,
+    (j, name): (usize, &str),
 ) -> Result<Container> {
-    let short = format!("{node_short}-c{j}");
+    let short = format!("{node_short}-{name}");
     let (_, path) = new_namespace(lab, dir, &short).await?;
     let node_nl = Netlink::open(Some(node_ns))?;
     let gateway = first_host(subnet, 1);
