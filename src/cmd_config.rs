@@ -6,6 +6,8 @@ use anyhow::{Context, Result};
 use weft_core::config::{BackendType, NetworkConfig};
 use weft_core::store::config_key;
 
+use crate::etcd_args::EtcdArgs;
+
 /// The underlay MTU assumed when printing per-backend MTUs.
 const TYPICAL_UNDERLAY_MTU: u32 = 1500;
 
@@ -62,9 +64,9 @@ pub fn check(file: &Path) -> Result<()> {
 }
 
 /// `weft config set --store URL FILE`.
-pub async fn set(store_url: &str, prefix: &str, file: &Path) -> Result<()> {
+pub async fn set(store_url: &str, prefix: &str, etcd: &EtcdArgs, file: &Path) -> Result<()> {
     let (text, config) = load(file)?;
-    let store = weft_stores::open(store_url)
+    let store = weft_stores::open_with(store_url, &etcd.store_options())
         .await
         .with_context(|| format!("cannot open store {store_url}"))?;
     let key = config_key(prefix);

@@ -7,15 +7,19 @@ use weft_core::lease::decode_all;
 use weft_core::store::subnets_prefix;
 use weft_core::Timestamp;
 
+use crate::etcd_args::EtcdArgs;
+
 /// Arguments of `weft leases`.
 #[derive(Debug, clap::Args)]
 pub struct LeasesArgs {
-    /// Where the leases live: memory:, sled:PATH.
+    /// Where the leases live: memory:, sled:PATH, etcd://HOST:PORT[,HOST:PORT...].
     #[arg(long, env = "WEFT_STORE")]
     store: String,
     /// The key prefix in the store.
     #[arg(long, default_value = weft_core::store::DEFAULT_PREFIX)]
     etcd_prefix: String,
+    #[command(flatten)]
+    etcd: EtcdArgs,
 }
 
 fn human(d: std::time::Duration) -> String {
@@ -68,7 +72,7 @@ pub fn table(listing: &weft_core::store::Listing, prefix: &str, now: Timestamp) 
 
 /// `weft leases --store URL`.
 pub async fn run(args: &LeasesArgs) -> Result<()> {
-    let store = weft_stores::open(&args.store)
+    let store = weft_stores::open_with(&args.store, &args.etcd.store_options())
         .await
         .with_context(|| format!("cannot open store {}", args.store))?;
     let listing = store

@@ -12,6 +12,8 @@ mod cmd_config;
 mod cmd_leases;
 mod cmd_sim;
 mod daemon;
+mod etcd_args;
+mod lab;
 mod subnet_file;
 
 /// weft: a flannel-compatible container overlay network.
@@ -38,6 +40,10 @@ enum Command {
     Daemon(Box<daemon::DaemonArgs>),
     /// Run scenario files in the deterministic simulator, or replay a failed run.
     Sim(cmd_sim::SimArgs),
+    /// A single-host lab: N nodes in network namespaces with containers behind them,
+    /// real TUN devices and kernel routes, leases in an embedded sled store (root).
+    #[command(subcommand)]
+    Lab(lab::LabCommand),
 }
 
 #[derive(Debug, Subcommand)]
@@ -50,12 +56,14 @@ enum ConfigCommand {
     },
     /// Validate a network config file and write it to the store's config key.
     Set {
-        /// Where the leases live: memory:, sled:PATH.
+        /// Where the leases live: memory:, sled:PATH, etcd://HOST:PORT[,HOST:PORT...].
         #[arg(long, env = "WEFT_STORE")]
         store: String,
         /// The key prefix in the store.
         #[arg(long, default_value = weft_core::store::DEFAULT_PREFIX)]
         etcd_prefix: String,
+        #[command(flatten)]
+        etcd: etcd_args::EtcdArgs,
         /// The network config JSON file.
         file: PathBuf,
     },
@@ -100,11 +108,13 @@ fn main() -> ExitCode {
             Command::Config(ConfigCommand::Set {
                 store,
                 etcd_prefix,
+                etcd,
                 file,
-            }) => cmd_config::set(&store, &etcd_prefix, &file).await,
+            }) => cmd_config::set(&store, &etcd_prefix, &etcd, &file).await,
             Command::Leases(args) => cmd_leases::run(&args).await,
             Command::Daemon(args) => daemon::run(*args).await,
             Command::Sim(_) => unreachable!("handled before the runtime starts"),
+            Command::Lab(command) => lab::run(command).await,
         }
     });
     match result {

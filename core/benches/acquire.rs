@@ -20,10 +20,11 @@ use std::time::Duration;
 use criterion::{criterion_group, criterion_main, BatchSize, BenchmarkId, Criterion};
 use ipnet::IpNet;
 use rand::{Rng, SeedableRng};
-use weft_core::allocator::{AllocEvent, AllocOp, Allocator, AllocatorConfig};
+use weft_core::allocator::{AllocEvent, Allocator, AllocatorConfig};
 use weft_core::lease::{decode_all, LeaseAttrs};
 use weft_core::lease_table::LeaseTable;
 use weft_core::store::subnets_prefix;
+use weft_core::store::StoreOp;
 use weft_core::subnet::SubnetSpace;
 use weft_core::Timestamp;
 use weft_stores::MemoryStore;
@@ -70,8 +71,8 @@ fn config() -> AllocatorConfig {
     AllocatorConfig::new(space(), Ipv4Addr::new(198, 51, 100, 1), "udp")
 }
 
-fn create(store: &MemoryStore, op: AllocOp) -> (String, weft_core::store::Entry) {
-    let AllocOp::Create { key, value, ttl } = op else {
+fn create(store: &MemoryStore, op: StoreOp) -> (String, weft_core::store::Entry) {
+    let StoreOp::Create { key, value, ttl } = op else {
         panic!("expected a create, got {op:?}")
     };
     let entry = store.create(&key, &value, ttl).unwrap();

@@ -34,6 +34,14 @@ pub enum LeaseError {
         /// serde's description of the problem.
         reason: String,
     },
+    /// The key names a subnet outside the overlay network.
+    #[error("lease {key} is outside the network {network}")]
+    OutsideNetwork {
+        /// The key (without the store prefix).
+        key: String,
+        /// The network it should lie in.
+        network: IpNet,
+    },
 }
 
 /// The subnet(s) a lease is for: its key.

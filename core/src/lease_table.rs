@@ -8,7 +8,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
 
-use ipnet::{Ipv4Net, Ipv6Net};
+use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 
 use crate::lease::{Lease, LeaseError, LeaseKey, Skipped};
 use crate::store::{Listing, Revision, WatchEvent};
@@ -44,6 +44,8 @@ pub struct LeaseTable {
     skipped: BTreeMap<String, LeaseError>,
     revision: Revision,
     synced: bool,
+    /// The overlay networks; leases outside them are skipped (when set).
+    networks: Option<(Ipv4Net, Option<Ipv6Net>)>,
 }
 
 impl LeaseTable {
@@ -53,6 +55,34 @@ impl LeaseTable {
             subnets_prefix: subnets_prefix.to_string(),
             ..Default::default()
         }
+    }
+
+    /// The same table, skipping (and reporting once) every lease whose IPv4 subnet lies
+    /// outside `v4`, or whose IPv6 subnet lies outside `v6`: someone else's mistake
+    /// must neither be routed to nor stop the node.
+    pub fn within(mut self, v4: Ipv4Net, v6: Option<Ipv6Net>) -> Self {
+        self.networks = Some((v4, v6));
+        self
+    }
+
+    /// Decodes an entry as a lease of this table's networks.
+    fn decode(&self, entry: &crate::store::Entry) -> Result<Lease, LeaseError> {
+        let lease = Lease::from_entry(&self.subnets_prefix, entry)?;
+        if let Some((v4, v6)) = self.networks {
+            let outside = |network: IpNet| LeaseError::OutsideNetwork {
+                key: lease.key.to_string(),
+                network,
+            };
+            if !v4.contains(&lease.key.ipv4) {
+                return Err(outside(IpNet::V4(v4)));
+            }
+            if let (Some(v6), Some(key)) = (v6, lease.key.ipv6) {
+                if !v6.contains(&key) {
+                    return Err(outside(IpNet::V6(v6)));
+                }
+            }
+        }
+        Ok(lease)
     }
 
     /// Whether a listing has been applied.
@@ -200,7 +230,7 @@ impl LeaseTable {
         let mut skipped = Vec::new();
         let mut seen_bad = BTreeSet::new();
         for entry in &listing.entries {
-            match Lease::from_entry(&self.subnets_prefix, entry) {
+            match self.decode(entry) {
                 Ok(lease) => {
                     let old = before.remove(&lease.key);
                     if old.as_ref() != Some(&lease) {
@@ -252,7 +282,7 @@ impl LeaseTable {
             }
         };
         let change = match event {
-            WatchEvent::Put(entry) => match Lease::from_entry(&self.subnets_prefix, entry) {
+            WatchEvent::Put(entry) => match self.decode(entry) {
                 Ok(lease) => {
                     self.skipped.remove(&entry.key);
                     let old = self.insert(lease.clone());
@@ -272,5 +302,45 @@ impl LeaseTable {
             }
         };
         (change, skipped)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::Entry;
+
+    fn entry(name: &str, revision: Revision) -> Entry {
+        Entry {
+            key: format!("/n/subnets/{name}"),
+            value: br#"{"PublicIP":"192.0.2.7"}"#.to_vec(),
+            create_revision: revision,
+            mod_revision: revision,
+            expires_at: None,
+        }
+    }
+
+    #[test]
+    fn leases_outside_the_network_are_skipped_once_and_never_routed() {
+        let network: Ipv4Net = "10.5.0.0/16".parse().expect("net");
+        let mut table = LeaseTable::new("/n/subnets/").within(network, None);
+        let listing = Listing {
+            entries: vec![entry("10.5.1.0-24", 1), entry("10.6.1.0-24", 2)],
+            revision: 2,
+        };
+        let (changes, skipped) = table.replace(&listing);
+        assert_eq!(changes.len(), 1);
+        assert_eq!(table.len(), 1);
+        assert_eq!(skipped.len(), 1);
+        assert!(
+            matches!(&skipped[0].error, LeaseError::OutsideNetwork { key, .. } if key == "10.6.1.0-24"),
+            "{skipped:?}"
+        );
+        // The same entry again, by a listing or a watch, is not reported again.
+        let (_, again) = table.replace(&listing);
+        assert!(again.is_empty());
+        let (change, skipped) = table.apply(&WatchEvent::Put(entry("10.7.0.0-24", 3)));
+        assert_eq!((change, skipped.len()), (None, 1));
+        assert_eq!(table.len(), 1);
     }
 }

@@ -202,6 +202,55 @@ pub trait Watch: Send + fmt::Debug {
     async fn next(&mut self) -> Result<Vec<WatchEvent>, StoreError>;
 }
 
+/// A store operation a state machine wants performed (see [`Store`]): the node and
+/// its allocator emit these; a driver performs them and feeds back the result.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StoreOp {
+    /// [`Store::list`]; answer with [`StoreOutput::Listing`].
+    List {
+        /// The prefix to list.
+        prefix: String,
+    },
+    /// [`Store::create`]; answer with [`StoreOutput::Entry`].
+    Create {
+        /// The key.
+        key: String,
+        /// The value.
+        value: Vec<u8>,
+        /// The TTL.
+        ttl: Option<Duration>,
+    },
+    /// [`Store::renew`]; answer with [`StoreOutput::Entry`].
+    Renew {
+        /// The key.
+        key: String,
+        /// The incarnation expected.
+        create_revision: Revision,
+        /// The value.
+        value: Vec<u8>,
+        /// The TTL.
+        ttl: Option<Duration>,
+    },
+    /// [`Store::watch`]: replace any running watch with one from `from`.
+    /// Its batches go to `Node::handle_watch_events`, its failure to
+    /// `Node::handle_watch_error`; it has no result of its own.
+    Watch {
+        /// The prefix to watch.
+        prefix: String,
+        /// The first revision wanted.
+        from: Revision,
+    },
+}
+
+/// The successful result of a [`StoreOp`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StoreOutput {
+    /// The result of a `List`.
+    Listing(Listing),
+    /// The result of a `Create` or `Renew`.
+    Entry(Entry),
+}
+
 /// The config key under a prefix: `<prefix>/config`.
 pub fn config_key(prefix: &str) -> String {
     format!("{}/config", prefix.trim_end_matches('/'))

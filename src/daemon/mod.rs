@@ -1,36 +1,59 @@
 //! `weft daemon`: the shell around `weft_core::node::Node` on a real host.
 //!
-//! It reads the network config (from the store, or a file), builds the node, performs the
-//! node's store operations on tokio tasks, writes `subnet.env` whenever the lease
-//! changes, and sleeps until the node's next timeout. Only the `alloc` backend exists so
-//! far: it leases a subnet and programs nothing.
+//! It reads the network config (from the store, or a file), picks the external
+//! interface, builds the node, performs the node's store operations on tokio tasks,
+//! writes `subnet.env` whenever the lease changes, runs the backend's datapath (`udp`:
+//! a TUN device and a UDP socket; `alloc`: nothing), and sleeps until the node's next
+//! timeout. `weft lab` runs many of these nodes in one process, one per namespace.
 
+mod backend;
 mod driver;
+mod notify;
 
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, UdpSocket};
+use std::net::{Ipv4Addr, Ipv6Addr};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
+use tokio::signal::unix::{signal, SignalKind};
+use tokio::sync::watch;
 use weft_core::allocator::AllocatorConfig;
 use weft_core::config::{BackendType, NetworkConfig};
-use weft_core::node::NodeConfig;
+use weft_core::node::{Node, NodeConfig};
 use weft_core::store::{config_key, Store};
+use weft_datapath::iface::IfaceSelector;
+use weft_datapath::netlink::Netlink;
+use weft_datapath::udp::UdpConfig;
+use weft_stores::clock::wall_now;
+use weft_stores::OpenError;
 
+use crate::etcd_args::EtcdArgs;
 use crate::subnet_file;
+use backend::Backend;
+use driver::{Driver, SubnetFileSettings};
 
 /// Arguments of `weft daemon` (flannel's flag names where flannel has one).
 #[derive(Debug, clap::Args)]
 pub struct DaemonArgs {
-    /// Where the leases live: memory:, sled:PATH (embedded, one process per directory).
+    /// Where the leases live: memory:, sled:PATH (embedded, one process per directory),
+    /// etcd://HOST:PORT[,HOST:PORT...] (a cluster; several members fail over).
     #[arg(long, env = "WEFT_STORE", default_value = "sled:/var/lib/weft")]
     pub store: String,
     /// The key prefix in the store (flannel's default).
     #[arg(long, default_value = weft_core::store::DEFAULT_PREFIX)]
     pub etcd_prefix: String,
-    /// This node's public (underlay) IPv4 address, recorded in its lease. Default: the
-    /// source address of the default route.
+    #[command(flatten)]
+    pub etcd: EtcdArgs,
+    /// The interface (name or IP address) to carry the overlay over; repeat to give
+    /// alternatives, tried in order. Default: the interface of the default route.
+    #[arg(long)]
+    pub iface: Vec<String>,
+    /// A regex matched against interface names and addresses, when no --iface matched.
+    #[arg(long)]
+    pub iface_regex: Vec<String>,
+    /// This node's public IPv4 address, recorded in its lease. Default: the external
+    /// interface's address.
     #[arg(long)]
     pub public_ip: Option<Ipv4Addr>,
     /// This node's public IPv6 address, for dual-stack networks.
@@ -51,30 +74,55 @@ pub struct DaemonArgs {
     /// Record FLANNEL_IPMASQ=true in subnet.env.
     #[arg(long)]
     pub ip_masq: bool,
-    /// The MTU of the underlay interface; the overlay MTU subtracts the backend's
-    /// encapsulation overhead from it.
-    #[arg(long, default_value_t = 1500)]
-    pub underlay_mtu: u32,
+    /// The TUN device of the udp backend.
+    #[arg(long, default_value = "weft0")]
+    pub tun_name: String,
 }
 
-/// The source address the kernel would use for the default route. Connecting a UDP
-/// socket sends nothing; it only makes the kernel pick a route and a source.
-fn default_route_ipv4() -> Option<Ipv4Addr> {
-    let socket = UdpSocket::bind("0.0.0.0:0").ok()?;
-    socket.connect("192.0.2.1:9").ok()?;
-    match socket.local_addr().ok()?.ip() {
-        IpAddr::V4(ip) if !ip.is_unspecified() => Some(ip),
-        _ => None,
-    }
+/// Everything one node needs; built by `weft daemon` from flags, by `weft lab` per node.
+#[derive(Debug)]
+pub struct NodeSetup {
+    /// A name for logs.
+    pub name: String,
+    /// The store, shared by every node of the process.
+    pub store: Arc<dyn Store>,
+    /// The store key prefix.
+    pub prefix: String,
+    /// The network config.
+    pub config: NetworkConfig,
+    /// The network namespace the node lives in (`None`: ours).
+    pub netns: Option<PathBuf>,
+    /// How to pick the external interface.
+    pub iface: IfaceSelector,
+    /// The public IP, overriding the interface's.
+    pub public_ip: Option<Ipv4Addr>,
+    /// The public IPv6 address.
+    pub public_ipv6: Option<Ipv6Addr>,
+    /// subnet.env's path.
+    pub subnet_file: PathBuf,
+    /// FLANNEL_IPMASQ.
+    pub ip_masq: bool,
+    /// The lease TTL.
+    pub lease_ttl: Duration,
+    /// The renewal margin.
+    pub renew_margin: Duration,
+    /// The udp backend's TUN device name.
+    pub tun_name: String,
+    /// Where to write drop and forwarding counters every second, if anywhere.
+    pub stats_file: Option<PathBuf>,
 }
 
 /// Reads the network config from the file, or from the store, waiting for the store's
 /// config key to appear as flannel does.
-async fn network_config(args: &DaemonArgs, store: &dyn Store) -> Result<NetworkConfig> {
-    if let Some(path) = &args.net_config_path {
+pub async fn network_config(
+    file: Option<&std::path::Path>,
+    prefix: &str,
+    store: &dyn Store,
+) -> Result<NetworkConfig> {
+    if let Some(path) = file {
         return Ok(crate::cmd_config::load(path)?.1);
     }
-    let key = config_key(&args.etcd_prefix);
+    let key = config_key(prefix);
     let mut logged = false;
     loop {
         match store.get(&key).await {
@@ -88,56 +136,183 @@ async fn network_config(args: &DaemonArgs, store: &dyn Store) -> Result<NetworkC
                 logged = true;
             }
             Ok(None) => {}
+            Err(e) if !e.is_transient() => {
+                return Err(e).with_context(|| format!("cannot read the network config {key}"));
+            }
             Err(e) => tracing::warn!(%key, error = %e, "cannot read the network config; retrying"),
         }
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
 }
 
-/// `weft daemon`.
-pub async fn run(args: DaemonArgs) -> Result<()> {
-    let public_ip = match args.public_ip.or_else(default_route_ipv4) {
-        Some(ip) => ip,
-        None => bail!("cannot find a default route to take the public IP from; pass --public-ip"),
-    };
-    let store: Arc<dyn Store> = Arc::from(
-        weft_stores::open(&args.store)
-            .await
-            .with_context(|| format!("cannot open store {}", args.store))?,
-    );
-    let config = network_config(&args, store.as_ref()).await?;
-    if config.backend.kind != BackendType::Alloc {
+/// Runs one node until `shutdown` turns true (or it fails).
+pub async fn run_node(setup: NodeSetup, shutdown: watch::Receiver<bool>) -> Result<()> {
+    let config = &setup.config;
+    let kind = config.backend.kind;
+    if !matches!(kind, BackendType::Alloc | BackendType::Udp) {
         bail!(
-            "backend type {:?} is not supported by weft daemon yet (supported: alloc)",
-            config.backend.kind.as_str()
+            "backend type {:?} is not supported by weft daemon yet (supported: alloc, udp)",
+            kind.as_str()
         );
     }
     let Some(v4_space) = config.ipv4_space() else {
         bail!("weft daemon needs an IPv4 network (EnableIPv4 with Network)");
     };
-    let previous = subnet_file::read(&args.subnet_file).and_then(|env| env.previous_key());
-    let mut alloc = AllocatorConfig::new(v4_space, public_ip, config.backend.kind.as_str());
+    // The udp backend needs the interface (its MTU, its address); alloc only wants it.
+    let netlink = if kind == BackendType::Udp || setup.public_ip.is_none() {
+        Some(Netlink::open(setup.netns.as_deref()).context("cannot talk netlink")?)
+    } else {
+        Netlink::open(setup.netns.as_deref()).ok()
+    };
+    let external = match &netlink {
+        Some(nl) => match setup.iface.select(nl).await {
+            Ok(ext) => Some(ext),
+            Err(e) if kind == BackendType::Alloc && setup.public_ip.is_some() => {
+                tracing::debug!(error = %e, "no external interface; assuming a 1500-byte MTU");
+                None
+            }
+            Err(e) => return Err(e).context("cannot choose the external interface"),
+        },
+        None => None,
+    };
+    let Some(public_ip) = setup.public_ip.or(external.as_ref().map(|e| e.ip)) else {
+        bail!("cannot tell this node's public IP; pass --public-ip or --iface");
+    };
+    let underlay_mtu = external.as_ref().map_or(1500, |e| e.link.mtu);
+    let mtu = config.mtu(underlay_mtu);
+
+    let previous = subnet_file::read(&setup.subnet_file).and_then(|env| env.previous_key());
+    let mut alloc = AllocatorConfig::new(v4_space, public_ip, kind.as_str());
     alloc.v6_space = config.ipv6_space();
-    alloc.public_ipv6 = args.public_ipv6;
+    alloc.public_ipv6 = setup.public_ipv6;
     if alloc.v6_space.is_some() && alloc.public_ipv6.is_none() {
         bail!("the network config enables IPv6; pass --public-ipv6");
     }
     alloc.previous = previous;
-    alloc.lease_ttl = Duration::from_secs(args.subnet_lease_ttl.max(1));
-    alloc.renew_margin = Duration::from_secs(args.subnet_lease_renew_margin * 60);
+    alloc.lease_ttl = setup.lease_ttl;
+    alloc.renew_margin = setup.renew_margin;
     tracing::info!(
+        node = %setup.name,
         %public_ip,
-        store = %args.store,
+        iface = ?external.as_ref().map(|e| &e.link.name),
         network = ?config.network,
-        backend = config.backend.kind.as_str(),
+        backend = kind.as_str(),
+        mtu,
         previous = ?previous.map(|k| k.to_string()),
         "starting"
     );
-    let node_config = NodeConfig {
-        prefix: args.etcd_prefix.clone(),
-        alloc,
+    let backend = match (kind, netlink) {
+        (BackendType::Udp, Some(netlink)) => Backend::udp(
+            setup.netns.clone(),
+            netlink,
+            UdpConfig {
+                tun_name: setup.tun_name.clone(),
+                mtu,
+                network: config.network.context("udp backend needs Network")?,
+                subnet: config.network.context("udp backend needs Network")?,
+                public_ip,
+                port: config.backend.port,
+            },
+        ),
+        _ => Backend::Alloc,
     };
-    driver::Driver::new(store, node_config, &config, &args)
-        .run()
-        .await
+    let node = Node::new(
+        NodeConfig {
+            prefix: setup.prefix.clone(),
+            alloc,
+        },
+        rand::random(),
+        wall_now(),
+    );
+    let subnet_file = SubnetFileSettings {
+        path: setup.subnet_file.clone(),
+        network: config.network,
+        ipv6_network: config.ipv6_network,
+        mtu,
+        ip_masq: setup.ip_masq,
+    };
+    Driver::new(
+        setup.name,
+        setup.store,
+        node,
+        backend,
+        subnet_file,
+        setup.stats_file,
+    )
+    .run(shutdown)
+    .await
+}
+
+/// A watch that turns true on SIGTERM or SIGINT.
+pub fn shutdown_on_signals() -> Result<watch::Receiver<bool>> {
+    let (tx, rx) = watch::channel(false);
+    let mut sigterm = signal(SignalKind::terminate())?;
+    let mut sigint = signal(SignalKind::interrupt())?;
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = sigterm.recv() => {}
+            _ = sigint.recv() => {}
+        }
+        let _ = tx.send(true);
+    });
+    Ok(rx)
+}
+
+/// Opens the store, waiting (with capped backoff) while it is unreachable: etcd may
+/// come up after the node. Anything else (a bad URL, a refused certificate or password)
+/// ends the daemon with the reason.
+async fn open_store(args: &DaemonArgs) -> Result<Arc<dyn Store>> {
+    let options = args.etcd.store_options();
+    let mut delay = Duration::from_secs(1);
+    let mut logged = false;
+    loop {
+        match weft_stores::open_with(&args.store, &options).await {
+            Ok(store) => return Ok(Arc::from(store)),
+            Err(OpenError::Store { source, .. }) if source.is_transient() => {
+                if !logged {
+                    tracing::warn!(store = %args.store, error = %source, "cannot reach the store; retrying");
+                    logged = true;
+                }
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(30));
+            }
+            Err(e) => return Err(e).with_context(|| format!("cannot open store {}", args.store)),
+        }
+    }
+}
+
+/// `weft daemon`.
+pub async fn run(args: DaemonArgs) -> Result<()> {
+    let mut shutdown = shutdown_on_signals()?;
+    let store = tokio::select! {
+        store = open_store(&args) => store?,
+        _ = shutdown.changed() => return Ok(()),
+    };
+    let config = tokio::select! {
+        config = network_config(args.net_config_path.as_deref(), &args.etcd_prefix, store.as_ref()) => config?,
+        _ = shutdown.changed() => {
+            tracing::info!("stopping before the network config arrived");
+            return Ok(());
+        }
+    };
+    let setup = NodeSetup {
+        name: "local".into(),
+        store,
+        prefix: args.etcd_prefix,
+        config,
+        netns: None,
+        iface: IfaceSelector {
+            ifaces: args.iface,
+            regexes: args.iface_regex,
+        },
+        public_ip: args.public_ip,
+        public_ipv6: args.public_ipv6,
+        subnet_file: args.subnet_file,
+        ip_masq: args.ip_masq,
+        lease_ttl: Duration::from_secs(args.subnet_lease_ttl.max(1)),
+        renew_margin: Duration::from_secs(args.subnet_lease_renew_margin * 60),
+        tun_name: args.tun_name,
+        stats_file: None,
+    };
+    run_node(setup, shutdown).await
 }

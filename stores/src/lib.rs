@@ -11,20 +11,26 @@
 //!   synchronous methods; the daemon gets one on the wall clock for trying things out.
 //! - `sled:PATH` -- [`SledStore`]: persistent in one directory, surviving `kill -9`; one
 //!   process at a time. For `weft lab` and single-host setups.
-//! - `etcd://HOST:PORT[,HOST:PORT]` -- the production backend, not available yet.
+//! - `etcd://HOST:PORT[,HOST:PORT...]` -- [`EtcdStore`]: the production backend, in
+//!   flannel's schema; TLS and credentials come from [`EtcdOptions`] (flannel's
+//!   `--etcd-*` flags) through [`open_with`].
 //!
 //! [`conformance`] is the one suite every backend is tested with; each backend's test
 //! file instantiates it with [`conformance_tests!`].
 
 pub mod clock;
 pub mod conformance;
+pub mod etcd;
 pub mod memory;
 pub mod sled_store;
+#[cfg(feature = "testing")]
+pub mod testing;
 mod validate;
 
 use weft_core::store::{Store, StoreError};
 
 pub use clock::{Clock, ManualClock};
+pub use etcd::{EtcdOptions, EtcdStats, EtcdStore};
 pub use memory::MemoryStore;
 pub use sled_store::SledStore;
 
@@ -46,9 +52,17 @@ pub enum OpenError {
         /// The URL as given.
         url: String,
     },
-    /// An `etcd://` URL: that backend is not part of weft yet.
-    #[error("etcd store is not available yet (asked for {url:?}); use memory: or sled:PATH")]
-    EtcdNotAvailable {
+    /// An `etcd://` URL that does not name its endpoints properly.
+    #[error("bad etcd store URL {url:?}: {reason}; use etcd://HOST:PORT[,HOST:PORT...]")]
+    BadEtcdUrl {
+        /// The URL as given.
+        url: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// etcd keeps time by its own clock: a manual clock cannot drive it.
+    #[error("the etcd store {url:?} cannot run on a manual clock")]
+    ManualClockOnEtcd {
         /// The URL as given.
         url: String,
     },
@@ -63,15 +77,35 @@ pub enum OpenError {
     },
 }
 
+/// How to open a store, besides its URL.
+#[derive(Debug, Clone, Default)]
+pub struct StoreOptions {
+    /// Where expiries are measured (memory and sled; etcd measures them itself).
+    pub clock: Clock,
+    /// TLS, credentials and deadlines for `etcd://` URLs.
+    pub etcd: EtcdOptions,
+}
+
 /// Opens the store named by `url` (see the crate docs for the forms), with expiries
 /// measured by the system clock: what the daemon and the other commands use.
 pub async fn open(url: &str) -> Result<Box<dyn Store>, OpenError> {
-    open_with_clock(url, Clock::Wall).await
+    open_with(url, &StoreOptions::default()).await
 }
 
 /// [`open`], with expiries measured by `clock`: a [`Clock::Manual`] lets a test move time
-/// through the [`ManualClock`] it keeps, whichever backend the URL names.
+/// through the [`ManualClock`] it keeps (memory and sled).
 pub async fn open_with_clock(url: &str, clock: Clock) -> Result<Box<dyn Store>, OpenError> {
+    let options = StoreOptions {
+        clock,
+        ..StoreOptions::default()
+    };
+    open_with(url, &options).await
+}
+
+/// [`open`], with the options the URL cannot carry: a clock, etcd's TLS files and
+/// credentials.
+pub async fn open_with(url: &str, options: &StoreOptions) -> Result<Box<dyn Store>, OpenError> {
+    let clock = options.clock.clone();
     if url == "memory:" || url == "memory://" {
         return Ok(Box::new(MemoryStore::new(clock)));
     }
@@ -95,9 +129,22 @@ pub async fn open_with_clock(url: &str, clock: Clock) -> Result<Box<dyn Store>, 
         return Ok(Box::new(store));
     }
     if url.starts_with("etcd://") {
-        return Err(OpenError::EtcdNotAvailable {
+        let endpoints = etcd::parse_url(url).map_err(|reason| OpenError::BadEtcdUrl {
             url: url.to_string(),
-        });
+            reason,
+        })?;
+        if clock.is_manual() {
+            return Err(OpenError::ManualClockOnEtcd {
+                url: url.to_string(),
+            });
+        }
+        let store = EtcdStore::connect(&endpoints, &options.etcd)
+            .await
+            .map_err(|source| OpenError::Store {
+                url: url.to_string(),
+                source,
+            })?;
+        return Ok(Box::new(store));
     }
     Err(OpenError::Unsupported {
         url: url.to_string(),
@@ -142,13 +189,18 @@ mod tests {
         let err = open("sled:").await.expect_err("no path");
         assert!(matches!(err, OpenError::MissingPath { .. }), "{err}");
 
-        let err = open("etcd://127.0.0.1:2379")
+        // Connecting sends nothing: a cluster that is down is not an error yet.
+        let store = open("etcd://127.0.0.1:1,127.0.0.1:2")
             .await
-            .expect_err("no etcd yet");
-        assert!(
-            err.to_string().contains("etcd store is not available yet"),
-            "{err}"
-        );
+            .expect("etcd opens lazily");
+        assert!(format!("{store:?}").starts_with("EtcdStore"));
+        let err = open("etcd://127.0.0.1").await.expect_err("no port");
+        assert!(matches!(err, OpenError::BadEtcdUrl { .. }), "{err}");
+        let (clock, _hand) = Clock::manual(Timestamp::ZERO);
+        let err = open_with_clock("etcd://127.0.0.1:1", clock)
+            .await
+            .expect_err("manual clock");
+        assert!(matches!(err, OpenError::ManualClockOnEtcd { .. }), "{err}");
 
         let err = open("redis://x").await.expect_err("unknown");
         let msg = err.to_string();

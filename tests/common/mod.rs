@@ -2,6 +2,8 @@
 
 #![allow(dead_code, clippy::unwrap_used)]
 
+pub mod lab;
+
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -32,7 +34,15 @@ impl Daemon {
         let log = subnet_file.with_extension(format!("{}.log", std::process::id()));
         let log_file = std::fs::File::create(&log).unwrap();
         let child = Command::new(env!("CARGO_BIN_EXE_weft"))
-            .args(["daemon", "--store", store, "--public-ip", public_ip])
+            .args([
+                "daemon",
+                "--store",
+                store,
+                "--public-ip",
+                public_ip,
+                "--iface",
+                "lo",
+            ])
             .arg("--subnet-file")
             .arg(subnet_file)
             .args(extra)

@@ -15,11 +15,12 @@ mod forward;
 use std::collections::VecDeque;
 use std::time::Duration;
 
-use crate::allocator::{AllocEvent, AllocOp, Allocator, AllocatorConfig, LossReason};
+use crate::allocator::{AllocEvent, Allocator, AllocatorConfig, LossReason};
 use crate::lease::{Lease, Skipped};
 use crate::lease_table::{LeaseTable, TableChange};
 use crate::router::{RouteChange, RouteTable};
-use crate::store::{subnets_prefix, Entry, Listing, Revision, StoreError, WatchEvent};
+use crate::store::{subnets_prefix, Listing, Revision, StoreError, WatchEvent};
+pub use crate::store::{StoreOp, StoreOutput};
 use crate::time::Timestamp;
 use crate::timer::{Timer, TimerTable};
 
@@ -27,54 +28,6 @@ pub use forward::{DropCounters, DropReason, Inbound, Outbound};
 
 /// Identifies a store operation so that its result finds its way back.
 pub type OpId = u64;
-
-/// A store operation the node wants performed (see [`crate::store::Store`]).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum StoreOp {
-    /// [`crate::store::Store::list`]; answer with [`StoreOutput::Listing`].
-    List {
-        /// The prefix to list.
-        prefix: String,
-    },
-    /// [`crate::store::Store::create`]; answer with [`StoreOutput::Entry`].
-    Create {
-        /// The key.
-        key: String,
-        /// The value.
-        value: Vec<u8>,
-        /// The TTL.
-        ttl: Option<Duration>,
-    },
-    /// [`crate::store::Store::renew`]; answer with [`StoreOutput::Entry`].
-    Renew {
-        /// The key.
-        key: String,
-        /// The incarnation expected.
-        create_revision: Revision,
-        /// The value.
-        value: Vec<u8>,
-        /// The TTL.
-        ttl: Option<Duration>,
-    },
-    /// [`crate::store::Store::watch`]: replace any running watch with one from `from`.
-    /// Its batches go to [`Node::handle_watch_events`], its failure to
-    /// [`Node::handle_watch_error`]; it has no result of its own.
-    Watch {
-        /// The prefix to watch.
-        prefix: String,
-        /// The first revision wanted.
-        from: Revision,
-    },
-}
-
-/// The successful result of a [`StoreOp`].
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum StoreOutput {
-    /// The result of a `List`.
-    Listing(Listing),
-    /// The result of a `Create` or `Renew`.
-    Entry(Entry),
-}
 
 /// What happened, for the driver to act on and log.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -142,8 +95,16 @@ impl Node {
     pub fn new(config: NodeConfig, seed: u64, now: Timestamp) -> Self {
         let subnets_prefix = subnets_prefix(&config.prefix);
         let (retry_min, retry_max) = (config.alloc.retry_min, config.alloc.retry_max);
+        let v4 = match config.alloc.v4_space.network() {
+            ipnet::IpNet::V4(n) => n,
+            ipnet::IpNet::V6(_) => unreachable!("the IPv4 space is IPv4"),
+        };
+        let v6 = config.alloc.v6_space.and_then(|s| match s.network() {
+            ipnet::IpNet::V6(n) => Some(n),
+            ipnet::IpNet::V4(_) => None,
+        });
         let mut node = Node {
-            table: LeaseTable::new(&subnets_prefix),
+            table: LeaseTable::new(&subnets_prefix).within(v4, v6),
             routes: RouteTable::new(),
             allocator: Allocator::new(config.alloc, &subnets_prefix, seed),
             subnets_prefix,
@@ -206,20 +167,6 @@ impl Node {
             self.list();
         }
         while let Some(op) = self.allocator.poll_op() {
-            let op = match op {
-                AllocOp::Create { key, value, ttl } => StoreOp::Create { key, value, ttl },
-                AllocOp::Renew {
-                    key,
-                    create_revision,
-                    value,
-                    ttl,
-                } => StoreOp::Renew {
-                    key,
-                    create_revision,
-                    value,
-                    ttl,
-                },
-            };
             // Only the newest allocator operation counts; an older result is stale.
             self.alloc_op = Some(self.push_op(op));
         }

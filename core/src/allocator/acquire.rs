@@ -1,0 +1,245 @@
+//! Acquisition: deciding which subnet to take, in flannel's order.
+
+use crate::lease::{Lease, LeaseKey};
+use crate::lease_table::LeaseTable;
+use crate::store::StoreOp;
+use crate::subnet::SubnetSpace;
+use crate::time::Timestamp;
+use crate::timer::{Timer, TimerTable};
+use ipnet::{IpNet, Ipv4Net};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use std::collections::{BTreeSet, VecDeque};
+use std::time::Duration;
+
+use super::*;
+
+impl Allocator {
+    /// An allocator for leases under `subnets_prefix`, drawing its random choices from
+    /// `seed`. It starts out wanting a listing of the store.
+    pub fn new(cfg: AllocatorConfig, subnets_prefix: &str, seed: u64) -> Self {
+        Allocator {
+            prefer: cfg.previous,
+            cfg,
+            subnets_prefix: subnets_prefix.to_string(),
+            rng: ChaCha8Rng::seed_from_u64(seed),
+            phase: Phase::NeedTable,
+            lease: None,
+            conflicts: 0,
+            recent_conflicts: BTreeSet::new(),
+            retries: 0,
+            sent_at: None,
+            deadline: None,
+            wants_listing: true,
+            ops: VecDeque::new(),
+            events: VecDeque::new(),
+            timers: TimerTable::default(),
+        }
+    }
+
+    /// The lease we hold, if any.
+    pub fn lease(&self) -> Option<&Lease> {
+        self.lease.as_ref()
+    }
+
+    /// Whether the allocator gave up because our lease was deleted by someone else.
+    pub fn is_stopped(&self) -> bool {
+        self.phase == Phase::Stopped
+    }
+
+    /// Whether the allocator needs a fresh listing before it can decide; clears the
+    /// request.
+    pub fn take_listing_request(&mut self) -> bool {
+        std::mem::take(&mut self.wants_listing)
+    }
+
+    /// The next store operation to perform. Poll again after every `handle_*` call.
+    pub fn poll_op(&mut self) -> Option<StoreOp> {
+        self.ops.pop_front()
+    }
+
+    /// The next event. Poll again after every `handle_*` call.
+    pub fn poll_event(&mut self) -> Option<AllocEvent> {
+        self.events.pop_front()
+    }
+
+    pub(super) fn full_key(&self, key: &LeaseKey) -> String {
+        format!("{}{}", self.subnets_prefix, key)
+    }
+
+    pub(super) fn backoff(&mut self, now: Timestamp) -> Timestamp {
+        let exp = self
+            .cfg
+            .retry_min
+            .saturating_mul(1u32 << self.retries.min(16));
+        let base = exp.min(self.cfg.retry_max);
+        // Up to 20 % jitter so that many nodes failing together do not retry together.
+        let jitter_ms = self.rng.random_range(0..=base.as_millis() as u64 / 5);
+        self.retries = self.retries.saturating_add(1);
+        now + base + Duration::from_millis(jitter_ms)
+    }
+
+    /// The table was (re)listed: decide if we were waiting for it.
+    pub fn on_synced(&mut self, table: &LeaseTable, now: Timestamp) {
+        self.recent_conflicts.clear();
+        self.conflicts = 0;
+        // A listing taken after our last write that lacks our lease means the lease went
+        // away while the watch was not looking (a compaction, a reconnect).
+        if let Some(lease) = self.lease.clone() {
+            if table.revision() >= lease.mod_revision {
+                match table.get(&lease.key) {
+                    None => self.vanished(&lease, table, now),
+                    Some(l) if l.create_revision != lease.create_revision => {
+                        self.lose(LossReason::Taken, table, now);
+                    }
+                    Some(_) => {}
+                }
+            }
+        }
+        if self.phase == Phase::NeedTable {
+            self.acquire(table, now);
+        }
+    }
+
+    pub(super) fn start_acquiring(&mut self, relist: bool, table: &LeaseTable, now: Timestamp) {
+        if relist {
+            self.phase = Phase::NeedTable;
+            self.wants_listing = true;
+        } else {
+            self.acquire(table, now);
+        }
+    }
+
+    pub(super) fn acquire(&mut self, table: &LeaseTable, now: Timestamp) {
+        self.sent_at = Some(now);
+        if !table.is_synced() {
+            self.phase = Phase::NeedTable;
+            self.wants_listing = true;
+            return;
+        }
+        let wants_v6 = self.cfg.v6_space.is_some();
+        // 1. A lease already recording our public IP, in the current network.
+        let reusable = table
+            .by_public_ip(self.cfg.public_ip)
+            .find(|l| {
+                self.cfg.v4_space.contains(&l.key.ipv4_net())
+                    && l.key.ipv6.is_some() == wants_v6
+                    && !self.recent_conflicts.contains(&l.key)
+            })
+            .cloned();
+        if let Some(lease) = reusable {
+            self.ops.push_back(StoreOp::Renew {
+                key: self.full_key(&lease.key),
+                create_revision: lease.create_revision,
+                value: self.cfg.attrs().encode(),
+                ttl: (!lease.is_reservation()).then_some(self.cfg.lease_ttl),
+            });
+            self.phase = Phase::Pending(Pending::Claim(lease.key));
+            return;
+        }
+        // 2. The subnet we had before, if free.
+        if let Some(prev) = self.prefer.filter(|k| self.is_free(k, table)) {
+            self.create(prev, AcquiredHow::Previous);
+            return;
+        }
+        // 3. A uniformly random free subnet.
+        match self.pick_random(table) {
+            Ok(key) => self.create(key, AcquiredHow::Random),
+            Err(error) => {
+                let retry_at = self.backoff(now);
+                self.timers.set(Timer::AllocRetry, retry_at);
+                self.phase = Phase::Backoff;
+                self.events
+                    .push_back(AllocEvent::AcquireFailed { error, retry_at });
+            }
+        }
+    }
+
+    fn is_free(&self, key: &LeaseKey, table: &LeaseTable) -> bool {
+        let v4_ok = self.cfg.v4_space.contains(&key.ipv4_net()) && !table.is_v4_taken(key.ipv4);
+        let v6_ok = match (self.cfg.v6_space, key.ipv6) {
+            (None, None) => true,
+            (Some(space), Some(v6)) => space.contains(&IpNet::V6(v6)) && !table.is_v6_taken(v6),
+            _ => false,
+        };
+        v4_ok && v6_ok && !self.recent_conflicts.contains(key)
+    }
+
+    fn create(&mut self, key: LeaseKey, how: AcquiredHow) {
+        self.ops.push_back(StoreOp::Create {
+            key: self.full_key(&key),
+            value: self.cfg.attrs().encode(),
+            ttl: Some(self.cfg.lease_ttl),
+        });
+        self.phase = Phase::Pending(Pending::Create(key, how));
+    }
+
+    fn pick_random(&mut self, table: &LeaseTable) -> Result<LeaseKey, AllocError> {
+        let conflicted_v4: BTreeSet<Ipv4Net> =
+            self.recent_conflicts.iter().map(|k| k.ipv4).collect();
+        let v4 = pick_free(&mut self.rng, &self.cfg.v4_space, |n| {
+            let IpNet::V4(n) = n else { return true };
+            table.is_v4_taken(n) || conflicted_v4.contains(&n)
+        })
+        .map_err(|taken| out_of(&self.cfg.v4_space, taken))?;
+        let IpNet::V4(ipv4) = v4 else {
+            unreachable!("the v4 space yields IPv4 subnets")
+        };
+        let ipv6 = match self.cfg.v6_space {
+            None => None,
+            Some(space) => {
+                let v6 = pick_free(&mut self.rng, &space, |n| {
+                    let IpNet::V6(n) = n else { return true };
+                    table.is_v6_taken(n)
+                })
+                .map_err(|taken| out_of(&space, taken))?;
+                match v6 {
+                    IpNet::V6(n) => Some(n),
+                    IpNet::V4(_) => unreachable!("the v6 space yields IPv6 subnets"),
+                }
+            }
+        };
+        Ok(LeaseKey { ipv4, ipv6 })
+    }
+}
+
+fn out_of(space: &SubnetSpace, taken: u128) -> AllocError {
+    AllocError::OutOfSubnets {
+        min: space.min(),
+        max: space.max(),
+        total: space.len(),
+        taken,
+    }
+}
+
+/// Draws a subnet uniformly from the free ones: a few random draws first (cheap while
+/// the space is not crowded), then an exact walk over the free ones. Returns how many are
+/// taken when none is free.
+fn pick_free(
+    rng: &mut ChaCha8Rng,
+    space: &SubnetSpace,
+    taken: impl Fn(IpNet) -> bool,
+) -> Result<IpNet, u128> {
+    for _ in 0..RANDOM_DRAWS {
+        let index = rng.random_range(space.min_index()..=space.max_index());
+        let subnet = space.subnet_at(index);
+        if !taken(subnet) {
+            return Ok(subnet);
+        }
+    }
+    // Crowded: count exactly. Rejection sampling already failed many times, so the
+    // taken subnets are a large share of the space and walking it is proportionate,
+    // except for huge (IPv6) spaces, where 64 straight misses means "effectively full".
+    const WALK_LIMIT: u128 = 1 << 20;
+    if space.len() > WALK_LIMIT {
+        return Err(space.len());
+    }
+    let free: Vec<u128> = (space.min_index()..=space.max_index())
+        .filter(|i| !taken(space.subnet_at(*i)))
+        .collect();
+    if free.is_empty() {
+        return Err(space.len());
+    }
+    let pick = free[rng.random_range(0..free.len())];
+    Ok(space.subnet_at(pick))
+}

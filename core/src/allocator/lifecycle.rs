@@ -1,0 +1,227 @@
+//! Holding a lease: store results, renewal, loss, and what the watch says about it.
+
+use crate::lease::{Lease, LeaseKey};
+use crate::lease_table::LeaseTable;
+use crate::store::{Entry, StoreError, StoreOp, WatchEvent};
+use crate::time::Timestamp;
+use crate::timer::Timer;
+
+use super::*;
+
+impl Allocator {
+    pub(super) fn hold(&mut self, key: LeaseKey, entry: &Entry, now: Timestamp) -> Lease {
+        let lease = Lease {
+            key,
+            attrs: self.cfg.attrs(),
+            expires_at: entry.expires_at,
+            create_revision: entry.create_revision,
+            mod_revision: entry.mod_revision,
+        };
+        self.lease = Some(lease.clone());
+        self.prefer = Some(key);
+        self.phase = Phase::Holding;
+        self.retries = 0;
+        self.conflicts = 0;
+        self.timers.stop(Timer::AllocRetry);
+        // The lease lives `lease_ttl` from when the store wrote it, which is after we
+        // sent the request: counting from the sending, on our own clock, errs on the
+        // safe side whatever the store's clock says.
+        self.deadline = lease
+            .expires_at
+            .map(|_| self.sent_at.unwrap_or(now) + self.cfg.lease_ttl);
+        match self.deadline {
+            Some(deadline) => {
+                let ttl = deadline.saturating_since(now);
+                let margin = self.cfg.renew_margin.min(ttl / 2);
+                self.timers.set(Timer::Renew, deadline - margin);
+                self.timers.set(Timer::Expiry, deadline);
+            }
+            None => {
+                self.timers.stop(Timer::Renew);
+                self.timers.stop(Timer::Expiry);
+            }
+        }
+        lease
+    }
+
+    /// The result of the last [`StoreOp`] polled.
+    pub fn handle_result(
+        &mut self,
+        result: Result<Entry, StoreError>,
+        table: &LeaseTable,
+        now: Timestamp,
+    ) {
+        let Phase::Pending(pending) = self.phase else {
+            return;
+        };
+        match (pending, result) {
+            (Pending::Create(key, how), Ok(entry)) => {
+                let lease = self.hold(key, &entry, now);
+                self.events.push_back(AllocEvent::Acquired { lease, how });
+            }
+            (Pending::Claim(key), Ok(entry)) => {
+                let lease = self.hold(key, &entry, now);
+                self.events.push_back(AllocEvent::Acquired {
+                    lease,
+                    how: AcquiredHow::Reused,
+                });
+            }
+            (Pending::Create(key, _), Err(StoreError::AlreadyExists { .. })) => {
+                self.recent_conflicts.insert(key);
+                self.conflicts += 1;
+                let relist = self.conflicts >= CONFLICTS_BEFORE_RELIST;
+                self.start_acquiring(relist, table, now);
+            }
+            (Pending::Claim(key), Err(e)) if !e.is_transient() => {
+                // The lease changed under us; look again before deciding.
+                self.recent_conflicts.insert(key);
+                self.start_acquiring(true, table, now);
+            }
+            (Pending::Create(..) | Pending::Claim(_), Err(error)) => {
+                // A create that timed out may have happened: re-list before deciding,
+                // so that we reuse it rather than take a second subnet.
+                let retry_at = self.backoff(now);
+                self.timers.set(Timer::AllocRetry, retry_at);
+                self.phase = Phase::Backoff;
+                self.events.push_back(AllocEvent::AcquireFailed {
+                    error: AllocError::Store(error),
+                    retry_at,
+                });
+            }
+            (Pending::Renew, Ok(entry)) => {
+                let Some(key) = self.lease.as_ref().map(|l| l.key) else {
+                    return;
+                };
+                let lease = self.hold(key, &entry, now);
+                self.events.push_back(AllocEvent::Renewed { lease });
+            }
+            (Pending::Renew, Err(StoreError::NotFound { .. })) => {
+                self.lose(LossReason::Expired, table, now);
+            }
+            (Pending::Renew, Err(StoreError::Conflict { .. })) => {
+                self.lose(LossReason::Taken, table, now);
+            }
+            (Pending::Renew, Err(error)) => {
+                // Back off, but never past half of what is left of the lease: a store
+                // that comes back a little before the deadline must still find a
+                // renewal coming (with 30 s of backoff, a lease was lost although the
+                // store was back 3 s before it ran out).
+                let mut retry_at = self.backoff(now);
+                if let Some(deadline) = self.deadline {
+                    let half = now + deadline.saturating_since(now) / 2;
+                    retry_at = retry_at.min(half.max(now + RENEW_RETRY_FLOOR));
+                }
+                self.phase = Phase::Holding;
+                self.timers.set(Timer::Renew, retry_at);
+                self.events
+                    .push_back(AllocEvent::RenewFailed { error, retry_at });
+            }
+        }
+    }
+
+    pub(super) fn lose(&mut self, reason: LossReason, table: &LeaseTable, now: Timestamp) {
+        let Some(lease) = self.lease.take() else {
+            return;
+        };
+        self.timers.stop(Timer::Renew);
+        self.timers.stop(Timer::Expiry);
+        self.deadline = None;
+        self.events.push_back(AllocEvent::Lost {
+            key: lease.key,
+            reason,
+        });
+        match reason {
+            LossReason::Deleted => {
+                self.phase = Phase::Stopped;
+                self.timers.stop(Timer::AllocRetry);
+            }
+            LossReason::Expired => {
+                self.prefer = Some(lease.key);
+                self.start_acquiring(true, table, now);
+            }
+            LossReason::Taken => {
+                self.prefer = None;
+                self.start_acquiring(true, table, now);
+            }
+        }
+    }
+
+    /// Our lease is gone from the store: deleted by someone else if it was still live
+    /// by our own deadline, expired otherwise.
+    pub(super) fn vanished(&mut self, _lease: &Lease, table: &LeaseTable, now: Timestamp) {
+        let live = self.deadline.is_none_or(|at| now < at);
+        let reason = if live {
+            LossReason::Deleted
+        } else {
+            LossReason::Expired
+        };
+        self.lose(reason, table, now);
+    }
+
+    /// Our clock went back by at least `d` (we cannot tell how much real time passed
+    /// since the last call): move every deadline back with it, and renew a lease we
+    /// hold now rather than trust a renewal time that may have become late.
+    pub(crate) fn clock_went_back(&mut self, d: std::time::Duration, now: Timestamp) {
+        self.timers.shift_back(d);
+        self.sent_at = self.sent_at.map(|t| t - d);
+        self.deadline = self.deadline.map(|t| t - d);
+        if self.phase == Phase::Holding && self.deadline.is_some() {
+            self.timers.set(Timer::Renew, now);
+        }
+    }
+
+    pub(super) fn renew(&mut self, now: Timestamp) {
+        self.sent_at = Some(now);
+        let Some(lease) = &self.lease else { return };
+        self.ops.push_back(StoreOp::Renew {
+            key: self.full_key(&lease.key),
+            create_revision: lease.create_revision,
+            value: self.cfg.attrs().encode(),
+            ttl: (!lease.is_reservation()).then_some(self.cfg.lease_ttl),
+        });
+        self.phase = Phase::Pending(Pending::Renew);
+    }
+
+    /// A change seen by the watch (already applied to `table`).
+    pub fn on_watch_event(&mut self, event: &WatchEvent, table: &LeaseTable, now: Timestamp) {
+        if let Some(lease) = self.lease.clone() {
+            if event.key() == self.full_key(&lease.key) {
+                match event {
+                    WatchEvent::Delete { .. } => self.vanished(&lease, table, now),
+                    WatchEvent::Put(entry) if entry.create_revision != lease.create_revision => {
+                        self.lose(LossReason::Taken, table, now);
+                    }
+                    WatchEvent::Put(entry) => {
+                        let ours = self.cfg.attrs().encode();
+                        if entry.value != ours && self.phase == Phase::Holding {
+                            // Someone overwrote our lease's value: write ours back.
+                            self.renew(now);
+                        }
+                    }
+                }
+                return;
+            }
+        }
+        // A subnet freed while we wait for one: try at once.
+        if matches!(event, WatchEvent::Delete { .. })
+            && self.phase == Phase::Backoff
+            && self.lease.is_none()
+        {
+            self.timers.set(Timer::AllocRetry, now);
+        }
+    }
+
+    /// A timer of ours fired.
+    pub fn handle_timer(&mut self, timer: Timer, table: &LeaseTable, now: Timestamp) {
+        match timer {
+            Timer::Renew if self.phase == Phase::Holding => self.renew(now),
+            Timer::Expiry if self.lease.is_some() => {
+                self.lose(LossReason::Expired, table, now);
+            }
+            Timer::AllocRetry if self.phase == Phase::Backoff => {
+                self.start_acquiring(true, table, now);
+            }
+            _ => {}
+        }
+    }
+}

@@ -1,0 +1,223 @@
+//! The allocator: acquires this node's subnet lease in flannel's order, renews it before
+//! it expires, and reacts when it is lost.
+//!
+//! Acquisition order: a lease that already records our public IP (reuse it); else the
+//! subnet of our previous `subnet.env`, if free; else a subnet drawn uniformly at random
+//! from *all* free subnets in `[SubnetMin, SubnetMax]`. Decisions read the node's
+//! [`LeaseTable`], kept current by the watch, so an acquisition costs one store round
+//! trip, not a listing of every lease. A lost create race marks the subnet taken and
+//! draws again; a store failure backs off and re-lists before deciding again, because a
+//! create that timed out may have taken effect.
+
+use std::collections::{BTreeSet, VecDeque};
+use std::net::{Ipv4Addr, Ipv6Addr};
+use std::time::Duration;
+
+use ipnet::IpNet;
+use rand_chacha::ChaCha8Rng;
+
+use crate::lease::{Lease, LeaseAttrs, LeaseKey, RawJson};
+use crate::store::{StoreError, StoreOp};
+use crate::subnet::SubnetSpace;
+use crate::time::Timestamp;
+use crate::timer::TimerTable;
+
+mod acquire;
+mod lifecycle;
+
+/// flannel's lease TTL.
+pub const DEFAULT_LEASE_TTL: Duration = Duration::from_secs(24 * 3600);
+/// flannel's `--subnet-lease-renew-margin` default (60 minutes).
+pub const DEFAULT_RENEW_MARGIN: Duration = Duration::from_secs(60 * 60);
+/// Consecutive lost create races after which the allocator re-lists the store.
+const CONFLICTS_BEFORE_RELIST: u32 = 16;
+/// Random draws before falling back to enumerating the free subnets.
+const RANDOM_DRAWS: u32 = 64;
+/// The shortest wait between two renewal attempts near the lease's end.
+const RENEW_RETRY_FLOOR: Duration = Duration::from_millis(100);
+
+/// What the allocator is told about its node.
+#[derive(Debug, Clone)]
+pub struct AllocatorConfig {
+    /// The IPv4 subnets to allocate from.
+    pub v4_space: SubnetSpace,
+    /// The IPv6 subnets to allocate from, when IPv6 is enabled.
+    pub v6_space: Option<SubnetSpace>,
+    /// The node's public IPv4 address.
+    pub public_ip: Ipv4Addr,
+    /// The node's public IPv6 address.
+    pub public_ipv6: Option<Ipv6Addr>,
+    /// The backend type recorded in the lease.
+    pub backend_type: String,
+    /// The backend data recorded in the lease.
+    pub backend_data: Option<RawJson>,
+    /// The TTL of a new or renewed lease.
+    pub lease_ttl: Duration,
+    /// Renew this long before expiry (at most half the TTL).
+    pub renew_margin: Duration,
+    /// The subnets of the previous run, from `subnet.env`.
+    pub previous: Option<LeaseKey>,
+    /// The first retry delay after a failure.
+    pub retry_min: Duration,
+    /// The longest retry delay.
+    pub retry_max: Duration,
+}
+
+impl AllocatorConfig {
+    /// A config with flannel's defaults for a node with `public_ip`.
+    pub fn new(v4_space: SubnetSpace, public_ip: Ipv4Addr, backend_type: &str) -> Self {
+        AllocatorConfig {
+            v4_space,
+            v6_space: None,
+            public_ip,
+            public_ipv6: None,
+            backend_type: backend_type.to_string(),
+            backend_data: None,
+            lease_ttl: DEFAULT_LEASE_TTL,
+            renew_margin: DEFAULT_RENEW_MARGIN,
+            previous: None,
+            retry_min: Duration::from_secs(1),
+            retry_max: Duration::from_secs(30),
+        }
+    }
+
+    fn attrs(&self) -> LeaseAttrs {
+        LeaseAttrs {
+            public_ip: self.public_ip,
+            public_ipv6: self.public_ipv6,
+            backend_type: Some(self.backend_type.clone()),
+            backend_data: self.backend_data.clone(),
+            backend_v6_data: None,
+        }
+    }
+}
+
+/// Why an acquisition attempt failed (the allocator retries by itself).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AllocError {
+    /// Every subnet in the range is taken.
+    #[error("out of subnets: all {total} subnets from {min} to {max} are taken ({taken} leases in range)")]
+    OutOfSubnets {
+        /// The first subnet of the range.
+        min: IpNet,
+        /// The last subnet of the range.
+        max: IpNet,
+        /// How many subnets the range holds.
+        total: u128,
+        /// How many of them are taken.
+        taken: u128,
+    },
+    /// The store failed while acquiring.
+    #[error("store failed while acquiring a lease: {0}")]
+    Store(StoreError),
+}
+
+/// How a lease was obtained.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AcquiredHow {
+    /// A lease recording our public IP already existed.
+    Reused,
+    /// The subnet of our previous `subnet.env` was free.
+    Previous,
+    /// A random free subnet.
+    Random,
+}
+
+/// Why our lease was lost.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LossReason {
+    /// It ran out before a renewal succeeded; the allocator acquires again, preferring
+    /// the same subnet.
+    Expired,
+    /// Someone else deleted it while it was live; like flannel, the allocator stops.
+    Deleted,
+    /// Another incarnation of the key (someone else's lease) replaced it; the allocator
+    /// acquires again.
+    Taken,
+}
+
+/// What the allocator reports.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AllocEvent {
+    /// We hold a lease now.
+    Acquired {
+        /// The lease.
+        lease: Lease,
+        /// How it was found.
+        how: AcquiredHow,
+    },
+    /// Our lease was renewed.
+    Renewed {
+        /// The lease with its new expiry.
+        lease: Lease,
+    },
+    /// Our lease is gone.
+    Lost {
+        /// Its key.
+        key: LeaseKey,
+        /// Why.
+        reason: LossReason,
+    },
+    /// An acquisition attempt failed; another follows at `retry_at`.
+    AcquireFailed {
+        /// What went wrong.
+        error: AllocError,
+        /// When the next attempt is due.
+        retry_at: Timestamp,
+    },
+    /// A renewal failed; another follows at `retry_at`.
+    RenewFailed {
+        /// What went wrong.
+        error: StoreError,
+        /// When the next attempt is due.
+        retry_at: Timestamp,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Pending {
+    Create(LeaseKey, AcquiredHow),
+    Claim(LeaseKey),
+    Renew,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    /// Acquiring, waiting for a fresh listing of the store.
+    NeedTable,
+    /// An operation is in flight.
+    Pending(Pending),
+    /// Holding a lease; renewal timer armed unless it is a reservation.
+    Holding,
+    /// Waiting for the retry timer.
+    Backoff,
+    /// Our lease was deleted by someone else; nothing more to do.
+    Stopped,
+}
+
+/// The allocator state machine. [`crate::node::Node`] drives it, feeding it the lease
+/// table; its methods are public so that tests and benchmarks can drive it alone.
+#[derive(Debug)]
+pub struct Allocator {
+    cfg: AllocatorConfig,
+    subnets_prefix: String,
+    rng: ChaCha8Rng,
+    phase: Phase,
+    lease: Option<Lease>,
+    prefer: Option<LeaseKey>,
+    conflicts: u32,
+    recent_conflicts: BTreeSet<LeaseKey>,
+    retries: u32,
+    /// When (on our clock) the last create or renewal was sent: the store's TTL runs
+    /// from a moment after it.
+    sent_at: Option<Timestamp>,
+    /// When (on our clock) the lease we hold runs out at the latest. The store's
+    /// `expires_at` is in the store's time base; comparing it with our clock would make
+    /// a node whose clock runs ahead expire (and re-acquire) at once, and one whose
+    /// clock runs behind take an expiry for a deletion.
+    deadline: Option<Timestamp>,
+    wants_listing: bool,
+    ops: VecDeque<StoreOp>,
+    events: VecDeque<AllocEvent>,
+    pub(crate) timers: TimerTable,
+}

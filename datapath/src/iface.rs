@@ -1,0 +1,104 @@
+//! Choosing the external interface: flannel's `--iface`, `--iface-regex`, or the
+//! interface of the default route.
+
+use std::net::Ipv4Addr;
+
+use regex::Regex;
+
+use crate::netlink::{Link, Netlink};
+use crate::DatapathError;
+
+/// The interface the overlay is carried over, and the address it is reached at.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExternalInterface {
+    /// The link.
+    pub link: Link,
+    /// Its IPv4 address: the node's public IP unless overridden.
+    pub ip: Ipv4Addr,
+}
+
+/// How to pick the interface.
+#[derive(Debug, Clone, Default)]
+pub struct IfaceSelector {
+    /// `--iface`: names or IP addresses, tried in order.
+    pub ifaces: Vec<String>,
+    /// `--iface-regex`: patterns matched against names and addresses, tried in order.
+    pub regexes: Vec<String>,
+}
+
+async fn with_ip(nl: &Netlink, link: Link) -> Result<Option<ExternalInterface>, DatapathError> {
+    let ip = nl.ipv4_addresses(link.index).await?.into_iter().next();
+    Ok(ip.map(|ip| ExternalInterface { link, ip }))
+}
+
+impl IfaceSelector {
+    /// Picks the interface in the namespace `nl` talks to. The first `--iface` that
+    /// exists with an IPv4 address wins, then the first link matching a regex, then, with
+    /// neither flag, the default route's link.
+    pub async fn select(&self, nl: &Netlink) -> Result<ExternalInterface, DatapathError> {
+        let links = nl.links().await?;
+        for want in &self.ifaces {
+            if let Ok(ip) = want.parse::<Ipv4Addr>() {
+                for link in &links {
+                    if nl.ipv4_addresses(link.index).await?.contains(&ip) {
+                        return Ok(ExternalInterface {
+                            link: link.clone(),
+                            ip,
+                        });
+                    }
+                }
+            } else if let Some(link) = links.iter().find(|l| &l.name == want) {
+                if let Some(found) = with_ip(nl, link.clone()).await? {
+                    return Ok(found);
+                }
+            }
+        }
+        for pattern in &self.regexes {
+            let re = Regex::new(pattern).map_err(|e| {
+                DatapathError::NotFound(format!(
+                    "--iface-regex {pattern:?} is not a valid regex: {e}"
+                ))
+            })?;
+            for link in &links {
+                let ips = nl.ipv4_addresses(link.index).await?;
+                if re.is_match(&link.name) {
+                    if let Some(ip) = ips.first() {
+                        return Ok(ExternalInterface {
+                            link: link.clone(),
+                            ip: *ip,
+                        });
+                    }
+                }
+                if let Some(ip) = ips.iter().find(|ip| re.is_match(&ip.to_string())) {
+                    return Ok(ExternalInterface {
+                        link: link.clone(),
+                        ip: *ip,
+                    });
+                }
+            }
+        }
+        if !self.ifaces.is_empty() || !self.regexes.is_empty() {
+            return Err(DatapathError::NotFound(format!(
+                "no interface with an IPv4 address matches --iface {:?} / --iface-regex {:?}",
+                self.ifaces, self.regexes
+            )));
+        }
+        let index = nl.default_route_link().await?.ok_or_else(|| {
+            DatapathError::NotFound(
+                "there is no default route to take the interface from; pass --iface".into(),
+            )
+        })?;
+        let link = links
+            .into_iter()
+            .find(|l| l.index == index)
+            .ok_or_else(|| {
+                DatapathError::NotFound(format!("the default route's link {index} is gone"))
+            })?;
+        let name = link.name.clone();
+        with_ip(nl, link).await?.ok_or_else(|| {
+            DatapathError::NotFound(format!(
+                "the default route's interface {name} has no IPv4 address"
+            ))
+        })
+    }
+}

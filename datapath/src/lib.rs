@@ -1,0 +1,62 @@
+//! weft-datapath: every syscall weft makes to move packets.
+//!
+//! The core decides (`weft_core::node::Node::route_outbound` / `accept_inbound`); this
+//! crate does: it creates the TUN device and the UDP socket of flannel's udp backend,
+//! programs addresses, links and routes over netlink (the `rtnetlink` crate, never by
+//! running `ip`), picks the external interface, and enters network namespaces so that
+//! `weft lab` can run many nodes in one process.
+
+pub mod iface;
+pub mod netlink;
+pub mod netns;
+pub mod udp;
+
+/// Why a datapath operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum DatapathError {
+    /// A netlink request failed.
+    #[error("netlink: {what}: {source}")]
+    Netlink {
+        /// What was being done.
+        what: String,
+        /// The kernel's answer.
+        source: rtnetlink::Error,
+    },
+    /// A system call failed.
+    #[error("{what}: {source}")]
+    Io {
+        /// What was being done.
+        what: String,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// The TUN device could not be created.
+    #[error(
+        "cannot create TUN device {name}: {reason} (is /dev/net/tun present, and are we root?)"
+    )]
+    Tun {
+        /// The device name.
+        name: String,
+        /// The driver's error.
+        reason: String,
+    },
+    /// Something needed was not found.
+    #[error("{0}")]
+    NotFound(String),
+}
+
+impl DatapathError {
+    pub(crate) fn io(what: impl Into<String>, source: std::io::Error) -> Self {
+        DatapathError::Io {
+            what: what.into(),
+            source,
+        }
+    }
+
+    pub(crate) fn netlink(what: impl Into<String>, source: rtnetlink::Error) -> Self {
+        DatapathError::Netlink {
+            what: what.into(),
+            source,
+        }
+    }
+}

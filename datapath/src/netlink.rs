@@ -1,0 +1,280 @@
+//! Links, addresses and routes over netlink, in one network namespace.
+
+use std::net::{IpAddr, Ipv4Addr};
+use std::os::fd::AsRawFd;
+use std::path::Path;
+
+use futures::TryStreamExt;
+use ipnet::Ipv4Net;
+use rtnetlink::packet_route::address::AddressAttribute;
+use rtnetlink::packet_route::link::{LinkAttribute, LinkMessage};
+use rtnetlink::packet_route::route::{RouteAttribute, RouteMessage};
+use rtnetlink::{Handle, LinkBridge, LinkUnspec, LinkVeth, RouteMessageBuilder};
+
+use crate::{netns, DatapathError};
+
+/// One link as the kernel describes it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Link {
+    /// Interface index.
+    pub index: u32,
+    /// Interface name.
+    pub name: String,
+    /// MTU.
+    pub mtu: u32,
+}
+
+fn link_of(msg: &LinkMessage) -> Link {
+    let mut link = Link {
+        index: msg.header.index,
+        name: String::new(),
+        mtu: 0,
+    };
+    for attr in &msg.attributes {
+        match attr {
+            LinkAttribute::IfName(n) => link.name = n.clone(),
+            LinkAttribute::Mtu(m) => link.mtu = *m,
+            _ => {}
+        }
+    }
+    link
+}
+
+/// A netlink connection bound to the namespace it was opened in.
+#[derive(Debug, Clone)]
+pub struct Netlink {
+    handle: Handle,
+}
+
+fn exists(e: &rtnetlink::Error) -> bool {
+    matches!(e, rtnetlink::Error::NetlinkError(m) if m.raw_code() == -libc_eexist())
+}
+
+const fn libc_eexist() -> i32 {
+    17
+}
+
+impl Netlink {
+    /// Opens a netlink connection in the namespace at `ns` (`None`: ours). Must be called
+    /// within a tokio runtime, which drives the connection.
+    pub fn open(ns: Option<&Path>) -> Result<Netlink, DatapathError> {
+        let runtime = tokio::runtime::Handle::current();
+        let (connection, handle) = netns::in_netns(ns, move || {
+            let _guard = runtime.enter();
+            rtnetlink::new_connection().map(|(c, h, _)| (c, h))
+        })?
+        .map_err(|e| DatapathError::io("open a netlink socket", e))?;
+        tokio::spawn(connection);
+        Ok(Netlink { handle })
+    }
+
+    /// Every link.
+    pub async fn links(&self) -> Result<Vec<Link>, DatapathError> {
+        let msgs: Vec<LinkMessage> = self
+            .handle
+            .link()
+            .get()
+            .execute()
+            .try_collect()
+            .await
+            .map_err(|e| DatapathError::netlink("list links", e))?;
+        Ok(msgs.iter().map(link_of).collect())
+    }
+
+    /// The link named `name`, if it exists.
+    pub async fn link(&self, name: &str) -> Result<Option<Link>, DatapathError> {
+        Ok(self.links().await?.into_iter().find(|l| l.name == name))
+    }
+
+    /// The link named `name`, or an error saying it is missing.
+    pub async fn require_link(&self, name: &str) -> Result<Link, DatapathError> {
+        self.link(name)
+            .await?
+            .ok_or_else(|| DatapathError::NotFound(format!("no interface named {name}")))
+    }
+
+    /// Sets a link's MTU (if given) and brings it up.
+    pub async fn set_up(&self, index: u32, mtu: Option<u32>) -> Result<(), DatapathError> {
+        let mut msg = LinkUnspec::new_with_index(index).up();
+        if let Some(mtu) = mtu {
+            msg = msg.mtu(mtu);
+        }
+        self.handle
+            .link()
+            .set(msg.build())
+            .execute()
+            .await
+            .map_err(|e| DatapathError::netlink(format!("set link {index} up"), e))
+    }
+
+    /// Renames a (down) link.
+    pub async fn rename(&self, index: u32, name: &str) -> Result<(), DatapathError> {
+        let msg = LinkUnspec::new_with_index(index).name(name.to_string());
+        self.handle
+            .link()
+            .set(msg.build())
+            .execute()
+            .await
+            .map_err(|e| DatapathError::netlink(format!("rename link {index} to {name}"), e))
+    }
+
+    /// Deletes a link.
+    pub async fn del_link(&self, index: u32) -> Result<(), DatapathError> {
+        self.handle
+            .link()
+            .del(index)
+            .execute()
+            .await
+            .map_err(|e| DatapathError::netlink(format!("delete link {index}"), e))
+    }
+
+    /// Adds an address to a link; an address already there is fine.
+    pub async fn add_address(
+        &self,
+        index: u32,
+        addr: IpAddr,
+        prefix_len: u8,
+    ) -> Result<(), DatapathError> {
+        match self
+            .handle
+            .address()
+            .add(index, addr, prefix_len)
+            .execute()
+            .await
+        {
+            Err(e) if !exists(&e) => Err(DatapathError::netlink(
+                format!("add {addr}/{prefix_len} to link {index}"),
+                e,
+            )),
+            _ => Ok(()),
+        }
+    }
+
+    /// The IPv4 addresses of a link.
+    pub async fn ipv4_addresses(&self, index: u32) -> Result<Vec<Ipv4Addr>, DatapathError> {
+        let msgs: Vec<_> = self
+            .handle
+            .address()
+            .get()
+            .set_link_index_filter(index)
+            .execute()
+            .try_collect()
+            .await
+            .map_err(|e| DatapathError::netlink("list addresses", e))?;
+        Ok(msgs
+            .iter()
+            .flat_map(|m| m.attributes.iter())
+            .filter_map(|a| match a {
+                AddressAttribute::Address(IpAddr::V4(ip)) => Some(*ip),
+                _ => None,
+            })
+            .collect())
+    }
+
+    /// Adds (or replaces) the route `dst` out of link `index`, optionally via a gateway.
+    pub async fn replace_route(
+        &self,
+        dst: Ipv4Net,
+        index: u32,
+        gateway: Option<Ipv4Addr>,
+    ) -> Result<(), DatapathError> {
+        let mut msg = RouteMessageBuilder::<Ipv4Addr>::new()
+            .destination_prefix(dst.network(), dst.prefix_len())
+            .output_interface(index);
+        if let Some(gw) = gateway {
+            msg = msg.gateway(gw);
+        }
+        self.handle
+            .route()
+            .add(msg.build())
+            .replace()
+            .execute()
+            .await
+            .map_err(|e| DatapathError::netlink(format!("add route {dst}"), e))
+    }
+
+    /// The IPv4 routes of the main table.
+    pub async fn ipv4_routes(&self) -> Result<Vec<RouteMessage>, DatapathError> {
+        self.handle
+            .route()
+            .get(RouteMessageBuilder::<Ipv4Addr>::new().build())
+            .execute()
+            .try_collect()
+            .await
+            .map_err(|e| DatapathError::netlink("list routes", e))
+    }
+
+    /// The interface index of the IPv4 default route, if there is one.
+    pub async fn default_route_link(&self) -> Result<Option<u32>, DatapathError> {
+        Ok(self
+            .ipv4_routes()
+            .await?
+            .iter()
+            .filter(|r| r.header.destination_prefix_length == 0)
+            .flat_map(|r| r.attributes.iter())
+            .find_map(|a| match a {
+                RouteAttribute::Oif(i) => Some(*i),
+                _ => None,
+            }))
+    }
+
+    /// Creates a bridge and brings it up.
+    pub async fn add_bridge(&self, name: &str) -> Result<Link, DatapathError> {
+        if self.link(name).await?.is_none() {
+            self.handle
+                .link()
+                .add(LinkBridge::new(name).build())
+                .execute()
+                .await
+                .map_err(|e| DatapathError::netlink(format!("create bridge {name}"), e))?;
+        }
+        let link = self.require_link(name).await?;
+        self.set_up(link.index, None).await?;
+        Ok(link)
+    }
+
+    /// Creates a veth pair `name` <-> `peer`, moves `peer` into the namespace at
+    /// `peer_ns`, and attaches `name` to `bridge` (if given), up.
+    pub async fn add_veth_to_netns(
+        &self,
+        name: &str,
+        peer: &str,
+        peer_ns: &Path,
+        bridge: Option<u32>,
+    ) -> Result<Link, DatapathError> {
+        self.handle
+            .link()
+            .add(LinkVeth::new(name, peer).build())
+            .execute()
+            .await
+            .map_err(|e| DatapathError::netlink(format!("create veth {name}"), e))?;
+        let ns = std::fs::File::open(peer_ns)
+            .map_err(|e| DatapathError::io(format!("open {}", peer_ns.display()), e))?;
+        let peer_link = self.require_link(peer).await?;
+        self.handle
+            .link()
+            .set(
+                LinkUnspec::new_with_index(peer_link.index)
+                    .setns_by_fd(ns.as_raw_fd())
+                    .build(),
+            )
+            .execute()
+            .await
+            .map_err(|e| DatapathError::netlink(format!("move {peer} to its namespace"), e))?;
+        let link = self.require_link(name).await?;
+        if let Some(bridge) = bridge {
+            self.handle
+                .link()
+                .set(
+                    LinkUnspec::new_with_index(link.index)
+                        .controller(bridge)
+                        .build(),
+                )
+                .execute()
+                .await
+                .map_err(|e| DatapathError::netlink(format!("attach {name} to its bridge"), e))?;
+        }
+        self.set_up(link.index, None).await?;
+        Ok(link)
+    }
+}

@@ -1,0 +1,401 @@
+//! The store operations on etcd: reads, the create and renew transactions, and the
+//! lease bookkeeping that keeps renewals from leaking etcd leases.
+
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use etcd_client::{
+    CompactionOptions, Compare, CompareOp, DeleteOptions, GetOptions, LeaseGrantOptions,
+    LeaseTimeToLiveOptions, PutOptions, Txn, TxnOp, TxnOpResponse,
+};
+use weft_core::store::{Entry, Listing, Revision, StoreError};
+use weft_core::Timestamp;
+
+use super::error::{is_lease_exists, is_lease_not_found};
+use super::{lease_id, revision, EtcdStore, Failure};
+use crate::clock::wall_now;
+use crate::validate::{check_key, check_ttl};
+
+/// Keys per page of a listing: well under etcd's and gRPC's message size limits.
+const PAGE: i64 = 1_000;
+/// Grants retried after an ID collision before giving up.
+const GRANT_ATTEMPTS: u32 = 8;
+
+/// The first key after every key starting with `prefix` (etcd's range end).
+fn prefix_end(prefix: &[u8]) -> Vec<u8> {
+    let mut end = prefix.to_vec();
+    while let Some(last) = end.pop() {
+        if last < 0xff {
+            end.push(last + 1);
+            return end;
+        }
+    }
+    vec![0] // every key
+}
+
+fn header_revision(header: Option<&etcd_client::ResponseHeader>) -> Revision {
+    header.map_or(0, |h| revision(h.revision()))
+}
+
+impl EtcdStore {
+    pub(super) async fn get_entry(&self, key: &str) -> Result<Option<Entry>, StoreError> {
+        check_key(key)?;
+        let k = key.as_bytes().to_vec();
+        let resp = self
+            .call(|mut c| {
+                let k = k.clone();
+                async move { c.get(k, None).await }
+            })
+            .await
+            .map_err(|f| f.into_store(&format!("get {key}")))?;
+        Ok(self.entries(resp.kvs()).await?.pop())
+    }
+
+    /// Lists page by page, every page at the revision of the first, so that the listing
+    /// is one consistent snapshot however large.
+    pub(super) async fn list_prefix(&self, prefix: &str) -> Result<Listing, StoreError> {
+        let what = || format!("list {prefix}");
+        let (start, end) = if prefix.is_empty() {
+            (vec![0], vec![0])
+        } else {
+            (prefix.as_bytes().to_vec(), prefix_end(prefix.as_bytes()))
+        };
+        let mut from = start;
+        let mut at: i64 = 0;
+        let mut entries = Vec::new();
+        loop {
+            let mut opts = GetOptions::new().with_range(end.clone()).with_limit(PAGE);
+            if at != 0 {
+                opts = opts.with_revision(at);
+            }
+            let resp = self
+                .call(|mut c| {
+                    let (from, opts) = (from.clone(), opts.clone());
+                    async move { c.get(from, Some(opts)).await }
+                })
+                .await
+                .map_err(|f| f.into_store(&what()))?;
+            if at == 0 {
+                at = resp.header().map_or(0, |h| h.revision());
+            }
+            entries.extend(self.entries(resp.kvs()).await?);
+            match resp.kvs().last() {
+                Some(last) if resp.more() => {
+                    from = last.key().to_vec();
+                    from.push(0);
+                }
+                _ => break,
+            }
+        }
+        Ok(Listing {
+            entries,
+            revision: revision(at),
+        })
+    }
+
+    /// Grants a lease of `ttl` (whole seconds, rounded up, at least the server's minimum)
+    /// whose ID records its expiry. Returns the ID and that expiry.
+    async fn grant(&self, ttl: Duration) -> Result<(i64, Timestamp), StoreError> {
+        let asked = ttl.as_secs() + u64::from(ttl.subsec_nanos() > 0);
+        let mut secs = asked.max(self.inner.min_ttl.load(Ordering::Relaxed));
+        for _ in 0..GRANT_ATTEMPTS {
+            let expires = wall_now() + Duration::from_secs(secs);
+            let id = lease_id::encode(expires, rand::random()).ok_or_else(|| {
+                StoreError::Invalid(format!("a TTL of {secs} s expires out of range"))
+            })?;
+            let ttl_arg = i64::try_from(secs).unwrap_or(i64::MAX);
+            let result = self
+                .call(|mut c| async move {
+                    let opts = LeaseGrantOptions::new().with_id(id);
+                    c.lease_grant(ttl_arg, Some(opts)).await
+                })
+                .await;
+            match result {
+                Ok(resp) if u64::try_from(resp.ttl()).unwrap_or(0) > secs => {
+                    // Below the server's minimum: the ID would record too early an
+                    // expiry. Learn the minimum and grant again.
+                    secs = u64::try_from(resp.ttl()).unwrap_or(secs);
+                    self.inner.min_ttl.fetch_max(secs, Ordering::Relaxed);
+                    self.revoke_quietly(id).await;
+                }
+                Ok(_) => {
+                    let at = lease_id::decode(id).unwrap_or(expires);
+                    return Ok((id, at));
+                }
+                Err(Failure::Etcd(e)) if is_lease_exists(&e) => {}
+                Err(f) => return Err(f.into_store(&format!("grant a lease of {secs} s"))),
+            }
+        }
+        Err(StoreError::Backend(format!(
+            "could not grant a lease with a fresh ID in {GRANT_ATTEMPTS} attempts"
+        )))
+    }
+
+    /// Revokes a lease, ignoring failures: it expires by itself anyway.
+    async fn revoke_quietly(&self, id: i64) {
+        let result = self
+            .call(|mut c| async move { c.lease_revoke(id).await })
+            .await;
+        match result {
+            Ok(_) => {}
+            Err(Failure::Etcd(e)) if is_lease_not_found(&e) => {}
+            Err(f) => {
+                let e = f.into_store(&format!("revoke lease {id:x}"));
+                tracing::debug!(error = %e, "could not revoke a replaced lease; it will expire");
+            }
+        }
+    }
+
+    /// Revokes a lease weft grants no more, in the background: for a lost create race,
+    /// where nothing waits on it.
+    fn revoke_later(&self, id: i64) {
+        let store = self.clone();
+        tokio::spawn(async move { store.revoke_quietly(id).await });
+    }
+
+    /// Revokes the lease a key was moved off. weft's own leases hold one key each and go
+    /// at once; another writer's (flannel's, on a node moving over) only once no key is
+    /// left on it, so that nothing else attached to it is deleted.
+    async fn release_replaced(&self, old: i64, new: i64) {
+        if old == 0 || old == new {
+            return;
+        }
+        if lease_id::decode(old).is_none() {
+            let opts = LeaseTimeToLiveOptions::new().with_keys();
+            let keys = self
+                .call(|mut c| {
+                    let opts = opts.clone();
+                    async move { c.lease_time_to_live(old, Some(opts)).await }
+                })
+                .await;
+            if !keys.is_ok_and(|r| r.keys().is_empty() && r.ttl() > 0) {
+                return;
+            }
+        }
+        self.revoke_quietly(old).await;
+    }
+
+    pub(super) async fn create_entry(
+        &self,
+        key: &str,
+        value: &[u8],
+        ttl: Option<Duration>,
+    ) -> Result<Entry, StoreError> {
+        check_key(key)?;
+        check_ttl(ttl)?;
+        let lease = match ttl {
+            Some(ttl) => Some(self.grant(ttl).await?),
+            None => None,
+        };
+        let lease_id = lease.map_or(0, |(id, _)| id);
+        let (k, v) = (key.as_bytes().to_vec(), value.to_vec());
+        let txn = Txn::new()
+            .when([Compare::version(k.clone(), CompareOp::Equal, 0)])
+            .and_then([TxnOp::put(
+                k,
+                v,
+                Some(PutOptions::new().with_lease(lease_id)),
+            )]);
+        let resp = match self
+            .call(|mut c| {
+                let txn = txn.clone();
+                async move { c.txn(txn).await }
+            })
+            .await
+        {
+            Ok(resp) => resp,
+            // It may have happened: the lease stays, so as not to delete our own key.
+            Err(f) => return Err(f.into_store(&format!("create {key}"))),
+        };
+        if !resp.succeeded() {
+            self.conflict();
+            if lease_id != 0 {
+                self.revoke_later(lease_id);
+            }
+            return Err(StoreError::AlreadyExists {
+                key: key.to_string(),
+            });
+        }
+        let rev = header_revision(resp.header());
+        Ok(Entry {
+            key: key.to_string(),
+            value: value.to_vec(),
+            create_revision: rev,
+            mod_revision: rev,
+            expires_at: lease.map(|(_, at)| at),
+        })
+    }
+
+    pub(super) async fn renew_entry(
+        &self,
+        key: &str,
+        create_revision: Revision,
+        value: &[u8],
+        ttl: Option<Duration>,
+    ) -> Result<Entry, StoreError> {
+        check_key(key)?;
+        check_ttl(ttl)?;
+        let lease = match ttl {
+            Some(ttl) => Some(self.grant(ttl).await?),
+            None => None,
+        };
+        let lease_id = lease.map_or(0, |(id, _)| id);
+        let k = key.as_bytes().to_vec();
+        let expected = i64::try_from(create_revision).unwrap_or(i64::MAX);
+        let put = PutOptions::new().with_lease(lease_id).with_prev_key();
+        let txn = Txn::new()
+            .when([Compare::create_revision(
+                k.clone(),
+                CompareOp::Equal,
+                expected,
+            )])
+            .and_then([TxnOp::put(k.clone(), value.to_vec(), Some(put))])
+            .or_else([TxnOp::get(k, None)]);
+        let resp = self
+            .call(|mut c| {
+                let txn = txn.clone();
+                async move { c.txn(txn).await }
+            })
+            .await
+            .map_err(|f| f.into_store(&format!("renew {key}")))?;
+        let first = resp.op_responses().into_iter().next();
+        if !resp.succeeded() {
+            self.conflict();
+            if lease_id != 0 {
+                self.revoke_later(lease_id);
+            }
+            let found = match first {
+                Some(TxnOpResponse::Get(get)) => get.kvs().first().map(|kv| kv.create_revision()),
+                _ => None,
+            };
+            return Err(match found {
+                None => StoreError::NotFound {
+                    key: key.to_string(),
+                },
+                Some(found) => StoreError::Conflict {
+                    key: key.to_string(),
+                    expected: create_revision,
+                    found: revision(found),
+                },
+            });
+        }
+        if let Some(TxnOpResponse::Put(put)) = first {
+            if let Some(prev) = put.prev_key() {
+                self.release_replaced(prev.lease(), lease_id).await;
+            }
+        }
+        Ok(Entry {
+            key: key.to_string(),
+            value: value.to_vec(),
+            create_revision,
+            mod_revision: header_revision(resp.header()),
+            expires_at: lease.map(|(_, at)| at),
+        })
+    }
+
+    pub(super) async fn put_entry(&self, key: &str, value: &[u8]) -> Result<Entry, StoreError> {
+        check_key(key)?;
+        let (k, v) = (key.as_bytes().to_vec(), value.to_vec());
+        let resp = self
+            .call(|mut c| {
+                let (k, v) = (k.clone(), v.clone());
+                async move { c.put(k, v, Some(PutOptions::new().with_prev_key())).await }
+            })
+            .await
+            .map_err(|f| f.into_store(&format!("put {key}")))?;
+        let rev = header_revision(resp.header());
+        let created = resp
+            .prev_key()
+            .map_or(rev, |p| revision(p.create_revision()));
+        if let Some(prev) = resp.prev_key() {
+            self.release_replaced(prev.lease(), 0).await;
+        }
+        Ok(Entry {
+            key: key.to_string(),
+            value: value.to_vec(),
+            create_revision: created,
+            mod_revision: rev,
+            expires_at: None,
+        })
+    }
+
+    pub(super) async fn delete_entry(&self, key: &str) -> Result<bool, StoreError> {
+        check_key(key)?;
+        let k = key.as_bytes().to_vec();
+        let resp = self
+            .call(|mut c| {
+                let k = k.clone();
+                async move {
+                    c.delete(k, Some(DeleteOptions::new().with_prev_key()))
+                        .await
+                }
+            })
+            .await
+            .map_err(|f| f.into_store(&format!("delete {key}")))?;
+        for prev in resp.prev_kvs() {
+            self.release_replaced(prev.lease(), 0).await;
+        }
+        Ok(resp.deleted() > 0)
+    }
+
+    /// Compacts etcd's history before `revision` (store-wide, as etcd does), waiting
+    /// until it is done. A revision past the current one is [`StoreError::Invalid`].
+    pub async fn compact(&self, revision: Revision) -> Result<(), StoreError> {
+        let rev = i64::try_from(revision).unwrap_or(i64::MAX);
+        let result = self
+            .call(|mut c| async move {
+                c.compact(rev, Some(CompactionOptions::new().with_physical()))
+                    .await
+            })
+            .await;
+        match result {
+            Ok(_) => Ok(()),
+            Err(Failure::Etcd(e)) if e.to_string().contains("has been compacted") => Ok(()),
+            Err(f) => Err(f.into_store(&format!("compact at {revision}"))),
+        }
+    }
+
+    /// The IDs of every live etcd lease in the cluster, whoever granted it.
+    pub async fn live_leases(&self) -> Result<Vec<i64>, StoreError> {
+        let resp = self
+            .call(|mut c| async move { c.leases().await })
+            .await
+            .map_err(|f| f.into_store("list leases"))?;
+        Ok(resp.leases().iter().map(|l| l.id()).collect())
+    }
+
+    /// The expiry etcd itself reports for the lease of `key` (remaining TTL from now,
+    /// whole seconds), for tests that check the expiry weft computes.
+    pub async fn server_expiry(&self, key: &str) -> Result<Option<Timestamp>, StoreError> {
+        let k = key.as_bytes().to_vec();
+        let resp = self
+            .call(|mut c| {
+                let k = k.clone();
+                async move { c.get(k, None).await }
+            })
+            .await
+            .map_err(|f| f.into_store(&format!("get {key}")))?;
+        let Some(lease) = resp.kvs().first().map(|kv| kv.lease()).filter(|l| *l != 0) else {
+            return Ok(None);
+        };
+        let now = wall_now();
+        let ttl = self
+            .call(|mut c| async move { c.lease_time_to_live(lease, None).await })
+            .await
+            .map_err(|f| f.into_store(&format!("time to live of lease {lease:x}")))?;
+        let left = Duration::from_secs(u64::try_from(ttl.ttl()).unwrap_or(0));
+        Ok(Some(now + left))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prefix_end_is_the_first_key_past_the_prefix() {
+        assert_eq!(prefix_end(b"/a/"), b"/a0");
+        assert_eq!(prefix_end(b"a\xff"), b"b");
+        assert_eq!(prefix_end(b"\xff\xff"), vec![0]);
+    }
+}

@@ -1,0 +1,248 @@
+//! The etcd backend's leases as etcd sees them: renewals leave no etcd lease behind,
+//! expiries match the server's, reservations carry no lease, flannel's keys and leases
+//! are read and taken over as flannel wrote them.
+
+use std::time::Duration;
+
+use weft_core::lease::LeaseAttrs;
+use weft_core::store::{Store, StoreError};
+use weft_stores::clock::wall_now;
+use weft_stores::testing::{etcd_or_skip, Etcd};
+use weft_stores::{EtcdOptions, EtcdStore};
+
+const DAY: Duration = Duration::from_secs(24 * 3600);
+const KEY: &str = "/coreos.com/network/subnets/10.5.34.0-24";
+
+async fn start(test: &str) -> Option<(Etcd, EtcdStore)> {
+    let test = test.to_string();
+    let etcd = tokio::task::spawn_blocking(move || etcd_or_skip(&test))
+        .await
+        .expect("etcd starter")?;
+    let store = EtcdStore::connect(&etcd.endpoints(), &EtcdOptions::default())
+        .await
+        .expect("connect");
+    Some((etcd, store))
+}
+
+fn stdout(out: &std::process::Output) -> String {
+    assert!(out.status.success(), "etcdctl failed: {out:?}");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hundred_renewals_leave_exactly_one_etcd_lease() {
+    let Some((_etcd, store)) = start("a_hundred_renewals_leave_exactly_one_etcd_lease").await
+    else {
+        return;
+    };
+    let value = LeaseAttrs::new("192.0.2.1".parse().expect("ip"), "vxlan").encode();
+    let mut entry = store.create(KEY, &value, Some(DAY)).await.expect("create");
+    for _ in 0..100 {
+        entry = store
+            .renew(KEY, entry.create_revision, &value, Some(DAY))
+            .await
+            .expect("renew");
+    }
+    assert_eq!(store.live_leases().await.expect("leases").len(), 1);
+    // A lost race and a stale renewal leave nothing behind either.
+    assert!(matches!(
+        store.create(KEY, &value, Some(DAY)).await,
+        Err(StoreError::AlreadyExists { .. })
+    ));
+    assert!(matches!(
+        store.renew(KEY, 1, &value, Some(DAY)).await,
+        Err(StoreError::Conflict { .. })
+    ));
+    // Revoking a lost race's lease happens in the background.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(store.live_leases().await.expect("leases").len(), 1);
+    // Renewed without a TTL, it becomes a reservation: no lease at all.
+    store
+        .renew(KEY, entry.create_revision, &value, None)
+        .await
+        .expect("make it a reservation");
+    assert_eq!(
+        store.live_leases().await.expect("leases"),
+        Vec::<i64>::new()
+    );
+    assert_eq!(store.stats().txn_conflicts, 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn expiries_agree_with_etcd_and_across_clients() {
+    let Some((etcd, store)) = start("expiries_agree_with_etcd_and_across_clients").await else {
+        return;
+    };
+    let ttl = Duration::from_secs(600);
+    let before = wall_now();
+    let entry = store.create(KEY, b"{}", Some(ttl)).await.expect("create");
+    let ours = entry.expires_at.expect("a lease expires");
+    let server = store
+        .server_expiry(KEY)
+        .await
+        .expect("ask etcd")
+        .expect("a lease");
+    // Rounded down to the second, counted from before the grant; etcd counts from its
+    // own grant and reports whole seconds left: within two seconds, never later.
+    assert!(ours <= before + ttl, "{ours} after {}", before + ttl);
+    assert!(
+        ours.saturating_since(server) <= Duration::from_secs(2)
+            && server.saturating_since(ours) <= Duration::from_secs(2),
+        "ours {ours}, etcd's {server}"
+    );
+    // Another client (another node) reads the same expiry without asking etcd.
+    let other = EtcdStore::connect(&etcd.endpoints(), &EtcdOptions::default())
+        .await
+        .expect("connect");
+    assert_eq!(other.get(KEY).await.expect("get"), Some(entry));
+    assert_eq!(other.stats().round_trips, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn flannel_keys_read_as_written_and_reservations_stay_lease_less() {
+    let Some((etcd, store)) = start("flannel_keys_read_as_written").await else {
+        return;
+    };
+    let flannel = r#"{"PublicIP":"192.0.2.2","PublicIPv6":null,"BackendType":"vxlan","BackendData":{"VNI":1,"VtepMAC":"ee:dd:0b:59:5b:58"}}"#;
+    let reserved = "/coreos.com/network/subnets/10.5.9.0-24";
+    // What flannel does: a lease granted by etcd, then a put with it; and an operator's
+    // reservation, a plain put.
+    let grant = stdout(&etcd.etcdctl(&["lease", "grant", "300"]));
+    let id = grant
+        .split_whitespace()
+        .nth(1)
+        .expect("lease id")
+        .to_string();
+    stdout(&etcd.etcdctl(&["put", "--lease", &id, KEY, flannel]));
+    stdout(&etcd.etcdctl(&["put", reserved, r#"{"PublicIP":"192.0.2.9"}"#]));
+
+    let listing = store
+        .list("/coreos.com/network/subnets/")
+        .await
+        .expect("list");
+    assert_eq!(listing.entries.len(), 2);
+    let lease = &listing.entries[0];
+    assert_eq!(lease.key, KEY);
+    assert_eq!(lease.value, flannel.as_bytes());
+    // etcd's own lease ID carries no expiry: asked of etcd, 300 s from about now.
+    let left = lease
+        .expires_at
+        .expect("flannel's lease expires")
+        .saturating_since(wall_now());
+    assert!(
+        left > Duration::from_secs(290) && left <= Duration::from_secs(300),
+        "{left:?}"
+    );
+    assert_eq!(listing.entries[1].expires_at, None, "a reservation");
+
+    // Renewing the reservation without a TTL keeps it lease-less; etcd never expires it.
+    let r = &listing.entries[1];
+    store
+        .renew(reserved, r.create_revision, &r.value, None)
+        .await
+        .expect("renew reservation");
+    let shown = stdout(&etcd.etcdctl(&["get", reserved, "-w", "json"]));
+    assert!(!shown.contains("\"lease\""), "{shown}");
+
+    // Taking flannel's lease over (a node moving to weft) moves the key to a weft lease
+    // and revokes flannel's, now empty.
+    store
+        .renew(KEY, lease.create_revision, flannel.as_bytes(), Some(DAY))
+        .await
+        .expect("take over");
+    let leases = store.live_leases().await.expect("leases");
+    assert_eq!(leases.len(), 1);
+    assert_ne!(format!("{:x}", leases[0]), id);
+    // And etcdctl shows what flannel would: the key and its JSON, byte for byte.
+    let shown = stdout(&etcd.etcdctl(&["get", "--prefix", "/coreos.com/network"]));
+    assert_eq!(
+        shown,
+        format!("{KEY}\n{flannel}\n{reserved}\n{{\"PublicIP\":\"192.0.2.9\"}}\n")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_endpoint_first_in_the_list_is_stepped_over() {
+    let Some(etcd) = etcd_or_skip("a_dead_endpoint_first_in_the_list_is_stepped_over") else {
+        return;
+    };
+    // Nothing listens on port 1 of loopback.
+    let endpoints = ["127.0.0.1:1".to_string(), etcd.endpoint(0)];
+    let store = EtcdStore::connect(&endpoints, &EtcdOptions::default())
+        .await
+        .expect("connect");
+    for i in 0..20 {
+        store
+            .put(&format!("/k/{i}"), b"v")
+            .await
+            .expect("every request reaches the live member");
+    }
+    assert_eq!(store.list("/k/").await.expect("list").entries.len(), 20);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreachable_cluster_is_unavailable_within_the_deadline() {
+    let options = EtcdOptions {
+        timeout: Duration::from_secs(2),
+        ..EtcdOptions::default()
+    };
+    let store = EtcdStore::connect(&["127.0.0.1:1".to_string()], &options)
+        .await
+        .expect("connecting sends nothing");
+    let started = std::time::Instant::now();
+    let err = store.get("/k").await.expect_err("nothing listens");
+    assert!(err.is_transient(), "{err}");
+    assert!(started.elapsed() < Duration::from_secs(3));
+    let err = store.watch("/k/", 1).await.expect_err("nothing listens");
+    assert!(err.is_transient(), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_takes_the_reservation_of_its_public_ip_and_keeps_it_lease_less() {
+    use std::sync::Arc;
+
+    use weft_core::allocator::{AcquiredHow, AllocEvent, AllocatorConfig};
+    use weft_core::node::{NodeConfig, NodeEvent};
+    use weft_core::NetworkConfig;
+    use weft_stores::testing::NodeRunner;
+
+    let Some((etcd, store)) = start("a_node_takes_the_reservation_of_its_public_ip").await else {
+        return;
+    };
+    // An operator reserves 10.5.77.0/24 for 192.0.2.77: a plain put, no etcd lease.
+    let reserved = "/coreos.com/network/subnets/10.5.77.0-24";
+    stdout(&etcd.etcdctl(&["put", reserved, r#"{"PublicIP":"192.0.2.77"}"#]));
+    let config = NetworkConfig::parse(r#"{"Network":"10.5.0.0/16","Backend":{"Type":"alloc"}}"#)
+        .expect("config");
+    let alloc = AllocatorConfig::new(
+        config.ipv4_space().expect("v4"),
+        "192.0.2.77".parse().expect("ip"),
+        "alloc",
+    );
+    let node_config = NodeConfig {
+        prefix: "/coreos.com/network".to_string(),
+        alloc,
+    };
+    let mut node = NodeRunner::spawn(Arc::new(store.clone()), node_config, 3);
+    let event = node
+        .wait_for(Duration::from_secs(20), |e| {
+            matches!(e, NodeEvent::Lease(AllocEvent::Acquired { .. }))
+        })
+        .await
+        .expect("acquired");
+    let NodeEvent::Lease(AllocEvent::Acquired { lease, how }) = event else {
+        unreachable!()
+    };
+    assert_eq!(
+        (lease.key.to_string().as_str(), how),
+        ("10.5.77.0-24", AcquiredHow::Reused)
+    );
+    assert_eq!(lease.expires_at, None, "still a reservation");
+    node.stop().await;
+    assert_eq!(
+        store.live_leases().await.expect("leases"),
+        Vec::<i64>::new()
+    );
+    let entry = store.get(reserved).await.expect("get").expect("kept");
+    assert_eq!(entry.expires_at, None);
+}

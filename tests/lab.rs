@@ -1,0 +1,284 @@
+//! `weft lab` against the real kernel: namespaces, veth pairs, TUN devices, routes.
+//! Root only; see `common::lab::can_run_lab`.
+
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::time::Duration;
+
+use common::lab::{can_run_lab, in_ns, Lab};
+
+/// A deterministic byte stream (xorshift), and a checksum of it.
+fn stream_byte(state: &mut u64) -> u8 {
+    *state ^= *state << 13;
+    *state ^= *state >> 7;
+    *state ^= *state << 17;
+    (*state >> 24) as u8
+}
+
+fn fnv(hash: &mut u64, bytes: &[u8]) {
+    for b in bytes {
+        *hash ^= u64::from(*b);
+        *hash = hash.wrapping_mul(0x100000001b3);
+    }
+}
+
+#[test]
+fn three_nodes_full_mesh_ping_and_a_100_mb_tcp_transfer() {
+    if !can_run_lab("three_nodes_full_mesh_ping_and_a_100_mb_tcp_transfer") {
+        return;
+    }
+    let lab = Lab::up(3, &[]);
+    let containers = lab.containers();
+    assert_eq!(containers.len(), 3);
+    for from in &containers {
+        for to in &containers {
+            if from != to {
+                let ip = lab.container_ip(to);
+                assert!(lab.ping(from, ip), "{from} cannot ping {to} ({ip})");
+            }
+        }
+    }
+
+    const SIZE: usize = 100 * 1024 * 1024;
+    let receiver_ip = lab.container_ip("n3-c1");
+    let listener = in_ns(&lab.ns("n3-c1"), || {
+        TcpListener::bind("0.0.0.0:5001").unwrap()
+    });
+    let receiver = std::thread::spawn(move || {
+        let (mut conn, _) = listener.accept().unwrap();
+        conn.set_read_timeout(Some(Duration::from_secs(60)))
+            .unwrap();
+        let (mut total, mut hash, mut buf) = (0usize, 0xcbf29ce484222325u64, vec![0u8; 1 << 16]);
+        loop {
+            let n = conn.read(&mut buf).unwrap();
+            if n == 0 {
+                return (total, hash);
+            }
+            fnv(&mut hash, &buf[..n]);
+            total += n;
+        }
+    });
+    let to = SocketAddr::from((receiver_ip, 5001));
+    let mut conn = in_ns(&lab.ns("n1-c1"), move || {
+        TcpStream::connect_timeout(&to, Duration::from_secs(10)).unwrap()
+    });
+    conn.set_write_timeout(Some(Duration::from_secs(60)))
+        .unwrap();
+    let (mut state, mut hash, mut chunk) = (
+        0x9e3779b97f4a7c15u64,
+        0xcbf29ce484222325u64,
+        vec![0u8; 1 << 16],
+    );
+    let mut sent = 0;
+    while sent < SIZE {
+        let n = chunk.len().min(SIZE - sent);
+        for b in &mut chunk[..n] {
+            *b = stream_byte(&mut state);
+        }
+        fnv(&mut hash, &chunk[..n]);
+        conn.write_all(&chunk[..n]).unwrap();
+        sent += n;
+    }
+    drop(conn);
+    let (received, received_hash) = receiver.join().unwrap();
+    assert_eq!(received, SIZE);
+    assert_eq!(received_hash, hash, "the bytes arrived intact");
+    lab.down();
+}
+
+#[test]
+fn a_restarted_node_keeps_its_subnet_and_a_stopped_one_loses_its_routes() {
+    if !can_run_lab("a_restarted_node_keeps_its_subnet_and_a_stopped_one_loses_its_routes") {
+        return;
+    }
+    let lab = Lab::up(2, &["--subnet-lease-ttl", "6"]);
+    let n2_lease = lab.wait_stats("n2", "a lease", |s| s["lease"].is_string())["lease"].clone();
+    let n2_subnet = n2_lease.as_str().unwrap().replace('-', "/");
+    let target = lab.container_ip("n2-c1");
+    assert!(lab.ping("n1-c1", target));
+
+    let out = lab.weft(&["node", "stop", "n2"]);
+    assert!(out.status.success(), "{out:?}");
+    assert!(!lab.ping("n1-c1", target), "n2 is stopped");
+    // Its lease runs out (TTL 6 s) and n1's watch drops the route.
+    lab.wait_stats("n1", "n2's route gone", |s| {
+        s["routes"]
+            .as_array()
+            .is_some_and(|r| !r.iter().any(|x| x == n2_subnet.as_str()))
+    });
+
+    let out = lab.weft(&["node", "start", "n2"]);
+    assert!(out.status.success(), "{out:?}");
+    let again = lab.wait_stats("n2", "a lease again", |s| s["lease"].is_string());
+    assert_eq!(again["lease"], n2_lease, "same subnet after the restart");
+    lab.wait_stats("n1", "n2's route back", |s| {
+        s["routes"]
+            .as_array()
+            .is_some_and(|r| r.iter().any(|x| x == n2_subnet.as_str()))
+    });
+    assert!(lab.ping("n1-c1", target), "traffic resumes");
+    lab.down();
+}
+
+fn ipv4_udp(src: Ipv4Addr, dst: Ipv4Addr, ttl: u8, dport: u16, payload: &[u8]) -> Vec<u8> {
+    use smoltcp::phy::ChecksumCapabilities;
+    use smoltcp::wire::{IpAddress, IpProtocol, Ipv4Packet, Ipv4Repr, UdpPacket, UdpRepr};
+    let udp = UdpRepr {
+        src_port: 40000,
+        dst_port: dport,
+    };
+    let ip = Ipv4Repr {
+        src_addr: src,
+        dst_addr: dst,
+        next_header: IpProtocol::Udp,
+        payload_len: udp.header_len() + payload.len(),
+        hop_limit: ttl,
+    };
+    let mut buf = vec![0u8; ip.buffer_len() + udp.header_len() + payload.len()];
+    let caps = ChecksumCapabilities::default();
+    let mut p = Ipv4Packet::new_unchecked(&mut buf[..]);
+    ip.emit(&mut p, &caps);
+    let mut u = UdpPacket::new_unchecked(p.payload_mut());
+    udp.emit(
+        &mut u,
+        &IpAddress::Ipv4(src),
+        &IpAddress::Ipv4(dst),
+        payload.len(),
+        |b| b.copy_from_slice(payload),
+        &caps,
+    );
+    buf
+}
+
+#[test]
+fn flannel_datagrams_are_delivered_and_hostile_ones_are_dropped_and_counted() {
+    if !can_run_lab("flannel_datagrams_are_delivered_and_hostile_ones_are_dropped_and_counted") {
+        return;
+    }
+    let lab = Lab::up(3, &[]);
+    let (c1, c2, c3) = (
+        lab.container_ip("n1-c1"),
+        lab.container_ip("n2-c1"),
+        lab.container_ip("n3-c1"),
+    );
+    let n2 = SocketAddr::from((Ipv4Addr::new(192, 0, 2, 12), 8285));
+    let listener = in_ns(&lab.ns("n2-c1"), || {
+        UdpSocket::bind("0.0.0.0:9999").unwrap()
+    });
+    listener
+        .set_read_timeout(Some(Duration::from_secs(3)))
+        .unwrap();
+    // Sockets in the peers' namespaces, on their public IPs (not the daemon's port).
+    let from_n1 = in_ns(&lab.ns("n1"), || UdpSocket::bind("192.0.2.11:0").unwrap());
+    let mut buf = [0u8; 2048];
+
+    // A hand-built flannel datagram: the inner packet, as is, to port 8285.
+    from_n1
+        .send_to(&ipv4_udp(c1, c2, 64, 9999, b"flannel"), n2)
+        .unwrap();
+    let (n, _) = listener
+        .recv_from(&mut buf)
+        .expect("the flannel datagram reaches n2-c1");
+    assert_eq!(&buf[..n], b"flannel");
+    let before = lab.wait_stats("n2", "counters", |s| {
+        s["forward"]["tun_tx"].as_u64() >= Some(1)
+    });
+
+    // Hostile: garbage, a truncated packet, a spoofed inner source (n3's subnet, sent by
+    // n1), a destination outside n2's subnet, and a well-formed one from no peer.
+    let good = ipv4_udp(c1, c2, 64, 9999, b"never");
+    from_n1
+        .send_to(b"\x00\x01garbage that is no IP packet", n2)
+        .unwrap();
+    from_n1.send_to(&good[..good.len() - 4], n2).unwrap();
+    from_n1
+        .send_to(&ipv4_udp(c3, c2, 64, 9999, b"spoofed"), n2)
+        .unwrap();
+    from_n1
+        .send_to(&ipv4_udp(c1, c3, 64, 9999, b"elsewhere"), n2)
+        .unwrap();
+    let underlay = lab.ns("underlay");
+    let stranger = in_ns(&underlay, || {
+        let status = std::process::Command::new("ip")
+            .args(["addr", "add", "192.0.2.99/24", "dev", "br0"])
+            .status()
+            .unwrap();
+        assert!(status.success());
+        UdpSocket::bind("192.0.2.99:0").unwrap()
+    });
+    stranger.send_to(&good, n2).unwrap();
+
+    let after = lab.wait_stats("n2", "every hostile datagram counted", |s| {
+        let d = &s["drops"];
+        d["malformed"].as_u64() >= Some(2)
+            && d["spoofed_source"].as_u64() >= Some(1)
+            && d["not_our_subnet"].as_u64() >= Some(1)
+            && d["unknown_peer"].as_u64() >= Some(1)
+    });
+    assert_eq!(
+        after["forward"]["tun_tx"], before["forward"]["tun_tx"],
+        "nothing hostile written to TUN"
+    );
+    listener
+        .set_read_timeout(Some(Duration::from_millis(500)))
+        .unwrap();
+    assert!(
+        listener.recv_from(&mut buf).is_err(),
+        "nothing hostile reached the container"
+    );
+    // And the daemon keeps forwarding.
+    assert!(lab.ping("n1-c1", c2));
+    lab.down();
+}
+
+#[test]
+fn a_packet_leaves_the_tun_as_flannels_udp_backend_sends_it() {
+    if !can_run_lab("a_packet_leaves_the_tun_as_flannels_udp_backend_sends_it") {
+        return;
+    }
+    use socket2::{Domain, Protocol, Socket, Type};
+    let lab = Lab::up(2, &[]);
+    let (c1, c2) = (lab.container_ip("n1-c1"), lab.container_ip("n2-c1"));
+    // A raw UDP socket in n2 sees a copy of every UDP datagram n2 receives, IP header
+    // included.
+    let raw = in_ns(&lab.ns("n2"), || {
+        Socket::new(Domain::IPV4, Type::RAW, Some(Protocol::UDP)).unwrap()
+    });
+    raw.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+    let sender = in_ns(&lab.ns("n1-c1"), || UdpSocket::bind("0.0.0.0:0").unwrap());
+    let mut found = None;
+    for _ in 0..5 {
+        sender.send_to(b"on the wire", (c2, 9999)).unwrap();
+        let mut bytes = [0u8; 2048];
+        while let Ok(n) = (&raw).read(&mut bytes) {
+            let bytes = &bytes[..n];
+            let outer = smoltcp::wire::Ipv4Packet::new_checked(bytes).unwrap();
+            let udp = smoltcp::wire::UdpPacket::new_checked(outer.payload()).unwrap();
+            if udp.dst_port() == 8285 {
+                found = Some((outer.src_addr(), outer.dst_addr(), udp.payload().to_vec()));
+                break;
+            }
+        }
+        if found.is_some() {
+            break;
+        }
+    }
+    let (src, dst, inner) = found.expect("a datagram to port 8285 was captured");
+    assert_eq!(
+        (src, dst),
+        (Ipv4Addr::new(192, 0, 2, 11), Ipv4Addr::new(192, 0, 2, 12))
+    );
+    // The payload is the inner IP packet as is: no header of flannel's own.
+    let ip = smoltcp::wire::Ipv4Packet::new_checked(&inner[..]).unwrap();
+    assert!(ip.verify_checksum());
+    assert_eq!((ip.src_addr(), ip.dst_addr()), (c1, c2));
+    // 64 from the container, -1 by n1's kernel (cni0 -> weft0), -1 by weft.
+    assert_eq!(ip.hop_limit(), 62);
+    let udp = smoltcp::wire::UdpPacket::new_checked(ip.payload()).unwrap();
+    assert_eq!(udp.payload(), b"on the wire");
+    lab.down();
+}
