@@ -10,6 +10,7 @@ use clap::{Parser, Subcommand};
 
 mod cmd_config;
 mod cmd_leases;
+mod cmd_sim;
 mod daemon;
 mod etcd_args;
 mod lab;
@@ -37,6 +38,8 @@ enum Command {
     /// Run the node daemon: acquire and renew this node's subnet lease and write
     /// subnet.env. Stops cleanly on SIGTERM or SIGINT, keeping the lease.
     Daemon(Box<daemon::DaemonArgs>),
+    /// Run scenario files in the deterministic simulator, or replay a failed run.
+    Sim(cmd_sim::SimArgs),
     /// A single-host lab: N nodes in network namespaces with containers behind them,
     /// real TUN devices and kernel routes, leases in an embedded sled store (root).
     #[command(subcommand)]
@@ -77,6 +80,17 @@ fn init_tracing() {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // The simulator needs no runtime and no logging setup: its trace is its output.
+    if let Command::Sim(args) = cli.command {
+        return match cmd_sim::run(args) {
+            Ok(true) => ExitCode::SUCCESS,
+            Ok(false) => ExitCode::FAILURE,
+            Err(e) => {
+                eprintln!("weft: {e:#}");
+                ExitCode::from(2)
+            }
+        };
+    }
     init_tracing();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -99,6 +113,7 @@ fn main() -> ExitCode {
             }) => cmd_config::set(&store, &etcd_prefix, &etcd, &file).await,
             Command::Leases(args) => cmd_leases::run(&args).await,
             Command::Daemon(args) => daemon::run(*args).await,
+            Command::Sim(_) => unreachable!("handled before the runtime starts"),
             Command::Lab(command) => lab::run(command).await,
         }
     });

@@ -44,6 +44,13 @@ impl TimerTable {
         self.0[timer as usize]
     }
 
+    /// Moves every armed timer `d` earlier (the clock they are read against went back).
+    pub fn shift_back(&mut self, d: std::time::Duration) {
+        for t in self.0.iter_mut().flatten() {
+            *t = *t - d;
+        }
+    }
+
     /// The earliest armed timer's deadline.
     pub fn next_timeout(&self) -> Option<Timestamp> {
         self.0.iter().flatten().min().copied()

@@ -174,6 +174,30 @@ fn an_outage_longer_than_the_ttl_loses_the_lease_then_reacquires_it() {
 }
 
 #[test]
+fn a_store_back_shortly_before_the_deadline_still_gets_the_renewal() {
+    // Found by the simulator: with exponential backoff alone the retry after an
+    // outage fell 16 s past the lease's end although the store was back 3 s before it.
+    let mut c = Cluster::new(space("10.5.0.0/16", 24), TTL, MARGIN, 9);
+    c.start(ip(1));
+    c.settle();
+    let before = c.held(ip(1)).unwrap();
+    c.advance(TTL - MARGIN - Duration::from_secs(10));
+    c.store.set_unavailable(true);
+    c.advance(MARGIN);
+    assert!(lease_events(&c, 1)
+        .iter()
+        .any(|e| matches!(e, AllocEvent::RenewFailed { .. })));
+    c.store.set_unavailable(false);
+    c.advance(TTL * 2);
+    let events = lease_events(&c, 1);
+    assert!(
+        !events.iter().any(|e| matches!(e, AllocEvent::Lost { .. })),
+        "{events:?}"
+    );
+    assert_eq!(c.held(ip(1)), Some(before));
+}
+
+#[test]
 fn a_peer_that_stops_renewing_loses_its_route() {
     let mut c = Cluster::new(space("10.5.0.0/16", 24), TTL, MARGIN, 7);
     c.start(ip(1));

@@ -28,6 +28,8 @@ impl Allocator {
             conflicts: 0,
             recent_conflicts: BTreeSet::new(),
             retries: 0,
+            sent_at: None,
+            deadline: None,
             wants_listing: true,
             ops: VecDeque::new(),
             events: VecDeque::new(),
@@ -109,6 +111,7 @@ impl Allocator {
     }
 
     pub(super) fn acquire(&mut self, table: &LeaseTable, now: Timestamp) {
+        self.sent_at = Some(now);
         if !table.is_synced() {
             self.phase = Phase::NeedTable;
             self.wants_listing = true;

@@ -23,12 +23,18 @@ impl Allocator {
         self.retries = 0;
         self.conflicts = 0;
         self.timers.stop(Timer::AllocRetry);
-        match lease.expires_at {
-            Some(expires_at) => {
-                let ttl = expires_at.saturating_since(now);
+        // The lease lives `lease_ttl` from when the store wrote it, which is after we
+        // sent the request: counting from the sending, on our own clock, errs on the
+        // safe side whatever the store's clock says.
+        self.deadline = lease
+            .expires_at
+            .map(|_| self.sent_at.unwrap_or(now) + self.cfg.lease_ttl);
+        match self.deadline {
+            Some(deadline) => {
+                let ttl = deadline.saturating_since(now);
                 let margin = self.cfg.renew_margin.min(ttl / 2);
-                self.timers.set(Timer::Renew, expires_at - margin);
-                self.timers.set(Timer::Expiry, expires_at);
+                self.timers.set(Timer::Renew, deadline - margin);
+                self.timers.set(Timer::Expiry, deadline);
             }
             None => {
                 self.timers.stop(Timer::Renew);
@@ -96,7 +102,15 @@ impl Allocator {
                 self.lose(LossReason::Taken, table, now);
             }
             (Pending::Renew, Err(error)) => {
-                let retry_at = self.backoff(now);
+                // Back off, but never past half of what is left of the lease: a store
+                // that comes back a little before the deadline must still find a
+                // renewal coming (with 30 s of backoff, a lease was lost although the
+                // store was back 3 s before it ran out).
+                let mut retry_at = self.backoff(now);
+                if let Some(deadline) = self.deadline {
+                    let half = now + deadline.saturating_since(now) / 2;
+                    retry_at = retry_at.min(half.max(now + RENEW_RETRY_FLOOR));
+                }
                 self.phase = Phase::Holding;
                 self.timers.set(Timer::Renew, retry_at);
                 self.events
@@ -111,6 +125,7 @@ impl Allocator {
         };
         self.timers.stop(Timer::Renew);
         self.timers.stop(Timer::Expiry);
+        self.deadline = None;
         self.events.push_back(AllocEvent::Lost {
             key: lease.key,
             reason,
@@ -131,10 +146,10 @@ impl Allocator {
         }
     }
 
-    /// Our lease is gone from the store: deleted by someone else if it was still live,
-    /// expired otherwise.
-    pub(super) fn vanished(&mut self, lease: &Lease, table: &LeaseTable, now: Timestamp) {
-        let live = lease.expires_at.is_none_or(|at| now < at);
+    /// Our lease is gone from the store: deleted by someone else if it was still live
+    /// by our own deadline, expired otherwise.
+    pub(super) fn vanished(&mut self, _lease: &Lease, table: &LeaseTable, now: Timestamp) {
+        let live = self.deadline.is_none_or(|at| now < at);
         let reason = if live {
             LossReason::Deleted
         } else {
@@ -143,7 +158,20 @@ impl Allocator {
         self.lose(reason, table, now);
     }
 
-    pub(super) fn renew(&mut self) {
+    /// Our clock went back by at least `d` (we cannot tell how much real time passed
+    /// since the last call): move every deadline back with it, and renew a lease we
+    /// hold now rather than trust a renewal time that may have become late.
+    pub(crate) fn clock_went_back(&mut self, d: std::time::Duration, now: Timestamp) {
+        self.timers.shift_back(d);
+        self.sent_at = self.sent_at.map(|t| t - d);
+        self.deadline = self.deadline.map(|t| t - d);
+        if self.phase == Phase::Holding && self.deadline.is_some() {
+            self.timers.set(Timer::Renew, now);
+        }
+    }
+
+    pub(super) fn renew(&mut self, now: Timestamp) {
+        self.sent_at = Some(now);
         let Some(lease) = &self.lease else { return };
         self.ops.push_back(StoreOp::Renew {
             key: self.full_key(&lease.key),
@@ -167,7 +195,7 @@ impl Allocator {
                         let ours = self.cfg.attrs().encode();
                         if entry.value != ours && self.phase == Phase::Holding {
                             // Someone overwrote our lease's value: write ours back.
-                            self.renew();
+                            self.renew(now);
                         }
                     }
                 }
@@ -186,7 +214,7 @@ impl Allocator {
     /// A timer of ours fired.
     pub fn handle_timer(&mut self, timer: Timer, table: &LeaseTable, now: Timestamp) {
         match timer {
-            Timer::Renew if self.phase == Phase::Holding => self.renew(),
+            Timer::Renew if self.phase == Phase::Holding => self.renew(now),
             Timer::Expiry if self.lease.is_some() => {
                 self.lose(LossReason::Expired, table, now);
             }

@@ -33,6 +33,8 @@ pub const DEFAULT_RENEW_MARGIN: Duration = Duration::from_secs(60 * 60);
 const CONFLICTS_BEFORE_RELIST: u32 = 16;
 /// Random draws before falling back to enumerating the free subnets.
 const RANDOM_DRAWS: u32 = 64;
+/// The shortest wait between two renewal attempts near the lease's end.
+const RENEW_RETRY_FLOOR: Duration = Duration::from_millis(100);
 
 /// What the allocator is told about its node.
 #[derive(Debug, Clone)]
@@ -206,6 +208,14 @@ pub struct Allocator {
     conflicts: u32,
     recent_conflicts: BTreeSet<LeaseKey>,
     retries: u32,
+    /// When (on our clock) the last create or renewal was sent: the store's TTL runs
+    /// from a moment after it.
+    sent_at: Option<Timestamp>,
+    /// When (on our clock) the lease we hold runs out at the latest. The store's
+    /// `expires_at` is in the store's time base; comparing it with our clock would make
+    /// a node whose clock runs ahead expire (and re-acquire) at once, and one whose
+    /// clock runs behind take an expiry for a deletion.
+    deadline: Option<Timestamp>,
     wants_listing: bool,
     ops: VecDeque<StoreOp>,
     events: VecDeque<AllocEvent>,

@@ -85,12 +85,14 @@ pub struct Node {
     events: VecDeque<NodeEvent>,
     timers: TimerTable,
     drops: DropCounters,
+    /// The latest `now` we were given, to notice the clock going back.
+    last_now: Timestamp,
 }
 
 impl Node {
     /// A node that will acquire a lease under `config.prefix`; `seed` drives its random
     /// choices. Its first operation is a listing of the store.
-    pub fn new(config: NodeConfig, seed: u64, _now: Timestamp) -> Self {
+    pub fn new(config: NodeConfig, seed: u64, now: Timestamp) -> Self {
         let subnets_prefix = subnets_prefix(&config.prefix);
         let (retry_min, retry_max) = (config.alloc.retry_min, config.alloc.retry_max);
         let v4 = match config.alloc.v4_space.network() {
@@ -118,6 +120,7 @@ impl Node {
             events: VecDeque::new(),
             timers: TimerTable::default(),
             drops: DropCounters::default(),
+            last_now: now,
         };
         node.pump();
         node
@@ -215,8 +218,25 @@ impl Node {
         .min()
     }
 
-    /// Fires every timer due at `now`; a spurious call does nothing.
+    /// Every `handle_*` starts here. A clock that went back (an NTP step, an operator)
+    /// would leave every timer far in the future: the lease would not be renewed and
+    /// its expiry would look like a deletion. So the timers move back with the clock,
+    /// and a held lease is renewed at once, since the real time that passed since the
+    /// last call is unknown. (A clock that jumps forward cannot be told from a long
+    /// pause; timers then fire early, which is safe.)
+    fn observe_clock(&mut self, now: Timestamp) {
+        if now < self.last_now {
+            let back = self.last_now.saturating_since(now);
+            self.timers.shift_back(back);
+            self.allocator.clock_went_back(back, now);
+        }
+        self.last_now = now;
+    }
+
+    /// Fires every timer due at `now`; a spurious call does nothing (but lets the node
+    /// notice a clock that went back).
     pub fn handle_timeout(&mut self, now: Timestamp) {
+        self.observe_clock(now);
         for timer in self.timers.take_expired(now) {
             if timer == Timer::WatchRetry {
                 self.resume_store();
@@ -261,6 +281,7 @@ impl Node {
         result: Result<StoreOutput, StoreError>,
         now: Timestamp,
     ) {
+        self.observe_clock(now);
         if self.listing_op == Some(id) {
             self.listing_op = None;
             match result {
@@ -316,6 +337,7 @@ impl Node {
 
     /// A batch of changes from the running watch.
     pub fn handle_watch_events(&mut self, events: &[WatchEvent], now: Timestamp) {
+        self.observe_clock(now);
         self.store_retries = 0;
         for event in events {
             let (change, skipped) = self.table.apply(event);
@@ -335,6 +357,7 @@ impl Node {
     /// The running watch failed. On [`StoreError::Compacted`] the node re-lists at once;
     /// otherwise it restarts the watch from the last revision seen, after a backoff.
     pub fn handle_watch_error(&mut self, error: StoreError, now: Timestamp) {
+        self.observe_clock(now);
         if let StoreError::Compacted { .. } = error {
             self.watching = false;
             self.list();

@@ -1,0 +1,221 @@
+//! The invariants, checked after every event:
+//! - no two live leases in the store overlap;
+//! - no two running nodes hold overlapping subnets;
+//! - a node that has caught up with the store routes to exactly the live peer leases;
+//! - (in `host.rs`) no packet reaches a container it was not addressed to.
+
+use std::net::{IpAddr, Ipv4Addr};
+
+use ipnet::Ipv4Net;
+use weft_core::lease::{LeaseAttrs, LeaseKey};
+use weft_core::store::{StoreError, WatchEvent};
+
+use super::World;
+
+/// The entry of `map` that overlaps `net`, if any (subnets in `map` never overlap).
+fn overlapping<V: Copy>(
+    map: &std::collections::BTreeMap<Ipv4Net, V>,
+    net: Ipv4Net,
+) -> Option<(Ipv4Net, V)> {
+    let before = map.range(..=net).next_back();
+    if let Some((n, v)) = before {
+        if n.contains(&net.network()) {
+            return Some((*n, *v));
+        }
+    }
+    let after = map.range(net..).next();
+    if let Some((n, v)) = after {
+        if net.contains(&n.network()) {
+            return Some((*n, *v));
+        }
+    }
+    None
+}
+
+impl World {
+    fn lease_key_of(&self, store_key: &str) -> Option<LeaseKey> {
+        store_key.strip_prefix(&self.subnets_prefix)?.parse().ok()
+    }
+
+    /// Follows the store's changes into `self.live`, checking each new lease against the
+    /// others.
+    pub(crate) fn follow_store(&mut self) {
+        let events = match self
+            .store
+            .events_since(&self.subnets_prefix, self.live_next)
+        {
+            Ok(events) => events,
+            Err(StoreError::Compacted { .. }) | Err(_) => {
+                // Start over from a listing (an outage also ends up here: the listing
+                // fails too, and the next change retries).
+                let Ok(listing) = self.store.list(&self.subnets_prefix) else {
+                    return;
+                };
+                self.live.clear();
+                self.live_next = listing.revision + 1;
+                listing.entries.into_iter().map(WatchEvent::Put).collect()
+            }
+        };
+        for event in events {
+            self.live_next = self.live_next.max(event.revision() + 1);
+            let Some(key) = self.lease_key_of(event.key()) else {
+                continue;
+            };
+            match event {
+                WatchEvent::Put(entry) => {
+                    let Ok(attrs) = LeaseAttrs::decode(&entry.key, &entry.value) else {
+                        continue;
+                    };
+                    self.live.remove(&key.ipv4);
+                    if let Some((other, _)) = overlapping(&self.live, key.ipv4) {
+                        self.fail(format!(
+                            "invariant: live leases {other} and {} overlap in the store",
+                            key.ipv4
+                        ));
+                    }
+                    self.live.insert(key.ipv4, attrs.public_ip);
+                }
+                WatchEvent::Delete { .. } => {
+                    self.live.remove(&key.ipv4);
+                }
+            }
+        }
+        self.live_next = self.live_next.max(self.store.revision() + 1);
+    }
+
+    /// Host `h` now holds `key`: no other running node may hold an overlapping subnet.
+    pub(crate) fn hold(&mut self, h: usize, key: LeaseKey) {
+        if let Some((other, o)) = overlapping(&self.held, key.ipv4) {
+            if o != h && self.hosts[o].lease_key().is_some_and(|k| k.ipv4 == other) {
+                let (a, b) = (self.hosts[o].name.clone(), self.hosts[h].name.clone());
+                self.fail(format!(
+                    "invariant: {a} holds {other} and {b} now holds {}: they overlap",
+                    key.ipv4
+                ));
+            }
+            self.held.remove(&other);
+        }
+        self.held.insert(key.ipv4, h);
+    }
+
+    /// Whether host `h` has seen every change the store made and has nothing in flight.
+    pub fn caught_up(&self, h: usize) -> bool {
+        let host = &self.hosts[h];
+        let Some(node) = host.node() else {
+            return false;
+        };
+        !self.store.is_unavailable()
+            && host.in_flight == 0
+            && node.leases().is_synced()
+            && node.leases().revision() == self.store.revision()
+    }
+
+    /// For a caught-up host: the difference between its routes and the live peer
+    /// leases, described; `None` when they agree.
+    pub fn route_mismatch(&self, h: usize) -> Option<String> {
+        let node = self.hosts[h].node()?;
+        let own = node.lease().map(|l| l.key.ipv4);
+        let routes: Vec<(Ipv4Net, Ipv4Addr)> = node
+            .routes()
+            .routes()
+            .filter_map(|r| match (r.subnet, r.public_ip) {
+                (ipnet::IpNet::V4(n), IpAddr::V4(ip)) => Some((n, ip)),
+                _ => None,
+            })
+            .collect();
+        let want: Vec<(Ipv4Net, Ipv4Addr)> = self
+            .live
+            .iter()
+            .filter(|(n, _)| Some(**n) != own)
+            .map(|(n, ip)| (*n, *ip))
+            .collect();
+        if routes == want {
+            return None;
+        }
+        let extra: Vec<String> = routes
+            .iter()
+            .filter(|r| !want.contains(r))
+            .map(|(n, ip)| format!("{n} via {ip}"))
+            .collect();
+        let missing: Vec<String> = want
+            .iter()
+            .filter(|r| !routes.contains(r))
+            .map(|(n, ip)| format!("{n} via {ip}"))
+            .collect();
+        Some(format!(
+            "{} routes {} but the store has {} peer leases; extra: [{}], missing: [{}]",
+            self.hosts[h].name,
+            routes.len(),
+            want.len(),
+            extra.join(", "),
+            missing.join(", ")
+        ))
+    }
+
+    pub(crate) fn check_invariants(&mut self) {
+        let touched = std::mem::take(&mut self.touched);
+        for h in touched {
+            if self.caught_up(h) {
+                if let Some(m) = self.route_mismatch(h) {
+                    self.fail(format!("invariant: converged, yet {m}"));
+                    return;
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use weft_core::config::NetworkConfig;
+
+    use super::super::{Decisions, Host, World, WorldConfig};
+    use crate::time::SimTime;
+    use crate::underlay::LinkFaults;
+
+    fn world() -> World {
+        let network = r#"{"Network":"10.5.0.0/16","SubnetLen":24,"Backend":{"Type":"udp"}}"#;
+        World::new(WorldConfig {
+            network: NetworkConfig::parse(network).unwrap(),
+            lease_ttl: Duration::from_secs(600),
+            renew_margin: Duration::from_secs(60),
+            retry_min: Duration::from_secs(1),
+            retry_max: Duration::from_secs(30),
+            store_latency: Duration::from_millis(2),
+            watches: true,
+            faults: LinkFaults::default(),
+            decisions: Decisions::Seeded(5),
+            record: true,
+            trace: true,
+            trace_routes: true,
+            check: true,
+            full_containers: true,
+        })
+    }
+
+    #[test]
+    fn two_nodes_holding_one_subnet_stop_the_run_with_time_and_names() {
+        let mut w = world();
+        for (i, name) in ["a", "b"].into_iter().enumerate() {
+            let ip = std::net::Ipv4Addr::new(192, 0, 2, i as u8 + 1);
+            let h = w.add_host(Host::new(name, ip, vec!["c0".into()], None));
+            w.start_host(h);
+        }
+        w.run_until(SimTime::from_duration(Duration::from_secs(1)));
+        assert!(w.failure.is_none(), "{:?}", w.failure);
+        assert!(w.caught_up(0) && w.route_mismatch(0).is_none());
+        // As if b's core had taken a's subnet.
+        let a = w.hosts[0].lease_key().unwrap();
+        w.hold(1, a);
+        let f = w.failure.clone().expect("the invariant fires");
+        assert_eq!(f.at, SimTime::from_duration(Duration::from_secs(1)));
+        assert!(
+            f.message.contains("a holds") && f.message.contains("b now holds"),
+            "{}",
+            f.message
+        );
+        assert!(w.trace().lines().last().unwrap().contains("FAIL"));
+    }
+}

@@ -1,0 +1,126 @@
+//! What a node reports, turned into the trace and into the world's bookkeeping: the
+//! subnet file, the subnets held, the containers' addresses, the errors seen.
+
+use weft_core::allocator::{AcquiredHow, AllocEvent, LossReason};
+use weft_core::node::NodeEvent;
+use weft_core::router::RouteChange;
+
+use super::World;
+use crate::time::{format_duration, SimTime};
+
+fn how(h: AcquiredHow) -> &'static str {
+    match h {
+        AcquiredHow::Reused => "reused",
+        AcquiredHow::Previous => "previous",
+        AcquiredHow::Random => "random",
+    }
+}
+
+fn reason(r: LossReason) -> &'static str {
+    match r {
+        LossReason::Expired => "expired",
+        LossReason::Deleted => "deleted by someone else",
+        LossReason::Taken => "taken by someone else",
+    }
+}
+
+impl World {
+    pub(crate) fn node_event(&mut self, h: usize, ev: NodeEvent) {
+        let name = self.hosts[h].name.clone();
+        let routes = self.cfg.trace_routes;
+        match ev {
+            NodeEvent::Lease(AllocEvent::Acquired { lease, how: h_ }) => {
+                let expiry = lease
+                    .expires_at
+                    .map(|t| {
+                        format!(
+                            "expires at {}",
+                            SimTime::from_timestamp(t, 0).to_string().trim()
+                        )
+                    })
+                    .unwrap_or_else(|| "a reservation, never expires".into());
+                self.log(
+                    &name,
+                    format_args!("acquired {} ({}), {expiry}", lease.key.ipv4, how(h_)),
+                );
+                self.hosts[h].subnet_file = Some(lease.key);
+                self.hold(h, lease.key);
+                self.build_guests(h, lease.key);
+            }
+            NodeEvent::Lease(AllocEvent::Renewed { lease }) => {
+                if routes {
+                    let expiry = lease
+                        .expires_at
+                        .map(|t| SimTime::from_timestamp(t, 0).to_string().trim().to_string())
+                        .unwrap_or_default();
+                    self.log(
+                        &name,
+                        format_args!("renewed {}, expires at {expiry}", lease.key.ipv4),
+                    );
+                }
+            }
+            NodeEvent::Lease(AllocEvent::Lost { key, reason: r }) => {
+                self.hosts[h].previous = Some(key);
+                self.log(&name, format_args!("lost {}: {}", key.ipv4, reason(r)));
+                if self.held.get(&key.ipv4) == Some(&h) {
+                    self.held.remove(&key.ipv4);
+                }
+                if let Some(run) = self.hosts[h].running_mut() {
+                    run.guests.clear();
+                }
+            }
+            NodeEvent::Lease(AllocEvent::AcquireFailed { error, retry_at }) => {
+                let msg = error.to_string();
+                let wait = retry_at.saturating_since(self.hosts[h].node_now(self.now));
+                self.log(
+                    &name,
+                    format_args!("acquire failed: {msg}; retry in {}", format_duration(wait)),
+                );
+                self.hosts[h].errors.push(msg);
+            }
+            NodeEvent::Lease(AllocEvent::RenewFailed { error, retry_at }) => {
+                let msg = error.to_string();
+                let wait = retry_at.saturating_since(self.hosts[h].node_now(self.now));
+                self.log(
+                    &name,
+                    format_args!("renew failed: {msg}; retry in {}", format_duration(wait)),
+                );
+                self.hosts[h].errors.push(msg);
+            }
+            NodeEvent::Route(change) => {
+                if routes {
+                    match change {
+                        RouteChange::Add(r) => self.log(
+                            &name,
+                            format_args!("route + {} via {}", r.subnet, r.public_ip),
+                        ),
+                        RouteChange::Remove(r) => self.log(
+                            &name,
+                            format_args!("route - {} via {}", r.subnet, r.public_ip),
+                        ),
+                    }
+                }
+            }
+            NodeEvent::Skipped(s) => {
+                self.log(&name, format_args!("skipped {s:?}"));
+            }
+            NodeEvent::Synced { revision, leases } => {
+                if routes {
+                    self.log(
+                        &name,
+                        format_args!("synced {leases} leases at revision {revision}"),
+                    );
+                }
+            }
+            NodeEvent::StoreFailed { error, retry_at } => {
+                let msg = error.to_string();
+                let wait = retry_at.saturating_since(self.hosts[h].node_now(self.now));
+                self.log(
+                    &name,
+                    format_args!("store failed: {msg}; retry in {}", format_duration(wait)),
+                );
+                self.hosts[h].errors.push(msg);
+            }
+        }
+    }
+}

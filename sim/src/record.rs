@@ -1,0 +1,262 @@
+//! Decisions and event files.
+//!
+//! Every random decision a run takes -- each node's seed at each start, each
+//! datagram's fate on the underlay -- is a [`Decision`]; steps taken (crashes,
+//! partitions, outages) are listed beside them for the reader. A failed run writes
+//! them, with the scenario itself, to an event file; [`EventFile::parse`] reads it back,
+//! and a replay takes its decisions from the file instead of the random streams, so it
+//! needs neither the seed nor the scenario file.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::net::Ipv4Addr;
+
+use crate::time::SimTime;
+use crate::underlay::Fate;
+
+/// One decision, or one step for the reader.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Decision {
+    /// A node (re)started with this seed.
+    NodeSeed {
+        /// When.
+        at: SimTime,
+        /// Which node.
+        node: String,
+        /// Its start count, from 1.
+        incarnation: u32,
+        /// The seed its core and containers drew from.
+        seed: u64,
+    },
+    /// The `n`-th datagram on the underlay met this fate.
+    Packet {
+        /// When it was sent.
+        at: SimTime,
+        /// Its number in the run, from 1.
+        n: u64,
+        /// Sender.
+        from: Ipv4Addr,
+        /// Receiver.
+        to: Ipv4Addr,
+        /// What happened to it.
+        fate: Fate,
+    },
+    /// A scenario step, listed for the reader (replay takes steps from the scenario).
+    Step {
+        /// When.
+        at: SimTime,
+        /// What.
+        text: String,
+    },
+}
+
+/// A failed run, written so that it can be replayed.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EventFile {
+    /// Where the scenario came from (informational).
+    pub scenario_path: String,
+    /// The seed of the failed run (informational: replay does not use it).
+    pub seed: u64,
+    /// The failure, as reported.
+    pub failure: String,
+    /// The scenario file's text.
+    pub scenario: String,
+    /// Every decision, in order.
+    pub decisions: Vec<Decision>,
+}
+
+const SCENARIO_BEGIN: &str = "--- scenario";
+const SCENARIO_END: &str = "--- end of scenario";
+
+impl EventFile {
+    /// The file's text.
+    pub fn render(&self) -> String {
+        let mut s = String::new();
+        let _ = writeln!(
+            s,
+            "# weft sim event file: every random decision of a failed run."
+        );
+        let _ = writeln!(s, "# Replay it with: weft sim replay FILE");
+        let _ = writeln!(s, "path {}", self.scenario_path);
+        let _ = writeln!(s, "seed {}", self.seed);
+        let _ = writeln!(s, "failure {}", self.failure.replace('\n', " / "));
+        let _ = writeln!(s, "{SCENARIO_BEGIN}");
+        s.push_str(&self.scenario);
+        if !self.scenario.ends_with('\n') {
+            s.push('\n');
+        }
+        let _ = writeln!(s, "{SCENARIO_END}");
+        for d in &self.decisions {
+            let _ = match d {
+                Decision::NodeSeed {
+                    at,
+                    node,
+                    incarnation,
+                    seed,
+                } => writeln!(s, "{} node {node} {incarnation} seed {seed}", stamp(*at)),
+                Decision::Packet {
+                    at,
+                    n,
+                    from,
+                    to,
+                    fate,
+                } => writeln!(s, "{} packet {n} {from}>{to} {fate}", stamp(*at)),
+                Decision::Step { at, text } => writeln!(s, "{} step {text}", stamp(*at)),
+            };
+        }
+        s
+    }
+
+    /// Reads what [`EventFile::render`] wrote; the error names the line.
+    pub fn parse(text: &str) -> Result<EventFile, String> {
+        let mut file = EventFile {
+            scenario_path: String::new(),
+            seed: 0,
+            failure: String::new(),
+            scenario: String::new(),
+            decisions: Vec::new(),
+        };
+        let mut in_scenario = false;
+        for (i, line) in text.lines().enumerate() {
+            let bad = |what: &str| format!("line {}: {what}: {line:?}", i + 1);
+            if in_scenario {
+                if line == SCENARIO_END {
+                    in_scenario = false;
+                } else {
+                    file.scenario.push_str(line);
+                    file.scenario.push('\n');
+                }
+                continue;
+            }
+            if line.starts_with('#') || line.is_empty() {
+                continue;
+            }
+            if line == SCENARIO_BEGIN {
+                in_scenario = true;
+                continue;
+            }
+            let (head, rest) = line.split_once(' ').unwrap_or((line, ""));
+            match head {
+                "path" => file.scenario_path = rest.to_string(),
+                "seed" => file.seed = rest.parse().map_err(|_| bad("bad seed"))?,
+                "failure" => file.failure = rest.to_string(),
+                t => {
+                    let at = unstamp(t).ok_or_else(|| bad("expected a time such as 12.000345s"))?;
+                    file.decisions
+                        .push(parse_decision(at, rest).ok_or_else(|| bad("not a decision"))?);
+                }
+            }
+        }
+        if file.scenario.is_empty() {
+            return Err("the event file holds no scenario".into());
+        }
+        Ok(file)
+    }
+}
+
+/// Virtual time as `seconds.micros` followed by `s`: exact, and readable.
+fn stamp(t: SimTime) -> String {
+    format!("{}.{:06}s", t.0 / 1_000_000, t.0 % 1_000_000)
+}
+
+fn unstamp(text: &str) -> Option<SimTime> {
+    let (s, us) = text.strip_suffix('s')?.split_once('.')?;
+    if us.len() != 6 {
+        return None;
+    }
+    Some(SimTime(
+        s.parse::<u64>().ok()? * 1_000_000 + us.parse::<u64>().ok()?,
+    ))
+}
+
+fn parse_decision(at: SimTime, rest: &str) -> Option<Decision> {
+    let (kind, rest) = rest.split_once(' ')?;
+    match kind {
+        "node" => {
+            let mut w = rest.split(' ');
+            let node = w.next()?.to_string();
+            let incarnation = w.next()?.parse().ok()?;
+            (w.next()? == "seed").then_some(())?;
+            let seed = w.next()?.parse().ok()?;
+            Some(Decision::NodeSeed {
+                at,
+                node,
+                incarnation,
+                seed,
+            })
+        }
+        "packet" => {
+            let (n, rest) = rest.split_once(' ')?;
+            let (ends, fate) = rest.split_once(' ')?;
+            let (from, to) = ends.split_once('>')?;
+            Some(Decision::Packet {
+                at,
+                n: n.parse().ok()?,
+                from: from.parse().ok()?,
+                to: to.parse().ok()?,
+                fate: Fate::parse(fate)?,
+            })
+        }
+        "step" => Some(Decision::Step {
+            at,
+            text: rest.to_string(),
+        }),
+        _ => None,
+    }
+}
+
+/// Decisions to take from an event file instead of the random streams.
+#[derive(Debug, Default)]
+pub struct Replay {
+    seeds: BTreeMap<(String, u32), u64>,
+    packets: BTreeMap<u64, (Ipv4Addr, Ipv4Addr, Fate)>,
+}
+
+impl Replay {
+    /// The decisions of `file`.
+    pub fn new(file: &EventFile) -> Self {
+        let mut r = Replay::default();
+        for d in &file.decisions {
+            match d {
+                Decision::NodeSeed {
+                    node,
+                    incarnation,
+                    seed,
+                    ..
+                } => {
+                    r.seeds.insert((node.clone(), *incarnation), *seed);
+                }
+                Decision::Packet {
+                    n, from, to, fate, ..
+                } => {
+                    r.packets.insert(*n, (*from, *to, *fate));
+                }
+                Decision::Step { .. } => {}
+            }
+        }
+        r
+    }
+
+    /// The seed node `node` started with the `incarnation`-th time.
+    pub fn node_seed(&self, node: &str, incarnation: u32) -> Result<u64, String> {
+        self.seeds
+            .get(&(node.to_string(), incarnation))
+            .copied()
+            .ok_or_else(|| {
+                format!("replay diverged: no seed for start {incarnation} of node {node}")
+            })
+    }
+
+    /// The fate of datagram `n`, which must be `from -> to`.
+    pub fn packet(&self, n: u64, from: Ipv4Addr, to: Ipv4Addr) -> Result<Fate, String> {
+        match self.packets.get(&n) {
+            Some((f, t, fate)) if (*f, *t) == (from, to) => Ok(*fate),
+            Some((f, t, _)) => Err(format!(
+                "replay diverged: datagram {n} is {from}>{to} here but {f}>{t} in the file"
+            )),
+            None => Err(format!(
+                "replay diverged: datagram {n} ({from}>{to}) is not in the file"
+            )),
+        }
+    }
+}

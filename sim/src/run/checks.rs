@@ -1,0 +1,152 @@
+//! The scenario's expectations, checked against the world, and the closing summary.
+
+use crate::engine::World;
+use crate::scenario::{Expect, SubnetExpect};
+
+pub(super) fn expect(w: &mut World, e: &Expect) {
+    let host = |w: &World, n: &str| w.host_index(n).unwrap_or(0);
+    let result: Result<String, String> = match e {
+        Expect::Holds { node, subnet, .. } => {
+            let h = host(w, node);
+            let held = w.hosts[h].lease_key().map(|k| k.ipv4);
+            let show =
+                |k: Option<ipnet::Ipv4Net>| k.map_or("nothing".to_string(), |k| k.to_string());
+            let ok = match subnet {
+                SubnetExpect::Exactly(n) => held == Some(*n),
+                SubnetExpect::Previous => {
+                    held.is_some() && held == w.hosts[h].previous.map(|k| k.ipv4)
+                }
+                SubnetExpect::Any => held.is_some(),
+                SubnetExpect::None => held.is_none(),
+            };
+            let want = match subnet {
+                SubnetExpect::Exactly(n) => n.to_string(),
+                SubnetExpect::Previous => format!(
+                    "its previous subnet ({})",
+                    show(w.hosts[h].previous.map(|k| k.ipv4))
+                ),
+                SubnetExpect::Any => "a subnet".into(),
+                SubnetExpect::None => "nothing".into(),
+            };
+            if ok {
+                Ok(format!("{node} holds {}", show(held)))
+            } else {
+                Err(format!(
+                    "{node} should hold {want} but holds {}",
+                    show(held)
+                ))
+            }
+        }
+        Expect::Leases { count, .. } => {
+            let n = w
+                .store
+                .list(&weft_core::store::subnets_prefix(
+                    weft_core::store::DEFAULT_PREFIX,
+                ))
+                .map(|l| l.entries.len())
+                .unwrap_or(usize::MAX);
+            if n == *count {
+                Ok(format!("the store holds {n} leases"))
+            } else {
+                Err(format!(
+                    "the store should hold {count} leases but holds {n}"
+                ))
+            }
+        }
+        Expect::Routes { node, count, .. } => {
+            let h = host(w, node);
+            let n = w.hosts[h].node().map_or(0, |n| n.routes().len());
+            if n == *count {
+                Ok(format!("{node} has {n} routes"))
+            } else {
+                Err(format!("{node} should have {count} routes but has {n}"))
+            }
+        }
+        Expect::Error { node, contains, .. } => {
+            let h = host(w, node);
+            if w.hosts[h]
+                .errors
+                .iter()
+                .any(|m| m.contains(contains.as_str()))
+            {
+                Ok(format!("{node} reported an error containing {contains:?}"))
+            } else {
+                Err(format!("{node} reported no error containing {contains:?}"))
+            }
+        }
+        Expect::Stopped { node, .. } => {
+            let h = host(w, node);
+            if w.hosts[h].exited {
+                Ok(format!("{node} exited"))
+            } else {
+                Err(format!("{node} should have exited but has not"))
+            }
+        }
+        Expect::Converged { .. } => {
+            let mut problems = Vec::new();
+            for h in 0..w.hosts.len() {
+                if !w.hosts[h].is_up() {
+                    continue;
+                }
+                if !w.caught_up(h) {
+                    problems.push(format!("{} has not caught up", w.hosts[h].name));
+                } else if let Some(m) = w.route_mismatch(h) {
+                    problems.push(m);
+                }
+            }
+            if problems.is_empty() {
+                Ok("every running node routes to every live peer lease".into())
+            } else {
+                Err(format!("not converged: {}", problems.join("; ")))
+            }
+        }
+    };
+    match result {
+        Ok(m) => w.log("check", format_args!("ok: {m}")),
+        Err(m) => w.fail(format!("check failed: {m}")),
+    }
+}
+
+pub(super) fn summary(w: &mut World) {
+    if !w.trace().is_empty() {
+        let lines: Vec<String> = w
+            .hosts
+            .iter()
+            .map(|h| {
+                let state = match (h.is_up(), h.lease_key(), h.node()) {
+                    (false, _, _) => "down".to_string(),
+                    (true, Some(k), Some(n)) => {
+                        format!("holds {}, {} routes", k.ipv4, n.routes().len())
+                    }
+                    (true, _, _) => "holds nothing".to_string(),
+                };
+                {
+                    let drops: Vec<String> = h
+                        .node()
+                        .map(|n| {
+                            n.drops()
+                                .iter()
+                                .filter(|(_, count)| *count > 0)
+                                .map(|(reason, count)| format!("{count} {}", reason.as_str()))
+                                .collect()
+                        })
+                        .unwrap_or_default();
+                    if drops.is_empty() {
+                        format!("{}: {state}", h.name)
+                    } else {
+                        format!("{}: {state}; the core dropped {}", h.name, drops.join(", "))
+                    }
+                }
+            })
+            .collect();
+        for l in lines {
+            w.log("end", format_args!("{l}"));
+        }
+        let s = w.stats;
+        w.log("end", format_args!("{} events, {} store operations, {} datagrams ({} dropped by the underlay, {} delivered)", s.events, s.store_ops, s.datagrams, s.dropped, s.delivered));
+        match w.failure.clone() {
+            None => w.log("end", format_args!("PASSED")),
+            Some(f) => w.log("end", format_args!("FAILED at {}: {}", f.at, f.message)),
+        }
+    }
+}
