@@ -282,3 +282,79 @@ fn a_packet_leaves_the_tun_as_flannels_udp_backend_sends_it() {
     assert_eq!(udp.payload(), b"on the wire");
     lab.down();
 }
+
+#[test]
+fn the_simulators_three_node_scenario_also_passes_in_the_lab() {
+    if !can_run_lab("the_simulators_three_node_scenario_also_passes_in_the_lab") {
+        return;
+    }
+    // The very file tests/sim_scenarios.rs runs in the simulator.
+    let scenario = format!(
+        "{}/scenarios/01-join-and-ping.toml",
+        env!("CARGO_MANIFEST_DIR")
+    );
+    let dir = format!("/run/weft-test-play-{}", std::process::id());
+    let prefix = format!("wp{}-", std::process::id());
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_weft"))
+        .args([
+            "lab",
+            "play",
+            &scenario,
+            "--state-dir",
+            &dir,
+            "--prefix",
+            &prefix,
+        ])
+        .env("NO_COLOR", "1")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(stdout.matches(" ok    ping ").count(), 6, "{stdout}");
+    assert!(
+        stdout.contains("all steps and expectations held in the lab"),
+        "{stdout}"
+    );
+    let left: Vec<_> = std::fs::read_dir("/run/netns")
+        .map(|d| {
+            d.filter_map(|e| e.ok())
+                .map(|e| e.file_name().to_string_lossy().to_string())
+                .collect()
+        })
+        .unwrap_or_default();
+    assert!(
+        !left.iter().any(|n: &String| n.starts_with(&prefix)),
+        "left behind: {left:?}"
+    );
+}
+
+#[test]
+fn lab_play_refuses_what_only_the_simulator_can_do() {
+    if !can_run_lab("lab_play_refuses_what_only_the_simulator_can_do") {
+        return;
+    }
+    let scenario = format!(
+        "{}/scenarios/03-partition-past-ttl.toml",
+        env!("CARGO_MANIFEST_DIR")
+    );
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_weft"))
+        .args([
+            "lab",
+            "play",
+            &scenario,
+            "--state-dir",
+            "/run/weft-test-refuse",
+        ])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("step \"partition\" needs the simulator"),
+        "{err}"
+    );
+}

@@ -7,6 +7,7 @@
 //! known, and tears everything down again when stopped. The state file lets `status`,
 //! `exec` and `down` work from another shell, and `down` clean up after a crash.
 
+mod play;
 mod probe;
 mod state;
 mod topology;
@@ -52,6 +53,18 @@ pub enum LabCommand {
     /// Stop `weft lab up` (by its PID) and remove every namespace, link and file the lab
     /// made, also after a crash.
     Down(DirArg),
+    /// Run a simulator scenario file against a lab built from it: its nodes, addresses,
+    /// containers and network config, its steps and expectations in real time. Exits
+    /// non-zero when an expectation fails; refuses simulator-only steps up front.
+    Play {
+        #[command(flatten)]
+        dir: DirArg,
+        /// The scenario file (scenarios/*.toml).
+        scenario: PathBuf,
+        /// The prefix of the lab's namespace names.
+        #[arg(long, default_value = state::DEFAULT_PREFIX)]
+        prefix: String,
+    },
     /// Stop or start one node's daemon in a running lab (its namespace and containers
     /// stay; a stopped node keeps its lease until the TTL runs out).
     Node {
@@ -190,6 +203,8 @@ pub struct LabSpec {
     pub lease_ttl: Duration,
     /// Renewal margin.
     pub renew_margin: Duration,
+    /// Reservations (subnet, public IP) an operator wrote before the nodes start.
+    pub reservations: Vec<(ipnet::Ipv4Net, Ipv4Addr)>,
 }
 
 impl LabSpec {
@@ -211,6 +226,7 @@ impl LabSpec {
             config_text,
             lease_ttl: ttl,
             renew_margin: Duration::from_secs(60 * 60).min(ttl / 2),
+            reservations: Vec::new(),
         })
     }
 }
@@ -251,6 +267,25 @@ impl Running {
             tun_name: "weft0".into(),
             stats_file: Some(self.dir.join(name).join("stats.json")),
         })
+    }
+
+    /// A node's stats.json (`null` until written).
+    fn stats(&self, name: &str) -> serde_json::Value {
+        std::fs::read_to_string(self.dir.join(name).join("stats.json"))
+            .ok()
+            .and_then(|t| serde_json::from_str(&t).ok())
+            .unwrap_or(serde_json::Value::Null)
+    }
+
+    /// Every valid lease in the store, by key.
+    async fn leases(&self) -> Result<Vec<(String, weft_core::lease::LeaseAttrs)>> {
+        let prefix = weft_core::store::subnets_prefix(DEFAULT_PREFIX);
+        let listing = self.store.list(&prefix).await?;
+        let (leases, _) = weft_core::lease::decode_all(&prefix, &listing.entries);
+        Ok(leases
+            .into_iter()
+            .map(|l| (l.key.to_string(), l.attrs))
+            .collect())
     }
 
     /// Starts (or restarts) a node's daemon.
@@ -315,6 +350,19 @@ async fn build(lab: &mut Lab, dir: &Path, spec: LabSpec) -> Result<Running> {
         )
         .await
         .context("cannot write the network config")?;
+    for (subnet, ip) in &spec.reservations {
+        // A reservation as an operator writes one: the subnet key, no TTL.
+        let key = format!(
+            "{}{}",
+            weft_core::store::subnets_prefix(DEFAULT_PREFIX),
+            weft_core::lease::LeaseKey::v4(*subnet)
+        );
+        let value = serde_json::json!({ "PublicIP": ip.to_string() }).to_string();
+        store
+            .put(&key, value.as_bytes())
+            .await
+            .context("cannot write a reservation")?;
+    }
 
     let (underlay, bridge) = topology::underlay(lab, dir).await?;
     let mut paths = std::collections::BTreeMap::new();
@@ -409,6 +457,8 @@ async fn build_and_run(lab: &mut Lab, dir: &Path, args: &UpArgs) -> Result<()> {
 struct Nodes {
     tasks: JoinSet<(String, Result<()>)>,
     stops: std::collections::BTreeMap<String, tokio::sync::watch::Sender<bool>>,
+    /// How each node that ended on its own failed.
+    failures: std::collections::BTreeMap<String, String>,
 }
 
 impl Nodes {
@@ -420,6 +470,17 @@ impl Nodes {
         }
         self.tasks
             .spawn(async move { (name.clone(), run_node(setup, rx).await) });
+    }
+
+    /// Collects the nodes that ended on their own; returns how `name` failed, if it did.
+    fn failure(&mut self, name: &str) -> Option<String> {
+        while let Some(done) = self.tasks.try_join_next() {
+            if let Ok((node, Err(e))) = done {
+                self.stops.remove(&node);
+                self.failures.insert(node, format!("{e:#}"));
+            }
+        }
+        self.failures.get(name).cloned()
     }
 
     async fn stop(&mut self, name: &str) -> String {
@@ -510,6 +571,61 @@ async fn connectivity(lab: &Lab) -> String {
         }
     }
     out
+}
+
+/// `weft lab play SCENARIO`.
+async fn play_file(dir: &Path, file: &Path, prefix: &str) -> Result<()> {
+    check_prerequisites()?;
+    let (scenario, source) = weft_sim::scenario::load(file).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let name = file.display().to_string();
+    play::check_supported(&name, &scenario, &source)?;
+    let spec = play::spec(&scenario)?;
+    let shutdown = shutdown_on_signals()?;
+    if let Some(mut old) = Lab::load(dir)? {
+        if alive(old.pid) {
+            bail!(
+                "a lab is already up in {}; run weft lab down first",
+                dir.display()
+            );
+        }
+        tracing::warn!(pid = old.pid, "cleaning up a lab whose process is gone");
+        clean(&mut old, dir, Some(&default_store(dir))).await?;
+    }
+    let store = default_store(dir);
+    let _ = std::fs::remove_dir_all(&store);
+    let mut lab = Lab {
+        pid: std::process::id(),
+        prefix: prefix.to_string(),
+        store: format!("sled:{}", store.display()),
+        ..Lab::default()
+    };
+    lab.save(dir)?;
+    println!("playing {name}: {}", scenario.name);
+    let mut inner = shutdown.clone();
+    let result = async {
+        let mut running = build(&mut lab, dir, spec).await?;
+        lab.ready = true;
+        lab.save(dir)?;
+        let failures = tokio::select! {
+            failures = play::play(&mut lab, &mut running, &scenario) => failures,
+            _ = inner.changed() => Err(anyhow::anyhow!("interrupted")),
+        };
+        running.nodes.stop_all().await;
+        failures
+    };
+    let mut interrupted = shutdown.clone();
+    let result: Result<usize> = tokio::select! {
+        r = result => r,
+        _ = interrupted.changed() => Err(anyhow::anyhow!("interrupted")),
+    };
+    let cleaned = clean(&mut lab, dir, Some(&store)).await;
+    let failures = result?;
+    cleaned?;
+    if failures > 0 {
+        bail!("{failures} expectation(s) or step(s) failed in the lab");
+    }
+    println!("all steps and expectations held in the lab");
+    Ok(())
 }
 
 async fn wait_for_subnet(
@@ -654,6 +770,11 @@ pub async fn run(command: LabCommand) -> Result<()> {
         LabCommand::Status(d) => status(&d.state_dir).await,
         LabCommand::Exec { dir, name, command } => exec(&dir.state_dir, &name, &command),
         LabCommand::Down(d) => down(&d.state_dir).await,
+        LabCommand::Play {
+            dir,
+            scenario,
+            prefix,
+        } => play_file(&dir.state_dir, &scenario, &prefix).await,
         LabCommand::Node { dir, action, name } => {
             node_control(&dir.state_dir, &action, &name).await
         }
