@@ -127,24 +127,9 @@ impl Driver {
             return;
         }
         tokio::spawn(async move {
-            let result = match op {
-                StoreOp::List { prefix } => store.list(&prefix).await.map(StoreOutput::Listing),
-                StoreOp::Create { key, value, ttl } => store
-                    .create(&key, &value, ttl)
-                    .await
-                    .map(StoreOutput::Entry),
-                StoreOp::Renew {
-                    key,
-                    create_revision,
-                    value,
-                    ttl,
-                } => store
-                    .renew(&key, create_revision, &value, ttl)
-                    .await
-                    .map(StoreOutput::Entry),
-                StoreOp::Watch { .. } => unreachable!("handled above"),
-            };
-            let _ = tx.send(Msg::Done(id, result));
+            if let Some(result) = weft_stores::perform(store.as_ref(), op).await {
+                let _ = tx.send(Msg::Done(id, result));
+            }
         });
     }
 

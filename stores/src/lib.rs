@@ -151,6 +151,33 @@ pub async fn open_with(url: &str, options: &StoreOptions) -> Result<Box<dyn Stor
     })
 }
 
+/// Performs a one-shot [`StoreOp`] (list, create, renew) against `store`, the way every
+/// driver of a `weft_core::node::Node` must; `None` for a watch, which is long-lived and
+/// belongs to the driver.
+pub async fn perform(
+    store: &dyn Store,
+    op: weft_core::store::StoreOp,
+) -> Option<Result<weft_core::store::StoreOutput, StoreError>> {
+    use weft_core::store::{StoreOp, StoreOutput};
+    Some(match op {
+        StoreOp::List { prefix } => store.list(&prefix).await.map(StoreOutput::Listing),
+        StoreOp::Create { key, value, ttl } => store
+            .create(&key, &value, ttl)
+            .await
+            .map(StoreOutput::Entry),
+        StoreOp::Renew {
+            key,
+            create_revision,
+            value,
+            ttl,
+        } => store
+            .renew(&key, create_revision, &value, ttl)
+            .await
+            .map(StoreOutput::Entry),
+        StoreOp::Watch { .. } => return None,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use std::time::Duration;

@@ -81,24 +81,9 @@ impl NodeRunner {
 fn perform(store: &Arc<dyn Store>, id: OpId, op: StoreOp, tx: &mpsc::UnboundedSender<Msg>) {
     let (store, tx) = (store.clone(), tx.clone());
     tokio::spawn(async move {
-        let result = match op {
-            StoreOp::List { prefix } => store.list(&prefix).await.map(StoreOutput::Listing),
-            StoreOp::Create { key, value, ttl } => store
-                .create(&key, &value, ttl)
-                .await
-                .map(StoreOutput::Entry),
-            StoreOp::Renew {
-                key,
-                create_revision,
-                value,
-                ttl,
-            } => store
-                .renew(&key, create_revision, &value, ttl)
-                .await
-                .map(StoreOutput::Entry),
-            StoreOp::Watch { .. } => return,
-        };
-        let _ = tx.send(Msg::Done(id, result));
+        if let Some(result) = crate::perform(store.as_ref(), op).await {
+            let _ = tx.send(Msg::Done(id, result));
+        }
     });
 }
 
