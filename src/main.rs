@@ -35,8 +35,10 @@ enum Command {
     Config(ConfigCommand),
     /// List the subnet leases in a store: subnet, public IP, backend, expiry.
     Leases(cmd_leases::LeasesArgs),
-    /// Run the node daemon: acquire and renew this node's subnet lease and write
-    /// subnet.env. Stops cleanly on SIGTERM or SIGINT, keeping the lease.
+    /// Run the node daemon: acquire and renew this node's subnet lease, write
+    /// subnet.env, and run the network config's backend (udp: a TUN device and flannel's
+    /// UDP encapsulation; alloc: the lease only). Stops cleanly on SIGTERM or SIGINT,
+    /// removing its TUN device and keeping the lease.
     Daemon(Box<daemon::DaemonArgs>),
     /// Run scenario files in the deterministic simulator, or replay a failed run.
     Sim(cmd_sim::SimArgs),
