@@ -108,20 +108,10 @@ impl Driver {
             self.watch_gen += 1;
             let generation = self.watch_gen;
             let task = tokio::spawn(async move {
-                let mut watch = match store.watch(&prefix, from).await {
-                    Ok(w) => w,
-                    Err(e) => {
-                        let _ = tx.send(Msg::Watch(generation, Err(e)));
-                        return;
-                    }
-                };
-                loop {
-                    let batch = watch.next().await;
-                    let failed = batch.is_err();
-                    if tx.send(Msg::Watch(generation, batch)).is_err() || failed {
-                        return;
-                    }
-                }
+                weft_stores::forward_watch(store.as_ref(), &prefix, from, |batch| {
+                    tx.send(Msg::Watch(generation, batch)).is_ok()
+                })
+                .await;
             });
             self.watch = Some((generation, task));
             return;

@@ -178,6 +178,31 @@ pub async fn perform(
     })
 }
 
+/// Runs a watch of `prefix` from revision `from`, handing every batch (and the error
+/// that ends it) to `deliver`, until the watch fails or `deliver` returns false: the
+/// loop every node driver runs on a task of its own.
+pub async fn forward_watch(
+    store: &dyn Store,
+    prefix: &str,
+    from: weft_core::store::Revision,
+    mut deliver: impl FnMut(Result<Vec<weft_core::store::WatchEvent>, StoreError>) -> bool,
+) {
+    let mut watch = match store.watch(prefix, from).await {
+        Ok(w) => w,
+        Err(e) => {
+            deliver(Err(e));
+            return;
+        }
+    };
+    loop {
+        let batch = watch.next().await;
+        let failed = batch.is_err();
+        if !deliver(batch) || failed {
+            return;
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::time::Duration;

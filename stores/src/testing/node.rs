@@ -96,20 +96,10 @@ fn watch(
 ) -> JoinHandle<()> {
     let (store, tx) = (store.clone(), tx.clone());
     tokio::spawn(async move {
-        let mut watch = match store.watch(&prefix, from).await {
-            Ok(w) => w,
-            Err(e) => {
-                let _ = tx.send(Msg::Watch(generation, Err(e)));
-                return;
-            }
-        };
-        loop {
-            let batch = watch.next().await;
-            let failed = batch.is_err();
-            if tx.send(Msg::Watch(generation, batch)).is_err() || failed {
-                return;
-            }
-        }
+        crate::forward_watch(store.as_ref(), &prefix, from, |batch| {
+            tx.send(Msg::Watch(generation, batch)).is_ok()
+        })
+        .await;
     })
 }
 
