@@ -110,3 +110,29 @@ fn a_daemon_without_config_waits_and_says_for_which_key() {
         "{log}"
     );
 }
+
+#[test]
+fn systemd_hears_ready_once_subnet_env_is_written() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = format!("sled:{}", dir.path().join("db").display());
+    let conf = dir.path().join("net-conf.json");
+    std::fs::write(&conf, CONFIG).unwrap();
+    let socket_path = dir.path().join("notify.sock");
+    let socket = std::os::unix::net::UnixDatagram::bind(&socket_path).unwrap();
+    socket
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    let env_path = dir.path().join("subnet.env");
+    let d = Daemon::start_with_env(
+        &store,
+        "192.0.2.1",
+        &env_path,
+        &["--net-config-path", conf.to_str().unwrap()],
+        &[("NOTIFY_SOCKET", socket_path.as_os_str())],
+    );
+    let mut buf = [0u8; 64];
+    let n = socket.recv(&mut buf).expect("READY=1 within 20 s");
+    assert_eq!(&buf[..n], b"READY=1");
+    assert!(env_path.exists(), "subnet.env is written before READY=1");
+    d.stop();
+}

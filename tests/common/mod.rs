@@ -31,6 +31,17 @@ pub struct Daemon {
 
 impl Daemon {
     pub fn start(store: &str, public_ip: &str, subnet_file: &Path, extra: &[&str]) -> Daemon {
+        Daemon::start_with_env(store, public_ip, subnet_file, extra, &[])
+    }
+
+    /// [`Daemon::start`] with extra environment variables.
+    pub fn start_with_env(
+        store: &str,
+        public_ip: &str,
+        subnet_file: &Path,
+        extra: &[&str],
+        env: &[(&str, &std::ffi::OsStr)],
+    ) -> Daemon {
         let log = subnet_file.with_extension(format!("{}.log", std::process::id()));
         let log_file = std::fs::File::create(&log).unwrap();
         let child = Command::new(env!("CARGO_BIN_EXE_weft"))
@@ -46,6 +57,7 @@ impl Daemon {
             .arg("--subnet-file")
             .arg(subnet_file)
             .args(extra)
+            .envs(env.iter().copied())
             .env("WEFT_LOG", "info")
             .env("NO_COLOR", "1")
             .stdin(Stdio::null())
