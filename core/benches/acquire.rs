@@ -1,7 +1,7 @@
 //! Acquisition cost against the number of leases already in the store.
 //!
 //! - `weft/warm`: a node whose lease table is current (kept by its watch) acquires a
-//!   subnet: the allocator's decision plus one create in the memory store.
+//!   subnet: the allocator's decision plus one create in the store model (no lock, no async).
 //! - `flannel/list-every-attempt`: flannel's strategy in the same store: list every
 //!   lease, decode them all, collect the first 100 free subnets, pick one, create.
 //! - `weft/cold-join`: a brand-new node: one listing, decoding every lease into its
@@ -24,10 +24,9 @@ use weft_core::allocator::{AllocEvent, Allocator, AllocatorConfig};
 use weft_core::lease::{decode_all, LeaseAttrs};
 use weft_core::lease_table::LeaseTable;
 use weft_core::store::subnets_prefix;
-use weft_core::store::StoreOp;
+use weft_core::store::{StoreModel, StoreOp};
 use weft_core::subnet::SubnetSpace;
 use weft_core::Timestamp;
-use weft_stores::MemoryStore;
 
 const PREFIX: &str = "/coreos.com/network";
 const TTL: Duration = Duration::from_secs(24 * 3600);
@@ -44,8 +43,8 @@ fn space() -> SubnetSpace {
 }
 
 /// A store holding `n` leases on random subnets, each with its own public IP.
-fn populated(n: usize) -> MemoryStore {
-    let store = MemoryStore::manual(Timestamp::from_millis(1_700_000_000_000));
+fn populated(n: usize) -> StoreModel {
+    let mut store = StoreModel::new(Timestamp::from_millis(1_700_000_000_000));
     let space = space();
     let sp = subnets_prefix(PREFIX);
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(n as u64);
@@ -71,11 +70,11 @@ fn config() -> AllocatorConfig {
     AllocatorConfig::new(space(), Ipv4Addr::new(198, 51, 100, 1), "udp")
 }
 
-fn create(store: &MemoryStore, op: StoreOp) -> (String, weft_core::store::Entry) {
+fn create(store: &RefCell<StoreModel>, op: StoreOp) -> (String, weft_core::store::Entry) {
     let StoreOp::Create { key, value, ttl } = op else {
         panic!("expected a create, got {op:?}")
     };
-    let entry = store.create(&key, &value, ttl).unwrap();
+    let entry = store.borrow_mut().create(&key, &value, ttl).unwrap();
     (key, entry)
 }
 
@@ -84,14 +83,14 @@ fn bench(c: &mut Criterion) {
     group.sample_size(30);
     let sp = subnets_prefix(PREFIX);
     for n in [100usize, 1_000, 10_000] {
-        let store = populated(n);
-        let now = store.now();
+        let store = RefCell::new(populated(n));
+        let now = store.borrow().now();
         let mut table = LeaseTable::new(&sp);
-        table.replace(&store.list(&sp).unwrap());
+        table.replace(&store.borrow().list(&sp));
         let last_key: RefCell<Option<String>> = RefCell::new(None);
         let cleanup = || {
             if let Some(k) = last_key.borrow_mut().take() {
-                store.delete(&k).unwrap();
+                store.borrow_mut().delete(&k).unwrap();
             }
         };
         let mut seed = 0u64;
@@ -126,7 +125,7 @@ fn bench(c: &mut Criterion) {
                 b.iter_batched(
                     cleanup,
                     |()| {
-                        let listing = store.list(&sp).unwrap();
+                        let listing = store.borrow().list(&sp);
                         let (leases, _) = decode_all(&sp, &listing.entries);
                         let taken: BTreeSet<_> = leases.iter().map(|l| l.key.ipv4).collect();
                         let mut free = Vec::with_capacity(100);
@@ -143,7 +142,7 @@ fn bench(c: &mut Criterion) {
                         let s = free[rng.random_range(0..free.len())];
                         let key = format!("{sp}{}-{}", s.network(), s.prefix_len());
                         let value = LeaseAttrs::new(Ipv4Addr::new(198, 51, 100, 1), "udp").encode();
-                        store.create(&key, &value, Some(TTL)).unwrap();
+                        store.borrow_mut().create(&key, &value, Some(TTL)).unwrap();
                         *last_key.borrow_mut() = Some(key);
                     },
                     BatchSize::PerIteration,
@@ -160,7 +159,7 @@ fn bench(c: &mut Criterion) {
                 },
                 |mut alloc| {
                     let mut fresh = LeaseTable::new(&sp);
-                    fresh.replace(&store.list(&sp).unwrap());
+                    fresh.replace(&store.borrow().list(&sp));
                     alloc.on_synced(&fresh, now);
                     let (key, entry) = create(&store, alloc.poll_op().unwrap());
                     alloc.handle_result(Ok(entry), &fresh, now);

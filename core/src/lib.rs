@@ -11,6 +11,7 @@
 
 pub mod allocator;
 pub mod config;
+pub mod forward;
 pub mod lease;
 pub mod lease_table;
 pub mod node;

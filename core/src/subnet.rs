@@ -124,6 +124,16 @@ impl SubnetSpace {
         (offset & mask == 0).then(|| offset.checked_shr(self.shift()).unwrap_or(0))
     }
 
+    /// The index within the network of the subnet that contains `addr`, if `addr` lies
+    /// in the network: one shift, whatever the number of subnets.
+    pub fn index_containing(&self, addr: IpAddr) -> Option<u128> {
+        if !self.network.contains(&addr) {
+            return None;
+        }
+        let offset = addr_bits(addr) - addr_bits(self.network.network());
+        Some(offset.checked_shr(self.shift()).unwrap_or(0))
+    }
+
     /// The index of `subnet` if it is one of this space's allocatable subnets: the right
     /// family and length, on a boundary, within `[min, max]`.
     pub fn index_of(&self, subnet: &IpNet) -> Option<u128> {

@@ -1,7 +1,20 @@
 //! The node's timers: one small table indexed by an enum, the next timeout being the
 //! earliest armed one (as in quinn-proto's `connection/timer.rs`).
 
+use std::time::Duration;
+
+use rand::Rng;
+
 use crate::time::Timestamp;
+
+/// The wait before retry number `attempt` (0 for the first): `min` doubled per attempt,
+/// capped at `max`, plus up to 20 % jitter drawn from `rng`, so that many nodes that
+/// failed together (an etcd outage) do not retry together.
+pub fn backoff(min: Duration, max: Duration, attempt: u32, rng: &mut impl Rng) -> Duration {
+    let base = min.saturating_mul(1u32 << attempt.min(16)).min(max);
+    let jitter_ms = rng.random_range(0..=base.as_millis() as u64 / 5);
+    base + Duration::from_millis(jitter_ms)
+}
 
 /// Every timer a node can arm.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]

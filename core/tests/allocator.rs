@@ -157,7 +157,7 @@ fn an_outage_longer_than_the_ttl_loses_the_lease_then_reacquires_it() {
     c.start(ip(1));
     c.settle();
     let before = c.held(ip(1)).unwrap();
-    c.store.set_unavailable(true);
+    c.set_unavailable(true);
     c.advance(TTL * 2);
     assert_eq!(c.held(ip(1)), None);
     let events = lease_events(&c, 1);
@@ -168,7 +168,7 @@ fn an_outage_longer_than_the_ttl_loses_the_lease_then_reacquires_it() {
         key: before,
         reason: LossReason::Expired
     }));
-    c.store.set_unavailable(false);
+    c.set_unavailable(false);
     c.advance(Duration::from_secs(120));
     assert_eq!(c.held(ip(1)), Some(before), "same subnet, still free");
 }
@@ -182,12 +182,12 @@ fn a_store_back_shortly_before_the_deadline_still_gets_the_renewal() {
     c.settle();
     let before = c.held(ip(1)).unwrap();
     c.advance(TTL - MARGIN - Duration::from_secs(10));
-    c.store.set_unavailable(true);
+    c.set_unavailable(true);
     c.advance(MARGIN);
     assert!(lease_events(&c, 1)
         .iter()
         .any(|e| matches!(e, AllocEvent::RenewFailed { .. })));
-    c.store.set_unavailable(false);
+    c.set_unavailable(false);
     c.advance(TTL * 2);
     let events = lease_events(&c, 1);
     assert!(
@@ -234,11 +234,7 @@ fn garbage_under_the_prefix_is_skipped_and_its_subnet_avoided() {
         assert_ne!(c.held(ip(i)).unwrap().to_string(), "10.5.0.16-28");
     }
     assert_eq!(
-        c.store
-            .get(&format!("{sp}10.5.0.16-28"))
-            .unwrap()
-            .unwrap()
-            .value,
+        c.store.get(&format!("{sp}10.5.0.16-28")).unwrap().value,
         b"not json",
         "never overwritten"
     );

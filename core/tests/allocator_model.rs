@@ -74,7 +74,7 @@ fn check(c: &Cluster, model: &Model) -> Result<(), TestCaseError> {
     for (addr, n) in &c.nodes {
         if let Some(held) = n.node.lease() {
             prop_assert!(believed.insert(held.key), "two nodes hold {}", held.key);
-            if !c.store.is_unavailable() {
+            if !c.is_unavailable() {
                 let stored = leases.iter().find(|l| l.key == held.key);
                 prop_assert!(
                     stored.is_some(),
@@ -148,9 +148,9 @@ fn run(seed: u64, steps: Vec<Step>) -> Result<(), TestCaseError> {
             }
             Step::Advance(s) => c.advance(Duration::from_secs(*s)),
             Step::Outage(s) => {
-                c.store.set_unavailable(true);
+                c.set_unavailable(true);
                 c.advance(Duration::from_secs(*s));
-                c.store.set_unavailable(false);
+                c.set_unavailable(false);
                 // What a node held before the outage may be gone now.
                 model.expect_same.clear();
             }

@@ -15,10 +15,9 @@ use std::time::Duration;
 
 use support::{ip, space, PREFIX};
 use weft_core::allocator::{AllocEvent, AllocatorConfig};
-use weft_core::node::{Node, NodeConfig, NodeEvent, StoreOp, StoreOutput};
-use weft_core::store::subnets_prefix;
+use weft_core::node::{Node, NodeConfig, NodeEvent, StoreOp};
+use weft_core::store::{subnets_prefix, StoreModel};
 use weft_core::Timestamp;
-use weft_stores::memory::MemoryStore;
 
 const TTL: Duration = Duration::from_secs(60);
 const MARGIN: Duration = Duration::from_secs(20);
@@ -28,12 +27,13 @@ const MARGIN: Duration = Duration::from_secs(20);
 /// daemon does, on a monotonic clock: the wake-up it asked for before its clock jumped
 /// comes at the same real time.
 struct Solo {
-    store: MemoryStore,
+    store: StoreModel,
     node: Node,
     offset_ms: i64,
     now: Timestamp,
     wake: Option<Timestamp>,
-    watch_from: Option<u64>,
+    /// The running watch: its id and the next revision it wants.
+    watch: Option<(u64, u64)>,
     events: Vec<AllocEvent>,
 }
 
@@ -49,12 +49,12 @@ impl Solo {
         };
         let local = Timestamp::from_millis(now.as_millis().saturating_add_signed(offset_ms));
         let mut s = Solo {
-            store: MemoryStore::manual(now),
+            store: StoreModel::new(now),
             node: Node::new(config, 7, local),
             offset_ms,
             now,
             wake: None,
-            watch_from: None,
+            watch: None,
             events: Vec::new(),
         };
         s.pump();
@@ -74,37 +74,23 @@ impl Solo {
             let mut progressed = false;
             while let Some((id, op)) = self.node.poll_store_op() {
                 progressed = true;
-                let s = &self.store;
-                let result = match op {
-                    StoreOp::Watch { from, .. } => {
-                        self.watch_from = Some(from);
-                        continue;
-                    }
-                    StoreOp::List { prefix } => s.list(&prefix).map(StoreOutput::Listing),
-                    StoreOp::Create { key, value, ttl } => {
-                        s.create(&key, &value, ttl).map(StoreOutput::Entry)
-                    }
-                    StoreOp::Renew {
-                        key,
-                        create_revision,
-                        value,
-                        ttl,
-                    } => s
-                        .renew(&key, create_revision, &value, ttl)
-                        .map(StoreOutput::Entry),
-                };
+                if let StoreOp::Watch { from, .. } = op {
+                    self.watch = Some((id, from));
+                    continue;
+                }
+                let result = op.call(&mut self.store).unwrap();
                 let local = self.local();
                 self.node.handle_store_result(id, result, local);
             }
-            if let Some(from) = self.watch_from {
+            if let Some((watch, from)) = self.watch {
                 let events = self
                     .store
                     .events_since(&subnets_prefix(PREFIX), from)
                     .unwrap();
                 if let Some(last) = events.last() {
-                    self.watch_from = Some(last.revision() + 1);
+                    self.watch = Some((watch, last.revision() + 1));
                     let local = self.local();
-                    self.node.handle_watch_events(&events, local);
+                    self.node.handle_watch_events(watch, &events, local);
                     progressed = true;
                 }
             }
@@ -179,10 +165,7 @@ fn a_clock_far_ahead_of_the_store_keeps_its_lease() {
     assert_eq!(s.acquisitions(), 1, "{:?}", s.events);
     assert!(s.losses().is_empty(), "{:?}", s.losses());
     assert!(s.node.lease().is_some());
-    assert_eq!(
-        s.store.list(&subnets_prefix(PREFIX)).unwrap().entries.len(),
-        1
-    );
+    assert_eq!(s.store.list(&subnets_prefix(PREFIX)).entries.len(), 1);
 }
 
 #[test]

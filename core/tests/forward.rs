@@ -11,7 +11,7 @@ use std::time::Duration;
 use smoltcp::phy::ChecksumCapabilities;
 use smoltcp::wire::{IpProtocol, Ipv4Packet, Ipv4Repr};
 use support::{ip, space, Cluster};
-use weft_core::node::{DropReason, Inbound, Outbound};
+use weft_core::node::{DropReason, Inbound, Outbound, ThreadDrops};
 use weft_core::wire::ip as ipwire;
 
 fn packet(src: Ipv4Addr, dst: Ipv4Addr, ttl: u8) -> Vec<u8> {
@@ -51,12 +51,13 @@ fn cluster() -> Cluster {
 
 #[test]
 fn outbound_goes_to_the_peer_holding_the_destination_with_ttl_decremented() {
-    let mut c = cluster();
+    let c = cluster();
     let (a, b) = (host(&c, 1, 2), host(&c, 2, 7));
     let mut pkt = packet(a, b, 64);
-    let node = &mut c.nodes.get_mut(&ip(1)).unwrap().node;
+    let table = c.nodes[&ip(1)].node.forward_table();
+    let drops = ThreadDrops::default();
     assert_eq!(
-        node.route_outbound(&mut pkt),
+        table.route_outbound(&mut pkt, &drops),
         Outbound::Send {
             peer: IpAddr::V4(ip(2))
         }
@@ -64,61 +65,64 @@ fn outbound_goes_to_the_peer_holding_the_destination_with_ttl_decremented() {
     assert_eq!(ipwire::parse(&pkt).unwrap().ttl, 63);
 
     let mut local = packet(a, host(&c, 1, 9), 64);
-    let node = &mut c.nodes.get_mut(&ip(1)).unwrap().node;
-    assert_eq!(node.route_outbound(&mut local), Outbound::Local);
+    assert_eq!(table.route_outbound(&mut local, &drops), Outbound::Local);
 
     let mut nowhere = packet(a, Ipv4Addr::new(10, 5, 250, 1), 64);
-    assert_eq!(node.route_outbound(&mut nowhere), Outbound::Unreachable);
+    assert_eq!(
+        table.route_outbound(&mut nowhere, &drops),
+        Outbound::Unreachable
+    );
     let mut dying = packet(a, b, 1);
     assert_eq!(
-        node.route_outbound(&mut dying),
+        table.route_outbound(&mut dying, &drops),
         Outbound::Drop(DropReason::TtlExpired)
     );
     assert_eq!(
-        node.route_outbound(&mut [0x45, 1, 2]),
+        table.route_outbound(&mut [0x45, 1, 2], &drops),
         Outbound::Drop(DropReason::Malformed)
     );
-    assert_eq!(node.drops().get(DropReason::NoRoute), 1);
-    assert_eq!(node.drops().total(), 3);
+    assert_eq!(drops.snapshot().get(DropReason::NoRoute), 1);
+    assert_eq!(drops.snapshot().total(), 3);
 }
 
 #[test]
 fn inbound_is_checked_for_peer_source_and_destination() {
-    let mut c = cluster();
+    let c = cluster();
     let (a, b, x) = (host(&c, 1, 2), host(&c, 2, 7), host(&c, 3, 5));
-    let node = &mut c.nodes.get_mut(&ip(2)).unwrap().node;
+    let table = c.nodes[&ip(2)].node.forward_table();
+    let drops = ThreadDrops::default();
     let from1 = IpAddr::V4(ip(1));
     assert_eq!(
-        node.accept_inbound(from1, &packet(a, b, 63)),
+        table.accept_inbound(from1, &packet(a, b, 63), &drops),
         Inbound::Deliver
     );
     // Node 1 claims a source in node 3's subnet.
     assert_eq!(
-        node.accept_inbound(from1, &packet(x, b, 63)),
+        table.accept_inbound(from1, &packet(x, b, 63), &drops),
         Inbound::Drop(DropReason::SpoofedSource)
     );
     // Addressed to node 3's subnet, not ours.
     assert_eq!(
-        node.accept_inbound(from1, &packet(a, x, 63)),
+        table.accept_inbound(from1, &packet(a, x, 63), &drops),
         Inbound::Drop(DropReason::NotOurSubnet)
     );
     // From an address that holds no lease.
     let stranger = IpAddr::V4(Ipv4Addr::new(198, 51, 100, 7));
     assert_eq!(
-        node.accept_inbound(stranger, &packet(a, b, 63)),
+        table.accept_inbound(stranger, &packet(a, b, 63), &drops),
         Inbound::Drop(DropReason::UnknownPeer)
     );
     // Garbage and truncation.
     assert_eq!(
-        node.accept_inbound(from1, b"\x00garbage"),
+        table.accept_inbound(from1, b"\x00garbage", &drops),
         Inbound::Drop(DropReason::Malformed)
     );
     let full = packet(a, b, 63);
     assert_eq!(
-        node.accept_inbound(from1, &full[..full.len() - 1]),
+        table.accept_inbound(from1, &full[..full.len() - 1], &drops),
         Inbound::Drop(DropReason::Malformed)
     );
-    let counts: Vec<_> = node.drops().iter().filter(|(_, n)| *n > 0).collect();
+    let counts: Vec<_> = drops.snapshot().iter().filter(|(_, n)| *n > 0).collect();
     assert_eq!(
         counts,
         [
@@ -138,13 +142,14 @@ fn a_node_without_a_lease_delivers_nothing() {
         Duration::from_secs(60),
         12,
     );
-    c.store.set_unavailable(true);
+    c.set_unavailable(true);
     c.start(ip(1));
     c.settle();
-    let node = &mut c.nodes.get_mut(&ip(1)).unwrap().node;
+    let table = c.nodes[&ip(1)].node.forward_table();
+    let drops = ThreadDrops::default();
     let pkt = packet(Ipv4Addr::new(10, 5, 1, 2), Ipv4Addr::new(10, 5, 2, 2), 64);
     assert_eq!(
-        node.accept_inbound(IpAddr::V4(ip(2)), &pkt),
+        table.accept_inbound(IpAddr::V4(ip(2)), &pkt, &drops),
         Inbound::Drop(DropReason::NoLease)
     );
 }
@@ -155,15 +160,17 @@ proptest::proptest! {
         bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..200),
         from in 1u8..5,
     ) {
-        let mut c = cluster();
-        let node = &mut c.nodes.get_mut(&ip(2)).unwrap().node;
-        if node.accept_inbound(IpAddr::V4(ip(from)), &bytes) == Inbound::Deliver {
+        let c = cluster();
+        let node = &c.nodes[&ip(2)].node;
+        let table = node.forward_table();
+        let drops = ThreadDrops::default();
+        if table.accept_inbound(IpAddr::V4(ip(from)), &bytes, &drops) == Inbound::Deliver {
             // Only a well-formed packet from a peer's subnet to ours gets through.
             let h = ipwire::parse(&bytes).unwrap();
             let route = node.routes().lookup(h.src).unwrap();
             proptest::prop_assert_eq!(route.public_ip, IpAddr::V4(ip(from)));
         }
         let mut out = bytes.clone();
-        let _ = node.route_outbound(&mut out);
+        let _ = table.route_outbound(&mut out, &drops);
     }
 }

@@ -1,15 +1,16 @@
 //! weft-datapath: every syscall weft makes to move packets.
 //!
-//! The core decides (`weft_core::node::Node::route_outbound` / `accept_inbound`); this
-//! crate does: it creates the TUN device and the UDP socket of flannel's udp backend,
+//! The core decides (the node's `weft_core::forward::ForwardTable`, published to the
+//! backend whenever it changes); this crate does: the [`backend::Backend`] trait and its
+//! backends (alloc; udp: the TUN device and the UDP socket of flannel's udp backend),
 //! programs addresses, links and routes over netlink (the `rtnetlink` crate, never by
 //! running `ip`), picks the external interface, and enters network namespaces so that
 //! `weft lab` can run many nodes in one process.
 
+pub mod backend;
 pub mod iface;
 pub mod netlink;
 pub mod netns;
-pub mod udp;
 
 /// Why a datapath operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -43,6 +44,9 @@ pub enum DatapathError {
     /// Something needed was not found.
     #[error("{0}")]
     NotFound(String),
+    /// The config asks for something this datapath cannot do.
+    #[error("{0}")]
+    Unsupported(String),
 }
 
 impl DatapathError {

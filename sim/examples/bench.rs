@@ -129,12 +129,13 @@ fn mass_ping() {
         eprintln!("unreplied: {:?}", p);
     }
     for h in &w.hosts {
-        if let Some(n) = h.node() {
-            if n.drops().total() > 0 {
+        if let Some(r) = h.running() {
+            let drops = r.drops.snapshot();
+            if drops.total() > 0 {
                 eprintln!(
                     "{} drops {:?}",
                     h.name,
-                    n.drops().iter().filter(|d| d.1 > 0).collect::<Vec<_>>()
+                    drops.iter().filter(|d| d.1 > 0).collect::<Vec<_>>()
                 );
             }
         }
@@ -204,7 +205,6 @@ fn mass_join(nodes: usize, watches: bool) {
         .list(&weft_core::store::subnets_prefix(
             weft_core::store::DEFAULT_PREFIX,
         ))
-        .expect("list")
         .entries
         .len();
     let with = if watches {

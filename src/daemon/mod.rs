@@ -6,7 +6,6 @@
 //! a TUN device and a UDP socket; `alloc`: nothing), and sleeps until the node's next
 //! timeout. `weft lab` runs many of these nodes in one process, one per namespace.
 
-mod backend;
 mod driver;
 mod notify;
 
@@ -18,19 +17,17 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::watch;
-use weft_core::allocator::AllocatorConfig;
 use weft_core::config::{BackendType, NetworkConfig};
 use weft_core::node::{Node, NodeConfig};
 use weft_core::store::{config_key, Store};
+use weft_datapath::backend::BackendSetup;
 use weft_datapath::iface::IfaceSelector;
 use weft_datapath::netlink::Netlink;
-use weft_datapath::udp::UdpConfig;
 use weft_stores::clock::wall_now;
-use weft_stores::OpenError;
+use weft_stores::{NodeDriver, OpenError};
 
 use crate::etcd_args::EtcdArgs;
 use crate::subnet_file;
-use backend::Backend;
 use driver::{Driver, SubnetFileSettings};
 
 /// Arguments of `weft daemon` (flannel's flag names where flannel has one).
@@ -149,15 +146,6 @@ pub async fn network_config(
 pub async fn run_node(setup: NodeSetup, shutdown: watch::Receiver<bool>) -> Result<()> {
     let config = &setup.config;
     let kind = config.backend.kind;
-    if !matches!(kind, BackendType::Alloc | BackendType::Udp) {
-        bail!(
-            "backend type {:?} is not supported by weft daemon yet (supported: alloc, udp)",
-            kind.as_str()
-        );
-    }
-    let Some(v4_space) = config.ipv4_space() else {
-        bail!("weft daemon needs an IPv4 network (EnableIPv4 with Network)");
-    };
     // The udp backend needs the interface (its MTU, its address); alloc only wants it.
     let netlink = if kind == BackendType::Udp || setup.public_ip.is_none() {
         Some(Netlink::open(setup.netns.as_deref()).context("cannot talk netlink")?)
@@ -181,13 +169,19 @@ pub async fn run_node(setup: NodeSetup, shutdown: watch::Receiver<bool>) -> Resu
     let underlay_mtu = external.as_ref().map_or(1500, |e| e.link.mtu);
     let mtu = config.mtu(underlay_mtu);
 
+    let backend = weft_datapath::backend::create(BackendSetup {
+        netns: setup.netns.clone(),
+        netlink,
+        network: config.clone(),
+        mtu,
+        public_ip,
+        device_name: setup.tun_name.clone(),
+    })?;
     let previous = subnet_file::read(&setup.subnet_file).and_then(|env| env.previous_key());
-    let mut alloc = AllocatorConfig::new(v4_space, public_ip, kind.as_str());
-    alloc.v6_space = config.ipv6_space();
-    alloc.public_ipv6 = setup.public_ipv6;
-    if alloc.v6_space.is_some() && alloc.public_ipv6.is_none() {
-        bail!("the network config enables IPv6; pass --public-ipv6");
-    }
+    let mut node_config =
+        NodeConfig::for_network(&setup.prefix, config, public_ip, setup.public_ipv6)?;
+    let alloc = &mut node_config.alloc;
+    alloc.backend_data = backend.lease_data();
     alloc.previous = previous;
     alloc.lease_ttl = setup.lease_ttl;
     alloc.renew_margin = setup.renew_margin;
@@ -201,29 +195,7 @@ pub async fn run_node(setup: NodeSetup, shutdown: watch::Receiver<bool>) -> Resu
         previous = ?previous.map(|k| k.to_string()),
         "starting"
     );
-    let backend = match (kind, netlink) {
-        (BackendType::Udp, Some(netlink)) => Backend::udp(
-            setup.netns.clone(),
-            netlink,
-            UdpConfig {
-                tun_name: setup.tun_name.clone(),
-                mtu,
-                network: config.network.context("udp backend needs Network")?,
-                subnet: config.network.context("udp backend needs Network")?,
-                public_ip,
-                port: config.backend.port,
-            },
-        ),
-        _ => Backend::Alloc,
-    };
-    let node = Node::new(
-        NodeConfig {
-            prefix: setup.prefix.clone(),
-            alloc,
-        },
-        rand::random(),
-        wall_now(),
-    );
+    let node = Node::new(node_config, rand::random(), wall_now());
     let subnet_file = SubnetFileSettings {
         path: setup.subnet_file.clone(),
         network: config.network,
@@ -233,8 +205,7 @@ pub async fn run_node(setup: NodeSetup, shutdown: watch::Receiver<bool>) -> Resu
     };
     Driver::new(
         setup.name,
-        setup.store,
-        node,
+        NodeDriver::new(setup.store, node),
         backend,
         subnet_file,
         setup.stats_file,

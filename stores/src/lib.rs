@@ -20,16 +20,17 @@
 
 pub mod clock;
 pub mod conformance;
+pub mod driver;
 pub mod etcd;
 pub mod memory;
 pub mod sled_store;
 #[cfg(feature = "testing")]
 pub mod testing;
-mod validate;
 
 use weft_core::store::{Store, StoreError};
 
 pub use clock::{Clock, ManualClock};
+pub use driver::NodeDriver;
 pub use etcd::{EtcdOptions, EtcdStats, EtcdStore};
 pub use memory::MemoryStore;
 pub use sled_store::SledStore;
@@ -151,56 +152,67 @@ pub async fn open_with(url: &str, options: &StoreOptions) -> Result<Box<dyn Stor
     })
 }
 
-/// Performs a one-shot [`StoreOp`] (list, create, renew) against `store`, the way every
-/// driver of a `weft_core::node::Node` must; `None` for a watch, which is long-lived and
-/// belongs to the driver.
-pub async fn perform(
-    store: &dyn Store,
-    op: weft_core::store::StoreOp,
-) -> Option<Result<weft_core::store::StoreOutput, StoreError>> {
-    use weft_core::store::{StoreOp, StoreOutput};
-    Some(match op {
-        StoreOp::List { prefix } => store.list(&prefix).await.map(StoreOutput::Listing),
-        StoreOp::Create { key, value, ttl } => store
-            .create(&key, &value, ttl)
-            .await
-            .map(StoreOutput::Entry),
-        StoreOp::Renew {
-            key,
-            create_revision,
-            value,
-            ttl,
-        } => store
-            .renew(&key, create_revision, &value, ttl)
-            .await
-            .map(StoreOutput::Entry),
-        StoreOp::Watch { .. } => return None,
-    })
+/// A store call in flight: what [`StoreOp::call`](weft_core::store::StoreOp::call) gives
+/// over an async store.
+pub type CallFuture<'a> = std::pin::Pin<
+    Box<
+        dyn std::future::Future<Output = Result<weft_core::store::StoreOutput, StoreError>>
+            + Send
+            + 'a,
+    >,
+>;
+
+/// Any async [`Store`] performs a node's store calls, through the one mapping in
+/// [`StoreOp::call`](weft_core::store::StoreOp::call).
+#[derive(Debug)]
+pub struct AsyncCalls<'a>(pub &'a dyn Store);
+
+impl<'a> weft_core::store::StoreCalls for AsyncCalls<'a> {
+    type Out = CallFuture<'a>;
+
+    fn list(&mut self, prefix: &str) -> CallFuture<'a> {
+        let (store, prefix) = (self.0, prefix.to_owned());
+        Box::pin(async move {
+            let listing = store.list(&prefix).await?;
+            Ok(weft_core::store::StoreOutput::Listing(listing))
+        })
+    }
+
+    fn create(
+        &mut self,
+        key: &str,
+        value: &[u8],
+        ttl: Option<std::time::Duration>,
+    ) -> CallFuture<'a> {
+        let (store, key, value) = (self.0, key.to_owned(), value.to_vec());
+        Box::pin(async move {
+            let entry = store.create(&key, &value, ttl).await?;
+            Ok(weft_core::store::StoreOutput::Entry(entry))
+        })
+    }
+
+    fn renew(
+        &mut self,
+        key: &str,
+        create_revision: weft_core::store::Revision,
+        value: &[u8],
+        ttl: Option<std::time::Duration>,
+    ) -> CallFuture<'a> {
+        let (store, key, value) = (self.0, key.to_owned(), value.to_vec());
+        Box::pin(async move {
+            let entry = store.renew(&key, create_revision, &value, ttl).await?;
+            Ok(weft_core::store::StoreOutput::Entry(entry))
+        })
+    }
 }
 
-/// Runs a watch of `prefix` from revision `from`, handing every batch (and the error
-/// that ends it) to `deliver`, until the watch fails or `deliver` returns false: the
-/// loop every node driver runs on a task of its own.
-pub async fn forward_watch(
+/// Performs a one-shot [`StoreOp`](weft_core::store::StoreOp) (list, create, renew)
+/// against `store`; `None` for a watch, which is long-lived and belongs to the driver.
+pub async fn perform(
     store: &dyn Store,
-    prefix: &str,
-    from: weft_core::store::Revision,
-    mut deliver: impl FnMut(Result<Vec<weft_core::store::WatchEvent>, StoreError>) -> bool,
-) {
-    let mut watch = match store.watch(prefix, from).await {
-        Ok(w) => w,
-        Err(e) => {
-            deliver(Err(e));
-            return;
-        }
-    };
-    loop {
-        let batch = watch.next().await;
-        let failed = batch.is_err();
-        if !deliver(batch) || failed {
-            return;
-        }
-    }
+    op: &weft_core::store::StoreOp,
+) -> Option<Result<weft_core::store::StoreOutput, StoreError>> {
+    Some(op.call(&mut AsyncCalls(store))?.await)
 }
 
 #[cfg(test)]

@@ -1,33 +1,31 @@
-//! The memory backend: one process, no persistence, and time its caller controls.
+//! The memory backend: the core's [`StoreModel`] behind the async [`Store`] trait, with
+//! time from a [`Clock`] and injectable outages.
 //!
-//! [`MemoryStore`] is what the simulator runs every node against and what tests use when
-//! they need a store. It is deterministic: with a manual [`Clock`], an entry expires only
-//! when the clock is moved past its `expires_at`, and entries that expire together are
-//! deleted in the order (expiry time, key), each deletion with its own revision.
-//!
-//! Besides the async [`Store`] implementation it has the same operations as plain
-//! methods, so that a discrete-event simulator can call it without an async runtime, and
-//! [`MemoryStore::events_since`] stands in for a watch that the simulator polls.
+//! [`MemoryStore`] is what tests use when they need a store and what `weft daemon
+//! --store memory:` runs on. It is deterministic: with a manual [`Clock`], an entry
+//! expires only when the clock is moved past its `expires_at`, and entries that expire
+//! together are deleted in the order (expiry time, key), each deletion with its own
+//! revision -- all of which is the model's; this file adds only the clock, the outage
+//! switch and the async watch. Its plain methods are the model's, for callers without
+//! an async runtime.
 
-use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::fmt;
-use std::ops::Bound;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use async_trait::async_trait;
 use tokio::sync::Notify;
-use weft_core::store::{Entry, Listing, Revision, Store, StoreError, Watch, WatchEvent};
+use weft_core::store::{
+    Entry, Listing, Revision, Store, StoreError, StoreModel, Watch, WatchEvent,
+};
 use weft_core::Timestamp;
 
 use crate::clock::Clock;
-use crate::validate::{check_key, check_ttl};
 
-/// How many past changes a store keeps for watches unless told otherwise.
-pub const DEFAULT_HISTORY_LIMIT: usize = 10_000;
+pub use weft_core::store::DEFAULT_HISTORY_LIMIT;
 
-/// An in-memory store. Clones are handles on one shared store, so the nodes of one
-/// simulation (or the tasks of one test) can all use it.
+/// An in-memory store. Clones are handles on one shared store, so the tasks of one test
+/// can all use it.
 #[derive(Clone)]
 pub struct MemoryStore {
     shared: Arc<Shared>,
@@ -42,17 +40,7 @@ struct Shared {
 
 #[derive(Debug)]
 struct State {
-    /// The latest time seen; never goes backwards even if the wall clock does.
-    now: Timestamp,
-    revision: Revision,
-    entries: BTreeMap<String, Entry>,
-    /// `(expires_at, key)` of every entry with a TTL: the next expiry is the first.
-    expiries: BTreeSet<(Timestamp, String)>,
-    /// One event per revision, oldest first, the revisions contiguous.
-    history: VecDeque<WatchEvent>,
-    history_limit: usize,
-    /// History before this revision is gone.
-    compact_revision: Revision,
+    model: StoreModel,
     unavailable: bool,
 }
 
@@ -60,10 +48,10 @@ impl fmt::Debug for MemoryStore {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let state = self.lock();
         f.debug_struct("MemoryStore")
-            .field("now", &state.now)
-            .field("revision", &state.revision)
-            .field("entries", &state.entries.len())
-            .field("compact_revision", &state.compact_revision)
+            .field("now", &state.model.now())
+            .field("revision", &state.model.revision())
+            .field("entries", &state.model.len())
+            .field("compact_revision", &state.model.compact_revision())
             .field("unavailable", &state.unavailable)
             .field("clock", &self.shared.clock)
             .finish()
@@ -73,17 +61,10 @@ impl fmt::Debug for MemoryStore {
 impl MemoryStore {
     /// An empty store whose time comes from `clock`.
     pub fn new(clock: Clock) -> Self {
-        let now = clock.now();
         MemoryStore {
             shared: Arc::new(Shared {
                 state: Mutex::new(State {
-                    now,
-                    revision: 0,
-                    entries: BTreeMap::new(),
-                    expiries: BTreeSet::new(),
-                    history: VecDeque::new(),
-                    history_limit: DEFAULT_HISTORY_LIMIT,
-                    compact_revision: 0,
+                    model: StoreModel::new(clock.now()),
                     unavailable: false,
                 }),
                 changed: Notify::new(),
@@ -93,7 +74,7 @@ impl MemoryStore {
     }
 
     /// An empty store on its own manual clock starting at `start`; move it with
-    /// [`MemoryStore::advance_to`]. This is the simulator's store.
+    /// [`MemoryStore::advance_to`].
     pub fn manual(start: Timestamp) -> Self {
         MemoryStore::new(Clock::manual(start).0)
     }
@@ -110,21 +91,20 @@ impl MemoryStore {
 
     /// The latest time the store has seen.
     pub fn now(&self) -> Timestamp {
-        self.lock().now
+        self.lock().model.now()
     }
 
-    /// Moves a manual clock forward to `now` and expires every entry due by then, each
-    /// expiry a [`WatchEvent::Delete`] with its own revision, in (expiry time, key) order.
-    /// On a wall-clock store `now` is ignored (the system clock cannot be moved) and only
-    /// what is due by the system clock expires. Expiry goes on while the store is
-    /// [unavailable](MemoryStore::set_unavailable), as it does on a real server that
-    /// clients cannot reach.
+    /// Moves a manual clock forward to `now` and expires every entry due by then (see
+    /// [`StoreModel::advance_to`]). On a wall-clock store `now` is ignored (the system
+    /// clock cannot be moved) and only what is due by the system clock expires. Expiry
+    /// goes on while the store is [unavailable](MemoryStore::set_unavailable), as it
+    /// does on a real server that clients cannot reach.
     pub fn advance_to(&self, now: Timestamp) {
         if let Clock::Manual(m) = &self.shared.clock {
             m.advance_to(now);
         }
         let now = self.shared.clock.now();
-        let changed = self.lock().expire_due(now);
+        let changed = self.lock().model.advance_to(now);
         if changed {
             self.shared.changed.notify_waiters();
         }
@@ -135,45 +115,29 @@ impl MemoryStore {
         self.advance_to(self.shared.clock.now() + d);
     }
 
-    /// When the next entry expires, if any has a TTL: the simulator's next timer.
+    /// When the next entry expires, if any has a TTL.
     pub fn next_expiry(&self) -> Option<Timestamp> {
-        self.lock().expiries.first().map(|(t, _)| *t)
+        self.lock().model.next_expiry()
     }
 
     /// The store's current revision (0 before the first change).
     pub fn revision(&self) -> Revision {
-        self.lock().revision
+        self.lock().model.revision()
     }
 
     /// The compaction point: watches from before it fail with [`StoreError::Compacted`].
     pub fn compact_revision(&self) -> Revision {
-        self.lock().compact_revision
+        self.lock().model.compact_revision()
     }
 
     /// Keeps at most `limit` past changes for watches, dropping the oldest now and later.
     pub fn set_history_limit(&self, limit: usize) {
-        let mut state = self.lock();
-        state.history_limit = limit;
-        state.trim_history();
+        self.lock().model.set_history_limit(limit);
     }
 
-    /// Drops the history before `revision`, as etcd's compaction does, so that a watch
-    /// from an older revision fails with [`StoreError::Compacted`]. A revision past the
-    /// next one is [`StoreError::Invalid`].
+    /// [`StoreModel::compact`].
     pub fn compact(&self, revision: Revision) -> Result<(), StoreError> {
-        self.op(|s| {
-            if revision > s.revision + 1 {
-                return Err(StoreError::Invalid(format!(
-                    "cannot compact at revision {revision}, the store is at {}",
-                    s.revision
-                )));
-            }
-            if revision > s.compact_revision {
-                s.compact_revision = revision;
-                s.trim_history();
-            }
-            Ok(())
-        })
+        self.op(|m| m.compact(revision))
     }
 
     /// Injects an outage: while `unavailable`, every operation, and every running watch,
@@ -190,23 +154,12 @@ impl MemoryStore {
 
     /// [`Store::get`], synchronously.
     pub fn get(&self, key: &str) -> Result<Option<Entry>, StoreError> {
-        self.op(|s| Ok(s.entries.get(key).cloned()))
+        self.op(|m| Ok(m.get(key).cloned()))
     }
 
     /// [`Store::list`], synchronously.
     pub fn list(&self, prefix: &str) -> Result<Listing, StoreError> {
-        self.op(|s| {
-            let entries = s
-                .entries
-                .range::<str, _>((Bound::Included(prefix), Bound::Unbounded))
-                .take_while(|(k, _)| k.starts_with(prefix))
-                .map(|(_, e)| e.clone())
-                .collect();
-            Ok(Listing {
-                entries,
-                revision: s.revision,
-            })
-        })
+        self.op(|m| Ok(m.list(prefix)))
     }
 
     /// [`Store::create`], synchronously.
@@ -216,23 +169,7 @@ impl MemoryStore {
         value: &[u8],
         ttl: Option<Duration>,
     ) -> Result<Entry, StoreError> {
-        check_key(key)?;
-        check_ttl(ttl)?;
-        self.op(|s| {
-            if s.entries.contains_key(key) {
-                return Err(StoreError::AlreadyExists {
-                    key: key.to_string(),
-                });
-            }
-            let revision = s.revision + 1;
-            Ok(s.write(Entry {
-                key: key.to_string(),
-                value: value.to_vec(),
-                create_revision: revision,
-                mod_revision: revision,
-                expires_at: ttl.map(|ttl| s.now + ttl),
-            }))
-        })
+        self.op(|m| m.create(key, value, ttl))
     }
 
     /// [`Store::renew`], synchronously.
@@ -243,79 +180,26 @@ impl MemoryStore {
         value: &[u8],
         ttl: Option<Duration>,
     ) -> Result<Entry, StoreError> {
-        check_key(key)?;
-        check_ttl(ttl)?;
-        self.op(|s| {
-            let found = match s.entries.get(key) {
-                None => {
-                    return Err(StoreError::NotFound {
-                        key: key.to_string(),
-                    })
-                }
-                Some(e) => e.create_revision,
-            };
-            if found != create_revision {
-                return Err(StoreError::Conflict {
-                    key: key.to_string(),
-                    expected: create_revision,
-                    found,
-                });
-            }
-            Ok(s.write(Entry {
-                key: key.to_string(),
-                value: value.to_vec(),
-                create_revision,
-                mod_revision: s.revision + 1,
-                expires_at: ttl.map(|ttl| s.now + ttl),
-            }))
-        })
+        self.op(|m| m.renew(key, create_revision, value, ttl))
     }
 
     /// [`Store::put`], synchronously.
     pub fn put(&self, key: &str, value: &[u8]) -> Result<Entry, StoreError> {
-        check_key(key)?;
-        self.op(|s| {
-            let revision = s.revision + 1;
-            let create_revision = s.entries.get(key).map_or(revision, |e| e.create_revision);
-            Ok(s.write(Entry {
-                key: key.to_string(),
-                value: value.to_vec(),
-                create_revision,
-                mod_revision: revision,
-                expires_at: None,
-            }))
-        })
+        self.op(|m| m.put(key, value))
     }
 
     /// [`Store::delete`], synchronously.
     pub fn delete(&self, key: &str) -> Result<bool, StoreError> {
-        check_key(key)?;
-        self.op(|s| Ok(s.remove(key)))
+        self.op(|m| m.delete(key))
     }
 
-    /// The changes under `prefix` with a revision `>= from`, in revision order: a watch
-    /// that the caller polls. Fails with [`StoreError::Compacted`] when `from` is older
-    /// than the history kept; the caller then re-lists and polls from the listing's
-    /// revision + 1.
+    /// [`StoreModel::events_since`]: a watch that the caller polls.
     pub fn events_since(
         &self,
         prefix: &str,
         from: Revision,
     ) -> Result<Vec<WatchEvent>, StoreError> {
-        self.op(|s| {
-            if from < s.compact_revision {
-                return Err(StoreError::Compacted {
-                    requested: from,
-                    compact_revision: s.compact_revision,
-                });
-            }
-            let start = s.history.partition_point(|e| e.revision() < from);
-            Ok(s.history
-                .range(start..)
-                .filter(|e| e.key().starts_with(prefix))
-                .cloned()
-                .collect())
-        })
+        self.op(|m| m.events_since(prefix, from))
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -328,89 +212,27 @@ impl MemoryStore {
 
     /// Runs one operation: first expires what is due, then fails if an outage is being
     /// injected, then applies `f`; wakes the watches if anything changed.
-    fn op<T>(&self, f: impl FnOnce(&mut State) -> Result<T, StoreError>) -> Result<T, StoreError> {
+    fn op<T>(
+        &self,
+        f: impl FnOnce(&mut StoreModel) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
         let now = self.shared.clock.now();
         let mut state = self.lock();
-        let before = state.revision;
-        state.expire_due(now);
+        let before = state.model.revision();
+        state.model.advance_to(now);
         let result = if state.unavailable {
             Err(StoreError::Unavailable(
                 "memory store outage injected by set_unavailable".to_string(),
             ))
         } else {
-            f(&mut state)
+            f(&mut state.model)
         };
-        let changed = state.revision != before;
+        let changed = state.model.revision() != before;
         drop(state);
         if changed {
             self.shared.changed.notify_waiters();
         }
         result
-    }
-}
-
-impl State {
-    /// Expires every entry due by `now`, in (expiry time, key) order. Returns whether any
-    /// did.
-    fn expire_due(&mut self, now: Timestamp) -> bool {
-        self.now = self.now.max(now);
-        let mut expired = false;
-        while let Some((at, key)) = self.expiries.first().cloned() {
-            if at > self.now {
-                break;
-            }
-            expired |= self.remove(&key);
-        }
-        expired
-    }
-
-    /// Stores `entry` (its `mod_revision` must be the next revision) and records the change.
-    fn write(&mut self, entry: Entry) -> Entry {
-        debug_assert_eq!(entry.mod_revision, self.revision + 1);
-        self.revision = entry.mod_revision;
-        if let Some(old) = self.entries.insert(entry.key.clone(), entry.clone()) {
-            if let Some(at) = old.expires_at {
-                self.expiries.remove(&(at, old.key));
-            }
-        }
-        if let Some(at) = entry.expires_at {
-            self.expiries.insert((at, entry.key.clone()));
-        }
-        self.record(WatchEvent::Put(entry.clone()));
-        entry
-    }
-
-    /// Deletes `key` with a new revision; returns whether it existed.
-    fn remove(&mut self, key: &str) -> bool {
-        let Some(old) = self.entries.remove(key) else {
-            return false;
-        };
-        if let Some(at) = old.expires_at {
-            self.expiries.remove(&(at, old.key.clone()));
-        }
-        self.revision += 1;
-        self.record(WatchEvent::Delete {
-            key: old.key,
-            revision: self.revision,
-        });
-        true
-    }
-
-    fn record(&mut self, event: WatchEvent) {
-        self.history.push_back(event);
-        self.trim_history();
-    }
-
-    /// Drops history before the compaction point and beyond the limit.
-    fn trim_history(&mut self) {
-        while let Some(oldest) = self.history.front() {
-            let oldest = oldest.revision();
-            if oldest >= self.compact_revision && self.history.len() <= self.history_limit {
-                break;
-            }
-            self.compact_revision = self.compact_revision.max(oldest + 1);
-            self.history.pop_front();
-        }
     }
 }
 
@@ -519,50 +341,6 @@ mod tests {
     }
 
     #[test]
-    fn expiry_is_ordered_by_time_then_key_each_with_its_own_revision() {
-        let store = MemoryStore::manual(Timestamp::ZERO);
-        store.create("/k/b", b"b", Some(MIN)).expect("create b");
-        store.create("/k/a", b"a", Some(MIN)).expect("create a");
-        store.create("/k/c", b"c", Some(MIN / 2)).expect("create c");
-        assert_eq!(store.next_expiry(), Some(at(30)));
-        store.advance_to(at(29));
-        assert_eq!(store.revision(), 3);
-        store.advance_to(at(60));
-        let events = store.events_since("/k/", 4).expect("events");
-        let got: Vec<_> = events.iter().map(|e| (e.key(), e.revision())).collect();
-        assert_eq!(got, [("/k/c", 4), ("/k/a", 5), ("/k/b", 6)]);
-        assert!(events
-            .iter()
-            .all(|e| matches!(e, WatchEvent::Delete { .. })));
-        assert_eq!(store.next_expiry(), None);
-        assert!(store.list("/k/").expect("list").entries.is_empty());
-    }
-
-    #[test]
-    fn history_is_bounded() {
-        let store = MemoryStore::manual(Timestamp::ZERO);
-        store.set_history_limit(3);
-        for i in 0..10 {
-            store.put(&format!("/k/{i}"), b"v").expect("put");
-        }
-        assert_eq!(store.compact_revision(), 8);
-        assert!(matches!(
-            store.events_since("/k/", 7),
-            Err(StoreError::Compacted {
-                requested: 7,
-                compact_revision: 8
-            })
-        ));
-        let revs: Vec<_> = store
-            .events_since("/k/", 8)
-            .expect("events")
-            .iter()
-            .map(WatchEvent::revision)
-            .collect();
-        assert_eq!(revs, [8, 9, 10]);
-    }
-
-    #[test]
     fn outage_fails_every_operation_but_expiry_goes_on() {
         let store = MemoryStore::manual(Timestamp::ZERO);
         store.create("/k", b"v", Some(MIN)).expect("create");
@@ -605,15 +383,6 @@ mod tests {
     }
 
     #[test]
-    fn compaction_past_the_next_revision_is_invalid() {
-        let store = MemoryStore::manual(Timestamp::ZERO);
-        store.put("/k", b"v").expect("put");
-        assert!(matches!(store.compact(3), Err(StoreError::Invalid(_))));
-        store.compact(2).expect("compact up to the next revision");
-        assert_eq!(store.events_since("/", 2).expect("events"), []);
-    }
-
-    #[test]
     fn clones_share_one_store() {
         let a = MemoryStore::manual(Timestamp::ZERO);
         let b = a.clone();
@@ -622,28 +391,5 @@ mod tests {
             b.get("/k").expect("get").map(|e| e.value),
             Some(b"v".to_vec())
         );
-    }
-
-    #[test]
-    fn ten_thousand_leases_create_renew_and_expire() {
-        let store = MemoryStore::manual(Timestamp::ZERO);
-        let mut revs = Vec::new();
-        for i in 0..10_000 {
-            let e = store
-                .create(&format!("/n/subnets/{i}"), b"{}", Some(MIN))
-                .expect("create");
-            revs.push(e.create_revision);
-        }
-        store.advance_to(at(30));
-        for (i, rev) in revs.iter().enumerate() {
-            store
-                .renew(&format!("/n/subnets/{i}"), *rev, b"{}", Some(MIN))
-                .expect("renew");
-        }
-        store.advance_to(at(89));
-        assert_eq!(store.list("/n/").expect("list").entries.len(), 10_000);
-        store.advance_to(at(90));
-        assert!(store.list("/n/").expect("list").entries.is_empty());
-        assert_eq!(store.revision(), 30_000);
     }
 }

@@ -10,7 +10,6 @@ use ipnet::{IpNet, Ipv4Net};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use std::collections::{BTreeSet, VecDeque};
-use std::time::Duration;
 
 use super::*;
 
@@ -68,15 +67,14 @@ impl Allocator {
     }
 
     pub(super) fn backoff(&mut self, now: Timestamp) -> Timestamp {
-        let exp = self
-            .cfg
-            .retry_min
-            .saturating_mul(1u32 << self.retries.min(16));
-        let base = exp.min(self.cfg.retry_max);
-        // Up to 20 % jitter so that many nodes failing together do not retry together.
-        let jitter_ms = self.rng.random_range(0..=base.as_millis() as u64 / 5);
+        let delay = crate::timer::backoff(
+            self.cfg.retry_min,
+            self.cfg.retry_max,
+            self.retries,
+            &mut self.rng,
+        );
         self.retries = self.retries.saturating_add(1);
-        now + base + Duration::from_millis(jitter_ms)
+        now + delay
     }
 
     /// The table was (re)listed: decide if we were waiting for it.

@@ -1,32 +1,50 @@
 //! The node: the one object a driver talks to.
 //!
-//! It ties the lease table, the allocator and the route table together and owns the
-//! store conversation: the initial listing, the watch that follows it from the listing's
-//! revision + 1, the re-list after a compaction, and the retries after failures.
+//! It ties the lease table, the allocator, the route table and the forwarding table
+//! together and owns every decision about the store conversation (see [`store`]): the
+//! initial listing, the watch that follows it -- held back until the node has reported on
+//! its lease --, which watch a batch belongs to, the re-list after a compaction, and the
+//! retries after failures, with jitter.
 //!
-//! A driver loops: perform every [`Node::poll_store_op`], feeding each result to
-//! [`Node::handle_store_result`] and each watch batch to [`Node::handle_watch_events`];
-//! act on every [`Node::poll_event`]; call [`Node::handle_timeout`] when
-//! [`Node::poll_timeout`] says so. Poll ops, events and the timeout again after every
-//! `handle_*` call.
+//! A driver holds no policy. It loops:
+//! 1. performs every [`Node::poll_store_op`] (a one-shot operation through
+//!    [`StoreOp::call`], a watch by starting it and tagging its batches with the op's id),
+//!    feeding each result to [`Node::handle_store_result`] and each watch batch or failure
+//!    to [`Node::handle_watch_events`] / [`Node::handle_watch_error`];
+//! 2. acts on every [`Node::poll_event`];
+//! 3. hands [`Node::poll_forward_table`] to its datapath when it returns one;
+//! 4. sleeps until [`Node::poll_timeout`] (or the next input) and calls
+//!    [`Node::handle_timeout`].
+//!
+//! Every `poll_*` may change its answer only after a `handle_*` call (or [`Node::new`]).
 
-mod forward;
+mod config;
+mod store;
 
 use std::collections::VecDeque;
+use std::sync::Arc;
 use std::time::Duration;
 
-use crate::allocator::{AllocEvent, Allocator, AllocatorConfig, LossReason};
+use ipnet::IpNet;
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+
+use crate::allocator::{AllocEvent, Allocator, LossReason};
+use crate::forward::{ForwardTable, Peer};
 use crate::lease::{Lease, Skipped};
 use crate::lease_table::{LeaseTable, TableChange};
 use crate::router::{RouteChange, RouteTable};
-use crate::store::{subnets_prefix, Listing, Revision, StoreError, WatchEvent};
+use crate::store::{subnets_prefix, Revision, StoreError};
 pub use crate::store::{StoreOp, StoreOutput};
 use crate::time::Timestamp;
-use crate::timer::{Timer, TimerTable};
+use crate::timer::TimerTable;
 
-pub use forward::{DropCounters, DropReason, Inbound, Outbound};
+pub use crate::forward::{DropCounters, DropReason, Inbound, Outbound, ThreadDrops};
+pub use config::{NodeConfig, NodeConfigError};
+use store::WatchState;
 
-/// Identifies a store operation so that its result finds its way back.
+/// Identifies a store operation so that its result finds its way back; for a watch, it
+/// identifies the watch, and every batch of it carries it.
 pub type OpId = u64;
 
 /// What happened, for the driver to act on and log.
@@ -55,15 +73,6 @@ pub enum NodeEvent {
     },
 }
 
-/// How the node is set up.
-#[derive(Debug, Clone)]
-pub struct NodeConfig {
-    /// The store key prefix (flannel's `/coreos.com/network`).
-    pub prefix: String,
-    /// The allocator's settings.
-    pub alloc: AllocatorConfig,
-}
-
 /// See the module docs.
 #[derive(Debug)]
 pub struct Node {
@@ -71,55 +80,72 @@ pub struct Node {
     table: LeaseTable,
     routes: RouteTable,
     allocator: Allocator,
+    forward: Arc<ForwardTable>,
+    /// The forwarding table changed since it was last polled.
+    forward_dirty: bool,
     next_op: OpId,
     listing_op: Option<OpId>,
     alloc_op: Option<OpId>,
-    /// A watch is running (as far as we know).
-    watching: bool,
+    watch: WatchState,
+    /// The allocator has said something about our lease (acquired, or failed to): the
+    /// first watch waits for this.
+    lease_reported: bool,
     /// A listing failed and must be retried when the retry timer fires.
     relist_on_retry: bool,
     store_retries: u32,
     retry_min: Duration,
     retry_max: Duration,
+    /// Jitter for the store retries; its own stream, apart from the allocator's.
+    rng: ChaCha8Rng,
     ops: VecDeque<(OpId, StoreOp)>,
     events: VecDeque<NodeEvent>,
     timers: TimerTable,
-    drops: DropCounters,
     /// The latest `now` we were given, to notice the clock going back.
     last_now: Timestamp,
 }
 
 impl Node {
     /// A node that will acquire a lease under `config.prefix`; `seed` drives its random
-    /// choices. Its first operation is a listing of the store.
+    /// choices (the subnet drawn, the jitter of its retries). Its first operation is a
+    /// listing of the store.
     pub fn new(config: NodeConfig, seed: u64, now: Timestamp) -> Self {
         let subnets_prefix = subnets_prefix(&config.prefix);
         let (retry_min, retry_max) = (config.alloc.retry_min, config.alloc.retry_max);
         let v4 = match config.alloc.v4_space.network() {
-            ipnet::IpNet::V4(n) => n,
-            ipnet::IpNet::V6(_) => unreachable!("the IPv4 space is IPv4"),
+            IpNet::V4(n) => Some(n),
+            IpNet::V6(_) => None,
         };
         let v6 = config.alloc.v6_space.and_then(|s| match s.network() {
-            ipnet::IpNet::V6(n) => Some(n),
-            ipnet::IpNet::V4(_) => None,
+            IpNet::V6(n) => Some(n),
+            IpNet::V4(_) => None,
         });
+        let mut table = LeaseTable::new(&subnets_prefix);
+        if let Some(v4) = v4 {
+            table = table.within(v4, v6);
+        }
+        let forward = ForwardTable::new(Some(config.alloc.v4_space), config.alloc.v6_space);
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        rng.set_stream(1);
         let mut node = Node {
-            table: LeaseTable::new(&subnets_prefix).within(v4, v6),
+            table,
             routes: RouteTable::new(),
             allocator: Allocator::new(config.alloc, &subnets_prefix, seed),
+            forward: Arc::new(forward),
+            forward_dirty: true,
             subnets_prefix,
             next_op: 0,
             listing_op: None,
             alloc_op: None,
-            watching: false,
+            watch: WatchState::Idle,
+            lease_reported: false,
             relist_on_retry: false,
             store_retries: 0,
             retry_min,
             retry_max,
+            rng,
             ops: VecDeque::new(),
             events: VecDeque::new(),
             timers: TimerTable::default(),
-            drops: DropCounters::default(),
             last_now: now,
         };
         node.pump();
@@ -147,21 +173,64 @@ impl Node {
         &self.table
     }
 
+    /// Whether a watch is running (asked for and not failed), as opposed to idle or
+    /// held back until the lease is reported.
+    pub fn is_watching(&self) -> bool {
+        matches!(self.watch, WatchState::Running { .. })
+    }
+
+    /// The forwarding table as it is now, whether or not it was polled.
+    pub fn forward_table(&self) -> Arc<ForwardTable> {
+        self.forward.clone()
+    }
+
+    /// A new forwarding table to hand to the datapath, when it changed since the last
+    /// call (the first call always returns one). Poll again after every `handle_*` call.
+    pub fn poll_forward_table(&mut self) -> Option<Arc<ForwardTable>> {
+        std::mem::take(&mut self.forward_dirty).then(|| self.forward.clone())
+    }
+
     fn push_op(&mut self, op: StoreOp) -> OpId {
         self.next_op += 1;
         self.ops.push_back((self.next_op, op));
         self.next_op
     }
 
-    fn list(&mut self) {
-        if self.listing_op.is_none() {
-            let prefix = self.subnets_prefix.clone();
-            self.listing_op = Some(self.push_op(StoreOp::List { prefix }));
+    /// Route changes go to the forwarding table and out as events.
+    fn emit_routes(&mut self, changes: Vec<RouteChange>) {
+        if changes.is_empty() {
+            return;
+        }
+        let forward = Arc::make_mut(&mut self.forward);
+        for change in &changes {
+            match change {
+                RouteChange::Add(r) => forward.insert(Peer {
+                    subnet: r.subnet,
+                    public_ip: r.public_ip,
+                }),
+                RouteChange::Remove(r) => forward.remove(&r.subnet),
+            }
+        }
+        self.forward_dirty = true;
+        self.events
+            .extend(changes.into_iter().map(NodeEvent::Route));
+    }
+
+    fn set_own(&mut self, own: Option<&Lease>) {
+        let key = own.map(|l| l.key);
+        let (v4, v6) = match key {
+            Some(k) => (Some(IpNet::V4(k.ipv4)), k.ipv6.map(IpNet::V6)),
+            None => (None, None),
+        };
+        if self.forward.own() != (v4, v6) {
+            Arc::make_mut(&mut self.forward).set_own(v4, v6);
+            self.forward_dirty = true;
         }
     }
 
     /// Moves the allocator's requests and reports into the node's queues, keeping the
-    /// route table's idea of "our own lease" in step.
+    /// route table's idea of "our own lease" in step, and releases a held-back watch
+    /// once the lease has been reported on.
     fn pump(&mut self) {
         if self.allocator.take_listing_request() {
             self.list();
@@ -171,13 +240,17 @@ impl Node {
             self.alloc_op = Some(self.push_op(op));
         }
         while let Some(event) = self.allocator.poll_event() {
+            self.lease_reported = true;
             let mut changes = Vec::new();
             match &event {
                 AllocEvent::Acquired { lease, .. } => {
                     self.routes.set_own(Some(lease.key), &mut changes);
+                    let lease = lease.clone();
+                    self.set_own(Some(&lease));
                 }
                 AllocEvent::Lost { key, reason } => {
                     self.routes.set_own(None, &mut changes);
+                    self.set_own(None);
                     if *reason == LossReason::Taken {
                         if let Some(lease) = self.table.get(key).cloned() {
                             let change = TableChange::Upsert {
@@ -191,23 +264,27 @@ impl Node {
                 _ => {}
             }
             self.events.push_back(NodeEvent::Lease(event));
-            self.events
-                .extend(changes.into_iter().map(NodeEvent::Route));
+            self.emit_routes(changes);
         }
+        self.release_held_watch();
     }
 
-    /// The next store operation to perform, with the id its result must carry. Poll
-    /// again after every `handle_*` call.
+    /// The next store operation to perform, with the id its result (or, for a watch,
+    /// its every batch) must carry. Changes after [`Node::new`] and every `handle_*`
+    /// call: poll until `None` after each.
     pub fn poll_store_op(&mut self) -> Option<(OpId, StoreOp)> {
         self.ops.pop_front()
     }
 
-    /// The next event. Poll again after every `handle_*` call.
+    /// The next event. Changes after [`Node::new`] and every `handle_*` call: poll until
+    /// `None` after each.
     pub fn poll_event(&mut self) -> Option<NodeEvent> {
         self.events.pop_front()
     }
 
-    /// When [`Node::handle_timeout`] is next due.
+    /// When [`Node::handle_timeout`] is next due. Changes after every `handle_*` call
+    /// (a result can arm a renewal, a failure a retry); a timeout that has passed stays
+    /// the answer until `handle_timeout` is called.
     pub fn poll_timeout(&self) -> Option<Timestamp> {
         [
             self.timers.next_timeout(),
@@ -238,132 +315,12 @@ impl Node {
     pub fn handle_timeout(&mut self, now: Timestamp) {
         self.observe_clock(now);
         for timer in self.timers.take_expired(now) {
-            if timer == Timer::WatchRetry {
+            if timer == crate::timer::Timer::WatchRetry {
                 self.resume_store();
             }
         }
         for timer in self.allocator.timers.take_expired(now) {
             self.allocator.handle_timer(timer, &self.table, now);
-        }
-        self.pump();
-    }
-
-    fn resume_store(&mut self) {
-        if self.relist_on_retry || !self.table.is_synced() {
-            self.relist_on_retry = false;
-            // The watch, if broken too, restarts from the listing's revision.
-            self.list();
-        } else if !self.watching {
-            self.watching = true;
-            let from = self.table.revision() + 1;
-            let prefix = self.subnets_prefix.clone();
-            self.push_op(StoreOp::Watch { prefix, from });
-        }
-    }
-
-    fn store_failed(&mut self, error: StoreError, now: Timestamp) {
-        let shift = self.store_retries.min(16);
-        let delay = self
-            .retry_min
-            .saturating_mul(1 << shift)
-            .min(self.retry_max);
-        self.store_retries += 1;
-        let retry_at = now + delay;
-        self.timers.set(Timer::WatchRetry, retry_at);
-        self.events
-            .push_back(NodeEvent::StoreFailed { error, retry_at });
-    }
-
-    /// The result of the operation `id`. Results of superseded operations are ignored.
-    pub fn handle_store_result(
-        &mut self,
-        id: OpId,
-        result: Result<StoreOutput, StoreError>,
-        now: Timestamp,
-    ) {
-        self.observe_clock(now);
-        if self.listing_op == Some(id) {
-            self.listing_op = None;
-            match result {
-                Ok(StoreOutput::Listing(listing)) => self.apply_listing(&listing, now),
-                Ok(StoreOutput::Entry(_)) => {
-                    let error = StoreError::Backend("a listing was answered with an entry".into());
-                    self.relist_on_retry = true;
-                    self.store_failed(error, now);
-                }
-                Err(error) => {
-                    self.relist_on_retry = true;
-                    self.store_failed(error, now);
-                }
-            }
-        } else if self.alloc_op == Some(id) {
-            self.alloc_op = None;
-            let result = match result {
-                Ok(StoreOutput::Entry(entry)) => Ok(entry),
-                Ok(StoreOutput::Listing(_)) => Err(StoreError::Backend(
-                    "a create or renew was answered with a listing".into(),
-                )),
-                Err(e) => Err(e),
-            };
-            self.allocator.handle_result(result, &self.table, now);
-        }
-        self.pump();
-    }
-
-    fn apply_listing(&mut self, listing: &Listing, now: Timestamp) {
-        self.store_retries = 0;
-        self.relist_on_retry = false;
-        let (changes, skipped) = self.table.replace(listing);
-        self.events
-            .extend(skipped.into_iter().map(NodeEvent::Skipped));
-        let mut route_changes = Vec::new();
-        for change in &changes {
-            self.routes.apply(change, &mut route_changes);
-        }
-        self.events
-            .extend(route_changes.into_iter().map(NodeEvent::Route));
-        self.events.push_back(NodeEvent::Synced {
-            revision: listing.revision,
-            leases: self.table.len(),
-        });
-        if !self.watching {
-            self.watching = true;
-            let prefix = self.subnets_prefix.clone();
-            let from = listing.revision + 1;
-            self.push_op(StoreOp::Watch { prefix, from });
-        }
-        self.allocator.on_synced(&self.table, now);
-    }
-
-    /// A batch of changes from the running watch.
-    pub fn handle_watch_events(&mut self, events: &[WatchEvent], now: Timestamp) {
-        self.observe_clock(now);
-        self.store_retries = 0;
-        for event in events {
-            let (change, skipped) = self.table.apply(event);
-            self.events
-                .extend(skipped.into_iter().map(NodeEvent::Skipped));
-            if let Some(change) = change {
-                let mut route_changes = Vec::new();
-                self.routes.apply(&change, &mut route_changes);
-                self.events
-                    .extend(route_changes.into_iter().map(NodeEvent::Route));
-            }
-            self.allocator.on_watch_event(event, &self.table, now);
-            self.pump();
-        }
-    }
-
-    /// The running watch failed. On [`StoreError::Compacted`] the node re-lists at once;
-    /// otherwise it restarts the watch from the last revision seen, after a backoff.
-    pub fn handle_watch_error(&mut self, error: StoreError, now: Timestamp) {
-        self.observe_clock(now);
-        if let StoreError::Compacted { .. } = error {
-            self.watching = false;
-            self.list();
-        } else {
-            self.watching = false;
-            self.store_failed(error, now);
         }
         self.pump();
     }

@@ -11,10 +11,9 @@ use std::time::Duration;
 use weft_core::allocator::{AllocEvent, AllocatorConfig};
 use weft_core::lease::{decode_all, Lease, LeaseKey};
 use weft_core::node::{Node, NodeConfig, NodeEvent, OpId, StoreOp, StoreOutput};
-use weft_core::store::{subnets_prefix, StoreError};
+use weft_core::store::{subnets_prefix, StoreError, StoreModel};
 use weft_core::subnet::SubnetSpace;
 use weft_core::Timestamp;
-use weft_stores::memory::MemoryStore;
 
 pub const PREFIX: &str = "/coreos.com/network";
 
@@ -23,14 +22,15 @@ pub struct SimNode {
     pub node: Node,
     pub ip: Ipv4Addr,
     queue: VecDeque<(OpId, StoreOp)>,
-    watch_from: Option<u64>,
+    /// The running watch: its id and the next revision it wants.
+    watch: Option<(OpId, u64)>,
     pub events: Vec<NodeEvent>,
 }
 
 /// Nodes by public IP, a store, and the subnet file each IP's node left behind.
 #[derive(Debug)]
 pub struct Cluster {
-    pub store: MemoryStore,
+    pub store: StoreModel,
     pub space: SubnetSpace,
     pub ttl: Duration,
     pub margin: Duration,
@@ -38,13 +38,15 @@ pub struct Cluster {
     pub subnet_files: BTreeMap<Ipv4Addr, LeaseKey>,
     pub now: Timestamp,
     seed: u64,
+    /// An injected outage: every operation and watch fails while it lasts.
+    unavailable: bool,
 }
 
 impl Cluster {
     pub fn new(space: SubnetSpace, ttl: Duration, margin: Duration, seed: u64) -> Self {
         let now = Timestamp::from_millis(1_700_000_000_000);
         Cluster {
-            store: MemoryStore::manual(now),
+            store: StoreModel::new(now),
             space,
             ttl,
             margin,
@@ -52,7 +54,17 @@ impl Cluster {
             subnet_files: BTreeMap::new(),
             now,
             seed,
+            unavailable: false,
         }
+    }
+
+    /// Injects (or ends) a store outage; expiry goes on meanwhile.
+    pub fn set_unavailable(&mut self, unavailable: bool) {
+        self.unavailable = unavailable;
+    }
+
+    pub fn is_unavailable(&self) -> bool {
+        self.unavailable
     }
 
     pub fn start(&mut self, ip: Ipv4Addr) {
@@ -78,7 +90,7 @@ impl Cluster {
                 node,
                 ip,
                 queue: VecDeque::new(),
-                watch_from: None,
+                watch: None,
                 events: Vec::new(),
             },
         );
@@ -96,7 +108,7 @@ impl Cluster {
         };
         while let Some(op) = n.node.poll_store_op() {
             if let StoreOp::Watch { from, .. } = op.1 {
-                n.watch_from = Some(from);
+                n.watch = Some((op.0, from));
             } else {
                 n.queue.push_back(op);
             }
@@ -109,23 +121,13 @@ impl Cluster {
         }
     }
 
-    fn execute(&self, op: &StoreOp) -> Result<StoreOutput, StoreError> {
-        match op {
-            StoreOp::List { prefix } => self.store.list(prefix).map(StoreOutput::Listing),
-            StoreOp::Create { key, value, ttl } => {
-                self.store.create(key, value, *ttl).map(StoreOutput::Entry)
-            }
-            StoreOp::Renew {
-                key,
-                create_revision,
-                value,
-                ttl,
-            } => self
-                .store
-                .renew(key, *create_revision, value, *ttl)
-                .map(StoreOutput::Entry),
-            StoreOp::Watch { .. } => unreachable!("watches are not queued"),
+    fn execute(&mut self, op: &StoreOp) -> Result<StoreOutput, StoreError> {
+        if self.unavailable {
+            return Err(StoreError::Unavailable(
+                "outage injected by the test".into(),
+            ));
         }
+        op.call(&mut self.store).expect("watches are not queued")
     }
 
     fn deliver_watches(&mut self) -> bool {
@@ -133,21 +135,27 @@ impl Cluster {
         let ips: Vec<_> = self.nodes.keys().copied().collect();
         let mut any = false;
         for ip in ips {
-            let Some(from) = self.nodes[&ip].watch_from else {
+            let Some((id, from)) = self.nodes[&ip].watch else {
                 continue;
             };
-            let result = self.store.events_since(&prefix, from);
+            let result = if self.unavailable {
+                Err(StoreError::Unavailable(
+                    "outage injected by the test".into(),
+                ))
+            } else {
+                self.store.events_since(&prefix, from)
+            };
             let now = self.now;
             let n = self.nodes.get_mut(&ip).unwrap();
             match result {
                 Ok(events) if events.is_empty() => continue,
                 Ok(events) => {
-                    n.watch_from = Some(events.last().unwrap().revision() + 1);
-                    n.node.handle_watch_events(&events, now);
+                    n.watch = Some((id, events.last().unwrap().revision() + 1));
+                    n.node.handle_watch_events(id, &events, now);
                 }
                 Err(e) => {
-                    n.watch_from = None;
-                    n.node.handle_watch_error(e, now);
+                    n.watch = None;
+                    n.node.handle_watch_error(id, e, now);
                 }
             }
             any = true;
@@ -212,7 +220,7 @@ impl Cluster {
     /// Every live lease in the store.
     pub fn leases(&self) -> Vec<Lease> {
         let prefix = subnets_prefix(PREFIX);
-        let listing = self.store.list(&prefix).unwrap();
+        let listing = self.store.list(&prefix);
         let (leases, skipped) = decode_all(&prefix, &listing.entries);
         assert!(skipped.is_empty(), "{skipped:?}");
         leases

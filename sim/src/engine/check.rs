@@ -48,9 +48,10 @@ impl World {
             Err(StoreError::Compacted { .. }) | Err(_) => {
                 // Start over from a listing (an outage also ends up here: the listing
                 // fails too, and the next change retries).
-                let Ok(listing) = self.store.list(&self.subnets_prefix) else {
+                if self.store_down {
                     return;
-                };
+                }
+                let listing = self.store.list(&self.subnets_prefix);
                 self.live.clear();
                 self.live_next = listing.revision + 1;
                 listing.entries.into_iter().map(WatchEvent::Put).collect()
@@ -104,8 +105,8 @@ impl World {
         let Some(node) = host.node() else {
             return false;
         };
-        !self.store.is_unavailable()
-            && host.in_flight == 0
+        !self.store_down
+            && host.in_flight.is_empty()
             && node.leases().is_synced()
             && node.leases().revision() == self.store.revision()
     }

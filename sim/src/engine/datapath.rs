@@ -1,6 +1,7 @@
-//! The datapath of a host: its containers behind the TUN device, the core's decision
-//! for every packet they send (route_outbound) and receive (accept_inbound), and the
-//! underlay between hosts.
+//! The datapath of a host: its containers behind the TUN device, the decision of the
+//! node's published forwarding table for every packet they send (route_outbound) and
+//! receive (accept_inbound) -- the same table and code the daemon's forwarding threads
+//! use --, and the underlay between hosts.
 
 use std::net::{IpAddr, Ipv4Addr};
 
@@ -126,10 +127,10 @@ impl World {
 
     /// A container of `h` sent `packet`: ask the core where it goes.
     fn tun_outbound(&mut self, h: usize, mut packet: Vec<u8>) {
-        let Some(node) = self.hosts[h].node_mut() else {
+        let Some(run) = self.hosts[h].running() else {
             return;
         };
-        match node.route_outbound(&mut packet) {
+        match run.table.route_outbound(&mut packet, &run.drops) {
             Outbound::Send {
                 peer: IpAddr::V4(peer),
             } => {
@@ -163,10 +164,14 @@ impl World {
         let Some(&h) = self.by_ip.get(&to) else {
             return;
         };
-        let Some(node) = self.hosts[h].node_mut() else {
+        let Some(run) = self.hosts[h].running() else {
             return;
         };
-        if node.accept_inbound(IpAddr::V4(from), &packet) == Inbound::Deliver {
+        if run
+            .table
+            .accept_inbound(IpAddr::V4(from), &packet, &run.drops)
+            == Inbound::Deliver
+        {
             self.stats.delivered += 1;
             self.deliver_local(h, packet);
         }

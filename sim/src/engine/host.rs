@@ -2,9 +2,10 @@
 //! the world drives its node -- starts, stops, store operations out, results and
 //! timeouts in.
 
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
+use std::sync::Arc;
 
-use weft_core::allocator::AllocatorConfig;
+use weft_core::forward::{ForwardTable, ThreadDrops};
 use weft_core::lease::LeaseKey;
 use weft_core::node::{Node, NodeConfig, StoreOp};
 use weft_core::store::{StoreError, DEFAULT_PREFIX};
@@ -22,6 +23,10 @@ pub struct Running {
     pub node: Node,
     /// Containers, present while the node holds a lease.
     pub guests: Vec<Guest>,
+    /// The forwarding table the node last published: every packet is decided by it.
+    pub table: Arc<ForwardTable>,
+    /// The host's packet drops, by reason.
+    pub drops: ThreadDrops,
     pub(crate) seed: u64,
     /// How many times containers were (re)built, for their seeds.
     pub(crate) builds: u64,
@@ -62,11 +67,11 @@ pub struct Host {
     /// It exited because its lease was deleted by someone else.
     pub exited: bool,
     pub(crate) watch: Option<WatchCursor>,
-    pub(crate) watch_generation: u64,
     pub(crate) timeout_at: Option<SimTime>,
     pub(crate) wake_at: Option<SimTime>,
-    /// Store results still to come back.
-    pub(crate) in_flight: usize,
+    /// Listings and creates whose results are still to come back: until they do, the
+    /// node's routes may still change. (Renewals change only the node's own lease.)
+    pub(crate) in_flight: std::collections::BTreeSet<weft_core::node::OpId>,
     /// Requests from this node to the store are lost.
     pub store_cut_up: bool,
     /// Answers and watch events from the store to this node are lost.
@@ -93,10 +98,9 @@ impl Host {
             errors: Vec::new(),
             exited: false,
             watch: None,
-            watch_generation: 0,
             timeout_at: None,
             wake_at: None,
-            in_flight: 0,
+            in_flight: Default::default(),
             store_cut_up: false,
             store_cut_down: false,
         }
@@ -113,6 +117,12 @@ impl Host {
     /// The node's clock at virtual time `t`.
     pub fn node_now(&self, t: SimTime) -> Timestamp {
         t.to_timestamp(self.clock_offset_ms)
+    }
+
+    /// Its public IPv6 address, for dual-stack networks: 2001:db8:: followed by its IPv4
+    /// address.
+    pub fn ipv6(&self) -> Ipv6Addr {
+        Ipv6Addr::from((0x2001_0db8u128 << 96) | u128::from(u32::from(self.ip)))
     }
 
     /// The running node, if any.
@@ -180,29 +190,38 @@ impl World {
         let inc = self.hosts[h].incarnation;
         let seed = self.node_seed(h, inc);
         let host = &mut self.hosts[h];
-        let Some(space) = self.cfg.network.ipv4_space() else {
-            return;
+        let config = NodeConfig::for_network(
+            DEFAULT_PREFIX,
+            &self.cfg.network,
+            host.ip,
+            Some(host.ipv6()),
+        );
+        let mut config = match config {
+            Ok(config) => config,
+            Err(e) => {
+                let name = host.name.clone();
+                self.fail(format!("{name} cannot start: {e}"));
+                return;
+            }
         };
-        let mut alloc =
-            AllocatorConfig::new(space, host.ip, self.cfg.network.backend.kind.as_str());
+        let alloc = &mut config.alloc;
         alloc.lease_ttl = self.cfg.lease_ttl;
         alloc.renew_margin = self.cfg.renew_margin;
         alloc.retry_min = self.cfg.retry_min;
         alloc.retry_max = self.cfg.retry_max;
         alloc.previous = host.subnet_file;
-        let config = NodeConfig {
-            prefix: DEFAULT_PREFIX.to_string(),
-            alloc,
-        };
-        let node = Node::new(config, seed, host.node_now(self.now));
+        let mut node = Node::new(config, seed, host.node_now(self.now));
+        let table = node.poll_forward_table().unwrap_or_default();
         host.exited = false;
         host.watch = None;
         host.timeout_at = None;
         host.wake_at = None;
-        host.in_flight = 0;
+        host.in_flight.clear();
         host.state = HostState::Up(Box::new(Running {
             node,
             guests: Vec::new(),
+            table,
+            drops: ThreadDrops::default(),
             seed,
             builds: 0,
             reported_stop: false,
@@ -238,9 +257,13 @@ impl World {
     pub(crate) fn sync_host(&mut self, h: usize) {
         let inc = self.hosts[h].incarnation;
         let latency = self.cfg.store_latency;
-        let Some(node) = self.hosts[h].node_mut() else {
+        let Some(run) = self.hosts[h].running_mut() else {
             return;
         };
+        if let Some(table) = run.node.poll_forward_table() {
+            run.table = table;
+        }
+        let node = &mut run.node;
         let mut ops = Vec::new();
         while let Some(op) = node.poll_store_op() {
             ops.push(op);
@@ -254,14 +277,24 @@ impl World {
         for (id, op) in ops {
             let cut = self.hosts[h].store_cut_up;
             match op {
-                StoreOp::Watch { .. } if cut => self.watch_lost(h, inc),
+                StoreOp::Watch { .. } if cut => self.watch_lost(h, inc, id),
                 StoreOp::Watch { from, .. } => {
                     if self.cfg.watches {
-                        self.schedule(at, Ev::WatchOpen { host: h, inc, from });
+                        self.schedule(
+                            at,
+                            Ev::WatchOpen {
+                                host: h,
+                                inc,
+                                id,
+                                from,
+                            },
+                        );
                     }
                 }
                 op => {
-                    self.hosts[h].in_flight += 1;
+                    if !matches!(op, StoreOp::Renew { .. }) {
+                        self.hosts[h].in_flight.insert(id);
+                    }
                     let ev = if cut {
                         // The request is lost: the client times out.
                         let result = Err(StoreError::Timeout(STORE_TIMEOUT));
@@ -353,7 +386,7 @@ impl World {
         if !host.is_incarnation(inc) {
             return;
         }
-        host.in_flight = host.in_flight.saturating_sub(1);
+        host.in_flight.remove(&id);
         let now = host.node_now(self.now);
         if let Some(node) = host.node_mut() {
             node.handle_store_result(id, result, now);

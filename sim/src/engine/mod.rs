@@ -19,8 +19,9 @@ use std::time::Duration;
 use ipnet::Ipv4Net;
 use weft_core::config::NetworkConfig;
 use weft_core::node::{OpId, StoreOp, StoreOutput};
-use weft_core::store::{subnets_prefix, Revision, StoreError, WatchEvent, DEFAULT_PREFIX};
-use weft_stores::memory::MemoryStore;
+use weft_core::store::{
+    subnets_prefix, Revision, StoreError, StoreModel, WatchEvent, DEFAULT_PREFIX,
+};
 
 pub use datapath::Guest;
 pub use host::{Host, HostState, Running};
@@ -133,12 +134,13 @@ pub(crate) enum Ev {
     WatchOpen {
         host: usize,
         inc: u32,
+        id: OpId,
         from: Revision,
     },
     WatchDeliver {
         host: usize,
         inc: u32,
-        generation: u64,
+        id: OpId,
         batch: Result<Vec<WatchEvent>, StoreError>,
     },
     WatchFlush,
@@ -168,8 +170,10 @@ pub struct World {
     /// The current virtual time.
     pub now: SimTime,
     pub(crate) queue: EventQueue<Ev>,
-    /// The store every node talks to.
-    pub store: MemoryStore,
+    /// The store every node talks to: the core's model, its time the virtual clock.
+    pub store: StoreModel,
+    /// An injected store outage is under way: every operation and watch fails.
+    pub store_down: bool,
     pub(crate) subnets_prefix: String,
     /// The hosts, in the order they were added.
     pub hosts: Vec<Host>,
@@ -215,7 +219,8 @@ impl World {
         World {
             now: SimTime::ZERO,
             queue: EventQueue::default(),
-            store: MemoryStore::manual(SimTime::ZERO.to_timestamp(0)),
+            store: StoreModel::new(SimTime::ZERO.to_timestamp(0)),
+            store_down: false,
             subnets_prefix: subnets_prefix(DEFAULT_PREFIX),
             hosts: Vec::new(),
             by_name: BTreeMap::new(),
@@ -424,19 +429,24 @@ impl World {
                 id,
                 result,
             } => self.store_result(host, inc, id, result),
-            Ev::WatchOpen { host, inc, from } => self.watch_open(host, inc, from),
+            Ev::WatchOpen {
+                host,
+                inc,
+                id,
+                from,
+            } => self.watch_open(host, inc, id, from),
             Ev::WatchDeliver {
                 host,
                 inc,
-                generation,
+                id,
                 batch,
-            } => self.watch_deliver(host, inc, generation, batch),
+            } => self.watch_deliver(host, inc, id, batch),
             Ev::WatchFlush => self.watch_flush(),
             Ev::StoreExpiry => {
                 self.expiry_at = None;
             }
             Ev::StoreRecover => {
-                self.store.set_unavailable(false);
+                self.store_down = false;
                 self.note_step("store recovers".into());
             }
             Ev::NodeTimeout { host, inc } => self.node_timeout(host, inc),

@@ -1,9 +1,15 @@
 //! The store side of the world: operations that reach the store after its latency and
 //! whose results travel back, watches fed from the store's history, expiries at their
 //! exact time, outages.
+//!
+//! The store is the core's [`StoreModel`](weft_core::store::StoreModel); each operation
+//! goes through the one mapping from a node's `StoreOp` to store calls
+//! (`StoreOp::call`), as in the daemon. A watch is known by the id of the operation that
+//! asked for it, and its batches carry that id back to the node, which alone decides
+//! whether a batch belongs to its current watch.
 
 use weft_core::lease::{LeaseAttrs, LeaseKey};
-use weft_core::node::{OpId, StoreOp, StoreOutput};
+use weft_core::node::{OpId, StoreOp};
 use weft_core::store::{Revision, StoreError, WatchEvent};
 
 use super::{Ev, World, STORE_TIMEOUT};
@@ -12,8 +18,14 @@ use crate::time::SimTime;
 /// A running watch, as the store side sees it.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct WatchCursor {
-    pub generation: u64,
+    /// The id of the node's operation that asked for it.
+    pub id: OpId,
     pub next: Revision,
+}
+
+/// What every operation gets during an injected outage.
+fn outage() -> StoreError {
+    StoreError::Unavailable("memory store outage injected by set_unavailable".into())
 }
 
 impl World {
@@ -24,33 +36,23 @@ impl World {
     /// A node's operation reaches the store: perform it, send the result back.
     pub(crate) fn store_exec(&mut self, host: usize, inc: u32, id: OpId, op: StoreOp) {
         self.stats.store_ops += 1;
-        let s = &self.store;
-        let result = match &op {
-            StoreOp::List { prefix } => s.list(prefix).map(StoreOutput::Listing),
-            StoreOp::Create { key, value, ttl } => {
-                s.create(key, value, *ttl).map(StoreOutput::Entry)
+        let result = if self.store_down {
+            Err(outage())
+        } else {
+            match op.call(&mut self.store) {
+                Some(result) => result,
+                None => return,
             }
-            StoreOp::Renew {
-                key,
-                create_revision,
-                value,
-                ttl,
-            } => s
-                .renew(key, *create_revision, value, *ttl)
-                .map(StoreOutput::Entry),
-            StoreOp::Watch { .. } => return,
         };
         // An answer that cannot get back is a timeout for the client, though the
         // operation took effect.
-        let at = if self.hosts[host].store_cut_down {
-            self.now + STORE_TIMEOUT
+        let (at, result) = if self.hosts[host].store_cut_down {
+            (
+                self.now + STORE_TIMEOUT,
+                Err(StoreError::Timeout(STORE_TIMEOUT)),
+            )
         } else {
-            self.now + self.latency()
-        };
-        let result = if self.hosts[host].store_cut_down {
-            Err(StoreError::Timeout(STORE_TIMEOUT))
-        } else {
-            result
+            (self.now + self.latency(), result)
         };
         self.schedule(
             at,
@@ -63,55 +65,46 @@ impl World {
         );
     }
 
-    /// A node asks for a watch from `from`: it replaces the node's running watch.
-    pub(crate) fn watch_open(&mut self, host: usize, inc: u32, from: Revision) {
+    /// A node's watch `id` from `from` reaches the store: it replaces the node's running
+    /// watch.
+    pub(crate) fn watch_open(&mut self, host: usize, inc: u32, id: OpId, from: Revision) {
         if !self.hosts[host].is_incarnation(inc) {
             return;
         }
         if self.hosts[host].store_cut_down {
-            self.watch_lost(host, inc);
+            self.watch_lost(host, inc, id);
             return;
         }
-        let h = &mut self.hosts[host];
-        h.watch_generation += 1;
-        let generation = h.watch_generation;
-        if self.store.is_unavailable() {
-            h.watch = None;
-            let batch = Err(StoreError::Unavailable(
-                "memory store outage injected by set_unavailable".into(),
-            ));
+        if self.store_down {
+            self.hosts[host].watch = None;
             let at = self.now + self.latency();
+            let batch = Err(outage());
             self.schedule(
                 at,
                 Ev::WatchDeliver {
                     host,
                     inc,
-                    generation,
+                    id,
                     batch,
                 },
             );
             return;
         }
-        h.watch = Some(WatchCursor {
-            generation,
-            next: from,
-        });
+        self.hosts[host].watch = Some(WatchCursor { id, next: from });
         self.request_flush();
     }
 
-    /// Has every running watch look for news now (after a change or an outage).
-    pub(crate) fn watch_lost(&mut self, host: usize, inc: u32) {
-        let h = &mut self.hosts[host];
-        h.watch = None;
-        h.watch_generation += 1;
-        let generation = h.watch_generation;
+    /// The watch `id` of a host breaks (its link to the store is cut): the client
+    /// notices after its timeout.
+    pub(crate) fn watch_lost(&mut self, host: usize, inc: u32, id: OpId) {
+        self.hosts[host].watch = None;
         let batch = Err(StoreError::Timeout(STORE_TIMEOUT));
         self.schedule(
             self.now + STORE_TIMEOUT,
             Ev::WatchDeliver {
                 host,
                 inc,
-                generation,
+                id,
                 batch,
             },
         );
@@ -124,13 +117,14 @@ impl World {
         let host = &mut self.hosts[h];
         host.store_cut_up = up;
         host.store_cut_down = down;
-        if down && host.watch.is_some() {
-            if let Some(inc) = host.running_incarnation() {
-                self.watch_lost(h, inc);
+        if down {
+            if let (Some(cursor), Some(inc)) = (host.watch, host.running_incarnation()) {
+                self.watch_lost(h, inc, cursor.id);
             }
         }
     }
 
+    /// Has every running watch look for news now (after a change or an outage).
     pub fn request_flush(&mut self) {
         if !self.flush_pending {
             self.flush_pending = true;
@@ -142,7 +136,6 @@ impl World {
     pub(crate) fn watch_flush(&mut self) {
         self.flush_pending = false;
         let revision = self.store.revision();
-        let unavailable = self.store.is_unavailable();
         let at = self.now + self.latency();
         for host in 0..self.hosts.len() {
             let Some(inc) = self.hosts[host].running_incarnation() else {
@@ -151,10 +144,15 @@ impl World {
             let Some(cursor) = self.hosts[host].watch else {
                 continue;
             };
-            if cursor.next > revision && !unavailable {
+            if cursor.next > revision && !self.store_down {
                 continue;
             }
-            let batch = match self.store.events_since(&self.subnets_prefix, cursor.next) {
+            let events = if self.store_down {
+                Err(outage())
+            } else {
+                self.store.events_since(&self.subnets_prefix, cursor.next)
+            };
+            let batch = match events {
                 Ok(events) if events.is_empty() => {
                     if let Some(w) = &mut self.hosts[host].watch {
                         w.next = revision + 1;
@@ -177,7 +175,7 @@ impl World {
                 Ev::WatchDeliver {
                     host,
                     inc,
-                    generation: cursor.generation,
+                    id: cursor.id,
                     batch,
                 },
             );
@@ -195,7 +193,7 @@ impl World {
         }
         // The checker reads the store like a client, so it waits out an outage (in
         // which nothing but expiries can happen) and catches up afterwards.
-        if revision >= self.live_next && !self.store.is_unavailable() {
+        if revision >= self.live_next && !self.store_down {
             self.follow_store();
         }
         if let Some(t) = self.store.next_expiry() {
@@ -207,16 +205,21 @@ impl World {
         }
     }
 
-    /// A watch batch (or failure) reaches a node.
+    /// A batch (or the failure) of the watch `id` reaches a node, which ignores it if
+    /// that is no longer its watch.
     pub(crate) fn watch_deliver(
         &mut self,
         host: usize,
         inc: u32,
-        generation: u64,
+        id: OpId,
         batch: Result<Vec<WatchEvent>, StoreError>,
     ) {
-        if !self.hosts[host].is_incarnation(inc) || self.hosts[host].watch_generation != generation
-        {
+        if !self.hosts[host].is_incarnation(inc) {
+            return;
+        }
+        // Changes on their way when the link back from the store was cut are lost with
+        // it; the client learns of the cut by its timeout (`watch_lost`).
+        if batch.is_ok() && self.hosts[host].store_cut_down {
             return;
         }
         let now = self.hosts[host].node_now(self.now);
@@ -224,8 +227,8 @@ impl World {
             return;
         };
         match batch {
-            Ok(events) => node.handle_watch_events(&events, now),
-            Err(e) => node.handle_watch_error(e, now),
+            Ok(events) => node.handle_watch_events(id, &events, now),
+            Err(e) => node.handle_watch_error(id, e, now),
         }
         self.dirty.push(host);
     }
@@ -234,7 +237,12 @@ impl World {
     pub fn operator_reserve(&mut self, subnet: ipnet::Ipv4Net, ip: std::net::Ipv4Addr) {
         let key = format!("{}{}", self.subnets_prefix, LeaseKey::v4(subnet));
         let attrs = LeaseAttrs::new(ip, self.cfg.network.backend.kind.as_str());
-        let text = match self.store.put(&key, &attrs.encode()) {
+        let written = if self.store_down {
+            Err(outage())
+        } else {
+            self.store.put(&key, &attrs.encode())
+        };
+        let text = match written {
             Ok(_) => format!("operator reserves {subnet} for {ip}"),
             Err(e) => format!("operator reserves {subnet} for {ip}: {e}"),
         };
@@ -258,7 +266,12 @@ impl World {
         if self.held.get(&key.ipv4) == Some(&host) {
             self.held.remove(&key.ipv4);
         }
-        let text = match self.store.delete(&full) {
+        let deleted = if self.store_down {
+            Err(outage())
+        } else {
+            self.store.delete(&full)
+        };
+        let text = match deleted {
             Ok(true) => format!("operator deletes {full}"),
             Ok(false) => format!("operator deletes {full}: not there"),
             Err(e) => format!("operator deletes {full}: {e}"),

@@ -43,8 +43,8 @@ pub(super) fn expect(w: &mut World, e: &Expect) {
                 .list(&weft_core::store::subnets_prefix(
                     weft_core::store::DEFAULT_PREFIX,
                 ))
-                .map(|l| l.entries.len())
-                .unwrap_or(usize::MAX);
+                .entries
+                .len();
             if n == *count {
                 Ok(format!("the store holds {n} leases"))
             } else {
@@ -122,9 +122,10 @@ pub(super) fn summary(w: &mut World) {
                 };
                 {
                     let drops: Vec<String> = h
-                        .node()
-                        .map(|n| {
-                            n.drops()
+                        .running()
+                        .map(|r| {
+                            r.drops
+                                .snapshot()
                                 .iter()
                                 .filter(|(_, count)| *count > 0)
                                 .map(|(reason, count)| format!("{count} {}", reason.as_str()))

@@ -155,7 +155,7 @@ pub(super) fn step(w: &mut World, s: &Step) {
             w.note_step(format!("link faults now {}", describe_faults(&fields)));
         }
         Step::StoreOutage { for_, .. } => {
-            w.store.set_unavailable(true);
+            w.store_down = true;
             w.request_flush();
             match for_ {
                 Some(d) => {
@@ -166,7 +166,7 @@ pub(super) fn step(w: &mut World, s: &Step) {
             }
         }
         Step::StoreRecover { .. } => {
-            w.store.set_unavailable(false);
+            w.store_down = false;
             w.note_step("store recovers".into());
         }
         Step::ClockJump { node, by, .. } => {

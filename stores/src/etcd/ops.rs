@@ -14,7 +14,7 @@ use weft_core::Timestamp;
 use super::error::{is_lease_exists, is_lease_not_found};
 use super::{lease_id, revision, EtcdStore, Failure};
 use crate::clock::wall_now;
-use crate::validate::{check_key, check_ttl};
+use weft_core::store::validate::{check_key, check_ttl};
 
 /// Keys per page of a listing: well under etcd's and gRPC's message size limits.
 const PAGE: i64 = 1_000;

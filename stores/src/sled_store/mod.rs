@@ -37,7 +37,7 @@ use self::record::{decode_entry, decode_expiry_key, encode_u64, FORMAT};
 use self::tx::{abort, backend, Trees, Tx, TxResult, COMPACT_REVISION, FORMAT_KEY, REVISION};
 use crate::clock::Clock;
 use crate::memory::DEFAULT_HISTORY_LIMIT;
-use crate::validate::{check_key, check_ttl};
+use weft_core::store::validate::{check_key, check_ttl};
 
 /// The file in the store directory whose lock says which process has it open.
 const LOCK_FILE: &str = "weft.lock";

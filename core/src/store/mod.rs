@@ -23,6 +23,11 @@ use async_trait::async_trait;
 
 use crate::time::Timestamp;
 
+mod model;
+pub mod validate;
+
+pub use model::{StoreModel, DEFAULT_HISTORY_LIMIT};
+
 /// A store-wide revision number. Every change gets a new, strictly larger one.
 pub type Revision = u64;
 
@@ -231,15 +236,57 @@ pub enum StoreOp {
         /// The TTL.
         ttl: Option<Duration>,
     },
-    /// [`Store::watch`]: replace any running watch with one from `from`.
-    /// Its batches go to `Node::handle_watch_events`, its failure to
-    /// `Node::handle_watch_error`; it has no result of its own.
+    /// [`Store::watch`]: replace any running watch with one from `from`. Its batches go
+    /// to `Node::handle_watch_events`, its failure to `Node::handle_watch_error`, each
+    /// with the id this operation came with, so that the node can tell a batch of a
+    /// watch it replaced from one of the current watch; it has no result of its own.
     Watch {
         /// The prefix to watch.
         prefix: String,
         /// The first revision wanted.
         from: Revision,
     },
+}
+
+impl StoreOp {
+    /// Performs a one-shot operation (list, create, renew) through `calls`; `None` for a
+    /// watch, which is long-lived and belongs to the driver. This is the one mapping from
+    /// [`StoreOp`] to store calls: the model implements [`StoreCalls`] directly, and
+    /// `weft-stores` implements it over any async [`Store`].
+    pub fn call<C: StoreCalls + ?Sized>(&self, calls: &mut C) -> Option<C::Out> {
+        Some(match self {
+            StoreOp::List { prefix } => calls.list(prefix),
+            StoreOp::Create { key, value, ttl } => calls.create(key, value, *ttl),
+            StoreOp::Renew {
+                key,
+                create_revision,
+                value,
+                ttl,
+            } => calls.renew(key, *create_revision, value, *ttl),
+            StoreOp::Watch { .. } => return None,
+        })
+    }
+}
+
+/// The store calls a one-shot [`StoreOp`] maps to (see [`StoreOp::call`]), each
+/// answering with the [`StoreOutput`] the node expects: a listing for `list`, an entry
+/// for `create` and `renew`. `Out` is a result for a synchronous store, a future of one
+/// for an async store.
+pub trait StoreCalls {
+    /// What a call gives back.
+    type Out;
+    /// [`Store::list`], answered with [`StoreOutput::Listing`].
+    fn list(&mut self, prefix: &str) -> Self::Out;
+    /// [`Store::create`], answered with [`StoreOutput::Entry`].
+    fn create(&mut self, key: &str, value: &[u8], ttl: Option<Duration>) -> Self::Out;
+    /// [`Store::renew`], answered with [`StoreOutput::Entry`].
+    fn renew(
+        &mut self,
+        key: &str,
+        create_revision: Revision,
+        value: &[u8],
+        ttl: Option<Duration>,
+    ) -> Self::Out;
 }
 
 /// The successful result of a [`StoreOp`].

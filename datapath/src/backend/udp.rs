@@ -1,28 +1,34 @@
-//! flannel's udp backend: a TUN device and a UDP socket, with the core deciding where
-//! each packet goes.
+//! flannel's udp backend: a TUN device and a UDP socket, with the node's forwarding table
+//! deciding where each packet goes.
 //!
 //! Packets the kernel routes into the TUN device (everything for the overlay network)
-//! are read, looked up by [`Node::route_outbound`] and sent, TTL decremented, as the
-//! payload of a UDP datagram to the peer's port. Datagrams received on the port are
-//! checked by [`Node::accept_inbound`] and written to the TUN device. Each direction is
-//! one thread doing blocking I/O with one reusable buffer: no allocation and no async
-//! wake-up per packet (an async version forwarded 0.3 Gbit/s in the lab benchmark; see
-//! the commit). The threads are where batching (recvmmsg/sendmmsg, GSO/GRO, TUN
+//! are read, looked up by [`ForwardTable::route_outbound`] and sent, TTL decremented, as
+//! the payload of a UDP datagram to the peer's port. Datagrams received on the port are
+//! checked by [`ForwardTable::accept_inbound`] and written to the TUN device. Each
+//! direction is one thread doing blocking I/O with one reusable buffer: no allocation and
+//! no async wake-up per packet (an async version forwarded 0.3 Gbit/s in the lab
+//! benchmark; see the commit). The threads read the latest published table through an
+//! `arc_swap` cache -- no lock shared with the control plane -- and count drops into
+//! counters of their own. The threads are where batching (recvmmsg/sendmmsg, GSO/GRO, TUN
 //! offloads, several queues) will go.
 
+use std::net::UdpSocket;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::Arc;
 use std::thread::JoinHandle;
 
+use arc_swap::{ArcSwap, Cache};
+use async_trait::async_trait;
 use ipnet::Ipv4Net;
-use std::net::UdpSocket;
-
 use socket2::{Domain, Protocol, SockRef, Socket, Type};
-use weft_core::node::{Inbound, Node, Outbound};
+use weft_core::config::BackendType;
+use weft_core::forward::{DropReason, DropRegistry, ForwardTable, Inbound, Outbound, ThreadDrops};
+use weft_core::lease::{Lease, LeaseKey};
 use weft_core::wire::icmp;
 
+use super::{Backend, BackendSetup, Counter};
 use crate::netlink::Netlink;
 use crate::{netns, DatapathError};
 
@@ -65,20 +71,18 @@ pub struct Counters {
     pub errors: AtomicU64,
 }
 
-/// A running udp backend.
+/// The published forwarding table, swapped by the control plane, read by the threads.
+type SharedTable = Arc<ArcSwap<ForwardTable>>;
+
+/// The running TUN device, socket and forwarding threads of one lease.
 #[derive(Debug)]
-pub struct UdpBackend {
+pub struct UdpDatapath {
     netlink: Netlink,
     tun_index: u32,
     tun_name: String,
     threads: Vec<JoinHandle<()>>,
     stopping: Arc<AtomicBool>,
     socket: Arc<UdpSocket>,
-    counters: Arc<Counters>,
-}
-
-fn lock(node: &Mutex<Node>) -> MutexGuard<'_, Node> {
-    node.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 fn bind_socket(addr: SocketAddrV4) -> std::io::Result<UdpSocket> {
@@ -90,16 +94,19 @@ fn bind_socket(addr: SocketAddrV4) -> std::io::Result<UdpSocket> {
     Ok(socket.into())
 }
 
-impl UdpBackend {
+impl UdpDatapath {
     /// Creates the TUN device and the socket inside the namespace at `ns` (`None`: ours),
     /// programs the device over `netlink` (which must talk to the same namespace), and
-    /// starts forwarding for `node`.
+    /// starts forwarding by the latest table in `table`, counting into `counters` and
+    /// into drop counters registered with `drops`.
     pub async fn start(
         ns: Option<&Path>,
         netlink: &Netlink,
         cfg: &UdpConfig,
-        node: Arc<Mutex<Node>>,
-    ) -> Result<UdpBackend, DatapathError> {
+        table: SharedTable,
+        counters: Arc<Counters>,
+        drops: &DropRegistry,
+    ) -> Result<UdpDatapath, DatapathError> {
         let name = cfg.tun_name.clone();
         let device = netns::in_netns(ns, move || {
             let mut config = tun::Configuration::default();
@@ -134,17 +141,17 @@ impl UdpBackend {
 
         let tun = Arc::new(device);
         let socket = Arc::new(socket);
-        let counters = Arc::new(Counters::default());
         let stopping = Arc::new(AtomicBool::new(false));
         let outbound = Forwarder {
             tun: tun.clone(),
             socket: socket.clone(),
-            node: node.clone(),
+            table: table.clone(),
             counters: counters.clone(),
+            drops: drops.register(),
             stopping: stopping.clone(),
         };
         let inbound = Forwarder {
-            node,
+            drops: drops.register(),
             ..outbound.clone()
         };
         let (port, icmp_from) = (cfg.port, cfg.network.network());
@@ -165,20 +172,14 @@ impl UdpBackend {
             spawn("weft-udp-to-tun", Box::new(move || inbound.udp_to_tun()))?,
         ];
         tracing::info!(tun = %cfg.tun_name, mtu = cfg.mtu, addr = %cfg.subnet.network(), route = %cfg.network, bind = %bind, "udp backend up");
-        Ok(UdpBackend {
+        Ok(UdpDatapath {
             netlink: netlink.clone(),
             tun_index: link.index,
             tun_name: cfg.tun_name.clone(),
             threads,
             stopping,
             socket,
-            counters,
         })
-    }
-
-    /// The forwarding counters.
-    pub fn counters(&self) -> &Counters {
-        &self.counters
     }
 
     /// Stops forwarding and removes the TUN device (and with it its address and route).
@@ -206,8 +207,10 @@ impl UdpBackend {
 struct Forwarder {
     tun: Arc<tun::Device>,
     socket: Arc<UdpSocket>,
-    node: Arc<Mutex<Node>>,
+    table: SharedTable,
     counters: Arc<Counters>,
+    /// This thread's own drop counters.
+    drops: Arc<ThreadDrops>,
     stopping: Arc<AtomicBool>,
 }
 
@@ -224,6 +227,7 @@ impl Forwarder {
     fn tun_to_udp(self, port: u16, icmp_from: Ipv4Addr) {
         let mut buf = vec![0u8; MAX_PACKET];
         let mut reply = [0u8; 576];
+        let mut table = Cache::new(self.table.clone());
         while !self.stopping() {
             let n = match self.tun.recv(&mut buf) {
                 Ok(n) => n,
@@ -238,7 +242,7 @@ impl Forwarder {
             };
             count(&self.counters.tun_rx);
             let packet = &mut buf[..n];
-            let verdict = lock(&self.node).route_outbound(packet);
+            let verdict = table.load().route_outbound(packet, &self.drops);
             match verdict {
                 Outbound::Send { peer } => {
                     let to = SocketAddr::new(peer, port);
@@ -264,6 +268,7 @@ impl Forwarder {
     /// UDP -> core -> TUN, until the socket is shut down.
     fn udp_to_tun(self) {
         let mut buf = vec![0u8; MAX_PACKET];
+        let mut table = Cache::new(self.table.clone());
         while !self.stopping() {
             let (n, from) = match self.socket.recv_from(&mut buf) {
                 Ok((n, from)) => (n, from),
@@ -278,12 +283,132 @@ impl Forwarder {
             };
             count(&self.counters.udp_rx);
             let packet = &buf[..n];
-            if lock(&self.node).accept_inbound(from.ip(), packet) == Inbound::Deliver {
+            if table.load().accept_inbound(from.ip(), packet, &self.drops) == Inbound::Deliver {
                 match self.tun.send(packet) {
                     Ok(_) => count(&self.counters.tun_tx),
                     Err(_) => count(&self.counters.errors),
                 }
             }
         }
+    }
+}
+
+/// flannel's udp backend: a [`UdpDatapath`] started with the first lease and restarted
+/// when the subnet changes, forwarding by the latest table the node published.
+#[derive(Debug)]
+pub struct UdpBackend {
+    netns: Option<std::path::PathBuf>,
+    netlink: Netlink,
+    /// TUN name, MTU, network, public IP and port; the subnet is filled in per lease.
+    template: UdpConfig,
+    table: SharedTable,
+    counters: Arc<Counters>,
+    drops: DropRegistry,
+    running: Option<(LeaseKey, UdpDatapath)>,
+}
+
+impl UdpBackend {
+    /// A udp backend for `setup`; nothing is created before the first lease.
+    pub fn new(setup: BackendSetup) -> Result<UdpBackend, DatapathError> {
+        let network = super::ipv4_network(&setup)?;
+        let netlink = setup.netlink.clone().ok_or_else(|| {
+            DatapathError::Unsupported("the udp backend needs netlink".to_string())
+        })?;
+        Ok(UdpBackend {
+            netns: setup.netns,
+            netlink,
+            template: UdpConfig {
+                tun_name: setup.device_name,
+                mtu: setup.mtu,
+                network,
+                subnet: network,
+                public_ip: setup.public_ip,
+                port: setup.network.backend.port,
+            },
+            table: Arc::new(ArcSwap::from_pointee(ForwardTable::default())),
+            counters: Arc::new(Counters::default()),
+            drops: DropRegistry::default(),
+            running: None,
+        })
+    }
+}
+
+#[async_trait]
+impl Backend for UdpBackend {
+    fn kind(&self) -> BackendType {
+        BackendType::Udp
+    }
+
+    async fn lease_acquired(&mut self, lease: &Lease) -> Result<(), DatapathError> {
+        if self.running.as_ref().is_some_and(|(k, _)| *k == lease.key) {
+            return Ok(());
+        }
+        if let Some((_, old)) = self.running.take() {
+            old.stop().await?;
+        }
+        let cfg = UdpConfig {
+            subnet: lease.key.ipv4,
+            ..self.template.clone()
+        };
+        let datapath = UdpDatapath::start(
+            self.netns.as_deref(),
+            &self.netlink,
+            &cfg,
+            self.table.clone(),
+            self.counters.clone(),
+            &self.drops,
+        )
+        .await?;
+        self.running = Some((lease.key, datapath));
+        Ok(())
+    }
+
+    fn forward_table(&mut self, table: Arc<ForwardTable>) {
+        self.table.store(table);
+    }
+
+    fn counters(&self) -> Vec<Counter> {
+        use std::sync::atomic::Ordering::Relaxed;
+        let c = &self.counters;
+        let mut out: Vec<Counter> = [
+            ("tun_rx", &c.tun_rx),
+            ("udp_tx", &c.udp_tx),
+            ("udp_rx", &c.udp_rx),
+            ("tun_tx", &c.tun_tx),
+            ("icmp_tx", &c.icmp_tx),
+            ("errors", &c.errors),
+        ]
+        .into_iter()
+        .map(|(name, v)| Counter {
+            name,
+            value: v.load(Relaxed),
+        })
+        .collect();
+        let drops = self.drops.total();
+        out.extend(DropReason::ALL.into_iter().map(|r| Counter {
+            name: drop_counter_name(r),
+            value: drops.get(r),
+        }));
+        out
+    }
+
+    async fn stop(&mut self) -> Result<(), DatapathError> {
+        match self.running.take() {
+            Some((_, datapath)) => datapath.stop().await,
+            None => Ok(()),
+        }
+    }
+}
+
+/// The counter name of drops for `reason`: `drop_<reason>`.
+fn drop_counter_name(reason: DropReason) -> &'static str {
+    match reason {
+        DropReason::Malformed => "drop_malformed",
+        DropReason::TtlExpired => "drop_ttl_expired",
+        DropReason::NoRoute => "drop_no_route",
+        DropReason::NoLease => "drop_no_lease",
+        DropReason::UnknownPeer => "drop_unknown_peer",
+        DropReason::SpoofedSource => "drop_spoofed_source",
+        DropReason::NotOurSubnet => "drop_not_our_subnet",
     }
 }

@@ -1,0 +1,185 @@
+//! The node's store conversation: listing, watching, and recovering from failures.
+//!
+//! - The node lists the subnets prefix first, and again whenever its view may have a
+//!   gap (a compaction, a failed listing, the allocator's asking).
+//! - The watch resumes from the listing's revision + 1, so nothing between the two is
+//!   missed. The *first* watch is held back until the allocator has reported on the
+//!   lease (acquired it, or failed to): a fleet that starts at once (a cold start of the
+//!   whole cluster) then does not have the store stream every node's new lease to every
+//!   other node while they are all still acquiring; each watch catches up afterwards from
+//!   the store's history, in large batches.
+//! - A watch is identified by the id of the operation that asked for it; a batch of a
+//!   watch the node has replaced or given up is ignored, so a driver needs no
+//!   bookkeeping of its own.
+//! - After a failure the node retries with exponential backoff and jitter, so that the
+//!   nodes of a cluster do not all re-list at the same instant after an outage.
+
+use super::{Node, NodeEvent, OpId};
+use crate::store::{Listing, Revision, StoreError, StoreOp, StoreOutput, WatchEvent};
+use crate::time::Timestamp;
+use crate::timer::{backoff, Timer};
+
+/// Where the node's watch stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum WatchState {
+    /// None runs; one starts after the next listing (or retry).
+    Idle,
+    /// Wanted from this revision, held back until the lease is reported on.
+    Held { from: Revision },
+    /// Asked for by operation `op`; its batches carry that id.
+    Running { op: OpId },
+}
+
+impl Node {
+    pub(super) fn list(&mut self) {
+        if self.listing_op.is_none() {
+            let prefix = self.subnets_prefix.clone();
+            self.listing_op = Some(self.push_op(StoreOp::List { prefix }));
+        }
+    }
+
+    fn start_watch(&mut self, from: Revision) {
+        if !self.lease_reported {
+            self.watch = WatchState::Held { from };
+            return;
+        }
+        let prefix = self.subnets_prefix.clone();
+        let op = self.push_op(StoreOp::Watch { prefix, from });
+        self.watch = WatchState::Running { op };
+    }
+
+    pub(super) fn release_held_watch(&mut self) {
+        if let (true, WatchState::Held { from }) = (self.lease_reported, self.watch) {
+            self.start_watch(from);
+        }
+    }
+
+    pub(super) fn resume_store(&mut self) {
+        if self.relist_on_retry || !self.table.is_synced() {
+            self.relist_on_retry = false;
+            // The watch, if broken too, restarts from the listing's revision.
+            self.list();
+        } else if self.watch == WatchState::Idle {
+            self.start_watch(self.table.revision() + 1);
+        }
+    }
+
+    fn store_failed(&mut self, error: StoreError, now: Timestamp) {
+        let delay = backoff(
+            self.retry_min,
+            self.retry_max,
+            self.store_retries,
+            &mut self.rng,
+        );
+        self.store_retries = self.store_retries.saturating_add(1);
+        let retry_at = now + delay;
+        self.timers.set(Timer::WatchRetry, retry_at);
+        self.events
+            .push_back(NodeEvent::StoreFailed { error, retry_at });
+    }
+
+    /// The result of the one-shot operation `id` (a listing, a create, a renewal).
+    /// Results of superseded operations are ignored. Poll everything again afterwards.
+    pub fn handle_store_result(
+        &mut self,
+        id: OpId,
+        result: Result<StoreOutput, StoreError>,
+        now: Timestamp,
+    ) {
+        self.observe_clock(now);
+        if self.listing_op == Some(id) {
+            self.listing_op = None;
+            match result {
+                Ok(StoreOutput::Listing(listing)) => self.apply_listing(&listing, now),
+                Ok(StoreOutput::Entry(_)) => {
+                    let error = StoreError::Backend("a listing was answered with an entry".into());
+                    self.relist_on_retry = true;
+                    self.store_failed(error, now);
+                }
+                Err(error) => {
+                    self.relist_on_retry = true;
+                    self.store_failed(error, now);
+                }
+            }
+        } else if self.alloc_op == Some(id) {
+            self.alloc_op = None;
+            let result = match result {
+                Ok(StoreOutput::Entry(entry)) => Ok(entry),
+                Ok(StoreOutput::Listing(_)) => Err(StoreError::Backend(
+                    "a create or renew was answered with a listing".into(),
+                )),
+                Err(e) => Err(e),
+            };
+            self.allocator.handle_result(result, &self.table, now);
+        }
+        self.pump();
+    }
+
+    fn apply_listing(&mut self, listing: &Listing, now: Timestamp) {
+        self.store_retries = 0;
+        self.relist_on_retry = false;
+        let (changes, skipped) = self.table.replace(listing);
+        self.events
+            .extend(skipped.into_iter().map(NodeEvent::Skipped));
+        let mut route_changes = Vec::new();
+        for change in &changes {
+            self.routes.apply(change, &mut route_changes);
+        }
+        self.emit_routes(route_changes);
+        self.events.push_back(NodeEvent::Synced {
+            revision: listing.revision,
+            leases: self.table.len(),
+        });
+        match self.watch {
+            WatchState::Idle | WatchState::Held { .. } => self.start_watch(listing.revision + 1),
+            // The running watch goes on from where it is: nothing is missed.
+            WatchState::Running { .. } => {}
+        }
+        self.allocator.on_synced(&self.table, now);
+    }
+
+    fn is_current_watch(&self, id: OpId) -> bool {
+        self.watch == WatchState::Running { op: id }
+    }
+
+    /// A batch of changes from the watch asked for by operation `id`. A batch of any
+    /// other watch (one the node replaced or gave up) is ignored. Poll everything again
+    /// afterwards.
+    pub fn handle_watch_events(&mut self, id: OpId, events: &[WatchEvent], now: Timestamp) {
+        self.observe_clock(now);
+        if !self.is_current_watch(id) {
+            return;
+        }
+        self.store_retries = 0;
+        for event in events {
+            let (change, skipped) = self.table.apply(event);
+            self.events
+                .extend(skipped.into_iter().map(NodeEvent::Skipped));
+            if let Some(change) = change {
+                let mut route_changes = Vec::new();
+                self.routes.apply(&change, &mut route_changes);
+                self.emit_routes(route_changes);
+            }
+            self.allocator.on_watch_event(event, &self.table, now);
+            self.pump();
+        }
+    }
+
+    /// The watch asked for by operation `id` failed (it is over). On
+    /// [`StoreError::Compacted`] the node re-lists at once; otherwise it restarts the
+    /// watch from the last revision seen, after a backoff. The failure of any other
+    /// watch is ignored. Poll everything again afterwards.
+    pub fn handle_watch_error(&mut self, id: OpId, error: StoreError, now: Timestamp) {
+        self.observe_clock(now);
+        if !self.is_current_watch(id) {
+            return;
+        }
+        self.watch = WatchState::Idle;
+        if let StoreError::Compacted { .. } = error {
+            self.list();
+        } else {
+            self.store_failed(error, now);
+        }
+        self.pump();
+    }
+}

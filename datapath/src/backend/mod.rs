@@ -1,0 +1,115 @@
+//! Backends: what carries packets between nodes, one file each behind one trait.
+//!
+//! The daemon (and the lab) build the backend the network config names with [`create`],
+//! record [`Backend::lease_data`] in the node's lease, then hand it the node's decisions:
+//! the lease acquired, each route change, each new forwarding table, and finally the stop.
+//! A new backend is one file implementing [`Backend`] plus its line in [`create`].
+//!
+//! - `alloc`: leases only, nothing to program ([`alloc`]).
+//! - `udp`: flannel's udp backend, a TUN device and a UDP socket, the forwarding threads
+//!   deciding each packet by the node's forwarding table ([`udp`]).
+
+pub mod alloc;
+pub mod udp;
+
+use std::fmt;
+use std::net::Ipv4Addr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use ipnet::Ipv4Net;
+use weft_core::config::{BackendType, NetworkConfig};
+use weft_core::forward::ForwardTable;
+use weft_core::lease::{Lease, RawJson};
+use weft_core::router::RouteChange;
+
+use crate::netlink::Netlink;
+use crate::DatapathError;
+
+/// What a backend knows of the host it runs on.
+#[derive(Debug, Clone)]
+pub struct BackendSetup {
+    /// The namespace the node lives in (`None`: ours).
+    pub netns: Option<PathBuf>,
+    /// Netlink in that namespace (`None` when the backend needs none and none could be
+    /// opened).
+    pub netlink: Option<Netlink>,
+    /// The network config.
+    pub network: NetworkConfig,
+    /// The overlay MTU (the underlay's minus the backend's overhead, or the config's).
+    pub mtu: u32,
+    /// The node's public IP.
+    pub public_ip: Ipv4Addr,
+    /// The name of the device the backend creates, if it creates one (udp: the TUN
+    /// device).
+    pub device_name: String,
+}
+
+/// A counter a backend keeps, for stats and metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Counter {
+    /// Its name, in snake case (`tun_rx`).
+    pub name: &'static str,
+    /// Its value.
+    pub value: u64,
+}
+
+/// See the module docs. Every method but [`Backend::stop`] may be called many times,
+/// in any order the node's events come in.
+#[async_trait]
+pub trait Backend: Send + Sync + fmt::Debug {
+    /// The backend's type, as flannel names it.
+    fn kind(&self) -> BackendType;
+
+    /// What this node's lease advertises as `BackendData` (vxlan: the VTEP MAC);
+    /// `None` for none.
+    fn lease_data(&self) -> Option<RawJson> {
+        None
+    }
+
+    /// Our lease was acquired, or acquired again: bring the datapath up for it (started
+    /// on the first lease, restarted when the subnet changed, untouched when the same).
+    async fn lease_acquired(&mut self, lease: &Lease) -> Result<(), DatapathError>;
+
+    /// A route to a peer was added or removed. Backends that forward by the forwarding
+    /// table (udp) need nothing here; kernel backends program it.
+    async fn route_changed(&mut self, change: &RouteChange) -> Result<(), DatapathError> {
+        let _ = change;
+        Ok(())
+    }
+
+    /// The node published a new forwarding table: packets from now on are decided by it.
+    fn forward_table(&mut self, table: Arc<ForwardTable>) {
+        let _ = table;
+    }
+
+    /// The backend's counters (packets, bytes, drops by reason), in a fixed order.
+    fn counters(&self) -> Vec<Counter> {
+        Vec::new()
+    }
+
+    /// Stops forwarding and removes what the backend created. Called once.
+    async fn stop(&mut self) -> Result<(), DatapathError>;
+}
+
+/// The backend the network config names. A type weft does not implement yet is a clear
+/// error naming the types it does.
+pub fn create(setup: BackendSetup) -> Result<Box<dyn Backend>, DatapathError> {
+    let kind = setup.network.backend.kind;
+    match kind {
+        BackendType::Alloc => Ok(Box::new(alloc::AllocBackend)),
+        BackendType::Udp => Ok(Box::new(udp::UdpBackend::new(setup)?)),
+        other => Err(DatapathError::Unsupported(format!(
+            "backend type {:?} is not supported by weft yet (supported: alloc, udp)",
+            other.as_str()
+        ))),
+    }
+}
+
+/// The overlay network as IPv4, for backends that route it.
+fn ipv4_network(setup: &BackendSetup) -> Result<Ipv4Net, DatapathError> {
+    setup.network.network.ok_or_else(|| {
+        DatapathError::Unsupported("the udp backend needs an IPv4 Network".to_string())
+    })
+}
