@@ -66,9 +66,8 @@ pub fn check(file: &Path) -> Result<()> {
 /// `weft config set --store URL FILE`.
 pub async fn set(store_url: &str, prefix: &str, etcd: &EtcdArgs, file: &Path) -> Result<()> {
     let (text, config) = load(file)?;
-    let store = weft_stores::open_with(store_url, &etcd.store_options())
-        .await
-        .with_context(|| format!("cannot open store {store_url}"))?;
+    // The error names the store URL and the cause itself.
+    let store = weft_stores::open_with(store_url, &etcd.store_options()).await?;
     let key = config_key(prefix);
     store
         .put(&key, text.trim().as_bytes())

@@ -72,9 +72,8 @@ pub fn table(listing: &weft_core::store::Listing, prefix: &str, now: Timestamp) 
 
 /// `weft leases --store URL`.
 pub async fn run(args: &LeasesArgs) -> Result<()> {
-    let store = weft_stores::open_with(&args.store, &args.etcd.store_options())
-        .await
-        .with_context(|| format!("cannot open store {}", args.store))?;
+    // The error names the store URL and the cause itself.
+    let store = weft_stores::open_with(&args.store, &args.etcd.store_options()).await?;
     let listing = store
         .list(&subnets_prefix(&args.etcd_prefix))
         .await

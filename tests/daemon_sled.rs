@@ -46,10 +46,18 @@ fn acquires_writes_subnet_env_and_reclaims_after_sigterm() {
     assert!(!out.status.success());
     assert!(started.elapsed() < Duration::from_secs(10));
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("locked by another process"), "{err}");
+    assert_eq!(
+        err.matches("locked by another process").count(),
+        1,
+        "the cause is named once: {err}"
+    );
 
     let (status, log) = first.stop();
     assert!(status.success(), "SIGTERM is a clean stop: {log}");
+    assert!(
+        !log.contains('\u{1b}'),
+        "a log written to a pipe has no colour escapes: {log:?}"
+    );
     assert!(log.contains("the lease is kept"), "{log}");
 
     // The lease is still there, with its expiry.

@@ -12,24 +12,26 @@ pub mod iface;
 pub mod netlink;
 pub mod netns;
 
-/// Why a datapath operation failed.
+/// Why a datapath operation failed. Each message names its cause once: the OS's or the
+/// kernel's answer is part of the message, not a separate `source()`, so that a chain
+/// printed with `{:#}` does not repeat it.
 #[derive(Debug, thiserror::Error)]
 pub enum DatapathError {
     /// A netlink request failed.
-    #[error("netlink: {what}: {source}")]
+    #[error("netlink: {what}: {cause}")]
     Netlink {
         /// What was being done.
         what: String,
         /// The kernel's answer.
-        source: rtnetlink::Error,
+        cause: rtnetlink::Error,
     },
     /// A system call failed.
-    #[error("{what}: {source}")]
+    #[error("{what}: {cause}")]
     Io {
         /// What was being done.
         what: String,
         /// The OS error.
-        source: std::io::Error,
+        cause: std::io::Error,
     },
     /// The TUN device could not be created.
     #[error(
@@ -50,17 +52,17 @@ pub enum DatapathError {
 }
 
 impl DatapathError {
-    pub(crate) fn io(what: impl Into<String>, source: std::io::Error) -> Self {
+    pub(crate) fn io(what: impl Into<String>, cause: std::io::Error) -> Self {
         DatapathError::Io {
             what: what.into(),
-            source,
+            cause,
         }
     }
 
-    pub(crate) fn netlink(what: impl Into<String>, source: rtnetlink::Error) -> Self {
+    pub(crate) fn netlink(what: impl Into<String>, cause: rtnetlink::Error) -> Self {
         DatapathError::Netlink {
             what: what.into(),
-            source,
+            cause,
         }
     }
 }

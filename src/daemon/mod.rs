@@ -239,7 +239,7 @@ async fn open_store(args: &DaemonArgs) -> Result<Arc<dyn Store>> {
     loop {
         match weft_stores::open_with(&args.store, &options).await {
             Ok(store) => return Ok(Arc::from(store)),
-            Err(OpenError::Store { source, .. }) if source.is_transient() => {
+            Err(OpenError::Store { error: source, .. }) if source.is_transient() => {
                 if !logged {
                     tracing::warn!(store = %args.store, error = %source, "cannot reach the store; retrying");
                     logged = true;
@@ -247,7 +247,7 @@ async fn open_store(args: &DaemonArgs) -> Result<Arc<dyn Store>> {
                 tokio::time::sleep(delay).await;
                 delay = (delay * 2).min(Duration::from_secs(30));
             }
-            Err(e) => return Err(e).with_context(|| format!("cannot open store {}", args.store)),
+            Err(e) => return Err(e.into()),
         }
     }
 }

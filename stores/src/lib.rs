@@ -68,13 +68,12 @@ pub enum OpenError {
         url: String,
     },
     /// The backend was chosen but failed to open, e.g. [`StoreError::Locked`].
-    #[error("cannot open store {url:?}: {source}")]
+    #[error("cannot open store {url:?}: {error}")]
     Store {
         /// The URL as given.
         url: String,
         /// The backend's error.
-        #[source]
-        source: StoreError,
+        error: StoreError,
     },
 }
 
@@ -117,9 +116,9 @@ pub async fn open_with(url: &str, options: &StoreOptions) -> Result<Box<dyn Stor
                 url: url.to_string(),
             });
         }
-        let store_error = |source| OpenError::Store {
+        let store_error = |error| OpenError::Store {
             url: url.to_string(),
-            source,
+            error,
         };
         // Opening replays sled's log: blocking work, kept off the async workers.
         let path = path.to_string();
@@ -141,9 +140,9 @@ pub async fn open_with(url: &str, options: &StoreOptions) -> Result<Box<dyn Stor
         }
         let store = EtcdStore::connect(&endpoints, &options.etcd)
             .await
-            .map_err(|source| OpenError::Store {
+            .map_err(|error| OpenError::Store {
                 url: url.to_string(),
-                source,
+                error,
             })?;
         return Ok(Box::new(store));
     }
@@ -245,7 +244,7 @@ mod tests {
         assert!(format!("{store:?}").starts_with("SledStore"));
         let err = open(&url).await.expect_err("second open is locked");
         assert!(
-            matches!(&err, OpenError::Store { source: StoreError::Locked(p), .. } if p.contains(&dir.path().display().to_string())),
+            matches!(&err, OpenError::Store { error: StoreError::Locked(p), .. } if p.contains(&dir.path().display().to_string())),
             "{err}"
         );
         drop(store);
