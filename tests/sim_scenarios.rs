@@ -45,6 +45,7 @@ scenario!(store_outage_past_ttl, "13-store-outage-past-ttl.toml");
 scenario!(chaos, "14-chaos.toml");
 scenario!(create_answer_lost, "15-create-answer-lost.toml");
 scenario!(delete_while_cut_off, "16-delete-while-cut-off.toml");
+scenario!(dual_stack, "17-dual-stack.toml");
 
 #[test]
 fn every_scenario_file_has_a_test() {
@@ -59,7 +60,7 @@ fn every_scenario_file_has_a_test() {
                 .is_some_and(|x| x == "toml")
         })
         .count();
-    assert_eq!(files, 16, "add a scenario! line for the new file");
+    assert_eq!(files, 17, "add a scenario! line for the new file");
 }
 
 #[test]

@@ -236,3 +236,68 @@ async fn a_peer_lease_one_revision_after_our_own_is_routed() {
     let node = node.stop().await;
     assert_eq!(node.leases().len(), 2);
 }
+
+/// How many watchers etcd member 0 serves, from its Prometheus metrics.
+fn watchers(etcd: &Etcd) -> u64 {
+    use std::io::{Read, Write};
+    let mut conn = std::net::TcpStream::connect(etcd.endpoint(0)).expect("metrics connection");
+    conn.set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("timeout");
+    conn.write_all(b"GET /metrics HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")
+        .expect("metrics request");
+    let mut text = String::new();
+    conn.read_to_string(&mut text).expect("metrics answer");
+    text.lines()
+        .find_map(|l| l.strip_prefix("etcd_debugging_mvcc_watcher_total "))
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .map(|v| v as u64)
+        .expect("etcd reports etcd_debugging_mvcc_watcher_total")
+}
+
+/// The daemon's driver, stepped one input at a time against a real etcd: the node's
+/// first watch is opened only once the node has its lease. The simulator shows the same
+/// (`sim/src/engine/check.rs`, `the_first_watch_waits_for_the_lease`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_first_watch_is_opened_only_once_the_lease_is_reported() {
+    let Some((etcd, store)) = start("the_first_watch_is_opened_only_once_the_lease").await else {
+        return;
+    };
+    let config = NetworkConfig::parse(r#"{"Network":"10.5.0.0/16","Backend":{"Type":"alloc"}}"#)
+        .expect("config");
+    let node_config = NodeConfig::for_network(
+        "/coreos.com/network",
+        &config,
+        Ipv4Addr::new(192, 0, 2, 1),
+        None,
+    )
+    .expect("node config");
+    let node = weft_core::node::Node::new(node_config, 7, weft_stores::clock::wall_now());
+    let mut driver = weft_stores::NodeDriver::new(Arc::new(store), node);
+    let before = watchers(&etcd);
+    let mut steps = 0;
+    while driver.node().lease().is_none() {
+        assert!(
+            !driver.node().is_watching(),
+            "a watch was asked for before the lease"
+        );
+        tokio::time::timeout(PATIENCE, driver.step())
+            .await
+            .expect("the node makes progress");
+        steps += 1;
+        assert!(steps < 10, "no lease after {steps} store answers");
+        if driver.node().lease().is_none() {
+            assert_eq!(
+                watchers(&etcd),
+                before,
+                "etcd serves a watch before the lease"
+            );
+        }
+    }
+    // The watch was asked for with the lease and is open at etcd soon after.
+    assert!(driver.node().is_watching());
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    while watchers(&etcd) == before {
+        assert!(tokio::time::Instant::now() < deadline, "no watch opened");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}

@@ -6,7 +6,7 @@ use crate::store::StoreOp;
 use crate::subnet::SubnetSpace;
 use crate::time::Timestamp;
 use crate::timer::{Timer, TimerTable};
-use ipnet::{IpNet, Ipv4Net};
+use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use std::collections::{BTreeSet, VecDeque};
@@ -185,19 +185,44 @@ impl Allocator {
         };
         let ipv6 = match self.cfg.v6_space {
             None => None,
-            Some(space) => {
-                let v6 = pick_free(&mut self.rng, &space, |n| {
-                    let IpNet::V6(n) = n else { return true };
-                    table.is_v6_taken(n)
-                })
-                .map_err(|taken| out_of(&space, taken))?;
-                match v6 {
-                    IpNet::V6(n) => Some(n),
-                    IpNet::V4(_) => unreachable!("the v6 space yields IPv6 subnets"),
-                }
-            }
+            Some(space) => Some(self.pick_v6(&space, v4, table)?),
         };
         Ok(LeaseKey { ipv4, ipv6 })
+    }
+}
+
+impl Allocator {
+    /// The IPv6 subnet to lease with the IPv4 subnet `v4`: the one at the same position
+    /// in its space, when free. A dual-stack lease is one key holding both subnets, and
+    /// create-if-absent protects only the whole key: two nodes drawing the same IPv4
+    /// subnet with different IPv6 ones (or the reverse) would both succeed. Pairing the
+    /// two makes every such race a race for the same key, which the store settles. Only
+    /// when the paired subnet is taken (a lease written by someone else) is one drawn at
+    /// random. The simulator's dual-stack scenario found this (its IPv6 overlap check).
+    fn pick_v6(
+        &mut self,
+        space: &SubnetSpace,
+        v4: IpNet,
+        table: &LeaseTable,
+    ) -> Result<Ipv6Net, AllocError> {
+        let v4_space = &self.cfg.v4_space;
+        if let Some(i) = v4_space.index_of(&v4) {
+            let offset = (i - v4_space.min_index()) % space.len();
+            if let IpNet::V6(paired) = space.subnet_at(space.min_index() + offset) {
+                if !table.is_v6_taken(paired) {
+                    return Ok(paired);
+                }
+            }
+        }
+        let v6 = pick_free(&mut self.rng, space, |n| {
+            let IpNet::V6(n) = n else { return true };
+            table.is_v6_taken(n)
+        })
+        .map_err(|taken| out_of(space, taken))?;
+        match v6 {
+            IpNet::V6(n) => Ok(n),
+            IpNet::V4(_) => unreachable!("the v6 space yields IPv6 subnets"),
+        }
     }
 }
 

@@ -1,31 +1,56 @@
 //! The invariants, checked after every event:
-//! - no two live leases in the store overlap;
+//! - no two live leases in the store overlap (IPv4 subnets, and IPv6 subnets on a
+//!   dual-stack network);
 //! - no two running nodes hold overlapping subnets;
 //! - a node that has caught up with the store routes to exactly the live peer leases;
 //! - (in `host.rs`) no packet reaches a container it was not addressed to.
 
-use std::net::{IpAddr, Ipv4Addr};
+use std::collections::BTreeMap;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-use ipnet::Ipv4Net;
+use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use weft_core::lease::{LeaseAttrs, LeaseKey};
 use weft_core::store::{StoreError, WatchEvent};
 
 use super::World;
 
+/// A live lease in the store, as the checker follows it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct LiveLease {
+    /// The public IPv4 address it records.
+    pub ip: Ipv4Addr,
+    /// Its IPv6 subnet and public IPv6 address, on a dual-stack network.
+    pub v6: Option<(Ipv6Net, Ipv6Addr)>,
+}
+
+/// A subnet of either family: two overlap when one contains the other.
+trait Subnet: Ord + Copy {
+    fn covers(&self, other: &Self) -> bool;
+}
+
+impl Subnet for Ipv4Net {
+    fn covers(&self, other: &Self) -> bool {
+        self.contains(other)
+    }
+}
+
+impl Subnet for Ipv6Net {
+    fn covers(&self, other: &Self) -> bool {
+        self.contains(other)
+    }
+}
+
 /// The entry of `map` that overlaps `net`, if any (subnets in `map` never overlap).
-fn overlapping<V: Copy>(
-    map: &std::collections::BTreeMap<Ipv4Net, V>,
-    net: Ipv4Net,
-) -> Option<(Ipv4Net, V)> {
+fn overlapping<N: Subnet, V: Copy>(map: &BTreeMap<N, V>, net: N) -> Option<(N, V)> {
     let before = map.range(..=net).next_back();
     if let Some((n, v)) = before {
-        if n.contains(&net.network()) {
+        if n.covers(&net) {
             return Some((*n, *v));
         }
     }
     let after = map.range(net..).next();
     if let Some((n, v)) = after {
-        if net.contains(&n.network()) {
+        if net.covers(n) {
             return Some((*n, *v));
         }
     }
@@ -53,6 +78,7 @@ impl World {
                 }
                 let listing = self.store.list(&self.subnets_prefix);
                 self.live.clear();
+                self.live6.clear();
                 self.live_next = listing.revision + 1;
                 listing.entries.into_iter().map(WatchEvent::Put).collect()
             }
@@ -67,21 +93,41 @@ impl World {
                     let Ok(attrs) = LeaseAttrs::decode(&entry.key, &entry.value) else {
                         continue;
                     };
-                    self.live.remove(&key.ipv4);
+                    self.forget_live(&key.ipv4);
                     if let Some((other, _)) = overlapping(&self.live, key.ipv4) {
                         self.fail(format!(
                             "invariant: live leases {other} and {} overlap in the store",
                             key.ipv4
                         ));
                     }
-                    self.live.insert(key.ipv4, attrs.public_ip);
+                    if let Some(v6) = key.ipv6 {
+                        if let Some((other, _)) = overlapping(&self.live6, v6) {
+                            self.fail(format!(
+                                "invariant: live leases {other} and {v6} overlap in the store"
+                            ));
+                        }
+                        self.live6.insert(v6, key.ipv4);
+                    }
+                    let v6 = key.ipv6.zip(attrs.public_ipv6);
+                    let lease = LiveLease {
+                        ip: attrs.public_ip,
+                        v6,
+                    };
+                    self.live.insert(key.ipv4, lease);
                 }
-                WatchEvent::Delete { .. } => {
-                    self.live.remove(&key.ipv4);
-                }
+                WatchEvent::Delete { .. } => self.forget_live(&key.ipv4),
             }
         }
         self.live_next = self.live_next.max(self.store.revision() + 1);
+    }
+
+    fn forget_live(&mut self, v4: &Ipv4Net) {
+        if let Some(LiveLease {
+            v6: Some((n, _)), ..
+        }) = self.live.remove(v4)
+        {
+            self.live6.remove(&n);
+        }
     }
 
     /// Host `h` now holds `key`: no other running node may hold an overlapping subnet.
@@ -116,19 +162,20 @@ impl World {
     pub fn route_mismatch(&self, h: usize) -> Option<String> {
         let node = self.hosts[h].node()?;
         let own = node.lease().map(|l| l.key.ipv4);
-        let routes: Vec<(Ipv4Net, Ipv4Addr)> = node
+        let routes: Vec<(IpNet, IpAddr)> = node
             .routes()
             .routes()
-            .filter_map(|r| match (r.subnet, r.public_ip) {
-                (ipnet::IpNet::V4(n), IpAddr::V4(ip)) => Some((n, ip)),
-                _ => None,
-            })
+            .map(|r| (r.subnet, r.public_ip))
             .collect();
-        let want: Vec<(Ipv4Net, Ipv4Addr)> = self
-            .live
-            .iter()
-            .filter(|(n, _)| Some(**n) != own)
-            .map(|(n, ip)| (*n, *ip))
+        let peers = || self.live.iter().filter(|(n, _)| Some(**n) != own);
+        let mut v6: Vec<(IpNet, IpAddr)> = peers()
+            .filter_map(|(_, l)| l.v6)
+            .map(|(n, ip)| (IpNet::V6(n), IpAddr::V6(ip)))
+            .collect();
+        v6.sort();
+        let want: Vec<(IpNet, IpAddr)> = peers()
+            .map(|(n, l)| (IpNet::V4(*n), IpAddr::V4(l.ip)))
+            .chain(v6)
             .collect();
         if routes == want {
             return None;
@@ -144,7 +191,7 @@ impl World {
             .map(|(n, ip)| format!("{n} via {ip}"))
             .collect();
         Some(format!(
-            "{} routes {} but the store has {} peer leases; extra: [{}], missing: [{}]",
+            "{} routes {} but the store has {} peer subnets; extra: [{}], missing: [{}]",
             self.hosts[h].name,
             routes.len(),
             want.len(),
@@ -218,5 +265,31 @@ mod tests {
             f.message
         );
         assert!(w.trace().lines().last().unwrap().contains("FAIL"));
+    }
+
+    /// The simulator runs the daemon's join: the node's first watch waits until the node
+    /// has its lease (`stores/tests/etcd_watch.rs` shows the same of the daemon's driver
+    /// on a real etcd). Checked after every millisecond of the join.
+    #[test]
+    fn the_first_watch_waits_for_the_lease() {
+        let mut w = world();
+        let ip = std::net::Ipv4Addr::new(192, 0, 2, 1);
+        let h = w.add_host(Host::new("a", ip, vec!["c0".into()], None));
+        w.start_host(h);
+        let mut held = 0;
+        for ms in 0..50 {
+            w.run_until(SimTime::from_duration(Duration::from_millis(ms)));
+            let node = w.hosts[h].node().expect("running");
+            if node.lease().is_none() {
+                assert!(!node.is_watching(), "watching without a lease at {ms} ms");
+                held += usize::from(node.leases().is_synced());
+            }
+        }
+        assert!(
+            held > 0,
+            "the listing came back before the lease (the hold was tested)"
+        );
+        let node = w.hosts[h].node().expect("running");
+        assert!(node.lease().is_some() && node.is_watching());
     }
 }

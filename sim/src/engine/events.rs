@@ -41,7 +41,7 @@ impl World {
                     .unwrap_or_else(|| "a reservation, never expires".into());
                 self.log(
                     &name,
-                    format_args!("acquired {} ({}), {expiry}", lease.key.ipv4, how(h_)),
+                    format_args!("acquired {} ({}), {expiry}", subnets(&lease.key), how(h_)),
                 );
                 self.hosts[h].subnet_file = Some(lease.key);
                 self.hold(h, lease.key);
@@ -122,5 +122,14 @@ impl World {
                 self.hosts[h].errors.push(msg);
             }
         }
+    }
+}
+
+/// A lease's subnets for the trace: `10.5.1.0/24`, or on a dual-stack network
+/// `10.5.1.0/24 and fc00:0:0:1::/64`.
+fn subnets(key: &weft_core::lease::LeaseKey) -> String {
+    match key.ipv6 {
+        Some(v6) => format!("{} and {v6}", key.ipv4),
+        None => key.ipv4.to_string(),
     }
 }

@@ -187,7 +187,9 @@ pub struct World {
     /// The store revision the watches were last woken for.
     pub(crate) flushed_revision: Revision,
     /// The store's live leases as the invariant checker follows them.
-    pub(crate) live: BTreeMap<Ipv4Net, Ipv4Addr>,
+    pub(crate) live: BTreeMap<Ipv4Net, check::LiveLease>,
+    /// The IPv6 subnets of those leases, to check them for overlaps too.
+    pub(crate) live6: BTreeMap<ipnet::Ipv6Net, Ipv4Net>,
     pub(crate) live_next: Revision,
     /// Subnets held by running nodes.
     pub(crate) held: BTreeMap<Ipv4Net, usize>,
@@ -231,6 +233,7 @@ impl World {
             flush_pending: false,
             flushed_revision: 0,
             live: BTreeMap::new(),
+            live6: BTreeMap::new(),
             live_next: 1,
             held: BTreeMap::new(),
             pings: Vec::new(),
