@@ -243,12 +243,13 @@ impl EtcdStore {
         let k = key.as_bytes().to_vec();
         let expected = i64::try_from(create_revision).unwrap_or(i64::MAX);
         let put = PutOptions::new().with_lease(lease_id).with_prev_key();
+        // etcd compares an absent key as create_revision 0: without the version check a
+        // renewal claiming revision 0 would create the key instead of finding it gone.
         let txn = Txn::new()
-            .when([Compare::create_revision(
-                k.clone(),
-                CompareOp::Equal,
-                expected,
-            )])
+            .when([
+                Compare::create_revision(k.clone(), CompareOp::Equal, expected),
+                Compare::version(k.clone(), CompareOp::Greater, 0),
+            ])
             .and_then([TxnOp::put(k.clone(), value.to_vec(), Some(put))])
             .or_else([TxnOp::get(k, None)]);
         let resp = self
