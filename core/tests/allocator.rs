@@ -234,7 +234,11 @@ fn garbage_under_the_prefix_is_skipped_and_its_subnet_avoided() {
         assert_ne!(c.held(ip(i)).unwrap().to_string(), "10.5.0.16-28");
     }
     assert_eq!(
-        c.store.get(&format!("{sp}10.5.0.16-28")).unwrap().value,
+        c.store
+            .get(&format!("{sp}10.5.0.16-28"))
+            .unwrap()
+            .unwrap()
+            .value,
         b"not json",
         "never overwritten"
     );

@@ -154,7 +154,7 @@ impl MemoryStore {
 
     /// [`Store::get`], synchronously.
     pub fn get(&self, key: &str) -> Result<Option<Entry>, StoreError> {
-        self.op(|m| Ok(m.get(key).cloned()))
+        self.op(|m| Ok(m.get(key)?.cloned()))
     }
 
     /// [`Store::list`], synchronously.

@@ -115,9 +115,11 @@ impl StoreModel {
         Ok(())
     }
 
-    /// [`Store::get`](super::Store::get).
-    pub fn get(&self, key: &str) -> Option<&Entry> {
-        self.entries.get(key)
+    /// [`Store::get`](super::Store::get): an empty key is [`StoreError::Invalid`], as
+    /// for every other call and on every backend.
+    pub fn get(&self, key: &str) -> Result<Option<&Entry>, StoreError> {
+        check_key(key)?;
+        Ok(self.entries.get(key))
     }
 
     /// [`Store::list`](super::Store::list).

@@ -56,11 +56,9 @@
 //!
 //! Left out, on purpose:
 //!
-//! - `get("")`: the model answers "absent" where sled and etcd refuse the empty key as
-//!   invalid (the model's `get` skips the key check its writes make). Reported, and
-//!   not compared until the model decides; `create`, `renew`, `put` and `delete` of the
-//!   empty key are compared. `list("")` is left out too: on a shared etcd it lists other
-//!   cases.
+//! - `list("")`: on a shared etcd it lists other cases. (`get("")` is compared: this
+//!   test found the model answering "absent" where sled and etcd refuse the empty key;
+//!   the model now refuses it too.)
 //! - compaction: not a `Store` call, store-wide on etcd, and racing the watch read while
 //!   the case runs; the conformance suite checks it.
 //! - etcd: renewing a lease after its TTL but before etcd revokes it succeeds (a known

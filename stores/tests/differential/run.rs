@@ -192,7 +192,12 @@ impl Run<'_> {
 
     /// The revision a renewal claims, the model's and the backend's.
     fn claimed(&self, key: &str, choice: Rev) -> (Revision, Revision) {
-        let current = self.model.get(key).map(|e| e.create_revision);
+        let current = self
+            .model
+            .get(key)
+            .ok()
+            .flatten()
+            .map(|e| e.create_revision);
         let own = self.incarnations.get(key).map_or(&[][..], Vec::as_slice);
         let stale = own.iter().rev().find(|r| Some(**r) != current).copied();
         let foreign = self
@@ -244,7 +249,7 @@ impl Run<'_> {
         match op {
             Op::Get(key) => {
                 let key = self.key(*key);
-                let model = Ok(self.model.get(&key).cloned());
+                let model = self.model.get(&key).map(|e| e.cloned());
                 let backend = store.get(&key).await;
                 self.check.answer(what, &model, &backend, None, |m, b| {
                     self.check.maybe_entry(what, m.as_ref(), b.as_ref())
