@@ -9,6 +9,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 mod cmd_config;
+mod cmd_docker_opts;
 mod cmd_leases;
 mod cmd_sim;
 mod daemon;
@@ -40,6 +41,10 @@ enum Command {
     /// UDP encapsulation; alloc: the lease only). Stops cleanly on SIGTERM or SIGINT,
     /// removing its TUN device and keeping the lease.
     Daemon(Box<daemon::DaemonArgs>),
+    /// Write the Docker daemon options for this node's subnet (--bip, --mtu,
+    /// --ip-masq) from subnet.env, exactly as flannel's mk-docker-opts.sh does, with its
+    /// flags: -f subnet.env, -d output, -i individual, -c combined, -k key, -m no masq.
+    DockerOpts(cmd_docker_opts::DockerOptsArgs),
     /// Run scenario files in the deterministic simulator, or replay a failed run.
     Sim(cmd_sim::SimArgs),
     /// A single-host lab: N nodes in network namespaces with containers behind them,
@@ -117,6 +122,7 @@ fn main() -> ExitCode {
                 file,
             }) => cmd_config::set(&store, &etcd_prefix, &etcd, &file).await,
             Command::Leases(args) => cmd_leases::run(&args).await,
+            Command::DockerOpts(args) => cmd_docker_opts::run(&args).await,
             Command::Daemon(args) => daemon::run(*args).await,
             Command::Sim(_) => unreachable!("handled before the runtime starts"),
             Command::Lab(command) => lab::run(command).await,

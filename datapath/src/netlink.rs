@@ -204,6 +204,28 @@ impl Netlink {
             .map_err(|e| DatapathError::netlink("list routes", e))
     }
 
+    /// The gateway of a main-table route to exactly `dst`, if there is one with a
+    /// gateway (`ip route show | grep DST | grep via`, mk-docker-opts.sh's check).
+    pub async fn gateway_route(&self, dst: Ipv4Net) -> Result<Option<IpAddr>, DatapathError> {
+        use rtnetlink::packet_route::route::RouteAddress;
+        let to_dst = |r: &&RouteMessage| {
+            r.header.destination_prefix_length == dst.prefix_len()
+                && r.attributes.iter().any(|a| {
+                    matches!(a, RouteAttribute::Destination(RouteAddress::Inet(d)) if *d == dst.network())
+                })
+        };
+        Ok(self
+            .ipv4_routes()
+            .await?
+            .iter()
+            .filter(to_dst)
+            .flat_map(|r| r.attributes.iter())
+            .find_map(|a| match a {
+                RouteAttribute::Gateway(RouteAddress::Inet(gw)) => Some(IpAddr::V4(*gw)),
+                _ => None,
+            }))
+    }
+
     /// The interface index of the IPv4 default route, if there is one.
     pub async fn default_route_link(&self) -> Result<Option<u32>, DatapathError> {
         Ok(self
