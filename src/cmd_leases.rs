@@ -20,6 +20,18 @@ pub struct LeasesArgs {
     etcd_prefix: String,
     #[command(flatten)]
     etcd: EtcdArgs,
+    /// How to print: a table for people, or JSON for scripts.
+    #[arg(short = 'o', long, value_enum, default_value_t = Output::Table)]
+    output: Output,
+}
+
+/// The output formats of `weft leases`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Output {
+    /// Aligned columns and a summary line.
+    Table,
+    /// One JSON document: the revision, the leases, the entries skipped.
+    Json,
 }
 
 fn human(d: std::time::Duration) -> String {
@@ -70,6 +82,42 @@ pub fn table(listing: &weft_core::store::Listing, prefix: &str, now: Timestamp) 
     out
 }
 
+/// Renders leases as one JSON document: `revision`, `leases` (subnets, public
+/// addresses, backend type and data verbatim, expiry in Unix milliseconds and seconds
+/// from now, `null` for a reservation) and `skipped` (key and reason).
+pub fn json(
+    listing: &weft_core::store::Listing,
+    prefix: &str,
+    now: Timestamp,
+) -> serde_json::Value {
+    let sp = subnets_prefix(prefix);
+    let (leases, skipped) = decode_all(&sp, &listing.entries);
+    let leases: Vec<serde_json::Value> = leases
+        .iter()
+        .map(|l| {
+            serde_json::json!({
+                "subnet": l.key.ipv4.to_string(),
+                "ipv6_subnet": l.key.ipv6.map(|n| n.to_string()),
+                "public_ip": l.attrs.public_ip.to_string(),
+                "public_ipv6": l.attrs.public_ipv6.map(|a| a.to_string()),
+                "backend_type": l.attrs.backend_type,
+                "backend_data": l.attrs.backend_data,
+                "expires_at_ms": l.expires_at.map(|t| t.as_millis()),
+                "expires_in_s": l.expires_at.map(|t| t.saturating_since(now).as_secs()),
+            })
+        })
+        .collect();
+    let skipped: Vec<serde_json::Value> = skipped
+        .iter()
+        .map(|s| serde_json::json!({"key": s.key, "error": s.error.to_string()}))
+        .collect();
+    serde_json::json!({
+        "revision": listing.revision,
+        "leases": leases,
+        "skipped": skipped,
+    })
+}
+
 /// `weft leases --store URL`.
 pub async fn run(args: &LeasesArgs) -> Result<()> {
     // The error names the store URL and the cause itself.
@@ -78,9 +126,10 @@ pub async fn run(args: &LeasesArgs) -> Result<()> {
         .list(&subnets_prefix(&args.etcd_prefix))
         .await
         .context("cannot list leases")?;
-    print!(
-        "{}",
-        table(&listing, &args.etcd_prefix, weft_stores::clock::wall_now())
-    );
+    let now = weft_stores::clock::wall_now();
+    match args.output {
+        Output::Table => print!("{}", table(&listing, &args.etcd_prefix, now)),
+        Output::Json => println!("{:#}", json(&listing, &args.etcd_prefix, now)),
+    }
     Ok(())
 }

@@ -6,7 +6,7 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 
 mod cmd_config;
 mod cmd_docker_opts;
@@ -47,6 +47,13 @@ enum Command {
     DockerOpts(cmd_docker_opts::DockerOptsArgs),
     /// Run scenario files in the deterministic simulator, or replay a failed run.
     Sim(cmd_sim::SimArgs),
+    /// Print a shell completion script: `weft completions bash > /etc/bash_completion.d/weft`.
+    Completions {
+        /// The shell (bash, zsh, fish, elvish, powershell).
+        shell: clap_complete::Shell,
+    },
+    /// Print the manual page (roff): `weft man > weft.1; man ./weft.1`.
+    Man,
     /// A single-host lab: N nodes in network namespaces with containers behind them,
     /// real TUN devices and kernel routes, leases in an embedded sled store (root).
     #[command(subcommand)]
@@ -101,6 +108,22 @@ fn main() -> ExitCode {
             }
         };
     }
+    match cli.command {
+        Command::Completions { shell } => {
+            clap_complete::generate(shell, &mut Cli::command(), "weft", &mut std::io::stdout());
+            return ExitCode::SUCCESS;
+        }
+        Command::Man => {
+            return match clap_mangen::Man::new(Cli::command()).render(&mut std::io::stdout()) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("weft: cannot write the manual page: {e}");
+                    ExitCode::FAILURE
+                }
+            };
+        }
+        _ => {}
+    }
     init_tracing();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -124,7 +147,9 @@ fn main() -> ExitCode {
             Command::Leases(args) => cmd_leases::run(&args).await,
             Command::DockerOpts(args) => cmd_docker_opts::run(&args).await,
             Command::Daemon(args) => daemon::run(*args).await,
-            Command::Sim(_) => unreachable!("handled before the runtime starts"),
+            Command::Sim(_) | Command::Completions { .. } | Command::Man => {
+                unreachable!("handled before the runtime starts")
+            }
             Command::Lab(command) => lab::run(command).await,
         }
     });

@@ -72,6 +72,19 @@ fn acquires_writes_subnet_env_and_reclaims_after_sigterm() {
         "{table}"
     );
 
+    // The same, for scripts.
+    let out = weft(&["leases", "--store", &store, "-o", "json"]);
+    assert!(out.status.success(), "{out:?}");
+    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let lease = &doc["leases"][0];
+    assert_eq!(doc["leases"].as_array().map(Vec::len), Some(1), "{doc}");
+    assert_eq!(lease["subnet"].as_str(), Some(net.as_str()), "{doc}");
+    assert_eq!(lease["public_ip"], "192.0.2.1");
+    assert_eq!(lease["backend_type"], "alloc");
+    let left = lease["expires_in_s"].as_u64().unwrap();
+    assert!((86_000..=86_400).contains(&left), "{doc}");
+    assert!(doc["revision"].as_u64() >= Some(1), "{doc}");
+
     // Restarted, with the subnet file gone, it reclaims the same subnet by its IP.
     std::fs::remove_file(&env_path).unwrap();
     let again = Daemon::start(&store, "192.0.2.1", &env_path, &[]);
