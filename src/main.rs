@@ -8,6 +8,7 @@ use std::process::ExitCode;
 
 use clap::{CommandFactory, Parser, Subcommand};
 
+mod cmd_cni;
 mod cmd_config;
 mod cmd_docker_opts;
 mod cmd_leases;
@@ -47,6 +48,11 @@ enum Command {
     DockerOpts(cmd_docker_opts::DockerOptsArgs),
     /// Run scenario files in the deterministic simulator, or replay a failed run.
     Sim(cmd_sim::SimArgs),
+    /// Run as flannel's CNI plugin (the netconf on stdin, the command in CNI_COMMAND): a
+    /// runtime runs it when the binary is installed as `flannel` or `weft-cni` in its
+    /// CNI plugin directory. Delegates to the bridge plugin with host-local IPAM over
+    /// this node's subnet, as flannel's plugin does.
+    Cni,
     /// Print a shell completion script: `weft completions bash > /etc/bash_completion.d/weft`.
     Completions {
         /// The shell (bash, zsh, fish, elvish, powershell).
@@ -95,7 +101,18 @@ fn init_tracing() {
         .init();
 }
 
+/// Whether this binary was started as a CNI plugin: under the name a runtime's netconf
+/// gives as the plugin type (`flannel`, or `weft-cni`).
+fn invoked_as_cni_plugin() -> bool {
+    let argv0 = std::env::args_os().next().unwrap_or_default();
+    let name = std::path::Path::new(&argv0).file_name().unwrap_or_default();
+    name == "flannel" || name == "weft-cni"
+}
+
 fn main() -> ExitCode {
+    if invoked_as_cni_plugin() {
+        return ExitCode::from(cmd_cni::main());
+    }
     let cli = Cli::parse();
     // The simulator needs no runtime and no logging setup: its trace is its output.
     if let Command::Sim(args) = cli.command {
@@ -109,6 +126,7 @@ fn main() -> ExitCode {
         };
     }
     match cli.command {
+        Command::Cni => return ExitCode::from(cmd_cni::main()),
         Command::Completions { shell } => {
             clap_complete::generate(shell, &mut Cli::command(), "weft", &mut std::io::stdout());
             return ExitCode::SUCCESS;
@@ -147,7 +165,7 @@ fn main() -> ExitCode {
             Command::Leases(args) => cmd_leases::run(&args).await,
             Command::DockerOpts(args) => cmd_docker_opts::run(&args).await,
             Command::Daemon(args) => daemon::run(*args).await,
-            Command::Sim(_) | Command::Completions { .. } | Command::Man => {
+            Command::Sim(_) | Command::Completions { .. } | Command::Man | Command::Cni => {
                 unreachable!("handled before the runtime starts")
             }
             Command::Lab(command) => lab::run(command).await,
