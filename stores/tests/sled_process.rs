@@ -2,7 +2,9 @@
 //! acknowledged, and a second process cannot open the directory while it is in use.
 //!
 //! The writer is this test binary itself, re-run with `WEFT_SLED_CHILD_DIR` set so that
-//! only `child_writer` runs, which then writes until killed (or for at most 60 s).
+//! only `child_writer` runs, which then writes until killed (or for at most 60 s). The
+//! child is `#[ignore]`d: an ordinary run never runs it (where it could only pass
+//! without doing anything), its parent runs it explicitly with `--ignored`.
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Write};
@@ -22,10 +24,10 @@ fn value(i: u64, round: u64) -> Vec<u8> {
 /// The child: creates leases and renews every third one, printing `ACK key create_rev
 /// mod_rev round` for each write only after the store has returned from it.
 #[test]
+#[ignore = "the writer child of kill_9_loses_no_acknowledged_write, which runs it"]
 fn child_writer() {
-    let Some(dir) = std::env::var_os(CHILD_ENV) else {
-        return; // Only meaningful when run by `kill_9_loses_no_acknowledged_write`.
-    };
+    let dir = std::env::var_os(CHILD_ENV)
+        .expect("run by kill_9_loses_no_acknowledged_write, with WEFT_SLED_CHILD_DIR set");
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -92,7 +94,13 @@ impl Drop for Reaper {
 fn kill_9_loses_no_acknowledged_write() {
     let dir = tempfile::tempdir().expect("temporary directory");
     let child = Command::new(std::env::current_exe().expect("test binary path"))
-        .args(["--exact", "child_writer", "--nocapture", "--test-threads=1"])
+        .args([
+            "--exact",
+            "child_writer",
+            "--ignored",
+            "--nocapture",
+            "--test-threads=1",
+        ])
         .env(CHILD_ENV, dir.path())
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
@@ -183,4 +191,21 @@ fn kill_9_loses_no_acknowledged_write() {
             listing.revision
         );
     });
+}
+
+/// The children only run when a parent asks for them: an ordinary run lists them as
+/// ignored rather than running them, where they would pass without doing anything.
+#[test]
+fn the_children_are_ignored_in_ordinary_runs() {
+    let out = Command::new(std::env::current_exe().expect("test binary path"))
+        .args(["--list", "--ignored"])
+        .env_remove(CHILD_ENV)
+        .output()
+        .expect("list the ignored tests");
+    assert!(out.status.success(), "{out:?}");
+    let ignored = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        ignored.lines().any(|l| l == "child_writer: test"),
+        "child_writer is not #[ignore]d:\n{ignored}"
+    );
 }
