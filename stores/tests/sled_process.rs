@@ -209,3 +209,98 @@ fn the_children_are_ignored_in_ordinary_runs() {
         "child_writer is not #[ignore]d:\n{ignored}"
     );
 }
+
+const READER_ENV: &str = "WEFT_SLED_READER_DIR";
+/// Large enough that sled takes a while to write each one out.
+const BIG: usize = 512 * 1024;
+
+/// The child of `nothing_a_reader_saw_is_lost_to_kill_9`: one task rewrites one key
+/// with large values, another reads it in a tight loop and prints `SEEN mod_rev` the
+/// moment it sees a new revision.
+#[test]
+#[ignore = "the child of nothing_a_reader_saw_is_lost_to_kill_9, which runs it"]
+fn child_reader_writer() {
+    let dir = std::env::var_os(READER_ENV)
+        .expect("run by nothing_a_reader_saw_is_lost_to_kill_9, with WEFT_SLED_READER_DIR set");
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("child runtime");
+    runtime.block_on(async {
+        let store = SledStore::open(&dir, Clock::Wall).expect("child opens the store");
+        let reader = store.clone();
+        let read = tokio::spawn(async move {
+            let mut last = 0;
+            let started = Instant::now();
+            while started.elapsed() < Duration::from_secs(60) {
+                if let Some(e) = reader.get("/seen/k").await.expect("get") {
+                    if e.mod_revision > last {
+                        last = e.mod_revision;
+                        let mut out = std::io::stdout().lock();
+                        writeln!(out, "SEEN {last}").expect("stdout");
+                        out.flush().expect("stdout");
+                    }
+                }
+                tokio::task::yield_now().await;
+            }
+        });
+        let started = Instant::now();
+        let mut i = 0u8;
+        while started.elapsed() < Duration::from_secs(60) {
+            i = i.wrapping_add(1);
+            store.put("/seen/k", &vec![i; BIG]).await.expect("put");
+        }
+        read.await.expect("reader");
+    });
+}
+
+/// A reader may only see what is durable: a write a reader saw survives a SIGKILL that
+/// comes the moment the reader said so. (A store that shows a write before flushing it
+/// loses it to a kill in between.) A few rounds, each killed after a different number
+/// of sightings.
+#[test]
+fn nothing_a_reader_saw_is_lost_to_kill_9() {
+    for round in 0..6u64 {
+        let dir = tempfile::tempdir().expect("temporary directory");
+        let child = Command::new(std::env::current_exe().expect("test binary path"))
+            .args([
+                "--exact",
+                "child_reader_writer",
+                "--ignored",
+                "--nocapture",
+                "--test-threads=1",
+            ])
+            .env(READER_ENV, dir.path())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn the child");
+        let mut child = Reaper(child);
+        let stdout = child.0.stdout.take().expect("child stdout");
+        let mut lines = BufReader::new(stdout).lines();
+        let mut seen = 0;
+        let mut sightings = 0;
+        while sightings < 5 + round * 3 {
+            let Some(line) = lines.next() else {
+                panic!("the child exited early (status {:?})", child.0.wait());
+            };
+            let line = line.expect("read the child's output");
+            if let Some(rev) = line.rsplit_once("SEEN ").and_then(|(_, r)| r.parse().ok()) {
+                seen = rev;
+                sightings += 1;
+            }
+        }
+        // At once: whatever the reader saw must be on disk by now.
+        child.0.kill().expect("SIGKILL the child");
+        child.0.wait().expect("reap the child");
+        drop(lines);
+
+        let store = SledStore::open(dir.path(), Clock::Wall).expect("reopen after the kill");
+        let revision = store.revision().expect("revision");
+        assert!(
+            revision >= seen,
+            "round {round}: a reader saw revision {seen}, the store came back at {revision}"
+        );
+    }
+}

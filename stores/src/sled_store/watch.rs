@@ -44,7 +44,10 @@ impl SledWatch {
     /// answers [`StoreError::Compacted`] past it, so the watcher re-lists (the listing
     /// reads the entries themselves) and resumes after the damaged record.
     fn poll(&mut self) -> Result<(Vec<WatchEvent>, bool), StoreError> {
-        let log = &self.store.inner.trees.events;
+        // Only flushed changes: the writer holds the lock until its change is on disk.
+        let store = self.store.clone();
+        let _flushed = store.read_guard();
+        let log = &store.inner.trees.events;
         let mut events = Vec::new();
         let mut last_seen = None;
         for item in log.range(&encode_u64(self.next)[..]..).take(MAX_SCAN) {
@@ -78,7 +81,7 @@ impl SledWatch {
         }
         // Checked after reading: events are removed only after the compaction point has
         // moved past them, so if any we wanted were gone, this sees it.
-        let compact_revision = self.store.compact_revision()?;
+        let compact_revision = store.compact_revision_locked()?;
         if self.next < compact_revision {
             return Err(StoreError::Compacted {
                 requested: self.next,
