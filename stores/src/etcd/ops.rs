@@ -155,12 +155,14 @@ impl EtcdStore {
 
     /// Revokes the lease a key was moved off. weft's own leases hold one key each and go
     /// at once; another writer's (flannel's, on a node moving over) only once no key is
-    /// left on it, so that nothing else attached to it is deleted.
+    /// left on it, so that nothing else attached to it is deleted. An ID is taken for
+    /// weft's only if it decodes to a plausible expiry, as everywhere else: one in about
+    /// 4,096 IDs etcd generates passes the check bits alone.
     async fn release_replaced(&self, old: i64, new: i64) {
         if old == 0 || old == new {
             return;
         }
-        if lease_id::decode(old).is_none() {
+        if lease_id::decode_plausible(old, wall_now()).is_none() {
             let opts = LeaseTimeToLiveOptions::new().with_keys();
             let keys = self
                 .call(|mut c| {
@@ -391,6 +393,67 @@ impl EtcdStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// An ID etcd generated for another writer can pass the check bits of weft's IDs by
+    /// chance (about one in 4,096) while recording an expiry no weft lease could have.
+    /// Taking it for weft's own, which holds one key, and revoking it when the key is
+    /// renewed would delete every other key attached to it.
+    #[cfg(feature = "testing")]
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_foreign_lease_that_looks_like_weft_s_is_not_revoked_under_other_keys() {
+        use crate::testing::etcd_or_skip;
+        use crate::EtcdOptions;
+        use weft_core::store::Store;
+
+        const NAME: &str = "a_foreign_lease_that_looks_like_weft_s_is_not_revoked";
+        let Some(etcd) = tokio::task::spawn_blocking(|| etcd_or_skip(NAME))
+            .await
+            .expect("etcd starter")
+        else {
+            return;
+        };
+        // Passes weft's check bits, but records an expiry in 2021: not plausible.
+        let foreign =
+            lease_id::encode(Timestamp::from_millis(1_612_137_600_000), 77).expect("an ID");
+        assert!(lease_id::decode(foreign).is_some());
+        assert_eq!(lease_id::decode_plausible(foreign, wall_now()), None);
+
+        let mut raw = etcd_client::Client::connect(etcd.endpoints(), None)
+            .await
+            .expect("connect");
+        raw.lease_grant(300, Some(LeaseGrantOptions::new().with_id(foreign)))
+            .await
+            .expect("grant the foreign lease");
+        let key = "/coreos.com/network/subnets/10.5.34.0-24";
+        let other = "/elsewhere/attached-to-the-same-lease";
+        for k in [key, other] {
+            raw.put(k, "{}", Some(PutOptions::new().with_lease(foreign)))
+                .await
+                .expect("put on the foreign lease");
+        }
+
+        let store = EtcdStore::connect(&etcd.endpoints(), &EtcdOptions::default())
+            .await
+            .expect("connect");
+        let entry = store.get(key).await.expect("get").expect("the key");
+        store
+            .renew(
+                key,
+                entry.create_revision,
+                b"{}",
+                Some(Duration::from_secs(600)),
+            )
+            .await
+            .expect("renew moves the key onto a lease of its own");
+
+        let left = raw.get(other, None).await.expect("get the other key");
+        assert_eq!(left.kvs().len(), 1, "the other key went with the lease");
+        let ttl = raw
+            .lease_time_to_live(foreign, None)
+            .await
+            .expect("time to live");
+        assert!(ttl.ttl() > 0, "the foreign lease was revoked");
+    }
 
     #[test]
     fn prefix_end_is_the_first_key_past_the_prefix() {
