@@ -228,6 +228,54 @@ impl EtcdStore {
         })
     }
 
+    /// The lease `key` is on now, if the key is the incarnation `create_revision` and its
+    /// lease has not run out. A lease past its expiry may still be there: etcd looks for
+    /// expired leases only every half second and then revokes them through raft, and a
+    /// renewal in that window must not revive it.
+    async fn renewable_lease(
+        &self,
+        key: &str,
+        create_revision: Revision,
+    ) -> Result<i64, StoreError> {
+        let k = key.as_bytes().to_vec();
+        let resp = self
+            .call(|mut c| {
+                let k = k.clone();
+                async move { c.get(k, None).await }
+            })
+            .await
+            .map_err(|f| f.into_store(&format!("renew {key}")))?;
+        // A refusal here is the stale renewal a failed comparison used to be: counted so.
+        let not_found = || {
+            self.conflict();
+            StoreError::NotFound {
+                key: key.to_string(),
+            }
+        };
+        let kv = resp.kvs().first().ok_or_else(not_found)?;
+        if revision(kv.create_revision()) != create_revision {
+            self.conflict();
+            return Err(StoreError::Conflict {
+                key: key.to_string(),
+                expected: create_revision,
+                found: revision(kv.create_revision()),
+            });
+        }
+        let lease = kv.lease();
+        if lease != 0 {
+            // As a listing would report it: a lease whose expiry cannot be had is due now.
+            let expires_at = self.expiries([lease]).await?.get(&lease).copied();
+            if expires_at.is_none_or(|at| at <= wall_now()) {
+                return Err(not_found());
+            }
+        }
+        Ok(lease)
+    }
+
+    /// Renews `key` if it is still the incarnation `create_revision` on a lease that has
+    /// not run out (see [`EtcdStore::renewable_lease`]): a transaction on the create
+    /// revision and on the lease that was checked, so that a lease changed in between is
+    /// looked at again.
     pub(super) async fn renew_entry(
         &self,
         key: &str,
@@ -237,62 +285,92 @@ impl EtcdStore {
     ) -> Result<Entry, StoreError> {
         check_key(key)?;
         check_ttl(ttl)?;
-        let lease = match ttl {
-            Some(ttl) => Some(self.grant(ttl).await?),
-            None => None,
-        };
-        let lease_id = lease.map_or(0, |(id, _)| id);
+        let mut granted: Option<(i64, Timestamp)> = None;
+        let result = self
+            .renew_attempts(key, create_revision, value, ttl, &mut granted)
+            .await;
+        if result.is_err() {
+            if let Some((id, _)) = granted {
+                self.revoke_later(id);
+            }
+        }
+        result
+    }
+
+    async fn renew_attempts(
+        &self,
+        key: &str,
+        create_revision: Revision,
+        value: &[u8],
+        ttl: Option<Duration>,
+        granted: &mut Option<(i64, Timestamp)>,
+    ) -> Result<Entry, StoreError> {
+        const ATTEMPTS: u32 = 3;
         let k = key.as_bytes().to_vec();
         let expected = i64::try_from(create_revision).unwrap_or(i64::MAX);
-        let put = PutOptions::new().with_lease(lease_id).with_prev_key();
-        let txn = Txn::new()
-            .when([Compare::create_revision(
-                k.clone(),
-                CompareOp::Equal,
-                expected,
-            )])
-            .and_then([TxnOp::put(k.clone(), value.to_vec(), Some(put))])
-            .or_else([TxnOp::get(k, None)]);
-        let resp = self
-            .call(|mut c| {
-                let txn = txn.clone();
-                async move { c.txn(txn).await }
-            })
-            .await
-            .map_err(|f| f.into_store(&format!("renew {key}")))?;
-        let first = resp.op_responses().into_iter().next();
-        if !resp.succeeded() {
-            self.conflict();
-            if lease_id != 0 {
-                self.revoke_later(lease_id);
+        for _ in 0..ATTEMPTS {
+            let old_lease = self.renewable_lease(key, create_revision).await?;
+            if let (Some(ttl), None) = (ttl, *granted) {
+                *granted = Some(self.grant(ttl).await?);
             }
-            let found = match first {
-                Some(TxnOpResponse::Get(get)) => get.kvs().first().map(|kv| kv.create_revision()),
-                _ => None,
-            };
-            return Err(match found {
-                None => StoreError::NotFound {
-                    key: key.to_string(),
-                },
-                Some(found) => StoreError::Conflict {
-                    key: key.to_string(),
-                    expected: create_revision,
-                    found: revision(found),
-                },
+            let lease_id = granted.map_or(0, |(id, _)| id);
+            let put = PutOptions::new().with_lease(lease_id).with_prev_key();
+            let txn = Txn::new()
+                .when([
+                    Compare::create_revision(k.clone(), CompareOp::Equal, expected),
+                    Compare::lease(k.clone(), CompareOp::Equal, old_lease),
+                ])
+                .and_then([TxnOp::put(k.clone(), value.to_vec(), Some(put))])
+                .or_else([TxnOp::get(k.clone(), None)]);
+            let resp = self
+                .call(|mut c| {
+                    let txn = txn.clone();
+                    async move { c.txn(txn).await }
+                })
+                .await
+                .map_err(|f| f.into_store(&format!("renew {key}")))?;
+            let first = resp.op_responses().into_iter().next();
+            if !resp.succeeded() {
+                self.conflict();
+                let found = match first {
+                    Some(TxnOpResponse::Get(get)) => {
+                        get.kvs().first().map(|kv| kv.create_revision())
+                    }
+                    _ => None,
+                };
+                match found {
+                    None => {
+                        return Err(StoreError::NotFound {
+                            key: key.to_string(),
+                        })
+                    }
+                    // Our incarnation, moved to another lease in between: look again.
+                    Some(found) if revision(found) == create_revision => continue,
+                    Some(found) => {
+                        return Err(StoreError::Conflict {
+                            key: key.to_string(),
+                            expected: create_revision,
+                            found: revision(found),
+                        })
+                    }
+                }
+            }
+            if let Some(TxnOpResponse::Put(put)) = first {
+                if let Some(prev) = put.prev_key() {
+                    self.release_replaced(prev.lease(), lease_id).await;
+                }
+            }
+            return Ok(Entry {
+                key: key.to_string(),
+                value: value.to_vec(),
+                create_revision,
+                mod_revision: header_revision(resp.header()),
+                expires_at: granted.map(|(_, at)| at),
             });
         }
-        if let Some(TxnOpResponse::Put(put)) = first {
-            if let Some(prev) = put.prev_key() {
-                self.release_replaced(prev.lease(), lease_id).await;
-            }
-        }
-        Ok(Entry {
-            key: key.to_string(),
-            value: value.to_vec(),
-            create_revision,
-            mod_revision: header_revision(resp.header()),
-            expires_at: lease.map(|(_, at)| at),
-        })
+        Err(StoreError::Backend(format!(
+            "renew {key}: its lease changed under every one of {ATTEMPTS} attempts"
+        )))
     }
 
     pub(super) async fn put_entry(&self, key: &str, value: &[u8]) -> Result<Entry, StoreError> {
