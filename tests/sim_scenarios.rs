@@ -4,6 +4,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+use std::collections::BTreeSet;
 use std::path::Path;
 
 use weft_sim::record::EventFile;
@@ -15,52 +16,68 @@ fn run(path: &str, seed: Option<u64>) -> Outcome {
     weft_sim::run(path, &scenario, &source, &RunOptions { seed, replay: None })
 }
 
-macro_rules! scenario {
-    ($name:ident, $file:literal) => {
-        #[test]
-        fn $name() {
-            let outcome = run(concat!("scenarios/", $file), None);
-            insta::assert_snapshot!(stringify!($name), outcome.trace);
-            assert!(outcome.passed(), "{:?}", outcome.failure);
-        }
+/// One snapshot test per scenario file, and the list of the files they cover.
+macro_rules! scenarios {
+    ($($name:ident => $file:literal),+ $(,)?) => {
+        $(
+            #[test]
+            fn $name() {
+                let outcome = run(concat!("scenarios/", $file), None);
+                insta::assert_snapshot!(stringify!($name), outcome.trace);
+                assert!(outcome.passed(), "{:?}", outcome.failure);
+            }
+        )+
+        /// Every file a test above runs.
+        const COVERED: &[&str] = &[$($file),+];
     };
 }
 
-scenario!(join_and_ping, "01-join-and-ping.toml");
-scenario!(restart_reclaims_subnet, "02-restart-reclaims-subnet.toml");
-scenario!(partition_past_ttl, "03-partition-past-ttl.toml");
-scenario!(
-    store_outage_across_renewal,
-    "04-store-outage-across-renewal.toml"
-);
-scenario!(subnet_exhaustion, "05-subnet-exhaustion.toml");
-scenario!(reservation, "06-reservation.toml");
-scenario!(mass_join_100, "07-mass-join-100.toml");
-scenario!(tcp_under_loss, "08-tcp-under-loss.toml");
-scenario!(one_way_partition, "09-one-way-partition.toml");
-scenario!(crash_during_acquisition, "10-crash-during-acquisition.toml");
-scenario!(clock_jump, "11-clock-jump.toml");
-scenario!(operator_deletes_lease, "12-operator-deletes-lease.toml");
-scenario!(store_outage_past_ttl, "13-store-outage-past-ttl.toml");
-scenario!(chaos, "14-chaos.toml");
-scenario!(create_answer_lost, "15-create-answer-lost.toml");
-scenario!(delete_while_cut_off, "16-delete-while-cut-off.toml");
-scenario!(dual_stack, "17-dual-stack.toml");
+scenarios! {
+    join_and_ping => "01-join-and-ping.toml",
+    restart_reclaims_subnet => "02-restart-reclaims-subnet.toml",
+    partition_past_ttl => "03-partition-past-ttl.toml",
+    store_outage_across_renewal => "04-store-outage-across-renewal.toml",
+    subnet_exhaustion => "05-subnet-exhaustion.toml",
+    reservation => "06-reservation.toml",
+    mass_join_100 => "07-mass-join-100.toml",
+    tcp_under_loss => "08-tcp-under-loss.toml",
+    one_way_partition => "09-one-way-partition.toml",
+    crash_during_acquisition => "10-crash-during-acquisition.toml",
+    clock_jump => "11-clock-jump.toml",
+    operator_deletes_lease => "12-operator-deletes-lease.toml",
+    store_outage_past_ttl => "13-store-outage-past-ttl.toml",
+    chaos => "14-chaos.toml",
+    create_answer_lost => "15-create-answer-lost.toml",
+    delete_while_cut_off => "16-delete-while-cut-off.toml",
+    dual_stack => "17-dual-stack.toml",
+}
 
+/// The scenario files in scenarios/ (walked, not counted by hand) and the files the
+/// tests above run are the same set: a new file without a test, or a test whose file
+/// was renamed or removed, fails here by name.
 #[test]
-fn every_scenario_file_has_a_test() {
+fn every_scenario_file_has_a_test_and_every_test_a_file() {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("scenarios");
-    let files = std::fs::read_dir(dir)
-        .unwrap()
-        .filter(|e| {
-            e.as_ref()
-                .unwrap()
-                .path()
-                .extension()
-                .is_some_and(|x| x == "toml")
-        })
-        .count();
-    assert_eq!(files, 17, "add a scenario! line for the new file");
+    let mut on_disk = BTreeSet::new();
+    for entry in std::fs::read_dir(&dir).expect("read scenarios/") {
+        let path = entry.expect("a directory entry").path();
+        if path.extension().is_some_and(|x| x == "toml") {
+            let name = path.file_name().expect("a file name").to_string_lossy();
+            on_disk.insert(name.into_owned());
+        }
+    }
+    let covered: BTreeSet<String> = COVERED.iter().map(|f| f.to_string()).collect();
+    assert_eq!(COVERED.len(), covered.len(), "a file is listed twice");
+    let untested: Vec<_> = on_disk.difference(&covered).collect();
+    let missing: Vec<_> = covered.difference(&on_disk).collect();
+    assert!(
+        untested.is_empty(),
+        "add a line to scenarios! for {untested:?}"
+    );
+    assert!(
+        missing.is_empty(),
+        "scenarios! lists files not in scenarios/: {missing:?}"
+    );
 }
 
 #[test]
@@ -70,7 +87,15 @@ fn one_seed_one_trace_another_seed_another_trace() {
     let b = run(file, Some(7));
     assert_eq!(a.trace, b.trace, "same seed, same bytes");
     let c = run(file, Some(8));
-    assert_ne!(a.trace, c.trace, "another seed, other decisions");
+    // The first line names the seed, so whole traces always differ; the decisions
+    // (every line after it) must differ too.
+    let (head_a, body_a) = a.trace.split_once('\n').expect("a trace of several lines");
+    let (head_c, body_c) = c.trace.split_once('\n').expect("a trace of several lines");
+    assert!(
+        head_a.ends_with("seed 7") && head_c.ends_with("seed 8"),
+        "{head_a} / {head_c}"
+    );
+    assert_ne!(body_a, body_c, "another seed, other decisions");
     assert!(a.passed() && c.passed());
 }
 

@@ -141,7 +141,7 @@ impl EventFile {
                 "seed" => file.seed = rest.parse().map_err(|_| bad("bad seed"))?,
                 "failure" => file.failure = rest.to_string(),
                 t => {
-                    let at = unstamp(t).ok_or_else(|| bad("expected a time such as 12.000345s"))?;
+                    let at = unstamp(t).map_err(bad)?;
                     file.decisions
                         .push(parse_decision(at, rest).ok_or_else(|| bad("not a decision"))?);
                 }
@@ -159,14 +159,26 @@ fn stamp(t: SimTime) -> String {
     format!("{}.{:06}s", t.0 / 1_000_000, t.0 % 1_000_000)
 }
 
-fn unstamp(text: &str) -> Option<SimTime> {
-    let (s, us) = text.strip_suffix('s')?.split_once('.')?;
-    if us.len() != 6 {
-        return None;
+/// Reads what [`stamp`] wrote. A time that does not fit in virtual time (u64
+/// microseconds, about 584,554 years) is an error: the file is crafted or damaged, and
+/// wrapping around would replay a decision at another time.
+fn unstamp(text: &str) -> Result<SimTime, &'static str> {
+    const SHAPE: &str = "expected a time such as 12.000345s";
+    let (s, us) = text
+        .strip_suffix('s')
+        .and_then(|t| t.split_once('.'))
+        .ok_or(SHAPE)?;
+    let digits = |t: &str| !t.is_empty() && t.bytes().all(|b| b.is_ascii_digit());
+    if us.len() != 6 || !digits(s) || !digits(us) {
+        return Err(SHAPE);
     }
-    Some(SimTime(
-        s.parse::<u64>().ok()? * 1_000_000 + us.parse::<u64>().ok()?,
-    ))
+    const RANGE: &str = "time out of range (at most 18446744073709.551615s)";
+    let secs: u64 = s.parse().map_err(|_| RANGE)?;
+    let micros: u64 = us.parse().map_err(|_| SHAPE)?;
+    secs.checked_mul(1_000_000)
+        .and_then(|t| t.checked_add(micros))
+        .map(SimTime)
+        .ok_or(RANGE)
 }
 
 fn parse_decision(at: SimTime, rest: &str) -> Option<Decision> {
@@ -258,5 +270,56 @@ impl Replay {
                 "replay diverged: datagram {n} ({from}>{to}) is not in the file"
             )),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn file_with_decision(line: &str) -> String {
+        format!(
+            "path x\nseed 1\nfailure f\n{SCENARIO_BEGIN}\nname = \"x\"\n{SCENARIO_END}\n{line}\n"
+        )
+    }
+
+    #[test]
+    fn a_stamp_renders_and_parses_back_at_the_extremes() {
+        for t in [0, 1, 999_999, 1_000_000, u64::MAX - 1, u64::MAX] {
+            let text = file_with_decision(&format!("{} step s", stamp(SimTime(t))));
+            let file = EventFile::parse(&text).expect("parses");
+            assert!(
+                matches!(file.decisions[..], [Decision::Step { at, .. }] if at == SimTime(t)),
+                "{t}: {:?}",
+                file.decisions
+            );
+        }
+    }
+
+    #[test]
+    fn a_time_past_the_range_is_an_error_naming_the_line_not_a_panic() {
+        // 18446744073709s is the largest whole second that fits in u64 microseconds
+        // with .551615 after it; anything later must be refused, in debug and release.
+        for stamp in [
+            "18446744073710.000000s",
+            "18446744073709.551616s",
+            "99999999999999999999.000000s",
+            "18446744073709551615.000000s",
+        ] {
+            let text = file_with_decision(&format!("{stamp} step a starts"));
+            let err = EventFile::parse(&text).expect_err(stamp);
+            assert!(err.contains("line 7"), "{err}");
+            assert!(err.contains("out of range"), "{err}");
+            assert!(err.contains(stamp), "{err}");
+        }
+        let text = file_with_decision("18446744073709.551615s step a starts");
+        let file = EventFile::parse(&text).expect("the last representable instant");
+        assert_eq!(
+            file.decisions,
+            vec![Decision::Step {
+                at: SimTime(u64::MAX),
+                text: "a starts".into()
+            }]
+        );
     }
 }

@@ -79,6 +79,7 @@ macro_rules! conformance_tests {
             renew_extends_ttl,
             renew_without_ttl_makes_a_reservation,
             renew_of_expired_lease_is_not_found,
+            renew_after_the_ttl_before_the_deletion_is_not_found,
             renew_of_replaced_lease_is_conflict,
             malformed_values_are_listed_raw,
             invalid_requests_are_rejected,
@@ -574,6 +575,32 @@ pub async fn renew_of_expired_lease_is_not_found<B: TestBackend>(b: &B) {
     assert!(matches!(err, StoreError::NotFound { .. }), "{err}");
     let again = s.create(&key, b"v", Some(ttl)).await.expect("create again");
     assert!(again.create_revision > e.create_revision);
+}
+
+/// A lease renewed once its TTL has run out, but before the store has got round to
+/// deleting it (etcd looks for expired leases every half second, then revokes them
+/// through raft), is not revived: NotFound, and it goes as if never renewed.
+pub async fn renew_after_the_ttl_before_the_deletion_is_not_found<B: TestBackend>(b: &B) {
+    let s = b.store();
+    let p = prefix("renew_late");
+    let ttl = b.short_ttl();
+    let key = format!("{p}lease");
+    let e = s.create(&key, b"v", Some(ttl)).await.expect("create");
+    let mut w = s.watch(&p, e.mod_revision + 1).await.expect("watch");
+    // Just past the expiry, and no longer: the deletion may well not have happened yet.
+    b.advance(ttl).await;
+    let renewed = s
+        .renew(&key, e.create_revision, b"v2", Some(ttl * 30))
+        .await;
+    assert_eq!(
+        renewed,
+        Err(StoreError::NotFound { key: key.clone() }),
+        "a renewal after the TTL ({:?} after a create that expires at {:?})",
+        ttl,
+        e.expires_at
+    );
+    wait_for_delete(b, &mut w, &key).await;
+    assert_eq!(s.get(&key).await.expect("get"), None);
 }
 
 /// Renewing someone else's incarnation of the key fails with Conflict and changes nothing.

@@ -2,7 +2,9 @@
 //! acknowledged, and a second process cannot open the directory while it is in use.
 //!
 //! The writer is this test binary itself, re-run with `WEFT_SLED_CHILD_DIR` set so that
-//! only `child_writer` runs, which then writes until killed (or for at most 60 s).
+//! only `child_writer` runs, which then writes until killed (or for at most 60 s). The
+//! child is `#[ignore]`d: an ordinary run never runs it (where it could only pass
+//! without doing anything), its parent runs it explicitly with `--ignored`.
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Write};
@@ -22,10 +24,10 @@ fn value(i: u64, round: u64) -> Vec<u8> {
 /// The child: creates leases and renews every third one, printing `ACK key create_rev
 /// mod_rev round` for each write only after the store has returned from it.
 #[test]
+#[ignore = "the writer child of kill_9_loses_no_acknowledged_write, which runs it"]
 fn child_writer() {
-    let Some(dir) = std::env::var_os(CHILD_ENV) else {
-        return; // Only meaningful when run by `kill_9_loses_no_acknowledged_write`.
-    };
+    let dir = std::env::var_os(CHILD_ENV)
+        .expect("run by kill_9_loses_no_acknowledged_write, with WEFT_SLED_CHILD_DIR set");
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -92,7 +94,13 @@ impl Drop for Reaper {
 fn kill_9_loses_no_acknowledged_write() {
     let dir = tempfile::tempdir().expect("temporary directory");
     let child = Command::new(std::env::current_exe().expect("test binary path"))
-        .args(["--exact", "child_writer", "--nocapture", "--test-threads=1"])
+        .args([
+            "--exact",
+            "child_writer",
+            "--ignored",
+            "--nocapture",
+            "--test-threads=1",
+        ])
         .env(CHILD_ENV, dir.path())
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
@@ -183,4 +191,116 @@ fn kill_9_loses_no_acknowledged_write() {
             listing.revision
         );
     });
+}
+
+/// The children only run when a parent asks for them: an ordinary run lists them as
+/// ignored rather than running them, where they would pass without doing anything.
+#[test]
+fn the_children_are_ignored_in_ordinary_runs() {
+    let out = Command::new(std::env::current_exe().expect("test binary path"))
+        .args(["--list", "--ignored"])
+        .env_remove(CHILD_ENV)
+        .output()
+        .expect("list the ignored tests");
+    assert!(out.status.success(), "{out:?}");
+    let ignored = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        ignored.lines().any(|l| l == "child_writer: test"),
+        "child_writer is not #[ignore]d:\n{ignored}"
+    );
+}
+
+const READER_ENV: &str = "WEFT_SLED_READER_DIR";
+/// Large enough that sled takes a while to write each one out.
+const BIG: usize = 512 * 1024;
+
+/// The child of `nothing_a_reader_saw_is_lost_to_kill_9`: one task rewrites one key
+/// with large values, another reads it in a tight loop and prints `SEEN mod_rev` the
+/// moment it sees a new revision.
+#[test]
+#[ignore = "the child of nothing_a_reader_saw_is_lost_to_kill_9, which runs it"]
+fn child_reader_writer() {
+    let dir = std::env::var_os(READER_ENV)
+        .expect("run by nothing_a_reader_saw_is_lost_to_kill_9, with WEFT_SLED_READER_DIR set");
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("child runtime");
+    runtime.block_on(async {
+        let store = SledStore::open(&dir, Clock::Wall).expect("child opens the store");
+        let reader = store.clone();
+        let read = tokio::spawn(async move {
+            let mut last = 0;
+            let started = Instant::now();
+            while started.elapsed() < Duration::from_secs(60) {
+                if let Some(e) = reader.get("/seen/k").await.expect("get") {
+                    if e.mod_revision > last {
+                        last = e.mod_revision;
+                        let mut out = std::io::stdout().lock();
+                        writeln!(out, "SEEN {last}").expect("stdout");
+                        out.flush().expect("stdout");
+                    }
+                }
+                tokio::task::yield_now().await;
+            }
+        });
+        let started = Instant::now();
+        let mut i = 0u8;
+        while started.elapsed() < Duration::from_secs(60) {
+            i = i.wrapping_add(1);
+            store.put("/seen/k", &vec![i; BIG]).await.expect("put");
+        }
+        read.await.expect("reader");
+    });
+}
+
+/// A reader may only see what is durable: a write a reader saw survives a SIGKILL that
+/// comes the moment the reader said so. (A store that shows a write before flushing it
+/// loses it to a kill in between.) A few rounds, each killed after a different number
+/// of sightings.
+#[test]
+fn nothing_a_reader_saw_is_lost_to_kill_9() {
+    for round in 0..6u64 {
+        let dir = tempfile::tempdir().expect("temporary directory");
+        let child = Command::new(std::env::current_exe().expect("test binary path"))
+            .args([
+                "--exact",
+                "child_reader_writer",
+                "--ignored",
+                "--nocapture",
+                "--test-threads=1",
+            ])
+            .env(READER_ENV, dir.path())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn the child");
+        let mut child = Reaper(child);
+        let stdout = child.0.stdout.take().expect("child stdout");
+        let mut lines = BufReader::new(stdout).lines();
+        let mut seen = 0;
+        let mut sightings = 0;
+        while sightings < 5 + round * 3 {
+            let Some(line) = lines.next() else {
+                panic!("the child exited early (status {:?})", child.0.wait());
+            };
+            let line = line.expect("read the child's output");
+            if let Some(rev) = line.rsplit_once("SEEN ").and_then(|(_, r)| r.parse().ok()) {
+                seen = rev;
+                sightings += 1;
+            }
+        }
+        // At once: whatever the reader saw must be on disk by now.
+        child.0.kill().expect("SIGKILL the child");
+        child.0.wait().expect("reap the child");
+        drop(lines);
+
+        let store = SledStore::open(dir.path(), Clock::Wall).expect("reopen after the kill");
+        let revision = store.revision().expect("revision");
+        assert!(
+            revision >= seen,
+            "round {round}: a reader saw revision {seen}, the store came back at {revision}"
+        );
+    }
 }

@@ -4,7 +4,7 @@
 
 #![allow(dead_code, clippy::unwrap_used)]
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::net::Ipv4Addr;
 use std::time::Duration;
 
@@ -27,6 +27,16 @@ pub struct SimNode {
     pub events: Vec<NodeEvent>,
 }
 
+impl SimNode {
+    /// The next revision the node's running watch wants, if it has one running.
+    pub fn watch_from(&self) -> Option<u64> {
+        self.watch.map(|(_, from)| from)
+    }
+}
+
+/// A check run after every store operation (see `Cluster::after_each_op`).
+pub type OpCheck = fn(&Cluster) -> Result<(), String>;
+
 /// Nodes by public IP, a store, and the subnet file each IP's node left behind.
 #[derive(Debug)]
 pub struct Cluster {
@@ -40,6 +50,16 @@ pub struct Cluster {
     seed: u64,
     /// An injected outage: every operation and watch fails while it lasts.
     unavailable: bool,
+    /// Each node's clock, this many milliseconds away from the store's (default 0).
+    pub offsets: BTreeMap<Ipv4Addr, i64>,
+    /// Nodes whose next store answer is lost: the operation takes effect, the node is
+    /// told it timed out.
+    pub lose_next_answer: BTreeSet<Ipv4Addr>,
+    /// Called after every store operation, watch delivery and expiry; what it returns
+    /// as an error is collected in `violations`.
+    pub after_each_op: Option<OpCheck>,
+    /// What `after_each_op` found, in order.
+    pub violations: Vec<String>,
 }
 
 impl Cluster {
@@ -55,6 +75,31 @@ impl Cluster {
             now,
             seed,
             unavailable: false,
+            offsets: BTreeMap::new(),
+            lose_next_answer: BTreeSet::new(),
+            after_each_op: None,
+            violations: Vec::new(),
+        }
+    }
+
+    /// The time on `ip`'s clock.
+    pub fn node_now(&self, ip: Ipv4Addr) -> Timestamp {
+        let offset = self.offsets.get(&ip).copied().unwrap_or(0);
+        Timestamp::from_millis(self.now.as_millis().saturating_add_signed(offset))
+    }
+
+    /// The store's time when `ip`'s clock reads `t`.
+    fn store_time_of(&self, ip: Ipv4Addr, t: Timestamp) -> Timestamp {
+        let offset = self.offsets.get(&ip).copied().unwrap_or(0);
+        Timestamp::from_millis(t.as_millis().saturating_add_signed(-offset))
+    }
+
+    /// Runs the per-operation check, if any.
+    pub fn check_op(&mut self, what: &str) {
+        if let Some(check) = self.after_each_op {
+            if let Err(e) = check(self) {
+                self.violations.push(format!("after {what}: {e}"));
+            }
         }
     }
 
@@ -82,7 +127,7 @@ impl Cluster {
                 alloc,
             },
             self.seed,
-            self.now,
+            self.node_now(ip),
         );
         self.nodes.insert(
             ip,
@@ -145,7 +190,7 @@ impl Cluster {
             } else {
                 self.store.events_since(&prefix, from)
             };
-            let now = self.now;
+            let now = self.node_now(ip);
             let n = self.nodes.get_mut(&ip).unwrap();
             match result {
                 Ok(events) if events.is_empty() => continue,
@@ -160,6 +205,7 @@ impl Cluster {
             }
             any = true;
             self.collect(ip);
+            self.check_op(&format!("a watch delivery to {ip}"));
         }
         any
     }
@@ -173,14 +219,19 @@ impl Cluster {
                 let Some((id, op)) = self.nodes.get_mut(&ip).unwrap().queue.pop_front() else {
                     continue;
                 };
-                let result = self.execute(&op);
-                let now = self.now;
+                let mut result = self.execute(&op);
+                self.check_op(&format!("{ip}'s {}", op_name(&op)));
+                if self.lose_next_answer.remove(&ip) {
+                    result = Err(StoreError::Timeout(Duration::from_secs(5)));
+                }
+                let now = self.node_now(ip);
                 self.nodes
                     .get_mut(&ip)
                     .unwrap()
                     .node
                     .handle_store_result(id, result, now);
                 self.collect(ip);
+                self.check_op(&format!("{ip} handled an answer"));
                 progressed = true;
             }
             if !progressed {
@@ -197,23 +248,27 @@ impl Cluster {
             self.settle();
             let next = self
                 .nodes
-                .values()
-                .filter_map(|n| n.node.poll_timeout())
+                .iter()
+                .filter_map(|(ip, n)| Some(self.store_time_of(*ip, n.node.poll_timeout()?)))
                 .chain(self.store.next_expiry())
                 .filter(|t| *t <= until)
                 .min();
             let Some(next) = next else { break };
             self.now = self.now.max(next);
-            self.store.advance_to(self.now);
+            if self.store.advance_to(self.now) {
+                self.check_op("an expiry");
+            }
             let ips: Vec<_> = self.nodes.keys().copied().collect();
             for ip in ips {
-                let now = self.now;
+                let now = self.node_now(ip);
                 self.nodes.get_mut(&ip).unwrap().node.handle_timeout(now);
                 self.collect(ip);
             }
         }
         self.now = until;
-        self.store.advance_to(until);
+        if self.store.advance_to(until) {
+            self.check_op("an expiry");
+        }
         self.settle();
     }
 
@@ -228,6 +283,15 @@ impl Cluster {
 
     pub fn held(&self, ip: Ipv4Addr) -> Option<LeaseKey> {
         self.nodes.get(&ip)?.node.lease().map(|l| l.key)
+    }
+}
+
+fn op_name(op: &StoreOp) -> String {
+    match op {
+        StoreOp::List { .. } => "list".into(),
+        StoreOp::Create { key, .. } => format!("create {key}"),
+        StoreOp::Renew { key, .. } => format!("renew {key}"),
+        StoreOp::Watch { .. } => "watch".into(),
     }
 }
 

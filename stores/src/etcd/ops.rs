@@ -155,12 +155,14 @@ impl EtcdStore {
 
     /// Revokes the lease a key was moved off. weft's own leases hold one key each and go
     /// at once; another writer's (flannel's, on a node moving over) only once no key is
-    /// left on it, so that nothing else attached to it is deleted.
+    /// left on it, so that nothing else attached to it is deleted. An ID is taken for
+    /// weft's only if it decodes to a plausible expiry, as everywhere else: one in about
+    /// 4,096 IDs etcd generates passes the check bits alone.
     async fn release_replaced(&self, old: i64, new: i64) {
         if old == 0 || old == new {
             return;
         }
-        if lease_id::decode(old).is_none() {
+        if lease_id::decode_plausible(old, wall_now()).is_none() {
             let opts = LeaseTimeToLiveOptions::new().with_keys();
             let keys = self
                 .call(|mut c| {
@@ -226,6 +228,54 @@ impl EtcdStore {
         })
     }
 
+    /// The lease `key` is on now, if the key is the incarnation `create_revision` and its
+    /// lease has not run out. A lease past its expiry may still be there: etcd looks for
+    /// expired leases only every half second and then revokes them through raft, and a
+    /// renewal in that window must not revive it.
+    async fn renewable_lease(
+        &self,
+        key: &str,
+        create_revision: Revision,
+    ) -> Result<i64, StoreError> {
+        let k = key.as_bytes().to_vec();
+        let resp = self
+            .call(|mut c| {
+                let k = k.clone();
+                async move { c.get(k, None).await }
+            })
+            .await
+            .map_err(|f| f.into_store(&format!("renew {key}")))?;
+        // A refusal here is the stale renewal a failed comparison used to be: counted so.
+        let not_found = || {
+            self.conflict();
+            StoreError::NotFound {
+                key: key.to_string(),
+            }
+        };
+        let kv = resp.kvs().first().ok_or_else(not_found)?;
+        if revision(kv.create_revision()) != create_revision {
+            self.conflict();
+            return Err(StoreError::Conflict {
+                key: key.to_string(),
+                expected: create_revision,
+                found: revision(kv.create_revision()),
+            });
+        }
+        let lease = kv.lease();
+        if lease != 0 {
+            // As a listing would report it: a lease whose expiry cannot be had is due now.
+            let expires_at = self.expiries([lease]).await?.get(&lease).copied();
+            if expires_at.is_none_or(|at| at <= wall_now()) {
+                return Err(not_found());
+            }
+        }
+        Ok(lease)
+    }
+
+    /// Renews `key` if it is still the incarnation `create_revision` on a lease that has
+    /// not run out (see [`EtcdStore::renewable_lease`]): a transaction on the create
+    /// revision and on the lease that was checked, so that a lease changed in between is
+    /// looked at again.
     pub(super) async fn renew_entry(
         &self,
         key: &str,
@@ -235,63 +285,96 @@ impl EtcdStore {
     ) -> Result<Entry, StoreError> {
         check_key(key)?;
         check_ttl(ttl)?;
-        let lease = match ttl {
-            Some(ttl) => Some(self.grant(ttl).await?),
-            None => None,
-        };
-        let lease_id = lease.map_or(0, |(id, _)| id);
+        let mut granted: Option<(i64, Timestamp)> = None;
+        let result = self
+            .renew_attempts(key, create_revision, value, ttl, &mut granted)
+            .await;
+        if result.is_err() {
+            if let Some((id, _)) = granted {
+                self.revoke_later(id);
+            }
+        }
+        result
+    }
+
+    async fn renew_attempts(
+        &self,
+        key: &str,
+        create_revision: Revision,
+        value: &[u8],
+        ttl: Option<Duration>,
+        granted: &mut Option<(i64, Timestamp)>,
+    ) -> Result<Entry, StoreError> {
+        const ATTEMPTS: u32 = 3;
         let k = key.as_bytes().to_vec();
         let expected = i64::try_from(create_revision).unwrap_or(i64::MAX);
-        let put = PutOptions::new().with_lease(lease_id).with_prev_key();
-        // etcd compares an absent key as create_revision 0: without the version check a
-        // renewal claiming revision 0 would create the key instead of finding it gone.
-        let txn = Txn::new()
-            .when([
-                Compare::create_revision(k.clone(), CompareOp::Equal, expected),
-                Compare::version(k.clone(), CompareOp::Greater, 0),
-            ])
-            .and_then([TxnOp::put(k.clone(), value.to_vec(), Some(put))])
-            .or_else([TxnOp::get(k, None)]);
-        let resp = self
-            .call(|mut c| {
-                let txn = txn.clone();
-                async move { c.txn(txn).await }
-            })
-            .await
-            .map_err(|f| f.into_store(&format!("renew {key}")))?;
-        let first = resp.op_responses().into_iter().next();
-        if !resp.succeeded() {
-            self.conflict();
-            if lease_id != 0 {
-                self.revoke_later(lease_id);
+        for _ in 0..ATTEMPTS {
+            let old_lease = self.renewable_lease(key, create_revision).await?;
+            if let (Some(ttl), None) = (ttl, *granted) {
+                *granted = Some(self.grant(ttl).await?);
             }
-            let found = match first {
-                Some(TxnOpResponse::Get(get)) => get.kvs().first().map(|kv| kv.create_revision()),
-                _ => None,
-            };
-            return Err(match found {
-                None => StoreError::NotFound {
-                    key: key.to_string(),
-                },
-                Some(found) => StoreError::Conflict {
-                    key: key.to_string(),
-                    expected: create_revision,
-                    found: revision(found),
-                },
+            let lease_id = granted.map_or(0, |(id, _)| id);
+            let put = PutOptions::new().with_lease(lease_id).with_prev_key();
+            // etcd compares an absent key as create_revision 0: without the version
+            // check a renewal claiming revision 0 would create the key, were it deleted
+            // since it was read.
+            let txn = Txn::new()
+                .when([
+                    Compare::create_revision(k.clone(), CompareOp::Equal, expected),
+                    Compare::version(k.clone(), CompareOp::Greater, 0),
+                    Compare::lease(k.clone(), CompareOp::Equal, old_lease),
+                ])
+                .and_then([TxnOp::put(k.clone(), value.to_vec(), Some(put))])
+                .or_else([TxnOp::get(k.clone(), None)]);
+            let resp = self
+                .call(|mut c| {
+                    let txn = txn.clone();
+                    async move { c.txn(txn).await }
+                })
+                .await
+                .map_err(|f| f.into_store(&format!("renew {key}")))?;
+            let first = resp.op_responses().into_iter().next();
+            if !resp.succeeded() {
+                self.conflict();
+                let found = match first {
+                    Some(TxnOpResponse::Get(get)) => {
+                        get.kvs().first().map(|kv| kv.create_revision())
+                    }
+                    _ => None,
+                };
+                match found {
+                    None => {
+                        return Err(StoreError::NotFound {
+                            key: key.to_string(),
+                        })
+                    }
+                    // Our incarnation, moved to another lease in between: look again.
+                    Some(found) if revision(found) == create_revision => continue,
+                    Some(found) => {
+                        return Err(StoreError::Conflict {
+                            key: key.to_string(),
+                            expected: create_revision,
+                            found: revision(found),
+                        })
+                    }
+                }
+            }
+            if let Some(TxnOpResponse::Put(put)) = first {
+                if let Some(prev) = put.prev_key() {
+                    self.release_replaced(prev.lease(), lease_id).await;
+                }
+            }
+            return Ok(Entry {
+                key: key.to_string(),
+                value: value.to_vec(),
+                create_revision,
+                mod_revision: header_revision(resp.header()),
+                expires_at: granted.map(|(_, at)| at),
             });
         }
-        if let Some(TxnOpResponse::Put(put)) = first {
-            if let Some(prev) = put.prev_key() {
-                self.release_replaced(prev.lease(), lease_id).await;
-            }
-        }
-        Ok(Entry {
-            key: key.to_string(),
-            value: value.to_vec(),
-            create_revision,
-            mod_revision: header_revision(resp.header()),
-            expires_at: lease.map(|(_, at)| at),
-        })
+        Err(StoreError::Backend(format!(
+            "renew {key}: its lease changed under every one of {ATTEMPTS} attempts"
+        )))
     }
 
     pub(super) async fn put_entry(&self, key: &str, value: &[u8]) -> Result<Entry, StoreError> {
@@ -392,6 +475,67 @@ impl EtcdStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// An ID etcd generated for another writer can pass the check bits of weft's IDs by
+    /// chance (about one in 4,096) while recording an expiry no weft lease could have.
+    /// Taking it for weft's own, which holds one key, and revoking it when the key is
+    /// renewed would delete every other key attached to it.
+    #[cfg(feature = "testing")]
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_foreign_lease_that_looks_like_weft_s_is_not_revoked_under_other_keys() {
+        use crate::testing::etcd_or_skip;
+        use crate::EtcdOptions;
+        use weft_core::store::Store;
+
+        const NAME: &str = "a_foreign_lease_that_looks_like_weft_s_is_not_revoked";
+        let Some(etcd) = tokio::task::spawn_blocking(|| etcd_or_skip(NAME))
+            .await
+            .expect("etcd starter")
+        else {
+            return;
+        };
+        // Passes weft's check bits, but records an expiry in 2021: not plausible.
+        let foreign =
+            lease_id::encode(Timestamp::from_millis(1_612_137_600_000), 77).expect("an ID");
+        assert!(lease_id::decode(foreign).is_some());
+        assert_eq!(lease_id::decode_plausible(foreign, wall_now()), None);
+
+        let mut raw = etcd_client::Client::connect(etcd.endpoints(), None)
+            .await
+            .expect("connect");
+        raw.lease_grant(300, Some(LeaseGrantOptions::new().with_id(foreign)))
+            .await
+            .expect("grant the foreign lease");
+        let key = "/coreos.com/network/subnets/10.5.34.0-24";
+        let other = "/elsewhere/attached-to-the-same-lease";
+        for k in [key, other] {
+            raw.put(k, "{}", Some(PutOptions::new().with_lease(foreign)))
+                .await
+                .expect("put on the foreign lease");
+        }
+
+        let store = EtcdStore::connect(&etcd.endpoints(), &EtcdOptions::default())
+            .await
+            .expect("connect");
+        let entry = store.get(key).await.expect("get").expect("the key");
+        store
+            .renew(
+                key,
+                entry.create_revision,
+                b"{}",
+                Some(Duration::from_secs(600)),
+            )
+            .await
+            .expect("renew moves the key onto a lease of its own");
+
+        let left = raw.get(other, None).await.expect("get the other key");
+        assert_eq!(left.kvs().len(), 1, "the other key went with the lease");
+        let ttl = raw
+            .lease_time_to_live(foreign, None)
+            .await
+            .expect("time to live");
+        assert!(ttl.ttl() > 0, "the foreign lease was revoked");
+    }
 
     #[test]
     fn prefix_end_is_the_first_key_past_the_prefix() {

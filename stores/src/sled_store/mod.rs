@@ -3,7 +3,8 @@
 //!
 //! What it keeps: every acknowledged write survives `kill -9` and reopen (each change is
 //! one sled transaction, flushed before the operation returns), the revision counter
-//! included; expiries are measured against the store's [`Clock`] (the wall clock, in
+//! included; nothing is observable before it is durable (a change is committed and
+//! flushed under the writer lock, which every reader and watch takes too); expiries are measured against the store's [`Clock`] (the wall clock, in
 //! milliseconds since the Unix epoch, so they mean the same after a restart); the log of
 //! changes that watches replay is kept for the last [`DEFAULT_HISTORY_LIMIT`] revisions.
 //!
@@ -58,9 +59,12 @@ struct Inner {
     history_limit: AtomicU64,
     /// The latest time an operation used, so expiry never runs backwards with the clock.
     last_now: AtomicU64,
-    /// Held for writing by every change, so that changes are serialized (their revisions
-    /// and expiries checked once), and for reading by `list`, so that a listing and its
-    /// revision are one snapshot: sled's range scans are not atomic on their own.
+    /// Held for writing by every change from before its commit until it is flushed, so
+    /// that changes are serialized (their revisions and expiries checked once) and none
+    /// is seen before it is on disk; held for reading by every read (`get`, `list`, a
+    /// watch's look at the log, the counters), so that a listing and its revision are one
+    /// snapshot (sled's range scans are not atomic on their own) and a reader sees only
+    /// flushed changes: sled makes a commit visible at once, durable only on flush.
     writer: RwLock<()>,
     /// Woken after every change, so that watches look for new events.
     changed: Notify,
@@ -146,11 +150,18 @@ impl SledStore {
 
     /// The store's current revision (0 before the first change).
     pub fn revision(&self) -> Result<Revision, StoreError> {
+        let _flushed = self.read_guard();
         self.inner.trees.meta_u64(REVISION)
     }
 
     /// The compaction point: watches from before it fail with [`StoreError::Compacted`].
     pub fn compact_revision(&self) -> Result<Revision, StoreError> {
+        let _flushed = self.read_guard();
+        self.compact_revision_locked()
+    }
+
+    /// [`SledStore::compact_revision`] for a caller that holds the writer lock, either way.
+    fn compact_revision_locked(&self) -> Result<Revision, StoreError> {
         self.inner.trees.meta_u64(COMPACT_REVISION)
     }
 
@@ -206,41 +217,56 @@ impl SledStore {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// Runs one change: under the writer lock, expires what is due and then runs `f` as
-    /// one transaction; then flushes and wakes the watches if anything was written, and
-    /// only then returns, so that an acknowledged write is on disk.
+    /// Runs one change: under the writer lock, expires what is due, runs `f` as one
+    /// transaction and, if anything was written, flushes it; only then does it release
+    /// the lock (so that no reader sees the change before it is on disk), wake the
+    /// watches and return (so that an acknowledged write is on disk). Once anything may
+    /// have been committed, a failure on the way still flushes and wakes the watches.
+    ///
+    /// The flush blocks the calling thread, as every sled call here does; readers wait
+    /// for it, which is the price of seeing only what is durable.
     async fn change<T>(
         &self,
         f: impl Fn(&Tx<'_>, Timestamp) -> TxResult<T>,
     ) -> Result<T, StoreError> {
-        let (result, changed) = {
-            let _writer = self.write_guard();
-            let now = self.now();
-            let before = self.position()?;
-            let expired = self.expire_due_locked(now);
-            let history_limit = self.inner.history_limit.load(Ordering::Relaxed);
-            let result =
-                expired.and_then(|()| self.inner.trees.transact(history_limit, |tx| f(tx, now)));
-            let changed = self.position()? != before;
-            if changed {
-                self.drop_compacted_events()?;
-            }
-            (result, changed)
-        };
-        if changed {
-            self.inner
-                .db
-                .flush_async()
-                .await
-                .map_err(|e| backend(&format!("flushing {}", self.inner.path.display()), e))?;
-            self.inner.changed.notify_waiters();
+        let _writer = self.write_guard();
+        let now = self.now();
+        let before = self.position_locked()?;
+        let expired = self.expire_due_locked(now);
+        let history_limit = self.inner.history_limit.load(Ordering::Relaxed);
+        let result =
+            expired.and_then(|()| self.inner.trees.transact(history_limit, |tx| f(tx, now)));
+        // Unknown counts as changed: better a needless flush than an unflushed change.
+        let changed = self
+            .position_locked()
+            .ok()
+            .is_none_or(|after| after != before);
+        if !changed {
+            return result;
+        }
+        let dropped = self.drop_compacted_events();
+        let flushed = self
+            .inner
+            .db
+            .flush()
+            .map(drop)
+            .map_err(|e| backend(&format!("flushing {}", self.inner.path.display()), e));
+        self.inner.changed.notify_waiters();
+        // A write that was not flushed is not acknowledged, whatever `f` said.
+        flushed?;
+        if let Err(e) = dropped {
+            tracing::warn!(path = %self.inner.path.display(), error = %e, "could not drop compacted events; the next change retries");
         }
         result
     }
 
-    /// The revision and the compaction point: what a change moves.
-    fn position(&self) -> Result<(Revision, Revision), StoreError> {
-        Ok((self.revision()?, self.compact_revision()?))
+    /// The revision and the compaction point: what a change moves. The caller holds the
+    /// writer lock.
+    fn position_locked(&self) -> Result<(Revision, Revision), StoreError> {
+        Ok((
+            self.inner.trees.meta_u64(REVISION)?,
+            self.compact_revision_locked()?,
+        ))
     }
 
     /// Expires what is due, if anything is: what reads do before reading.
@@ -302,7 +328,7 @@ impl SledStore {
     /// Removes the events before the compaction point. Idempotent; the compaction point,
     /// not the presence of events, is what watches check.
     fn drop_compacted_events(&self) -> Result<(), StoreError> {
-        let compact = self.compact_revision()?;
+        let compact = self.compact_revision_locked()?;
         let events = &self.inner.trees.events;
         for key in events.range(..&encode_u64(compact)[..]).keys() {
             let key = key.map_err(|e| backend("reading the event log", e))?;
@@ -346,6 +372,7 @@ impl Store for SledStore {
     async fn get(&self, key: &str) -> Result<Option<Entry>, StoreError> {
         check_key(key)?;
         self.expire_if_due().await?;
+        let _flushed = self.read_guard();
         match self.inner.trees.entries.get(key.as_bytes()) {
             Ok(None) => Ok(None),
             Ok(Some(raw)) => decode_entry(key, &raw)
@@ -358,7 +385,7 @@ impl Store for SledStore {
     async fn list(&self, prefix: &str) -> Result<Listing, StoreError> {
         self.expire_if_due().await?;
         let _snapshot = self.read_guard();
-        let revision = self.revision()?;
+        let revision = self.inner.trees.meta_u64(REVISION)?;
         let mut entries = Vec::new();
         for item in self.inner.trees.entries.scan_prefix(prefix.as_bytes()) {
             let (key, raw) = item.map_err(|e| backend(&format!("listing {prefix}"), e))?;

@@ -178,3 +178,60 @@ fn a_second_open_in_this_process_is_locked() {
     drop(store);
     SledStore::open(dir.path(), Clock::Wall).expect("open after the first is dropped");
 }
+
+/// One damaged record in the event log must not wedge every watch that reaches it: a
+/// watch from before it gets the events before it, then `Compacted` (the node re-lists,
+/// which reads the entries themselves, and resumes after the listing), never an error
+/// that a retry from the same revision meets again forever.
+#[tokio::test]
+async fn an_undecodable_event_makes_watchers_re_list_instead_of_failing_forever() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (store, _) = manual(dir.path(), 0);
+    let a = store.put("/w/a", b"1").await.expect("put a");
+    store.put("/w/b", b"2").await.expect("put b");
+    store.put("/w/c", b"3").await.expect("put c");
+    // Damage the event of revision 2 behind the store's back, as a disk or a bug might.
+    store
+        .inner
+        .trees
+        .events
+        .insert(&encode_u64(2)[..], &b"\x01garbage"[..])
+        .expect("insert garbage");
+
+    let next = |mut w: Box<dyn Watch>| async move {
+        let r = tokio::time::timeout(Duration::from_secs(5), w.next())
+            .await
+            .expect("an answer in time");
+        (w, r)
+    };
+    let w = store.watch("/w/", 1).await.expect("watch");
+    let (w, first) = next(w).await;
+    assert_eq!(first, Ok(vec![WatchEvent::Put(a)]));
+    let (_, second) = next(w).await;
+    assert_eq!(
+        second,
+        Err(StoreError::Compacted {
+            requested: 2,
+            compact_revision: 3
+        })
+    );
+    // A watch retried from the damaged revision is told the same: re-list.
+    let (_, retried) = next(store.watch("/w/", 2).await.expect("watch")).await;
+    assert!(
+        matches!(retried, Err(StoreError::Compacted { .. })),
+        "{retried:?}"
+    );
+
+    // What the node does then: list, and watch from after the listing; it goes on
+    // seeing changes.
+    let listing = store.list("/w/").await.expect("list");
+    assert_eq!(listing.entries.len(), 3);
+    assert_eq!(listing.revision, 3);
+    let d = store.put("/w/d", b"4").await.expect("put d");
+    let w = store
+        .watch("/w/", listing.revision + 1)
+        .await
+        .expect("watch");
+    let (_, after) = next(w).await;
+    assert_eq!(after, Ok(vec![WatchEvent::Put(d)]));
+}

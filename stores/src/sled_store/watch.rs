@@ -20,6 +20,8 @@ pub(crate) struct SledWatch {
     prefix: String,
     next: Revision,
     failed: Option<StoreError>,
+    /// Whether a log key that is no revision was reported already (once per watch).
+    warned_bad_key: bool,
 }
 
 impl SledWatch {
@@ -29,22 +31,46 @@ impl SledWatch {
             prefix: prefix.to_string(),
             next: from,
             failed: None,
+            warned_bad_key: false,
         }
     }
 
     /// The events under the prefix from the cursor on, moving the cursor past every
     /// record looked at, and whether it moved.
+    ///
+    /// A record that does not decode cannot be told to be outside the prefix, so skipping
+    /// it could lose a change; failing on it would fail every retry from the same
+    /// revision, forever. The events before it are returned first; then the watch
+    /// answers [`StoreError::Compacted`] past it, so the watcher re-lists (the listing
+    /// reads the entries themselves) and resumes after the damaged record.
     fn poll(&mut self) -> Result<(Vec<WatchEvent>, bool), StoreError> {
-        let log = &self.store.inner.trees.events;
+        // Only flushed changes: the writer holds the lock until its change is on disk.
+        let store = self.store.clone();
+        let _flushed = store.read_guard();
+        let log = &store.inner.trees.events;
         let mut events = Vec::new();
         let mut last_seen = None;
         for item in log.range(&encode_u64(self.next)[..]..).take(MAX_SCAN) {
-            let (rev, raw) = item.map_err(|e| backend("reading the event log", e))?;
-            let rev = decode_u64(&rev)
-                .map_err(|e| StoreError::Backend(format!("corrupt event log key: {e}")))?;
-            let event = decode_event(rev, &raw).map_err(|e| {
-                StoreError::Backend(format!("corrupt event at revision {rev}: {e}"))
-            })?;
+            let (key, raw) = item.map_err(|e| backend("reading the event log", e))?;
+            let Ok(rev) = decode_u64(&key) else {
+                // Not a revision: no event of any revision is lost by passing it.
+                if !self.warned_bad_key {
+                    self.warned_bad_key = true;
+                    tracing::warn!(path = %self.store.inner.path.display(), key = ?key, "skipping an event log record whose key is not a revision");
+                }
+                continue;
+            };
+            let event = match decode_event(rev, &raw) {
+                Ok(event) => event,
+                Err(_) if !events.is_empty() => break,
+                Err(e) => {
+                    tracing::warn!(path = %self.store.inner.path.display(), revision = rev, error = %e, "skipping an undecodable record in the event log; the watcher re-lists");
+                    return Err(StoreError::Compacted {
+                        requested: self.next,
+                        compact_revision: rev + 1,
+                    });
+                }
+            };
             last_seen = Some(rev);
             if event.key().starts_with(&self.prefix) {
                 events.push(event);
@@ -55,7 +81,7 @@ impl SledWatch {
         }
         // Checked after reading: events are removed only after the compaction point has
         // moved past them, so if any we wanted were gone, this sees it.
-        let compact_revision = self.store.compact_revision()?;
+        let compact_revision = store.compact_revision_locked()?;
         if self.next < compact_revision {
             return Err(StoreError::Compacted {
                 requested: self.next,
