@@ -196,7 +196,13 @@ fn invariants(c: &Cluster) -> Result<(), String> {
             .store
             .events_since(&prefix, from)
             .map_or(true, |events| events.iter().any(|e| e.key() == key));
-        let found = c.store.get(&key).map(read_lease).transpose()?;
+        let found = c
+            .store
+            .get(&key)
+            .ok()
+            .flatten()
+            .map(read_lease)
+            .transpose()?;
         match found {
             Some(l) if l.holder == *addr && l.create_revision == held.create_revision => {}
             _ if told => {}
