@@ -1,212 +1,202 @@
 //! `weft lab play SCENARIO`: a simulator scenario file run against real namespaces.
 //!
 //! The lab takes its nodes, addresses, containers, network config and lease timing from
-//! the scenario, then performs the steps and checks the expectations on the scenario's
-//! timeline in real time, so one file checks both worlds. Steps that only a simulator
-//! can perform (partitions, link faults, store outages, clock jumps, compaction) are
-//! refused up front, naming the step and its line. In the lab a crash is a stop: a
-//! node's daemon runs in this process, and its TUN device has to go with it.
+//! the scenario, then the one walker (`weft_sim::walk`) performs the steps and checks
+//! the expectations on the scenario's timeline in real time, so one file checks both
+//! worlds. What only a simulator can do (partitions, link faults, store outages, clock
+//! jumps, compaction) the lab refuses through the walker's trait, before it builds
+//! anything, naming the step and its line. In the lab a crash is a stop: a node's daemon
+//! runs in this process, and its TUN device has to go with it.
+//!
+//! The walker is synchronous (the simulator's world is); the lab's world runs it on a
+//! blocking thread and waits for the nodes, the store and the clock through the
+//! runtime's handle. Nodes publish their status as it changes, so every check reads the
+//! state of that instant and every start waits exactly until the node holds its lease.
 
 use std::collections::BTreeMap;
-use std::io::{Read, Write};
-use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+use std::ops::ControlFlow;
+use std::path::Path;
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context, Result};
-use weft_core::lease::LeaseKey;
-use weft_core::store::{subnets_prefix, DEFAULT_PREFIX};
-use weft_datapath::netns;
-use weft_sim::scenario::{Expect, PingExpect, Scenario, Step, SubnetExpect};
+use ipnet::Ipv4Net;
+use tokio::runtime::Handle;
+use tokio::sync::watch;
+use weft_sim::scenario::{Expect, FaultFields, NodeSection, PingExpect, Scenario, Step};
+use weft_sim::walk::{self, Refusal, ScenarioWorld};
 
-use super::state::Lab;
-use super::{probe, LabSpec, NodeSpec, Running};
+mod expect;
 
-/// How long a check may take to come true: the lab runs in real time, its nodes write
-/// their state once a second.
-const GRACE: Duration = Duration::from_secs(3);
+use super::running::Running;
+use super::spec::LabSpec;
+use super::{check_prerequisites, claim, container, probe, topology, LabError};
+use crate::daemon::NodeStatus;
 
-fn line_of(source: &str, offset: usize) -> usize {
-    source[..offset.min(source.len())].matches('\n').count() + 1
-}
+/// What the lab can play, for refusals.
+const CAN: &str =
+    "weft lab play runs start, stop, crash, restart, ping, tcp, delete_lease and reserve";
 
-/// Refuses a scenario that uses what only the simulator can do.
-pub fn check_supported(file: &str, scenario: &Scenario, source: &str) -> Result<()> {
-    for step in &scenario.steps {
-        let name = match step.get_ref() {
-            Step::Partition { .. } => "partition",
-            Step::Heal { .. } => "heal",
-            Step::Faults { .. } => "faults",
-            Step::StoreOutage { .. } => "store_outage",
-            Step::StoreRecover { .. } => "store_recover",
-            Step::ClockJump { .. } => "clock_jump",
-            Step::Compact { .. } => "compact",
-            _ => continue,
-        };
-        bail!(
-            "{file}:{}: step {name:?} needs the simulator (weft sim run); weft lab play runs start, stop, crash, restart, ping, tcp, delete_lease and reserve",
-            line_of(source, step.span().start)
-        );
+fn needs_the_simulator(what: String) -> Refusal {
+    Refusal {
+        what,
+        why: format!("needs the simulator (weft sim run); {CAN}"),
     }
-    if scenario.underlay.is_some() {
-        bail!("{file}: [underlay] link faults need the simulator (weft sim run)");
-    }
-    for node in &scenario.nodes {
-        let node = node.get_ref();
-        if node.ip.octets()[..3] != [192, 0, 2] || node.ip.octets()[3] == 0 {
-            bail!(
-                "{file}: node {} has IP {}: the lab's underlay is 192.0.2.0/24",
-                node.name,
-                node.ip
-            );
-        }
-        if node.previous_subnet.is_some() {
-            bail!(
-                "{file}: node {}: previous_subnet needs the simulator",
-                node.name
-            );
-        }
-    }
-    Ok(())
 }
 
-/// The lab a scenario describes.
-pub fn spec(scenario: &Scenario) -> Result<LabSpec> {
-    let config = scenario.network.config.get_ref();
-    let config_text = match config {
-        toml::Value::String(json) => json.clone(),
-        other => serde_json::to_string(other).context("the scenario's network config")?,
-    };
-    Ok(LabSpec {
-        nodes: scenario
-            .nodes
-            .iter()
-            .map(|n| {
-                let n = n.get_ref();
-                NodeSpec {
-                    name: n.name.clone(),
-                    ip: n.ip,
-                    containers: n.container_names(),
-                    start: n.start,
-                }
-            })
-            .collect(),
-        config_text,
-        lease_ttl: scenario.network.lease_ttl.0,
-        renew_margin: scenario.network.renew_margin.0,
-        reservations: scenario
-            .network
-            .reservations
-            .iter()
-            .map(|r| (r.subnet, r.ip))
-            .collect(),
-    })
-}
-
-/// One timed item of the scenario.
-enum Item<'a> {
-    Step(&'a Step),
-    Expect(&'a Expect),
-}
-
-/// Plays the scenario against a built lab; returns how many items failed.
-pub async fn play(lab: &mut Lab, running: &mut Running, scenario: &Scenario) -> Result<usize> {
-    let mut items: Vec<(Duration, Item)> = scenario
-        .steps
-        .iter()
-        .map(|s| (s.get_ref().at(), Item::Step(s.get_ref())))
-        .chain(
-            scenario
-                .expects
-                .iter()
-                .map(|e| (e.get_ref().at(), Item::Expect(e.get_ref()))),
-        )
-        .collect();
-    items.sort_by_key(|(at, _)| *at);
-    let mut player = Player {
-        previous: BTreeMap::new(),
-        failures: 0,
-    };
-    let t0 = tokio::time::Instant::now();
-    for (at, item) in items {
-        tokio::time::sleep_until(t0 + at).await;
-        let (what, result) = match item {
-            Item::Step(step) => player.step(lab, running, step).await,
-            Item::Expect(expect) => player.expect(lab, running, expect).await,
-        };
-        let stamp = format!("{:>8.3}s", at.as_secs_f64());
-        match result {
-            Ok(detail) => println!("{stamp} ok    {what}{detail}"),
-            Err(e) => {
-                player.failures += 1;
-                println!("{stamp} FAIL  {what}: {e:#}");
-            }
-        }
-    }
-    Ok(player.failures)
-}
-
-struct Player {
-    /// The lease each node held before it was last stopped.
-    previous: BTreeMap<String, Option<String>>,
+/// The lab as a world a scenario runs against.
+pub struct LabWorld {
+    pub(super) rt: Handle,
+    pub(super) running: Running,
+    t0: tokio::time::Instant,
+    at: Duration,
+    /// The subnet each node held in its previous run.
+    pub(super) previous: BTreeMap<String, Option<Ipv4Net>>,
     failures: usize,
+    shutdown: watch::Receiver<bool>,
+    interrupted: bool,
+    out: Box<dyn FnMut(&str) + Send>,
 }
 
-fn container(lab: &Lab, spec: &str) -> Result<(String, Ipv4Addr)> {
-    let (node, name) = match spec.split_once('/') {
-        Some((n, c)) => (n, Some(c)),
-        None => (spec, None),
-    };
-    let node = lab
-        .nodes
-        .iter()
-        .find(|n| n.name == node)
-        .with_context(|| format!("no node {node:?}"))?;
-    let c = match name {
-        Some(c) => node
-            .containers
-            .iter()
-            .find(|x| x.name == format!("{}-{c}", node.name)),
-        None => node.containers.first(),
+impl std::fmt::Debug for LabWorld {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LabWorld")
+            .field("at", &self.at)
+            .field("failures", &self.failures)
+            .finish_non_exhaustive()
     }
-    .with_context(|| format!("{spec}: no such container (is its node running?)"))?;
-    Ok((
-        c.name.clone(),
-        c.ip.context("container without an address")?,
-    ))
 }
 
-impl Player {
-    async fn step(
-        &mut self,
-        lab: &mut Lab,
-        running: &mut Running,
-        step: &Step,
-    ) -> (String, Result<String>) {
+impl ScenarioWorld for LabWorld {
+    fn refuse(step: &Step) -> Option<Refusal> {
+        match step {
+            Step::Start { .. }
+            | Step::Stop { .. }
+            | Step::Crash { .. }
+            | Step::Restart { .. }
+            | Step::Ping { .. }
+            | Step::Tcp { .. }
+            | Step::DeleteLease { .. }
+            | Step::Reserve { .. } => None,
+            Step::Partition { .. }
+            | Step::Heal { .. }
+            | Step::Faults { .. }
+            | Step::StoreOutage { .. }
+            | Step::StoreRecover { .. }
+            | Step::ClockJump { .. }
+            | Step::Compact { .. } => Some(needs_the_simulator(format!("step {:?}", step.name()))),
+        }
+    }
+
+    fn refuse_node(node: &NodeSection) -> Option<Refusal> {
+        if !topology::on_underlay(node.ip) {
+            return Some(Refusal {
+                what: format!("node {} has IP {}:", node.name, node.ip),
+                why: format!("the lab's underlay is {}", topology::UNDERLAY),
+            });
+        }
+        node.previous_subnet
+            .map(|_| needs_the_simulator(format!("node {}: previous_subnet", node.name)))
+    }
+
+    fn refuse_underlay(_: &FaultFields) -> Option<Refusal> {
+        Some(needs_the_simulator("[underlay] link faults".into()))
+    }
+
+    fn wait(&mut self, _index: usize, at: Duration) -> ControlFlow<()> {
+        self.at = at;
+        let due = self.t0 + at;
+        let shutdown = &mut self.shutdown;
+        let interrupted = self.rt.block_on(async {
+            tokio::select! {
+                () = tokio::time::sleep_until(due) => false,
+                Ok(()) = shutdown.changed() => true,
+            }
+        });
+        self.interrupted |= interrupted;
+        if interrupted {
+            ControlFlow::Break(())
+        } else {
+            ControlFlow::Continue(())
+        }
+    }
+
+    fn step(&mut self, step: &Step) {
+        let (what, result) = self.perform(step);
+        self.report(&what, result);
+    }
+
+    fn expect(&mut self, expect: &Expect) {
+        let (what, result) = self.check(expect);
+        self.report(&what, result);
+    }
+
+    fn finish(&mut self, _end: Option<Duration>) {
+        // Nothing is checked after the last item: the lab does not wait for the end.
+        for report in self.running.status().nodes {
+            let line = match &report.status {
+                Some(s) if s.holds_lease() => format!(
+                    "end   {}: holds {}, {} routes",
+                    report.name,
+                    s.lease
+                        .as_ref()
+                        .map_or_else(String::new, |l| l.subnet.to_string()),
+                    s.routes.len()
+                ),
+                Some(s) => format!("end   {}: {}", report.name, s.state.as_str()),
+                None => format!("end   {}: unknown", report.name),
+            };
+            (self.out)(&line);
+        }
+    }
+}
+
+impl LabWorld {
+    fn report(&mut self, what: &str, result: Result<String, LabError>) {
+        let mut stamp = format!("{:>8.3}s", self.at.as_secs_f64());
+        // Real time does not stop for a slow step: say when an item ran late.
+        let late = self.t0.elapsed().saturating_sub(self.at);
+        if late > Duration::from_millis(500) {
+            stamp += &format!(" (late by {:.1}s)", late.as_secs_f64());
+        }
+        let line = match result {
+            Ok(detail) => format!("{stamp} ok    {what}{detail}"),
+            Err(e) => {
+                self.failures += 1;
+                format!("{stamp} FAIL  {what}: {e}")
+            }
+        };
+        (self.out)(&line);
+    }
+
+    pub(super) fn status(&self, node: &str) -> Result<NodeStatus, LabError> {
+        self.running
+            .nodes
+            .status(node)
+            .ok_or_else(|| LabError::NoNode {
+                name: node.to_string(),
+                have: self.running.state.names().join(", "),
+            })
+    }
+
+    fn perform(&mut self, step: &Step) -> (String, Result<String, LabError>) {
+        let rt = self.rt.clone();
         match step {
             Step::Start { node, .. } | Step::Restart { node, .. } => {
-                // A node that stopped on its own (its lease deleted) held, before, the
-                // lease its last stats recorded.
-                if !self.previous.contains_key(node) {
-                    let lease = running.stats(node)["lease"].as_str().map(str::to_string);
-                    self.previous.insert(node.clone(), lease);
-                }
-                let r = async {
-                    running.start(node)?;
-                    running.wire(lab).await?;
-                    Ok(String::new())
+                // What it held in the run that ended, for `holds = "previous"`.
+                let last = self.status(node).ok().and_then(|s| s.last_lease);
+                self.previous.insert(node.clone(), last.map(|l| l.subnet));
+                let running = &mut self.running;
+                let result = running
+                    .start(node)
+                    .and_then(|()| rt.block_on(running.wire()));
+                let detail = |unwired: Vec<String>| match unwired.as_slice() {
+                    [] => String::new(),
+                    why => format!(" (no lease yet for {})", why.join("; ")),
                 };
-                (format!("start {node}"), r.await)
+                (format!("start {node}"), result.map(detail))
             }
             Step::Stop { node, .. } | Step::Crash { node, .. } => {
-                let lease = running.stats(node)["lease"].as_str().map(str::to_string);
-                self.previous.insert(node.clone(), lease);
-                let reply = running.nodes.stop(node).await;
-                let r = if reply.starts_with("ok") {
-                    Ok(String::new())
-                } else {
-                    Err(anyhow::anyhow!(reply))
-                };
-                (format!("stop {node}"), r)
+                let result = rt.block_on(self.running.nodes.stop(node));
+                (format!("stop {node}"), result.map(|()| String::new()))
             }
             Step::Ping {
                 from,
@@ -214,228 +204,188 @@ impl Player {
                 within,
                 expect,
                 ..
-            } => {
-                let what = format!("ping {from} -> {to}");
-                (what, self.ping(lab, from, to, within.0, *expect).await)
-            }
+            } => (
+                format!("ping {from} -> {to}"),
+                self.ping(from, to, within.0, *expect),
+            ),
             Step::Tcp {
                 from,
                 to,
                 bytes,
                 within,
                 ..
-            } => {
-                let what = format!("tcp {from} -> {to} {bytes} bytes");
-                (what, tcp(lab, from, to, *bytes, within.0).await)
-            }
+            } => (
+                format!("tcp {from} -> {to} {bytes} bytes"),
+                self.tcp(from, to, *bytes, within.0),
+            ),
             Step::DeleteLease { node, .. } => {
-                let r = async {
-                    let lease = running.stats(node)["lease"].as_str().map(str::to_string);
-                    let lease = lease.with_context(|| format!("{node} holds no lease"))?;
-                    let key = format!("{}{lease}", subnets_prefix(DEFAULT_PREFIX));
-                    running.store.delete(&key).await?;
-                    Ok(format!(" ({lease})"))
-                };
-                (format!("delete the lease of {node}"), r.await)
+                let result = self.status(node).and_then(|s| {
+                    let lease = s.lease.ok_or_else(|| LabError::NotRunning(node.clone()))?;
+                    rt.block_on(self.running.delete_lease(&lease.key))?;
+                    Ok(format!(" ({})", lease.key))
+                });
+                (format!("delete the lease of {node}"), result)
             }
             Step::Reserve { subnet, ip, .. } => {
-                let r = async {
-                    let key = format!(
-                        "{}{}",
-                        subnets_prefix(DEFAULT_PREFIX),
-                        LeaseKey::v4(*subnet)
-                    );
-                    let value = serde_json::json!({ "PublicIP": ip.to_string() }).to_string();
-                    running.store.put(&key, value.as_bytes()).await?;
-                    Ok(String::new())
-                };
-                (format!("reserve {subnet} for {ip}"), r.await)
+                let result = rt.block_on(self.running.reserve(*subnet, *ip));
+                (
+                    format!("reserve {subnet} for {ip}"),
+                    result.map(|()| String::new()),
+                )
             }
-            _ => (
-                "a simulator-only step".into(),
-                Err(anyhow::anyhow!("refused")),
+            Step::Partition { .. }
+            | Step::Heal { .. }
+            | Step::Faults { .. }
+            | Step::StoreOutage { .. }
+            | Step::StoreRecover { .. }
+            | Step::ClockJump { .. }
+            | Step::Compact { .. } => (
+                format!("step {:?}", step.name()),
+                Err(LabError::Protocol("refused: it needs the simulator".into())),
             ),
         }
     }
 
-    async fn ping(
+    fn ping(
         &self,
-        lab: &Lab,
         from: &str,
         to: &str,
         within: Duration,
         expect: PingExpect,
-    ) -> Result<String> {
-        let (src, _) = container(lab, from)?;
-        let (_, dst) = container(lab, to)?;
-        let ns = netns::path(&format!("{}{src}", lab.prefix));
+    ) -> Result<String, LabError> {
+        let (ns, _) = container(&self.running.state, from)?;
+        let (_, dst) = container(&self.running.state, to)?;
         let deadline = Instant::now() + within;
         let mut ident = 0x5a00u16;
         loop {
             ident = ident.wrapping_add(1);
-            let left = deadline.saturating_duration_since(Instant::now());
-            let wait = left.min(Duration::from_secs(1));
-            let (ns2, id) = (ns.clone(), ident);
-            let rtt = tokio::task::spawn_blocking(move || probe::echo(ns2, dst, id, wait)).await?;
+            let wait = deadline
+                .saturating_duration_since(Instant::now())
+                .min(Duration::from_secs(1));
+            // On the walker's blocking thread: the echo may block.
+            let rtt = probe::echo(ns.clone(), dst, ident, wait);
             match (rtt, expect) {
                 (Some(rtt), PingExpect::Ok) => {
                     return Ok(format!(" ({:.2} ms)", rtt.as_secs_f64() * 1e3))
                 }
-                (Some(_), PingExpect::Fail) => bail!("a reply arrived, none was expected"),
+                (Some(_), PingExpect::Fail) => {
+                    return Err(LabError::Protocol(
+                        "a reply arrived, none was expected".into(),
+                    ))
+                }
                 (None, _) if Instant::now() < deadline => continue,
-                (None, PingExpect::Ok) => bail!("no reply within {within:?}"),
+                (None, PingExpect::Ok) => {
+                    return Err(LabError::Protocol(format!("no reply within {within:?}")))
+                }
                 (None, PingExpect::Fail) => return Ok(" (no reply, as expected)".into()),
             }
         }
     }
 
-    async fn expect(
-        &self,
-        lab: &Lab,
-        running: &mut Running,
-        expect: &Expect,
-    ) -> (String, Result<String>) {
-        let what = match expect {
-            Expect::Holds { node, subnet, .. } => format!("{node} holds {subnet:?}"),
-            Expect::Leases { count, .. } => format!("{count} leases"),
-            Expect::Routes { node, count, .. } => format!("{node} has {count} routes"),
-            Expect::Error { node, contains, .. } => format!("{node} reported {contains:?}"),
-            Expect::Stopped { node, .. } => format!("{node} stopped"),
-            Expect::Converged { .. } => "converged".to_string(),
-        };
-        let deadline = Instant::now() + GRACE;
-        loop {
-            let result = self.check(lab, running, expect).await;
-            if result.is_ok() || Instant::now() > deadline {
-                return (what, result);
-            }
-            tokio::time::sleep(Duration::from_millis(250)).await;
+    fn tcp(&self, from: &str, to: &str, bytes: u64, within: Duration) -> Result<String, LabError> {
+        let (src, _) = container(&self.running.state, from)?;
+        let (dst_ns, dst) = container(&self.running.state, to)?;
+        let start = Instant::now();
+        let got =
+            probe::transfer(src, dst_ns, dst, bytes, within).map_err(|source| LabError::Exec {
+                command: format!("tcp {from} -> {to}"),
+                source,
+            })?;
+        let took = start.elapsed();
+        if got != bytes {
+            return Err(LabError::Protocol(format!(
+                "{got} of {bytes} bytes arrived"
+            )));
         }
-    }
-
-    async fn check(&self, lab: &Lab, running: &mut Running, expect: &Expect) -> Result<String> {
-        let _ = lab;
-        match expect {
-            Expect::Holds { node, subnet, .. } => {
-                let held = if running.nodes.stops.contains_key(node) {
-                    running.stats(node)["lease"].as_str().map(str::to_string)
-                } else {
-                    None
-                };
-                let ok = match subnet {
-                    SubnetExpect::Any => held.is_some(),
-                    SubnetExpect::None => held.is_none(),
-                    SubnetExpect::Previous => {
-                        held.is_some() && self.previous.get(node) == Some(&held)
-                    }
-                    SubnetExpect::Exactly(net) => held == Some(LeaseKey::v4(*net).to_string()),
-                };
-                if ok {
-                    Ok(format!(" ({})", held.as_deref().unwrap_or("none")))
-                } else {
-                    bail!("it holds {held:?}")
-                }
-            }
-            Expect::Leases { count, .. } => {
-                let n = running.leases().await?.len();
-                if n == *count {
-                    Ok(String::new())
-                } else {
-                    bail!("the store holds {n}")
-                }
-            }
-            Expect::Routes { node, count, .. } => {
-                let n = running.stats(node)["routes"].as_array().map_or(0, Vec::len);
-                if n == *count {
-                    Ok(String::new())
-                } else {
-                    bail!("it has {n}")
-                }
-            }
-            Expect::Error { node, contains, .. } => match running.nodes.failure(node) {
-                Some(e) if e.contains(contains.as_str()) => Ok(String::new()),
-                other => bail!("its error is {other:?}"),
-            },
-            Expect::Stopped { node, .. } => match running.nodes.failure(node) {
-                Some(e) if e.contains("deleted") => Ok(String::new()),
-                other => bail!("not stopped by a deletion ({other:?})"),
-            },
-            Expect::Converged { .. } => {
-                let leases = running.leases().await?;
-                for name in running.nodes.stops.keys() {
-                    let stats = running.stats(name);
-                    let own = stats["lease"].as_str().unwrap_or_default().to_string();
-                    let mut want: Vec<String> = leases
-                        .iter()
-                        .filter(|(k, _)| **k != own)
-                        .map(|(k, _)| k.replace('-', "/"))
-                        .collect();
-                    let mut have: Vec<String> = stats["routes"]
-                        .as_array()
-                        .map(|r| {
-                            r.iter()
-                                .filter_map(|x| x.as_str().map(str::to_string))
-                                .collect()
-                        })
-                        .unwrap_or_default();
-                    want.sort();
-                    have.sort();
-                    if want != have {
-                        bail!("{name} routes {have:?}, live peer leases {want:?}");
-                    }
-                }
-                Ok(String::new())
-            }
+        if took > within {
+            return Err(LabError::Protocol(format!(
+                "took {took:?}, more than {within:?}"
+            )));
         }
+        Ok(format!(" ({:.2} s)", took.as_secs_f64()))
     }
 }
 
-async fn tcp(lab: &Lab, from: &str, to: &str, bytes: u64, within: Duration) -> Result<String> {
-    let (src, _) = container(lab, from)?;
-    let (dst_name, dst) = container(lab, to)?;
-    let src_ns = netns::path(&format!("{}{src}", lab.prefix));
-    let dst_ns = netns::path(&format!("{}{dst_name}", lab.prefix));
-    let start = Instant::now();
-    let run = move || -> Result<u64> {
-        let listener = netns::in_netns(Some(&dst_ns), || TcpListener::bind("0.0.0.0:0"))??;
-        let port = listener.local_addr()?.port();
-        let receiver = std::thread::spawn(move || -> std::io::Result<u64> {
-            let (mut conn, _) = listener.accept()?;
-            conn.set_read_timeout(Some(within))?;
-            let mut buf = vec![0u8; 1 << 16];
-            let mut total = 0u64;
-            loop {
-                match conn.read(&mut buf)? {
-                    0 => return Ok(total),
-                    n => total += n as u64,
-                }
-            }
-        });
-        let addr = SocketAddr::from((dst, port));
-        let mut conn = netns::in_netns(Some(&src_ns), move || {
-            TcpStream::connect_timeout(&addr, within)
-        })??;
-        conn.set_write_timeout(Some(within))?;
-        let chunk = vec![0x5au8; 1 << 16];
-        let mut sent = 0u64;
-        while sent < bytes {
-            let n = chunk.len().min((bytes - sent) as usize);
-            conn.write_all(&chunk[..n])?;
-            sent += n as u64;
+/// `weft lab play`: refuses what the lab cannot do (before anything else, root or not),
+/// builds the lab the scenario in `file` describes in `dir` (its namespaces' names
+/// starting with `prefix`), walks the scenario against it, reporting each item through
+/// `out`, and removes everything. Returns how many steps and expectations failed.
+pub async fn play(
+    file: &Path,
+    dir: &Path,
+    prefix: &str,
+    seed: u64,
+    shutdown: watch::Receiver<bool>,
+    mut out: Box<dyn FnMut(&str) + Send>,
+) -> Result<usize, LabError> {
+    let (scenario, source) = weft_sim::scenario::load(file)?;
+    let name = file.display().to_string();
+    walk::check::<LabWorld>(&name, &scenario, &source)?;
+    let spec = LabSpec::from_scenario(&scenario)?;
+    check_prerequisites()?;
+    let store = super::default_store(dir);
+    let mut state = claim(dir, prefix, super::default_store_url(dir)).await?;
+    // A scenario starts from an empty store.
+    let _ = std::fs::remove_dir_all(&store);
+    out(&format!("playing {name}: {}", scenario.name));
+    let mut running = match Running::open(dir, spec, state.clone(), seed).await {
+        Ok(running) => running,
+        Err(e) => {
+            super::clean(&mut state, dir, Some(&store)).await?;
+            return Err(e);
         }
-        drop(conn);
-        let got = receiver
-            .join()
-            .map_err(|_| anyhow::anyhow!("receiver panicked"))??;
-        Ok(got)
     };
-    let got = tokio::task::spawn_blocking(run).await??;
-    let took = start.elapsed();
-    if got != bytes {
-        bail!("{got} of {bytes} bytes arrived");
+    let mut interrupt = shutdown.clone();
+    let built = tokio::select! {
+        built = running.build() => built,
+        _ = interrupt.changed() => Err(LabError::Interrupted),
+    };
+    if let Err(e) = built {
+        running.teardown(Some(&store)).await?;
+        return Err(e);
     }
-    if took > within {
-        bail!("took {took:?}, more than {within:?}");
-    }
-    Ok(format!(" ({:.2} s)", took.as_secs_f64()))
+    // Should the walker's thread panic, the lab is lost to this process; the state file
+    // still names everything, for `weft lab down`.
+    let (mut running, result) = walk_on_a_blocking_thread(running, scenario, shutdown, out).await?;
+    let cleaned = running.teardown(Some(&store)).await;
+    let failures = result?;
+    cleaned?;
+    Ok(failures)
 }
+
+/// The walk itself, on a blocking thread (see the module docs); hands the lab back
+/// for its teardown with the number of failures, or the interrupt.
+async fn walk_on_a_blocking_thread(
+    running: Running,
+    scenario: Scenario,
+    shutdown: watch::Receiver<bool>,
+    out: Box<dyn FnMut(&str) + Send>,
+) -> Result<(Running, Result<usize, LabError>), LabError> {
+    let rt = Handle::current();
+    let walker = tokio::task::spawn_blocking(move || {
+        let mut world = LabWorld {
+            rt,
+            running,
+            t0: tokio::time::Instant::now(),
+            at: Duration::ZERO,
+            previous: BTreeMap::new(),
+            failures: 0,
+            shutdown,
+            interrupted: false,
+            out,
+        };
+        walk::walk(&mut world, &scenario);
+        let result = if world.interrupted {
+            Err(LabError::Interrupted)
+        } else {
+            Ok(world.failures)
+        };
+        (world.running, result)
+    });
+    walker
+        .await
+        .map_err(|e| LabError::Protocol(format!("the scenario walker failed: {e}")))
+}
+
+#[cfg(test)]
+mod tests;
