@@ -185,7 +185,10 @@ mod tests {
                 NodeReport {
                     name: "n2".into(),
                     public_ip: Ipv4Addr::new(192, 0, 2, 12),
-                    containers: Vec::new(),
+                    containers: vec![Container {
+                        name: "n2-c1".into(),
+                        ip: Some(Ipv4Addr::new(10, 77, 9, 2)),
+                    }],
                     status: live.then_some(exited),
                 },
             ],
@@ -228,6 +231,11 @@ mod tests {
 
     #[test]
     fn hints_name_a_real_container_and_address() {
-        assert!(hints(&lab(true)).contains("weft lab exec n1-c1 -- ping -c 3 10.77.3.2"));
+        // From the first node's container to the last node's.
+        let text = hints(&lab(true));
+        assert!(
+            text.contains("weft lab exec n1-c1 -- ping -c 3 10.77.9.2"),
+            "{text}"
+        );
     }
 }

@@ -43,8 +43,7 @@ pub struct LabState {
     pub prefix: String,
     /// The store URL the nodes use.
     pub store: String,
-    /// The overlay network of the lab's config.
-    #[serde(default)]
+    /// The overlay network of the lab's config (absent in the files of older labs).
     pub network: Option<Ipv4Net>,
     /// Every namespace made so far, in creation order (deleted in reverse).
     pub namespaces: Vec<String>,
