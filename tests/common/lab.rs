@@ -128,12 +128,18 @@ impl Lab {
         serde_json::from_slice(&out.stdout).unwrap()
     }
 
-    /// A node's status, from [`Lab::status`].
-    pub fn node_status(&self, node: &str) -> NodeStatus {
+    /// A node's status, from [`Lab::status`] (`None` if the lab did not answer).
+    pub fn try_node_status(&self, node: &str) -> Option<NodeStatus> {
         let status = self.status();
-        assert!(status.live, "the lab did not answer: {status:?}");
         let report = status.nodes.into_iter().find(|n| n.name == node);
-        report.and_then(|n| n.status).unwrap()
+        assert!(report.is_some(), "no node {node}");
+        report.and_then(|n| n.status)
+    }
+
+    /// A node's status; the lab must answer.
+    pub fn node_status(&self, node: &str) -> NodeStatus {
+        self.try_node_status(node)
+            .unwrap_or_else(|| panic!("the lab did not answer for {node}"))
     }
 
     /// Waits (bounded) until a node's status satisfies `pred`, returning it.
@@ -145,9 +151,9 @@ impl Lab {
     ) -> NodeStatus {
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
-            let s = self.node_status(node);
-            if pred(&s) {
-                return s;
+            let s = self.try_node_status(node);
+            if let Some(s) = s.as_ref().filter(|s| pred(s)) {
+                return s.clone();
             }
             assert!(
                 Instant::now() < deadline,

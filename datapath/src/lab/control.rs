@@ -66,8 +66,8 @@ pub enum Response {
 pub struct LabStatus {
     /// The PID of the process running the lab.
     pub pid: u32,
-    /// Whether that process answered: when not, the statuses are unknown and the rest
-    /// comes from the state file.
+    /// Whether that process answered: when not (it is gone, or still building), the
+    /// statuses are unknown and the rest comes from the state file.
     pub live: bool,
     /// True once every starting node held a lease and every container was wired.
     pub ready: bool,

@@ -26,7 +26,7 @@ pub fn table(status: &LabStatus) -> String {
     if !status.live {
         let _ = writeln!(
             out,
-            "weft lab up (pid {}) is NOT running: node states unknown (run weft lab down to clean up)",
+            "the lab's process (pid {}) did not answer: node states unknown (if it is gone, run weft lab down to clean up)",
             status.pid
         );
     }
@@ -221,7 +221,7 @@ mod tests {
     #[test]
     fn a_lab_whose_process_is_gone_says_so_and_claims_no_state() {
         let text = table(&lab(false));
-        assert!(text.contains("(pid 42) is NOT running"), "{text}");
+        assert!(text.contains("(pid 42) did not answer"), "{text}");
         let n1 = text
             .lines()
             .find(|l| l.starts_with("n1 "))

@@ -51,6 +51,9 @@ pub async fn up(
         }
     };
     let result = async {
+        // Bound before the lab is ready (and says so in its state file), so that a
+        // client that sees it ready finds it answering.
+        let listener = listen(dir)?;
         tokio::select! {
             built = running.build() => built?,
             _ = shutdown.changed() => return Err(LabError::Interrupted),
@@ -59,7 +62,7 @@ pub async fn up(
         out(&report::table(&status));
         out(&report::hints(&status));
         out(&report::connectivity(&status, &running.state.prefix).await);
-        serve(&mut running, dir, &mut shutdown).await
+        serve(&mut running, &listener, &mut shutdown).await
     }
     .await;
     if let Err(e) = &result {
@@ -71,18 +74,19 @@ pub async fn up(
     result.and(cleaned)
 }
 
+/// The control socket of the lab in `dir`; requests wait in its backlog until served.
+fn listen(dir: &Path) -> Result<tokio::net::UnixListener, LabError> {
+    let path = control::socket(dir);
+    let _ = std::fs::remove_file(&path);
+    tokio::net::UnixListener::bind(&path).map_err(|source| LabError::State { path, source })
+}
+
 /// Answers requests on the control socket until `shutdown` turns true.
 async fn serve(
     running: &mut Running,
-    dir: &Path,
+    listener: &tokio::net::UnixListener,
     shutdown: &mut watch::Receiver<bool>,
 ) -> Result<(), LabError> {
-    let path = control::socket(dir);
-    let _ = std::fs::remove_file(&path);
-    let listener = tokio::net::UnixListener::bind(&path).map_err(|source| LabError::State {
-        path: path.clone(),
-        source,
-    })?;
     loop {
         running.nodes.reap();
         tokio::select! {
