@@ -1,7 +1,9 @@
 //! `weft`: the command line of the weft overlay network.
 //!
-//! This binary is the only place that reads the clock, the OS random source, files and
-//! signals; it wires the sans-IO core (`weft-core`) to a store backend (`weft-stores`).
+//! The binary parses the command line and wires the libraries together: the sans-IO
+//! core (`weft-core`), the store backends (`weft-stores`), the simulator (`weft-sim`)
+//! and the real I/O (`weft-datapath`: backends, the daemon's shell, the lab). It alone
+//! reads the OS random source and handles signals.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -16,7 +18,6 @@ mod cmd_sim;
 mod daemon;
 mod etcd_args;
 mod lab;
-mod subnet_file;
 
 /// weft: a flannel-compatible container overlay network.
 ///

@@ -10,6 +10,7 @@ use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::time::Duration;
 
 use common::lab::{can_run_lab, in_ns, Lab};
+use weft_datapath::daemon::NodeState;
 
 /// A deterministic byte stream (xorshift), and a checksum of it.
 fn stream_byte(state: &mut u64) -> u8 {
@@ -96,29 +97,41 @@ fn a_restarted_node_keeps_its_subnet_and_a_stopped_one_loses_its_routes() {
         return;
     }
     let lab = Lab::up(2, &["--subnet-lease-ttl", "6"]);
-    let n2_lease = lab.wait_stats("n2", "a lease", |s| s["lease"].is_string())["lease"].clone();
-    let n2_subnet = n2_lease.as_str().unwrap().replace('-', "/");
+    let n2_lease = lab
+        .wait_status("n2", "a lease", |s| s.lease.is_some())
+        .lease
+        .unwrap();
+    let n2_subnet = ipnet::IpNet::V4(n2_lease.subnet);
     let target = lab.container_ip("n2-c1");
     assert!(lab.ping("n1-c1", target));
 
     let out = lab.weft(&["node", "stop", "n2"]);
     assert!(out.status.success(), "{out:?}");
+    let stopped = lab.node_status("n2");
+    assert_eq!(stopped.state, NodeState::Stopped, "{stopped:?}");
+    assert_eq!(
+        stopped.last_lease.as_ref(),
+        Some(&n2_lease),
+        "kept in the store"
+    );
+    let table = String::from_utf8_lossy(&lab.weft(&["status"]).stdout).to_string();
+    let line = table
+        .lines()
+        .find(|l| l.starts_with("n2 "))
+        .unwrap_or_default();
+    assert!(line.contains("stopped"), "{table}");
     assert!(!lab.ping("n1-c1", target), "n2 is stopped");
     // Its lease runs out (TTL 6 s) and n1's watch drops the route.
-    lab.wait_stats("n1", "n2's route gone", |s| {
-        s["routes"]
-            .as_array()
-            .is_some_and(|r| !r.iter().any(|x| x == n2_subnet.as_str()))
+    lab.wait_status("n1", "n2's route gone", |s| {
+        !s.routes.iter().any(|r| r.subnet == n2_subnet)
     });
 
     let out = lab.weft(&["node", "start", "n2"]);
     assert!(out.status.success(), "{out:?}");
-    let again = lab.wait_stats("n2", "a lease again", |s| s["lease"].is_string());
-    assert_eq!(again["lease"], n2_lease, "same subnet after the restart");
-    lab.wait_stats("n1", "n2's route back", |s| {
-        s["routes"]
-            .as_array()
-            .is_some_and(|r| r.iter().any(|x| x == n2_subnet.as_str()))
+    let again = lab.wait_status("n2", "a lease again", |s| s.lease.is_some());
+    assert_eq!(again.lease, Some(n2_lease), "same subnet after the restart");
+    lab.wait_status("n1", "n2's route back", |s| {
+        s.routes.iter().any(|r| r.subnet == n2_subnet)
     });
     assert!(lab.ping("n1-c1", target), "traffic resumes");
     lab.down();
@@ -184,8 +197,8 @@ fn flannel_datagrams_are_delivered_and_hostile_ones_are_dropped_and_counted() {
         .recv_from(&mut buf)
         .expect("the flannel datagram reaches n2-c1");
     assert_eq!(&buf[..n], b"flannel");
-    let before = lab.wait_stats("n2", "counters", |s| {
-        s["forward"]["tun_tx"].as_u64() >= Some(1)
+    let before = lab.wait_status("n2", "counters", |s| {
+        s.forward.get("tun_tx").copied() >= Some(1)
     });
 
     // Hostile: garbage, a truncated packet, a spoofed inner source (n3's subnet, sent by
@@ -212,15 +225,16 @@ fn flannel_datagrams_are_delivered_and_hostile_ones_are_dropped_and_counted() {
     });
     stranger.send_to(&good, n2).unwrap();
 
-    let after = lab.wait_stats("n2", "every hostile datagram counted", |s| {
-        let d = &s["drops"];
-        d["malformed"].as_u64() >= Some(2)
-            && d["spoofed_source"].as_u64() >= Some(1)
-            && d["not_our_subnet"].as_u64() >= Some(1)
-            && d["unknown_peer"].as_u64() >= Some(1)
+    let after = lab.wait_status("n2", "every hostile datagram counted", |s| {
+        let d = |reason: &str| s.drops.get(reason).copied().unwrap_or(0);
+        d("malformed") >= 2
+            && d("spoofed_source") >= 1
+            && d("not_our_subnet") >= 1
+            && d("unknown_peer") >= 1
     });
     assert_eq!(
-        after["forward"]["tun_tx"], before["forward"]["tun_tx"],
+        after.forward.get("tun_tx"),
+        before.forward.get("tun_tx"),
         "nothing hostile written to TUN"
     );
     listener

@@ -6,9 +6,17 @@
 //! programs addresses, links and routes over netlink (the `rtnetlink` crate, never by
 //! running `ip`), picks the external interface, and enters network namespaces so that
 //! `weft lab` can run many nodes in one process.
+//!
+//! On top of those: [`daemon`], the shell that runs one `weft_core::node::Node` on a
+//! host (its store operations through `weft_stores::NodeDriver`, its backend, its
+//! `subnet.env`, its published status), and [`lab`], many such nodes in network
+//! namespaces on one host, which also plays `weft_sim` scenario files as a second
+//! world beside the simulator.
 
 pub mod backend;
+pub mod daemon;
 pub mod iface;
+pub mod lab;
 pub mod netlink;
 pub mod netns;
 

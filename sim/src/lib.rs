@@ -22,5 +22,6 @@ pub mod run;
 pub mod scenario;
 pub mod time;
 pub mod underlay;
+pub mod walk;
 
 pub use run::{run, Outcome, RunOptions};

@@ -12,6 +12,8 @@ use std::time::{Duration, Instant};
 
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
+use weft_datapath::daemon::NodeStatus;
+use weft_datapath::lab::LabStatus;
 use weft_datapath::netns;
 
 /// Whether this machine can run a lab; panics under CI=true when it cannot.
@@ -119,29 +121,43 @@ impl Lab {
             .collect()
     }
 
-    /// A node's stats.json.
-    pub fn stats(&self, node: &str) -> serde_json::Value {
-        let text =
-            std::fs::read_to_string(self.dir.join(node).join("stats.json")).unwrap_or_default();
-        serde_json::from_str(&text).unwrap_or(serde_json::Value::Null)
+    /// The lab as `weft lab status --json` shows it (the running lab's own answer).
+    pub fn status(&self) -> LabStatus {
+        let out = self.weft(&["status", "--json"]);
+        assert!(out.status.success(), "weft lab status --json: {out:?}");
+        serde_json::from_slice(&out.stdout).unwrap()
     }
 
-    /// Waits (bounded) until a node's stats satisfy `pred`, returning them.
-    pub fn wait_stats(
+    /// A node's status, from [`Lab::status`] (`None` if the lab did not answer).
+    pub fn try_node_status(&self, node: &str) -> Option<NodeStatus> {
+        let status = self.status();
+        let report = status.nodes.into_iter().find(|n| n.name == node);
+        assert!(report.is_some(), "no node {node}");
+        report.and_then(|n| n.status)
+    }
+
+    /// A node's status; the lab must answer.
+    pub fn node_status(&self, node: &str) -> NodeStatus {
+        self.try_node_status(node)
+            .unwrap_or_else(|| panic!("the lab did not answer for {node}"))
+    }
+
+    /// Waits (bounded) until a node's status satisfies `pred`, returning it.
+    pub fn wait_status(
         &self,
         node: &str,
         what: &str,
-        pred: impl Fn(&serde_json::Value) -> bool,
-    ) -> serde_json::Value {
+        pred: impl Fn(&NodeStatus) -> bool,
+    ) -> NodeStatus {
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
-            let s = self.stats(node);
-            if pred(&s) {
-                return s;
+            let s = self.try_node_status(node);
+            if let Some(s) = s.as_ref().filter(|s| pred(s)) {
+                return s.clone();
             }
             assert!(
                 Instant::now() < deadline,
-                "{node}: {what} not seen in 30 s; stats: {s}"
+                "{node}: {what} not seen in 30 s; status: {s:?}"
             );
             std::thread::sleep(Duration::from_millis(200));
         }

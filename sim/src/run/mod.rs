@@ -1,8 +1,9 @@
-//! Running a scenario: build the world from the file, play its steps and checks at
-//! their times, and report.
+//! Running a scenario: build the world from the file, walk its steps and checks at
+//! their times (the one walker, [`crate::walk`]), and report.
 
 mod checks;
 mod steps;
+mod world;
 
 use std::time::Duration;
 
@@ -11,11 +12,10 @@ use weft_core::lease::LeaseKey;
 use crate::engine::Host;
 use crate::engine::{Decisions, Failure, Stats, World, WorldConfig};
 use crate::record::{EventFile, Replay};
-use crate::scenario::{Scenario, Step};
+use crate::scenario::Scenario;
 use crate::time::SimTime;
 use crate::underlay::LinkFaults;
-use checks::{expect, summary};
-use steps::step;
+use crate::walk::walk;
 
 /// How to run a scenario.
 #[derive(Debug, Clone, Default)]
@@ -80,9 +80,6 @@ pub(crate) fn faults_from(base: &LinkFaults, f: &crate::scenario::FaultFields) -
     }
     l
 }
-
-const STEP: u64 = 1 << 40;
-const EXPECT: u64 = 2 << 40;
 
 /// Runs `scenario` (whose text is `source`, found at `path`).
 pub fn run(path: &str, scenario: &Scenario, source: &str, opts: &RunOptions) -> Outcome {
@@ -158,27 +155,7 @@ pub fn run(path: &str, scenario: &Scenario, source: &str, opts: &RunOptions) -> 
             w.start_host(h);
         }
     }
-    for (i, s) in scenario.steps.iter().enumerate() {
-        w.schedule_custom(SimTime::from_duration(s.get_ref().at()), STEP | i as u64);
-    }
-    for (i, e) in scenario.expects.iter().enumerate() {
-        w.schedule_custom(SimTime::from_duration(e.get_ref().at()), EXPECT | i as u64);
-    }
-    let mut end = SimTime::from_duration(scenario.duration.get_ref().0);
-    for s in &scenario.steps {
-        if let Step::Ping { at, within, .. } | Step::Tcp { at, within, .. } = s.get_ref() {
-            end = end.max(SimTime::from_duration(at.0 + within.0));
-        }
-    }
-    while let Some(tag) = w.run_until(end) {
-        let i = (tag % STEP) as usize;
-        if tag & EXPECT == EXPECT {
-            expect(&mut w, scenario.expects[i].get_ref());
-        } else {
-            step(&mut w, scenario.steps[i].get_ref());
-        }
-    }
-    summary(&mut w);
+    walk(&mut w, scenario);
     let failure = w.failure.clone();
     let event_file = failure.as_ref().map(|f| EventFile {
         scenario_path: path.to_string(),

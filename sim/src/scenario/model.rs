@@ -345,6 +345,27 @@ pub enum Step {
 }
 
 impl Step {
+    /// Its name, as the file's `do` writes it (`"partition"`).
+    pub fn name(&self) -> &'static str {
+        match self {
+            Step::Start { .. } => "start",
+            Step::Stop { .. } => "stop",
+            Step::Crash { .. } => "crash",
+            Step::Restart { .. } => "restart",
+            Step::Partition { .. } => "partition",
+            Step::Heal { .. } => "heal",
+            Step::Faults { .. } => "faults",
+            Step::StoreOutage { .. } => "store_outage",
+            Step::StoreRecover { .. } => "store_recover",
+            Step::ClockJump { .. } => "clock_jump",
+            Step::Ping { .. } => "ping",
+            Step::Tcp { .. } => "tcp",
+            Step::DeleteLease { .. } => "delete_lease",
+            Step::Reserve { .. } => "reserve",
+            Step::Compact { .. } => "compact",
+        }
+    }
+
     /// When it happens.
     pub fn at(&self) -> Duration {
         match self {

@@ -16,9 +16,10 @@ pub const STORE: &str = "store";
 type Failure = (Range<usize>, String);
 
 impl NetworkSection {
-    /// The flannel network config, from a JSON string or a TOML table of the same fields.
-    pub fn network_config(&self) -> Result<NetworkConfig, String> {
-        let json = match self.config.get_ref() {
+    /// The flannel network config as JSON text, from a JSON string or a TOML table of
+    /// the same fields (what a real world writes to its store's config key).
+    pub fn config_json(&self) -> Result<String, String> {
+        Ok(match self.config.get_ref() {
             toml::Value::String(text) => text.clone(),
             table @ toml::Value::Table(_) => {
                 serde_json::to_string(table).map_err(|e| e.to_string())?
@@ -29,7 +30,12 @@ impl NetworkSection {
                     other.type_str()
                 ))
             }
-        };
+        })
+    }
+
+    /// The flannel network config, from a JSON string or a TOML table of the same fields.
+    pub fn network_config(&self) -> Result<NetworkConfig, String> {
+        let json = self.config_json()?;
         let config = NetworkConfig::parse(&json).map_err(|e| format!("network config: {e}"))?;
         if config.ipv4_space().is_none() {
             return Err("network config: the simulator needs an IPv4 Network".into());

@@ -1,11 +1,10 @@
 //! The daemon's shell around a node: the shared [`NodeDriver`] performs its store
 //! operations and timeouts; this file acts on what the node says -- the subnet file, the
-//! backend, logs -- and stops on request.
+//! backend, logs, the published [`NodeStatus`] -- and stops on request.
 
 use std::path::PathBuf;
 use std::time::Duration;
 
-use anyhow::{bail, Context, Result};
 use tokio::sync::watch;
 use tracing::Instrument;
 use weft_core::allocator::{AllocEvent, LossReason};
@@ -14,30 +13,39 @@ use weft_core::node::NodeEvent;
 use weft_core::router::RouteChange;
 use weft_core::subnet_env::SubnetEnv;
 use weft_core::Timestamp;
-use weft_datapath::backend::Backend;
 use weft_stores::clock::wall_now;
 use weft_stores::NodeDriver;
 
-use crate::subnet_file;
+use super::{subnet_file, DaemonError, NodeStatus};
+use crate::backend::Backend;
+
+/// How often the backend's counters are sampled into the status (see `status`).
+const COUNTER_SAMPLE: Duration = Duration::from_millis(250);
 
 /// What the subnet file says besides the lease.
 #[derive(Debug, Clone)]
 pub struct SubnetFileSettings {
+    /// Where it is written.
     pub path: PathBuf,
+    /// FLANNEL_NETWORK.
     pub network: Option<ipnet::Ipv4Net>,
+    /// FLANNEL_IPV6_NETWORK.
     pub ipv6_network: Option<ipnet::Ipv6Net>,
+    /// FLANNEL_MTU.
     pub mtu: u32,
+    /// FLANNEL_IPMASQ.
     pub ip_masq: bool,
 }
 
+/// See the module docs.
+#[derive(Debug)]
 pub struct Driver {
     name: String,
     driver: NodeDriver,
     backend: Box<dyn Backend>,
     subnet_file: SubnetFileSettings,
-    skipped: u64,
     ready: bool,
-    stats_file: Option<PathBuf>,
+    status: watch::Sender<NodeStatus>,
 }
 
 impl Driver {
@@ -46,28 +54,32 @@ impl Driver {
         driver: NodeDriver,
         backend: Box<dyn Backend>,
         subnet_file: SubnetFileSettings,
-        stats_file: Option<PathBuf>,
+        status: watch::Sender<NodeStatus>,
     ) -> Self {
         Driver {
             name,
             driver,
             backend,
             subnet_file,
-            skipped: 0,
             ready: false,
-            stats_file,
+            status,
         }
     }
 
-    async fn on_acquired(&mut self, lease: &Lease) -> Result<()> {
+    async fn on_acquired(&mut self, lease: &Lease) -> Result<(), DaemonError> {
         let kind = self.backend.kind().as_str();
         self.backend
             .lease_acquired(lease)
             .await
-            .with_context(|| format!("starting the {kind} backend"))?;
+            .map_err(|source| DaemonError::Backend {
+                what: "starting",
+                kind,
+                source,
+            })?;
         let s = &self.subnet_file;
         let env = SubnetEnv::for_lease(s.network, s.ipv6_network, &lease.key, s.mtu, s.ip_masq);
-        subnet_file::write(&s.path, &env)?;
+        // subnet_file keeps the binary's anyhow errors (see the crate's Cargo.toml).
+        subnet_file::write(&s.path, &env).map_err(|e| DaemonError::SubnetFile(format!("{e:#}")))?;
         tracing::info!(path = %s.path.display(), "wrote subnet file");
         if !self.ready {
             self.ready = true;
@@ -77,7 +89,7 @@ impl Driver {
     }
 
     /// Acts on one event; an error ends the node.
-    async fn on_event(&mut self, event: NodeEvent, now: Timestamp) -> Result<()> {
+    async fn on_event(&mut self, event: NodeEvent, now: Timestamp) -> Result<(), DaemonError> {
         match event {
             NodeEvent::Lease(AllocEvent::Acquired { lease, how }) => {
                 tracing::info!(subnet = %lease.key, how = ?how, expires_in = ?lease.expires_at.map(|t| t.saturating_since(now)), "lease acquired");
@@ -88,15 +100,21 @@ impl Driver {
             }
             NodeEvent::Lease(AllocEvent::Lost { key, reason }) => {
                 if reason == LossReason::Deleted {
-                    bail!("our lease {key} was deleted by someone else; exiting (as flannel does)");
+                    return Err(DaemonError::LeaseDeleted {
+                        key: key.to_string(),
+                    });
                 }
                 tracing::warn!(subnet = %key, reason = ?reason, "lease lost; acquiring again");
             }
             NodeEvent::Lease(AllocEvent::AcquireFailed { error, retry_at }) => {
                 tracing::warn!(%error, retry_in = ?retry_at.saturating_since(now), "cannot acquire a lease");
+                self.status
+                    .send_modify(|s| s.report(format!("cannot acquire a lease: {error}")));
             }
             NodeEvent::Lease(AllocEvent::RenewFailed { error, retry_at }) => {
                 tracing::warn!(%error, retry_in = ?retry_at.saturating_since(now), "cannot renew the lease");
+                self.status
+                    .send_modify(|s| s.report(format!("cannot renew the lease: {error}")));
             }
             NodeEvent::Route(change) => {
                 match &change {
@@ -112,14 +130,20 @@ impl Driver {
                 }
             }
             NodeEvent::Skipped(s) => {
-                self.skipped += 1;
-                tracing::warn!(key = %s.key, error = %s.error, skipped_total = self.skipped, "skipping an entry that is not a valid lease");
+                let mut total = 0;
+                self.status.send_modify(|status| {
+                    status.skipped_leases += 1;
+                    total = status.skipped_leases;
+                });
+                tracing::warn!(key = %s.key, error = %s.error, skipped_total = total, "skipping an entry that is not a valid lease");
             }
             NodeEvent::Synced { revision, leases } => {
                 tracing::debug!(revision, leases, "lease table loaded");
             }
             NodeEvent::StoreFailed { error, retry_at } => {
                 tracing::warn!(%error, retry_in = ?retry_at.saturating_since(now), "store operation failed");
+                self.status
+                    .send_modify(|s| s.report(format!("store operation failed: {error}")));
             }
         }
         Ok(())
@@ -127,8 +151,8 @@ impl Driver {
 
     /// Hands the backend the node's new forwarding table (before the events that go
     /// with it, so that a datapath started for a new lease forwards by it at once), then
-    /// acts on every event.
-    async fn drain(&mut self) -> Result<()> {
+    /// acts on every event, then publishes what changed.
+    async fn drain(&mut self) -> Result<(), DaemonError> {
         let now = wall_now();
         if let Some(table) = self.driver.node_mut().poll_forward_table() {
             self.backend.forward_table(table);
@@ -136,15 +160,26 @@ impl Driver {
         while let Some(event) = self.driver.node_mut().poll_event() {
             self.on_event(event, now).await?;
         }
+        let node = self.driver.node();
+        self.status.send_if_modified(|s| s.update_from(node));
         Ok(())
     }
 
     /// Runs until `shutdown` turns true or the node fails; then stops the datapath
     /// (keeping the lease in the store).
-    pub async fn run(mut self, mut shutdown: watch::Receiver<bool>) -> Result<()> {
+    pub async fn run(mut self, mut shutdown: watch::Receiver<bool>) -> Result<(), DaemonError> {
         let span = tracing::info_span!("node", name = %self.name);
         let result = self.event_loop(&mut shutdown).instrument(span).await;
-        let stopped = self.backend.stop().await.context("stopping the backend");
+        let kind = self.backend.kind().as_str();
+        let stopped = self
+            .backend
+            .stop()
+            .await
+            .map_err(|source| DaemonError::Backend {
+                what: "stopping",
+                kind,
+                source,
+            });
         match self.driver.node().lease() {
             Some(lease) => {
                 tracing::info!(subnet = %lease.key, "stopping; the lease is kept for the next start")
@@ -154,49 +189,20 @@ impl Driver {
         result.and(stopped)
     }
 
-    /// The lease, routes and the backend's counters, as JSON.
-    fn stats(&self) -> serde_json::Value {
-        let node = self.driver.node();
-        let mut forward = serde_json::Map::new();
-        let mut drops = serde_json::Map::new();
-        for c in self.backend.counters() {
-            match c.name.strip_prefix("drop_") {
-                Some(reason) => drops.insert(reason.to_string(), c.value.into()),
-                None => forward.insert(c.name.to_string(), c.value.into()),
-            };
-        }
-        let routes: Vec<String> = node
-            .routes()
-            .routes()
-            .map(|r| r.subnet.to_string())
-            .collect();
-        serde_json::json!({
-            "lease": node.lease().map(|l| l.key.to_string()),
-            "routes": routes,
-            "forward": forward,
-            "drops": drops,
-            "skipped_leases": self.skipped,
-        })
-    }
-
-    fn write_stats(&self) {
-        if let Some(path) = &self.stats_file {
-            let tmp = path.with_extension("tmp");
-            let written = std::fs::write(&tmp, self.stats().to_string())
-                .and_then(|()| std::fs::rename(&tmp, path));
-            if let Err(e) = written {
-                tracing::debug!(error = %e, "cannot write the stats file");
-            }
-        }
-    }
-
-    async fn event_loop(&mut self, shutdown: &mut watch::Receiver<bool>) -> Result<()> {
-        let mut stats_tick = tokio::time::interval(Duration::from_secs(1));
+    async fn event_loop(
+        &mut self,
+        shutdown: &mut watch::Receiver<bool>,
+    ) -> Result<(), DaemonError> {
+        let mut sample = tokio::time::interval(COUNTER_SAMPLE);
+        sample.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             self.drain().await?;
             tokio::select! {
                 () = self.driver.step() => {}
-                _ = stats_tick.tick() => self.write_stats(),
+                _ = sample.tick() => {
+                    let counters = self.backend.counters();
+                    self.status.send_if_modified(|s| s.update_counters(&counters));
+                }
                 changed = shutdown.changed() => {
                     if changed.is_err() || *shutdown.borrow() {
                         return Ok(());

@@ -1,0 +1,215 @@
+//! What a running node's shell tells whoever runs it: its state, lease, routes and the
+//! backend's counters, as one value published on a `tokio::sync::watch` channel.
+//!
+//! The shell publishes a new value whenever the node's lease or routes change and when
+//! it ends, so a caller (the lab) awaits the condition it needs instead of polling. The
+//! counters move on the forwarding threads, which tell no one (no lock, no channel per
+//! packet); the shell samples them a few times a second and publishes when they moved.
+//! The value is serde-serializable, so that `weft lab status --json` shows exactly it.
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, Ipv4Addr};
+
+use ipnet::{IpNet, Ipv4Net};
+use serde::{Deserialize, Serialize};
+use weft_core::node::Node;
+
+use crate::backend::Counter;
+
+/// Whether a node's daemon runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum NodeState {
+    /// Started and not ended (it may not hold a lease yet).
+    #[default]
+    Running,
+    /// Stopped on request; its lease stays in the store until it runs out.
+    Stopped,
+    /// Ended on its own: see [`NodeStatus::error`].
+    Exited,
+}
+
+impl NodeState {
+    /// `running`, `stopped`, `exited`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            NodeState::Running => "running",
+            NodeState::Stopped => "stopped",
+            NodeState::Exited => "exited",
+        }
+    }
+}
+
+/// A lease, as the status shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LeaseStatus {
+    /// Its key as the store writes it (`10.5.3.0-24`).
+    pub key: String,
+    /// Its IPv4 subnet.
+    pub subnet: Ipv4Net,
+}
+
+/// A route to a peer's subnet.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct RouteStatus {
+    /// The peer's subnet.
+    pub subnet: IpNet,
+    /// The peer's public address.
+    pub via: IpAddr,
+}
+
+/// See the module docs.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct NodeStatus {
+    /// Running, stopped or exited.
+    pub state: NodeState,
+    /// Why it exited (or failed to start), when it did.
+    pub error: Option<String>,
+    /// The node's public address, once known.
+    pub public_ip: Option<Ipv4Addr>,
+    /// The lease it holds now (none while acquiring, and once ended).
+    pub lease: Option<LeaseStatus>,
+    /// The last lease it held in this run: once it stopped, the one it keeps in the
+    /// store until the TTL runs out; once it exited, the one it lost.
+    pub last_lease: Option<LeaseStatus>,
+    /// The overlay MTU, once the datapath is set up.
+    pub mtu: Option<u32>,
+    /// The routes to peers, by subnet (empty once stopped: the datapath is gone).
+    pub routes: Vec<RouteStatus>,
+    /// The backend's traffic counters (`tun_rx`, `udp_tx`...).
+    pub forward: BTreeMap<String, u64>,
+    /// The backend's drops, by reason (`malformed`, `spoofed_source`...).
+    pub drops: BTreeMap<String, u64>,
+    /// Entries under the subnets prefix that were not valid leases, skipped.
+    pub skipped_leases: u64,
+    /// The last few errors it reported and carried on after (cannot acquire, cannot
+    /// renew, a failed store operation), oldest first.
+    pub reported: Vec<String>,
+}
+
+/// How many reported errors a status keeps.
+const REPORTED: usize = 8;
+
+impl NodeStatus {
+    /// Whether it runs and holds a lease.
+    pub fn holds_lease(&self) -> bool {
+        self.state == NodeState::Running && self.lease.is_some()
+    }
+
+    /// Whether it has ended, stopped or exited.
+    pub fn ended(&self) -> bool {
+        self.state != NodeState::Running
+    }
+
+    /// Takes the node's lease and routes; returns whether anything changed.
+    pub(crate) fn update_from(&mut self, node: &Node) -> bool {
+        let lease = node.lease().map(|l| LeaseStatus {
+            key: l.key.to_string(),
+            subnet: l.key.ipv4,
+        });
+        let mut routes: Vec<RouteStatus> = node
+            .routes()
+            .routes()
+            .map(|r| RouteStatus {
+                subnet: r.subnet,
+                via: r.public_ip,
+            })
+            .collect();
+        routes.sort();
+        let changed = (&lease, &routes) != (&self.lease, &self.routes);
+        if lease.is_some() {
+            self.last_lease.clone_from(&lease);
+        }
+        self.lease = lease;
+        self.routes = routes;
+        changed
+    }
+
+    /// Takes the backend's counters; returns whether any moved.
+    pub(crate) fn update_counters(&mut self, counters: &[Counter]) -> bool {
+        let mut changed = false;
+        for c in counters {
+            let (map, name) = match c.name.strip_prefix("drop_") {
+                Some(reason) => (&mut self.drops, reason),
+                None => (&mut self.forward, c.name),
+            };
+            if map.get(name) != Some(&c.value) {
+                map.insert(name.to_string(), c.value);
+                changed = true;
+            }
+        }
+        changed
+    }
+
+    /// Notes an error the node reported and carried on after.
+    pub(crate) fn report(&mut self, error: String) {
+        if self.reported.len() == REPORTED {
+            self.reported.remove(0);
+        }
+        self.reported.push(error);
+    }
+
+    /// The node ended: stopped when `error` is `None`, exited otherwise.
+    pub(crate) fn end(&mut self, error: Option<String>) {
+        self.state = match error {
+            None => NodeState::Stopped,
+            Some(_) => NodeState::Exited,
+        };
+        self.error = error;
+        self.lease = None;
+        self.routes.clear();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counters_split_into_traffic_and_drops_and_report_movement() {
+        let mut s = NodeStatus::default();
+        let counters = [
+            Counter {
+                name: "tun_rx",
+                value: 3,
+            },
+            Counter {
+                name: "drop_malformed",
+                value: 2,
+            },
+        ];
+        assert!(s.update_counters(&counters));
+        assert_eq!(s.forward["tun_rx"], 3);
+        assert_eq!(s.drops["malformed"], 2);
+        assert!(!s.update_counters(&counters), "nothing moved");
+    }
+
+    #[test]
+    fn an_ended_node_says_how_and_keeps_its_last_lease() {
+        let held = LeaseStatus {
+            key: "10.5.3.0-24".into(),
+            subnet: "10.5.3.0/24".parse().unwrap_or_default(),
+        };
+        let mut s = NodeStatus {
+            lease: Some(held.clone()),
+            last_lease: Some(held.clone()),
+            routes: vec![RouteStatus {
+                subnet: "10.5.4.0/24".parse().unwrap_or_default(),
+                via: Ipv4Addr::new(192, 0, 2, 2).into(),
+            }],
+            ..NodeStatus::default()
+        };
+        s.end(Some("our lease was deleted".into()));
+        assert_eq!(s.state, NodeState::Exited);
+        assert!(s.ended() && !s.holds_lease());
+        assert_eq!(
+            (s.lease.as_ref(), s.last_lease.as_ref()),
+            (None, Some(&held))
+        );
+        assert!(s.routes.is_empty(), "the datapath is gone");
+        let json = serde_json::to_string(&s).unwrap_or_default();
+        assert!(json.contains(r#""state":"exited""#), "{json}");
+        let back: NodeStatus = serde_json::from_str(&json).unwrap_or_default();
+        assert_eq!(back, s);
+    }
+}

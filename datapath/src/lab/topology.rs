@@ -1,0 +1,241 @@
+//! Building the lab's namespaces and links over netlink: an underlay bridge joining the
+//! nodes, and behind each node a `cni0` bridge with its containers, wired as the CNI
+//! bridge plugin would wire them (gateway = the subnet's first address on the bridge,
+//! one veth per container, a default route via the gateway). The addressing is pure and
+//! tested; the building needs root.
+
+use std::net::{IpAddr, Ipv4Addr};
+use std::path::{Path, PathBuf};
+
+use ipnet::Ipv4Net;
+
+use super::state::{Container, LabState};
+use super::LabError;
+use crate::netlink::Netlink;
+use crate::netns;
+use crate::DatapathError;
+
+/// The underlay network the nodes' public addresses are on (TEST-NET-1).
+pub const UNDERLAY: Ipv4Net = match Ipv4Net::new(Ipv4Addr::new(192, 0, 2, 0), 24) {
+    Ok(net) => net,
+    Err(_) => panic!("a /24 is a valid prefix"),
+};
+
+/// The most nodes `weft lab up` makes: their addresses stay below the broadcast one.
+pub const MAX_NODES: u8 = 200;
+
+/// The public address of `weft lab up`'s `i`-th node (from 1): `192.0.2.(10+i)`.
+pub fn public_ip(i: u8) -> Ipv4Addr {
+    Ipv4Addr::new(192, 0, 2, 10u8.saturating_add(i.min(MAX_NODES)))
+}
+
+/// Whether `ip` can be a node's address on the underlay: inside it, neither its network
+/// nor its broadcast address.
+pub fn on_underlay(ip: Ipv4Addr) -> bool {
+    UNDERLAY.contains(&ip) && ip != UNDERLAY.network() && ip != UNDERLAY.broadcast()
+}
+
+/// The `n`-th address of `subnet` (0 is the network address).
+fn nth(subnet: Ipv4Net, n: u32) -> Ipv4Addr {
+    Ipv4Addr::from(u32::from(subnet.network()).saturating_add(n))
+}
+
+/// The gateway of a node's containers: the first address of its subnet, on `cni0`, as
+/// the CNI bridge plugin puts it.
+pub fn gateway(subnet: Ipv4Net) -> Ipv4Addr {
+    nth(subnet, 1)
+}
+
+/// The address of a node's `j`-th container (from 1): the gateway's successors; `None`
+/// when the subnet has no room for it (the broadcast address is never given out).
+pub fn container_ip(subnet: Ipv4Net, j: usize) -> Option<Ipv4Addr> {
+    let n = u32::try_from(j).ok()?.checked_add(1)?;
+    let size = 1u64 << (32 - u32::from(subnet.prefix_len()));
+    (u64::from(n) + 1 < size).then(|| nth(subnet, n))
+}
+
+fn netlink(what: impl Into<String>) -> impl FnOnce(DatapathError) -> LabError {
+    let what = what.into();
+    move |source| LabError::Build { what, source }
+}
+
+/// Creates a namespace, recording it in the state file first so that a crash in
+/// between still leaves it known to `weft lab down`.
+async fn new_namespace(
+    lab: &mut LabState,
+    dir: &Path,
+    short: &str,
+) -> Result<(String, PathBuf), LabError> {
+    let name = format!("{}{short}", lab.prefix);
+    lab.namespaces.push(name.clone());
+    lab.save(dir)?;
+    netns::add(&name)
+        .await
+        .map_err(netlink(format!("creating namespace {name}")))?;
+    Ok((name.clone(), netns::path(&name)))
+}
+
+async fn lo_up(nl: &Netlink) -> Result<(), DatapathError> {
+    let lo = nl.require_link("lo").await?;
+    nl.set_up(lo.index, None).await
+}
+
+/// The underlay: one namespace holding the bridge every node's veth plugs into.
+pub async fn underlay(lab: &mut LabState, dir: &Path) -> Result<(Netlink, u32), LabError> {
+    let (_, path) = new_namespace(lab, dir, "underlay").await?;
+    let built = async {
+        let nl = Netlink::open(Some(&path))?;
+        lo_up(&nl).await?;
+        let bridge = nl.add_bridge("br0").await?;
+        Ok((nl, bridge.index))
+    };
+    built.await.map_err(netlink("building the underlay bridge"))
+}
+
+/// Node `short` (the `index`-th, from 1): a namespace with `eth0` on the underlay bridge
+/// at `ip`, and IP forwarding on. Returns its namespace path.
+pub async fn node(
+    lab: &mut LabState,
+    dir: &Path,
+    underlay: &Netlink,
+    bridge: u32,
+    (index, short, ip): (usize, &str, Ipv4Addr),
+) -> Result<PathBuf, LabError> {
+    let (_, path) = new_namespace(lab, dir, short).await?;
+    let built = async {
+        let (host_side, peer) = (format!("u{index}"), format!("u{index}-eth0"));
+        underlay
+            .add_veth_to_netns(&host_side, &peer, &path, Some(bridge))
+            .await?;
+        let nl = Netlink::open(Some(&path))?;
+        lo_up(&nl).await?;
+        let eth = nl.require_link(&peer).await?;
+        nl.rename(eth.index, "eth0").await?;
+        nl.add_address(eth.index, IpAddr::V4(ip), UNDERLAY.prefix_len())
+            .await?;
+        nl.set_up(eth.index, None).await?;
+        netns::in_netns(Some(&path), || {
+            std::fs::write("/proc/sys/net/ipv4/ip_forward", "1")
+        })?
+        .map_err(|e| DatapathError::Io {
+            what: "enabling IP forwarding".into(),
+            cause: e,
+        })
+    };
+    built
+        .await
+        .map_err(netlink(format!("building node {short}")))?;
+    Ok(path)
+}
+
+/// Container `name` (the node's `j`-th, from 1) of node `node_short`, behind the node's
+/// `cni0` bridge, named `{node_short}-{name}`.
+pub async fn container(
+    lab: &mut LabState,
+    dir: &Path,
+    (node_short, node_ns): (&str, &Path),
+    subnet: Ipv4Net,
+    mtu: u32,
+    (j, name): (usize, &str),
+) -> Result<Container, LabError> {
+    let short = format!("{node_short}-{name}");
+    let ip = container_ip(subnet, j).ok_or_else(|| LabError::NoRoom {
+        container: short.clone(),
+        subnet,
+    })?;
+    let (_, path) = new_namespace(lab, dir, &short).await?;
+    let built = async {
+        let node_nl = Netlink::open(Some(node_ns))?;
+        let gateway = gateway(subnet);
+        let bridge = node_nl.add_bridge("cni0").await?;
+        node_nl
+            .add_address(bridge.index, IpAddr::V4(gateway), subnet.prefix_len())
+            .await?;
+        let host_side = format!("veth{j}");
+        let peer = format!("c{j}-eth0");
+        node_nl
+            .add_veth_to_netns(&host_side, &peer, &path, Some(bridge.index))
+            .await?;
+        let host = node_nl.require_link(&host_side).await?;
+        node_nl.set_up(host.index, Some(mtu)).await?;
+
+        let nl = Netlink::open(Some(&path))?;
+        lo_up(&nl).await?;
+        let eth = nl.require_link(&peer).await?;
+        nl.rename(eth.index, "eth0").await?;
+        nl.add_address(eth.index, IpAddr::V4(ip), subnet.prefix_len())
+            .await?;
+        nl.set_up(eth.index, Some(mtu)).await?;
+        nl.replace_route(Ipv4Net::default(), eth.index, Some(gateway))
+            .await
+    };
+    built
+        .await
+        .map_err(netlink(format!("building container {short}")))?;
+    Ok(Container {
+        name: short,
+        ip: Some(ip),
+    })
+}
+
+/// Deletes every namespace the lab recorded (in reverse order), which takes their
+/// links, TUN devices and routes with them.
+pub async fn teardown(lab: &mut LabState, dir: &Path) -> Result<(), LabError> {
+    while let Some(name) = lab.namespaces.pop() {
+        if netns::exists(&name) {
+            netns::del(&name)
+                .await
+                .map_err(netlink(format!("deleting namespace {name}")))?;
+        }
+        lab.save(dir)?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn net(text: &str) -> Ipv4Net {
+        text.parse().unwrap_or(UNDERLAY)
+    }
+
+    #[test]
+    fn nodes_sit_on_the_underlay_from_192_0_2_11() {
+        assert_eq!(public_ip(1), Ipv4Addr::new(192, 0, 2, 11));
+        assert_eq!(public_ip(MAX_NODES), Ipv4Addr::new(192, 0, 2, 210));
+        assert!((1..=MAX_NODES).all(|i| on_underlay(public_ip(i))));
+        assert!(on_underlay(Ipv4Addr::new(192, 0, 2, 1)));
+        for off in [
+            [192, 0, 2, 0],
+            [192, 0, 2, 255],
+            [192, 0, 3, 1],
+            [10, 0, 0, 1],
+        ] {
+            assert!(!on_underlay(Ipv4Addr::from(off)), "{off:?}");
+        }
+    }
+
+    #[test]
+    fn containers_follow_the_gateway_as_the_cni_bridge_plugin_numbers_them() {
+        let subnet = net("10.5.34.0/24");
+        assert_eq!(gateway(subnet), Ipv4Addr::new(10, 5, 34, 1));
+        assert_eq!(container_ip(subnet, 1), Some(Ipv4Addr::new(10, 5, 34, 2)));
+        assert_eq!(
+            container_ip(subnet, 253),
+            Some(Ipv4Addr::new(10, 5, 34, 254))
+        );
+        assert_eq!(container_ip(subnet, 254), None, "the broadcast address");
+    }
+
+    #[test]
+    fn a_small_subnet_has_room_for_few_containers() {
+        // A /28 (scenario 14's size): 16 addresses, the gateway and 13 containers.
+        let subnet = net("10.5.0.16/28");
+        assert_eq!(container_ip(subnet, 13), Some(Ipv4Addr::new(10, 5, 0, 30)));
+        assert_eq!(container_ip(subnet, 14), None);
+        let tiny = net("10.5.0.4/30");
+        assert_eq!(container_ip(tiny, 1), Some(Ipv4Addr::new(10, 5, 0, 6)));
+        assert_eq!(container_ip(tiny, 2), None);
+    }
+}
