@@ -37,6 +37,11 @@ enum SimCommand {
         /// Print only the summary table.
         #[arg(long, short)]
         quiet: bool,
+        /// Also write one self-contained HTML page: a timeline per run (leases,
+        /// restarts, partitions, outages, pings, transfers, the failure) and the
+        /// summary. With --seeds, only failed runs get a timeline.
+        #[arg(long, value_name = "FILE.html")]
+        report: Option<PathBuf>,
     },
     /// Replay a failed run from its event file, without its seed: the decisions come
     /// from the file. Exits non-zero when the run fails (as it should).
@@ -135,13 +140,26 @@ fn print_table(rows: &[Row]) {
     }
 }
 
-fn run_files(
-    paths: &[PathBuf],
+/// What `weft sim run` was asked to do.
+struct RunRequest<'a> {
+    paths: &'a [PathBuf],
     seed: Option<u64>,
     seeds: Option<(u64, u64)>,
-    events_dir: &Path,
+    events_dir: &'a Path,
     quiet: bool,
-) -> Result<bool> {
+    report: Option<&'a Path>,
+}
+
+fn run_files(req: &RunRequest<'_>) -> Result<bool> {
+    let RunRequest {
+        paths,
+        seed,
+        seeds,
+        events_dir,
+        quiet,
+        ..
+    } = *req;
+    let mut report = req.report.map(|_| weft_sim::report::Report::new());
     let files = scenario_files(paths)?;
     let mut rows = Vec::new();
     let mut all_ok = true;
@@ -182,7 +200,15 @@ fn run_files(
                 replay: None,
             };
             let outcome = weft_sim::run(&label, &scenario, &source, &opts);
-            row.wall += start.elapsed();
+            let wall = start.elapsed();
+            row.wall += wall;
+            if let Some(r) = &mut report {
+                if seeds.is_some() && outcome.failure.is_none() {
+                    r.add_row_only(&label, &outcome, wall);
+                } else {
+                    r.add(&label, &outcome, wall);
+                }
+            }
             row.simulated += outcome.simulated;
             row.events += outcome.stats.events;
             if bar.is_none() && !quiet {
@@ -231,6 +257,11 @@ fn run_files(
         rows.push(row);
     }
     print_table(&rows);
+    if let (Some(r), Some(path)) = (report, req.report) {
+        std::fs::write(path, r.render())
+            .with_context(|| format!("cannot write the report {}", path.display()))?;
+        eprintln!("report: {}", path.display());
+    }
     Ok(all_ok)
 }
 
@@ -286,7 +317,15 @@ pub fn run(args: SimArgs) -> Result<bool> {
             seeds,
             events_dir,
             quiet,
-        } => run_files(&paths, seed, seeds, &events_dir, quiet),
+            report,
+        } => run_files(&RunRequest {
+            paths: &paths,
+            seed,
+            seeds,
+            events_dir: &events_dir,
+            quiet,
+            report: report.as_deref(),
+        }),
         SimCommand::Replay { events } => replay(&events),
     }
 }

@@ -17,6 +17,7 @@ pub mod engine;
 pub mod light;
 pub mod queue;
 pub mod record;
+pub mod report;
 pub mod rng;
 pub mod run;
 pub mod scenario;
