@@ -90,10 +90,11 @@ enum ConfigCommand {
     },
 }
 
-fn init_tracing() {
+fn init_tracing(verbose: bool) {
     use std::io::IsTerminal;
     use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_env("WEFT_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    let level = if verbose { "debug" } else { "info" };
+    let filter = EnvFilter::try_from_env("WEFT_LOG").unwrap_or_else(|_| EnvFilter::new(level));
     // Colours for a person at a terminal; a file, a pipe or journald gets plain text.
     tracing_subscriber::fmt()
         .with_env_filter(filter)
@@ -110,11 +111,34 @@ fn invoked_as_cni_plugin() -> bool {
     name == "flannel" || name == "weft-cni"
 }
 
+/// The command line, as clap reads it. Run as `flanneld` it is `weft daemon`; for
+/// `weft daemon`, Go's one-dash long flags (`-etcd-endpoints=…`) become clap's.
+fn arguments() -> Vec<std::ffi::OsString> {
+    let mut args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    let argv0 = args.first().cloned().unwrap_or_default();
+    if std::path::Path::new(&argv0).file_name() == Some("flanneld".as_ref()) {
+        args.insert(1, "daemon".into());
+    }
+    if args.get(1).is_some_and(|a| a == "daemon") {
+        let command = Cli::command();
+        let longs: Vec<String> = command
+            .find_subcommand("daemon")
+            .into_iter()
+            .flat_map(|d| d.get_arguments())
+            .filter_map(|a| a.get_long().map(str::to_string))
+            .chain(["version".to_string(), "help".to_string()])
+            .collect();
+        let rest = args.split_off(2);
+        args.extend(daemon::flanneld::normalize(rest, &longs));
+    }
+    args
+}
+
 fn main() -> ExitCode {
     if invoked_as_cni_plugin() {
         return ExitCode::from(cmd_cni::main());
     }
-    let cli = Cli::parse();
+    let cli = Cli::parse_from(arguments());
     // The simulator needs no runtime and no logging setup: its trace is its output.
     if let Command::Sim(args) = cli.command {
         return match cmd_sim::run(args) {
@@ -143,7 +167,8 @@ fn main() -> ExitCode {
         }
         _ => {}
     }
-    init_tracing();
+    let verbose = matches!(&cli.command, Command::Daemon(d) if d.verbosity > 0);
+    init_tracing(verbose);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

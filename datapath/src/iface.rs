@@ -24,6 +24,9 @@ pub struct IfaceSelector {
     pub ifaces: Vec<String>,
     /// `--iface-regex`: patterns matched against names and addresses, tried in order.
     pub regexes: Vec<String>,
+    /// `--iface-can-reach`: the interface the main table routes this address out of,
+    /// when neither of the above is given.
+    pub can_reach: Option<Ipv4Addr>,
 }
 
 async fn with_ip(nl: &Netlink, link: Link) -> Result<Option<ExternalInterface>, DatapathError> {
@@ -83,11 +86,18 @@ impl IfaceSelector {
                 self.ifaces, self.regexes
             )));
         }
-        let index = nl.default_route_link().await?.ok_or_else(|| {
-            DatapathError::NotFound(
-                "there is no default route to take the interface from; pass --iface".into(),
-            )
-        })?;
+        let index = match self.can_reach {
+            Some(dst) => nl.route_link_to(dst).await?.ok_or_else(|| {
+                DatapathError::NotFound(format!(
+                    "no route reaches {dst} (--iface-can-reach); pass --iface"
+                ))
+            })?,
+            None => nl.default_route_link().await?.ok_or_else(|| {
+                DatapathError::NotFound(
+                    "there is no default route to take the interface from; pass --iface".into(),
+                )
+            })?,
+        };
         let link = links
             .into_iter()
             .find(|l| l.index == index)

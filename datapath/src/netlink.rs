@@ -226,6 +226,34 @@ impl Netlink {
             }))
     }
 
+    /// The interface the main table routes `dst` out of: the longest matching prefix,
+    /// the default route included (`--iface-can-reach`).
+    pub async fn route_link_to(&self, dst: Ipv4Addr) -> Result<Option<u32>, DatapathError> {
+        use rtnetlink::packet_route::route::RouteAddress;
+        let mut best: Option<(u8, u32)> = None;
+        for r in self.ipv4_routes().await? {
+            let len = r.header.destination_prefix_length;
+            let net = r.attributes.iter().find_map(|a| match a {
+                RouteAttribute::Destination(RouteAddress::Inet(d)) => Some(*d),
+                _ => None,
+            });
+            let covers = match net {
+                None => len == 0,
+                Some(n) => Ipv4Net::new(n, len).is_ok_and(|n| n.contains(&dst)),
+            };
+            let oif = r.attributes.iter().find_map(|a| match a {
+                RouteAttribute::Oif(i) => Some(*i),
+                _ => None,
+            });
+            if let (true, Some(oif)) = (covers, oif) {
+                if best.is_none_or(|(l, _)| len > l) {
+                    best = Some((len, oif));
+                }
+            }
+        }
+        Ok(best.map(|(_, oif)| oif))
+    }
+
     /// The interface index of the IPv4 default route, if there is one.
     pub async fn default_route_link(&self) -> Result<Option<u32>, DatapathError> {
         Ok(self

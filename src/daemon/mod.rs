@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::Result;
+use anyhow::{bail, Result};
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::watch;
 use weft_core::store::Store;
@@ -17,50 +17,146 @@ use weft_stores::OpenError;
 
 use crate::etcd_args::EtcdArgs;
 
-/// Arguments of `weft daemon` (flannel's flag names where flannel has one).
+pub mod flanneld;
+
+/// Arguments of `weft daemon`: flanneld's flags (also in Go's one-dash spelling, and
+/// from `FLANNELD_*` variables, the command line winning), plus weft's own.
 #[derive(Debug, clap::Args)]
 pub struct DaemonArgs {
     /// Where the leases live: memory:, sled:PATH (embedded, one process per directory),
     /// etcd://HOST:PORT[,HOST:PORT...] (a cluster; several members fail over).
     #[arg(long, env = "WEFT_STORE", default_value = "sled:/var/lib/weft")]
     pub store: String,
+    /// flanneld's etcd members, a comma list of http://HOST:PORT (or https://, which
+    /// needs --etcd-cafile); overrides --store.
+    #[arg(long, env = "FLANNELD_ETCD_ENDPOINTS", conflicts_with = "store")]
+    pub etcd_endpoints: Option<String>,
     /// The key prefix in the store (flannel's default).
-    #[arg(long, default_value = weft_core::store::DEFAULT_PREFIX)]
+    #[arg(long, env = "FLANNELD_ETCD_PREFIX", default_value = weft_core::store::DEFAULT_PREFIX)]
     pub etcd_prefix: String,
     #[command(flatten)]
     pub etcd: EtcdArgs,
     /// The interface (name or IP address) to carry the overlay over; repeat to give
     /// alternatives, tried in order. Default: the interface of the default route.
-    #[arg(long)]
+    #[arg(long, env = "FLANNELD_IFACE")]
     pub iface: Vec<String>,
     /// A regex matched against interface names and addresses, when no --iface matched.
-    #[arg(long)]
+    #[arg(long, env = "FLANNELD_IFACE_REGEX")]
     pub iface_regex: Vec<String>,
+    /// Without --iface or --iface-regex: the interface the routes to this address use
+    /// (as `ip route get ADDRESS` says).
+    #[arg(long, env = "FLANNELD_IFACE_CAN_REACH")]
+    pub iface_can_reach: Option<Ipv4Addr>,
     /// This node's public IPv4 address, recorded in its lease. Default: the external
     /// interface's address.
-    #[arg(long)]
+    #[arg(long, env = "FLANNELD_PUBLIC_IP")]
     pub public_ip: Option<Ipv4Addr>,
     /// This node's public IPv6 address, for dual-stack networks.
-    #[arg(long)]
+    #[arg(long, env = "FLANNELD_PUBLIC_IPV6")]
     pub public_ipv6: Option<Ipv6Addr>,
     /// Where to write subnet.env (and read the previous run's subnet from).
-    #[arg(long, default_value = "/run/flannel/subnet.env")]
+    #[arg(
+        long,
+        env = "FLANNELD_SUBNET_FILE",
+        default_value = "/run/flannel/subnet.env"
+    )]
     pub subnet_file: PathBuf,
     /// Read the network config from this file instead of the store's config key.
-    #[arg(long)]
+    #[arg(long, env = "FLANNELD_NET_CONFIG_PATH")]
     pub net_config_path: Option<PathBuf>,
-    /// Renew the lease this many minutes before it expires.
-    #[arg(long, default_value_t = 60)]
+    /// Renew the lease this many minutes before it expires (1 to 1439).
+    #[arg(long, env = "FLANNELD_SUBNET_LEASE_RENEW_MARGIN", default_value_t = 60,
+          value_parser = clap::value_parser!(u64).range(1..=1439))]
     pub subnet_lease_renew_margin: u64,
     /// The TTL of the lease, in seconds (flannel: 24 h).
     #[arg(long, default_value_t = 24 * 3600)]
     pub subnet_lease_ttl: u64,
     /// Record FLANNEL_IPMASQ=true in subnet.env.
-    #[arg(long)]
+    #[arg(long, env = "FLANNELD_IP_MASQ")]
     pub ip_masq: bool,
+    /// The address of the health server (/healthz, /readyz, /metrics).
+    #[arg(long, env = "FLANNELD_HEALTHZ_IP", default_value = "0.0.0.0")]
+    pub healthz_ip: std::net::IpAddr,
+    /// The port of the health server; 0 (the default) runs none.
+    #[arg(long, env = "FLANNELD_HEALTHZ_PORT", default_value_t = 0)]
+    pub healthz_port: u16,
+    /// flanneld's iptables resync period, in seconds: accepted; weft installs no
+    /// iptables rules yet.
+    #[arg(long, env = "FLANNELD_IPTABLES_RESYNC", default_value_t = 5)]
+    pub iptables_resync: u64,
+    /// flanneld's FORWARD accept rules: accepted; weft installs no iptables rules yet.
+    #[arg(long, env = "FLANNELD_IPTABLES_FORWARD_RULES", default_value_t = true,
+          action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
+    pub iptables_forward_rules: bool,
+    /// flanneld's log verbosity: 0 logs at info, 1 and more at debug (WEFT_LOG wins).
+    #[arg(short = 'v', env = "FLANNELD_V", default_value_t = 0)]
+    pub verbosity: u8,
     /// The TUN device of the udp backend.
     #[arg(long, default_value = "weft0")]
     pub tun_name: String,
+    /// flanneld's Kubernetes flags: refused, weft has no Kubernetes subnet manager.
+    #[arg(long, hide = true, num_args = 0..=1, default_missing_value = "true")]
+    pub kube_subnet_mgr: Option<String>,
+    #[arg(long, hide = true)]
+    #[doc(hidden)]
+    pub kube_api_url: Option<String>,
+    #[arg(long, hide = true)]
+    #[doc(hidden)]
+    pub kubeconfig_file: Option<String>,
+    #[arg(long, hide = true)]
+    #[doc(hidden)]
+    pub kube_annotation_prefix: Option<String>,
+    #[arg(long, hide = true, num_args = 0..=1, default_missing_value = "true")]
+    #[doc(hidden)]
+    pub set_node_network_unavailable: Option<String>,
+}
+
+impl DaemonArgs {
+    /// Refuses flanneld's Kubernetes flags, by name.
+    fn refuse_kubernetes(&self) -> Result<()> {
+        let given = [
+            ("kube-subnet-mgr", self.kube_subnet_mgr.is_some()),
+            ("kube-api-url", self.kube_api_url.is_some()),
+            ("kubeconfig-file", self.kubeconfig_file.is_some()),
+            (
+                "kube-annotation-prefix",
+                self.kube_annotation_prefix.is_some(),
+            ),
+            (
+                "set-node-network-unavailable",
+                self.set_node_network_unavailable.is_some(),
+            ),
+        ];
+        debug_assert!(given.iter().all(|(n, _)| flanneld::KUBE_FLAGS.contains(n)));
+        let named: Vec<String> = given
+            .iter()
+            .filter(|(_, g)| *g)
+            .map(|(n, _)| format!("--{n}"))
+            .collect();
+        if !named.is_empty() {
+            bail!(
+                "{} is not supported by weft: weft keeps leases in etcd (or sled), not in the Kubernetes API; use --etcd-endpoints",
+                named.join(", ")
+            );
+        }
+        Ok(())
+    }
+
+    /// The store URL and its options: `--etcd-endpoints` when given, else `--store`.
+    fn store(&self) -> Result<(String, weft_stores::StoreOptions)> {
+        let options = self.etcd.store_options();
+        let Some(endpoints) = &self.etcd_endpoints else {
+            return Ok((self.store.clone(), options));
+        };
+        let (url, tls) = flanneld::etcd_store_url(endpoints)?;
+        if tls && self.etcd.etcd_cafile.is_none() {
+            bail!("--etcd-endpoints uses https: give --etcd-cafile (and --etcd-certfile/--etcd-keyfile if etcd asks for a client certificate)");
+        }
+        if !tls && self.etcd.etcd_cafile.is_some() {
+            bail!("--etcd-cafile is given but --etcd-endpoints uses http; use https:// endpoints");
+        }
+        Ok((url, options))
+    }
 }
 
 /// A watch that turns true on SIGTERM or SIGINT.
@@ -82,15 +178,15 @@ pub fn shutdown_on_signals() -> Result<watch::Receiver<bool>> {
 /// come up after the node. Anything else (a bad URL, a refused certificate or password)
 /// ends the daemon with the reason.
 async fn open_store(args: &DaemonArgs) -> Result<Arc<dyn Store>> {
-    let options = args.etcd.store_options();
+    let (url, options) = args.store()?;
     let mut delay = Duration::from_secs(1);
     let mut logged = false;
     loop {
-        match weft_stores::open_with(&args.store, &options).await {
+        match weft_stores::open_with(&url, &options).await {
             Ok(store) => return Ok(Arc::from(store)),
             Err(OpenError::Store { error: source, .. }) if source.is_transient() => {
                 if !logged {
-                    tracing::warn!(store = %args.store, error = %source, "cannot reach the store; retrying");
+                    tracing::warn!(store = %url, error = %source, "cannot reach the store; retrying");
                     logged = true;
                 }
                 tokio::time::sleep(delay).await;
@@ -103,6 +199,9 @@ async fn open_store(args: &DaemonArgs) -> Result<Arc<dyn Store>> {
 
 /// `weft daemon`.
 pub async fn run(args: DaemonArgs) -> Result<()> {
+    args.refuse_kubernetes()?;
+    // Checked before anything starts: a bad endpoint list is a usage error.
+    args.store()?;
     let mut shutdown = shutdown_on_signals()?;
     let store = tokio::select! {
         store = open_store(&args) => store?,
@@ -124,6 +223,7 @@ pub async fn run(args: DaemonArgs) -> Result<()> {
         iface: IfaceSelector {
             ifaces: args.iface,
             regexes: args.iface_regex,
+            can_reach: args.iface_can_reach,
         },
         public_ip: args.public_ip,
         public_ipv6: args.public_ipv6,
@@ -134,7 +234,16 @@ pub async fn run(args: DaemonArgs) -> Result<()> {
         tun_name: args.tun_name,
         seed: rand::random(),
     };
-    // Nobody watches a lone daemon's status; the channel just has no receivers.
-    let (status, _) = watch::channel(NodeStatus::default());
-    Ok(run_node(setup, shutdown, status).await?)
+    let (status, watcher) = watch::channel(NodeStatus::default());
+    let health = if args.healthz_port == 0 {
+        None
+    } else {
+        let addr = std::net::SocketAddr::new(args.healthz_ip, args.healthz_port);
+        Some(weft_datapath::daemon::health::serve(addr, watcher, shutdown.clone()).await?)
+    };
+    let result = run_node(setup, shutdown, status).await;
+    if let Some(task) = health {
+        task.abort();
+    }
+    Ok(result?)
 }

@@ -71,10 +71,10 @@ impl Driver {
         self.backend
             .lease_acquired(lease)
             .await
-            .map_err(|source| DaemonError::Backend {
+            .map_err(|cause| DaemonError::Backend {
                 what: "starting",
                 kind,
-                source,
+                cause,
             })?;
         let s = &self.subnet_file;
         let env = SubnetEnv::for_lease(s.network, s.ipv6_network, &lease.key, s.mtu, s.ip_masq);
@@ -175,10 +175,10 @@ impl Driver {
             .backend
             .stop()
             .await
-            .map_err(|source| DaemonError::Backend {
+            .map_err(|cause| DaemonError::Backend {
                 what: "stopping",
                 kind,
-                source,
+                cause,
             });
         match self.driver.node().lease() {
             Some(lease) => {

@@ -9,6 +9,7 @@
 //! per namespace, all in one process, and watches their status.
 
 mod driver;
+pub mod health;
 pub mod notify;
 pub mod status;
 pub mod subnet_file;
@@ -36,50 +37,50 @@ pub use status::{LeaseStatus, NodeState, NodeStatus, RouteStatus};
 #[derive(Debug, thiserror::Error)]
 pub enum DaemonError {
     /// The network config file could not be read.
-    #[error("cannot read network config {path}: {source}")]
+    #[error("cannot read network config {path}: {cause}")]
     ConfigFile {
         /// The file.
         path: PathBuf,
         /// The OS error.
-        source: std::io::Error,
+        cause: std::io::Error,
     },
     /// The network config (from a file or the store) breaks flannel's rules.
-    #[error("invalid network config in {from}: {source}")]
+    #[error("invalid network config in {from}: {cause}")]
     Config {
         /// The file or the store key it came from.
         from: String,
         /// What is wrong with it.
-        source: ConfigError,
+        cause: ConfigError,
     },
     /// The store refused to give the network config.
-    #[error("cannot read the network config {key}: {source}")]
+    #[error("cannot read the network config {key}: {cause}")]
     ConfigKey {
         /// The key.
         key: String,
         /// The store's error.
-        source: StoreError,
+        cause: StoreError,
     },
     /// The network config cannot run a node on this host.
     #[error(transparent)]
     NodeConfig(#[from] NodeConfigError),
     /// Netlink could not be opened (in the node's namespace).
     #[error("cannot talk netlink: {0}")]
-    Netlink(#[source] DatapathError),
+    Netlink(DatapathError),
     /// No interface matched the selection.
     #[error("cannot choose the external interface: {0}")]
-    Interface(#[source] DatapathError),
+    Interface(DatapathError),
     /// Neither a public IP nor an interface to take one from.
     #[error("cannot tell this node's public IP; pass --public-ip or --iface")]
     NoPublicIp,
     /// The backend failed to start, to bring up a lease or to stop.
-    #[error("{what} the {kind} backend: {source}")]
+    #[error("{what} the {kind} backend: {cause}")]
     Backend {
         /// `starting`, `stopping`...
         what: &'static str,
         /// The backend type.
         kind: &'static str,
         /// Its error.
-        source: DatapathError,
+        cause: DatapathError,
     },
     /// `subnet.env` could not be written.
     #[error("{0}")]
@@ -134,13 +135,13 @@ pub async fn network_config(
     store: &dyn Store,
 ) -> Result<NetworkConfig, DaemonError> {
     if let Some(path) = file {
-        let text = std::fs::read_to_string(path).map_err(|source| DaemonError::ConfigFile {
+        let text = std::fs::read_to_string(path).map_err(|cause| DaemonError::ConfigFile {
             path: path.to_path_buf(),
-            source,
+            cause,
         })?;
-        return NetworkConfig::parse(&text).map_err(|source| DaemonError::Config {
+        return NetworkConfig::parse(&text).map_err(|cause| DaemonError::Config {
             from: path.display().to_string(),
-            source,
+            cause,
         });
     }
     let key = config_key(prefix);
@@ -150,15 +151,15 @@ pub async fn network_config(
             Ok(Some(entry)) => {
                 let text = String::from_utf8_lossy(&entry.value);
                 return NetworkConfig::parse(&text)
-                    .map_err(|source| DaemonError::Config { from: key, source });
+                    .map_err(|cause| DaemonError::Config { from: key, cause });
             }
             Ok(None) if !logged => {
                 tracing::info!(%key, "waiting for the network config to be written (weft config set)");
                 logged = true;
             }
             Ok(None) => {}
-            Err(source) if !source.is_transient() => {
-                return Err(DaemonError::ConfigKey { key, source });
+            Err(cause) if !cause.is_transient() => {
+                return Err(DaemonError::ConfigKey { key, cause });
             }
             Err(e) => tracing::warn!(%key, error = %e, "cannot read the network config; retrying"),
         }
@@ -223,10 +224,10 @@ async fn start_and_run(
         public_ip,
         device_name: setup.tun_name.clone(),
     })
-    .map_err(|source| DaemonError::Backend {
+    .map_err(|cause| DaemonError::Backend {
         what: "creating",
         kind: kind.as_str(),
-        source,
+        cause,
     })?;
     let previous = subnet_file::read(&setup.subnet_file).and_then(|env| env.previous_key());
     let mut node_config =

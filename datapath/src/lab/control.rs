@@ -97,9 +97,9 @@ pub struct NodeReport {
 /// Sends `request` to the lab in `dir` and returns its response.
 pub async fn request(dir: &Path, request: &Request) -> Result<Response, LabError> {
     let path = socket(dir);
-    let unreachable = |source| LabError::Control {
+    let unreachable = |cause| LabError::Control {
         path: path.clone(),
-        source,
+        cause,
     };
     let mut stream = UnixStream::connect(&path).await.map_err(unreachable)?;
     let mut line = serde_json::to_string(request).map_err(|e| LabError::Protocol(e.to_string()))?;

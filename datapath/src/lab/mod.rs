@@ -58,20 +58,20 @@ pub enum LabError {
         pid: u32,
     },
     /// The state file (or a directory beside it) could not be read or written.
-    #[error("cannot use {path}: {source}")]
+    #[error("cannot use {path}: {cause}")]
     State {
         /// The file or directory.
         path: PathBuf,
         /// The OS error.
-        source: std::io::Error,
+        cause: std::io::Error,
     },
     /// The state file is not what weft writes.
-    #[error("{path} is corrupt; remove it after checking `ip netns`: {source}")]
+    #[error("{path} is corrupt; remove it after checking `ip netns`: {cause}")]
     CorruptState {
         /// The file.
         path: PathBuf,
         /// What is wrong.
-        source: serde_json::Error,
+        cause: serde_json::Error,
     },
     /// The lab's network config is unusable.
     #[error("the lab's network config: {0}")]
@@ -83,28 +83,28 @@ pub enum LabError {
     #[error(transparent)]
     Refused(#[from] weft_sim::walk::Refused),
     /// The store could not be opened.
-    #[error("cannot open store {url}: {source}")]
+    #[error("cannot open store {url}: {cause}")]
     OpenStore {
         /// Its URL.
         url: String,
         /// Why.
-        source: weft_stores::OpenError,
+        cause: weft_stores::OpenError,
     },
     /// A store operation failed.
-    #[error("{what}: {source}")]
+    #[error("{what}: {cause}")]
     Store {
         /// What was being done.
         what: String,
         /// The store's error.
-        source: StoreError,
+        cause: StoreError,
     },
     /// A namespace, link or address could not be made or removed.
-    #[error("{what}: {source}")]
+    #[error("{what}: {cause}")]
     Build {
         /// What was being built.
         what: String,
         /// The datapath's error.
-        source: DatapathError,
+        cause: DatapathError,
     },
     /// A node's subnet has no address left for one of its containers.
     #[error("container {container}: no address left in its node's subnet {subnet}")]
@@ -150,23 +150,23 @@ pub enum LabError {
         waited: Duration,
     },
     /// No lab answers on the control socket.
-    #[error("no running lab answers on {path}: {source}")]
+    #[error("no running lab answers on {path}: {cause}")]
     Control {
         /// The socket.
         path: PathBuf,
         /// The OS error.
-        source: std::io::Error,
+        cause: std::io::Error,
     },
     /// A control message was malformed, or the lab refused a request.
     #[error("{0}")]
     Protocol(String),
     /// A command could not be run in a namespace.
-    #[error("cannot run {command:?}: {source}")]
+    #[error("cannot run {command:?}: {cause}")]
     Exec {
         /// The program.
         command: String,
         /// Why.
-        source: std::io::Error,
+        cause: std::io::Error,
     },
     /// The lab's process did not stop when asked.
     #[error("the lab's process (pid {0}) did not stop within 30 s")]

@@ -50,10 +50,10 @@ impl Running {
         state.network = Some(spec.network);
         state.save(dir)?;
         let store: Arc<dyn Store> =
-            Arc::from(weft_stores::open(&state.store).await.map_err(|source| {
+            Arc::from(weft_stores::open(&state.store).await.map_err(|cause| {
                 LabError::OpenStore {
                     url: state.store.clone(),
-                    source,
+                    cause,
                 }
             })?);
         let running = Running {
@@ -85,9 +85,9 @@ impl Running {
             .put(key, value)
             .await
             .map(|_| ())
-            .map_err(|source| LabError::Store {
+            .map_err(|cause| LabError::Store {
                 what: what.to_string(),
-                source,
+                cause,
             })
     }
 
@@ -106,9 +106,9 @@ impl Running {
             .delete(&key)
             .await
             .map(|_| ())
-            .map_err(|source| LabError::Store {
+            .map_err(|cause| LabError::Store {
                 what: format!("deleting {key}"),
-                source,
+                cause,
             })
     }
 
@@ -119,9 +119,9 @@ impl Running {
             .store
             .list(&prefix)
             .await
-            .map_err(|source| LabError::Store {
+            .map_err(|cause| LabError::Store {
                 what: "listing the leases".into(),
-                source,
+                cause,
             })?;
         let (leases, _) = weft_core::lease::decode_all(&prefix, &listing.entries);
         Ok(leases
@@ -145,9 +145,9 @@ impl Running {
             });
             self.state.save(&self.dir)?;
             let node_dir = self.dir.join(&node.name);
-            std::fs::create_dir_all(&node_dir).map_err(|source| LabError::State {
+            std::fs::create_dir_all(&node_dir).map_err(|cause| LabError::State {
                 path: node_dir,
-                source,
+                cause,
             })?;
             self.paths.insert(node.name.clone(), path);
             self.nodes.add(&node.name);
@@ -188,6 +188,7 @@ impl Running {
             config: self.spec.config.clone(),
             netns: Some(path),
             iface: IfaceSelector {
+                can_reach: None,
                 ifaces: vec!["eth0".into()],
                 regexes: Vec::new(),
             },

@@ -65,9 +65,9 @@ impl LabState {
         match std::fs::read_to_string(&path) {
             Ok(text) => serde_json::from_str(&text)
                 .map(Some)
-                .map_err(|source| LabError::CorruptState { path, source }),
+                .map_err(|cause| LabError::CorruptState { path, cause }),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(source) => Err(LabError::State { path, source }),
+            Err(cause) => Err(LabError::State { path, cause }),
         }
     }
 
@@ -75,9 +75,9 @@ impl LabState {
     /// or the new one, never half of one.
     pub fn save(&self, dir: &Path) -> Result<(), LabError> {
         let path = file(dir);
-        let failed = |source| LabError::State {
+        let failed = |cause| LabError::State {
             path: path.clone(),
-            source,
+            cause,
         };
         std::fs::create_dir_all(dir).map_err(failed)?;
         let tmp = path.with_extension("json.tmp");

@@ -56,7 +56,7 @@ pub fn container_ip(subnet: Ipv4Net, j: usize) -> Option<Ipv4Addr> {
 
 fn netlink(what: impl Into<String>) -> impl FnOnce(DatapathError) -> LabError {
     let what = what.into();
-    move |source| LabError::Build { what, source }
+    move |cause| LabError::Build { what, cause }
 }
 
 /// Creates a namespace, recording it in the state file first so that a crash in

@@ -78,7 +78,7 @@ pub async fn up(
 fn listen(dir: &Path) -> Result<tokio::net::UnixListener, LabError> {
     let path = control::socket(dir);
     let _ = std::fs::remove_file(&path);
-    tokio::net::UnixListener::bind(&path).map_err(|source| LabError::State { path, source })
+    tokio::net::UnixListener::bind(&path).map_err(|cause| LabError::State { path, cause })
 }
 
 /// Answers requests on the control socket until `shutdown` turns true.
@@ -183,11 +183,11 @@ pub fn exec(
     })
     .map_err(|e| LabError::Build {
         what: format!("entering namespace {ns}"),
-        source: e,
+        cause: e,
     })?
-    .map_err(|source| LabError::Exec {
+    .map_err(|cause| LabError::Exec {
         command: shown,
-        source,
+        cause,
     })
 }
 
@@ -204,7 +204,7 @@ pub async fn down(dir: &Path) -> Result<bool, LabError> {
         let pid = i32::try_from(lab.pid).map_err(|_| LabError::DidNotStop(lab.pid))?;
         kill(Pid::from_raw(pid), Signal::SIGTERM).map_err(|e| LabError::Exec {
             command: format!("kill -TERM {pid}"),
-            source: e.into(),
+            cause: e.into(),
         })?;
         for _ in 0..300 {
             if !super::alive(lab.pid) {

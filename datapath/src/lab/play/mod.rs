@@ -287,9 +287,9 @@ impl LabWorld {
         let (dst_ns, dst) = container(&self.running.state, to)?;
         let start = Instant::now();
         let got =
-            probe::transfer(src, dst_ns, dst, bytes, within).map_err(|source| LabError::Exec {
+            probe::transfer(src, dst_ns, dst, bytes, within).map_err(|cause| LabError::Exec {
                 command: format!("tcp {from} -> {to}"),
-                source,
+                cause,
             })?;
         let took = start.elapsed();
         if got != bytes {
@@ -318,9 +318,9 @@ pub async fn play(
     shutdown: watch::Receiver<bool>,
     mut out: Box<dyn FnMut(&str) + Send>,
 ) -> Result<usize, LabError> {
-    let (scenario, source) = weft_sim::scenario::load(file)?;
+    let (scenario, text) = weft_sim::scenario::load(file)?;
     let name = file.display().to_string();
-    walk::check::<LabWorld>(&name, &scenario, &source)?;
+    walk::check::<LabWorld>(&name, &scenario, &text)?;
     let spec = LabSpec::from_scenario(&scenario)?;
     check_prerequisites()?;
     let store = super::default_store(dir);
