@@ -5,12 +5,20 @@
 //! are read, looked up by [`ForwardTable::route_outbound`] and sent, TTL decremented, as
 //! the payload of a UDP datagram to the peer's port. Datagrams received on the port are
 //! checked by [`ForwardTable::accept_inbound`] and written to the TUN device. Each
-//! direction is one thread doing blocking I/O with one reusable buffer: no allocation and
-//! no async wake-up per packet (an async version forwarded 0.3 Gbit/s in the lab
+//! direction is one thread doing blocking I/O with buffers allocated once: no allocation
+//! and no async wake-up per packet (an async version forwarded 0.3 Gbit/s in the lab
 //! benchmark; see the commit). The threads read the latest published table through an
 //! `arc_swap` cache -- no lock shared with the control plane -- and count drops into
-//! counters of their own. The threads are where batching (recvmmsg/sendmmsg, GSO/GRO, TUN
-//! offloads, several queues) will go.
+//! counters of their own.
+//!
+//! By default the threads batch their syscalls ([`batched`]: recvmmsg with UDP GRO,
+//! sendmsg with UDP GSO, several TUN reads per wake-up); `WEFT_UDP_BATCH=0` in the
+//! environment keeps the one packet per syscall loops below, which
+//! `scripts/bench-datapath` measures beside the batched ones. TUN offloads and several
+//! queues are still to come.
+
+mod batch;
+mod batched;
 
 use std::net::UdpSocket;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4};
@@ -52,6 +60,8 @@ pub struct UdpConfig {
     pub public_ip: Ipv4Addr,
     /// The UDP port (8285).
     pub port: u16,
+    /// Batched syscalls (the default) or one packet per syscall (`WEFT_UDP_BATCH=0`).
+    pub batched: bool,
 }
 
 /// Packet counts of the forwarding tasks (drops are counted by the node, by reason).
@@ -164,14 +174,32 @@ impl UdpDatapath {
         // The network's own address is never a host (the first subnet is not leased by
         // default) nor local to this node, so the kernel accepts an ICMP error from it;
         // the TUN device's own address would be dropped as a martian source.
-        let threads = vec![
-            spawn(
-                "weft-tun-to-udp",
-                Box::new(move || outbound.tun_to_udp(port, icmp_from)),
-            )?,
-            spawn("weft-udp-to-tun", Box::new(move || inbound.udp_to_tun()))?,
-        ];
-        tracing::info!(tun = %cfg.tun_name, mtu = cfg.mtu, addr = %cfg.subnet.network(), route = %cfg.network, bind = %bind, "udp backend up");
+        let threads = if cfg.batched {
+            let state = Arc::new(
+                batched::socket_state(&socket)
+                    .map_err(|e| DatapathError::io("set up batched udp i/o", e))?,
+            );
+            let state2 = state.clone();
+            vec![
+                spawn(
+                    "weft-tun-to-udp",
+                    Box::new(move || outbound.tun_to_udp_batched(&state2, port, icmp_from)),
+                )?,
+                spawn(
+                    "weft-udp-to-tun",
+                    Box::new(move || inbound.udp_to_tun_batched(&state)),
+                )?,
+            ]
+        } else {
+            vec![
+                spawn(
+                    "weft-tun-to-udp",
+                    Box::new(move || outbound.tun_to_udp(port, icmp_from)),
+                )?,
+                spawn("weft-udp-to-tun", Box::new(move || inbound.udp_to_tun()))?,
+            ]
+        };
+        tracing::info!(tun = %cfg.tun_name, mtu = cfg.mtu, batched = cfg.batched, addr = %cfg.subnet.network(), route = %cfg.network, bind = %bind, "udp backend up");
         Ok(UdpDatapath {
             netlink: netlink.clone(),
             tun_index: link.index,
@@ -216,6 +244,10 @@ struct Forwarder {
 
 fn count(c: &AtomicU64) {
     c.fetch_add(1, Ordering::Relaxed);
+}
+
+fn add(c: &AtomicU64, n: usize) {
+    c.fetch_add(n as u64, Ordering::Relaxed);
 }
 
 impl Forwarder {
@@ -324,6 +356,7 @@ impl UdpBackend {
                 subnet: network,
                 public_ip: setup.public_ip,
                 port: setup.network.backend.port,
+                batched: std::env::var("WEFT_UDP_BATCH").map_or(true, |v| v != "0"),
             },
             table: Arc::new(ArcSwap::from_pointee(ForwardTable::default())),
             counters: Arc::new(Counters::default()),

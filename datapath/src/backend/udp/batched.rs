@@ -1,0 +1,196 @@
+//! The batched forwarding loops, the default (`WEFT_UDP_BATCH=0` keeps the one packet
+//! per syscall loops of the parent module, for comparison).
+//!
+//! UDP side, through `quinn-udp` (no `unsafe` of ours): one `recvmmsg` takes up to
+//! [`RECV_BATCH`] messages, each a buffer of up to 64 datagrams the kernel coalesced
+//! with UDP GRO; every datagram in it is still decided alone by the forwarding table
+//! ([`batch::each_inbound`]). Outbound, packets read from the TUN device are laid back to
+//! back in one buffer and each run of one peer's equal-sized packets leaves in one
+//! `sendmsg` with UDP GSO ([`batch::Runs`]): the kernel cuts it into ordinary flannel
+//! datagrams. TUN side (the `tun` crate, one packet per read): after a wake-up the
+//! thread keeps reading without blocking, up to [`TUN_BATCH`] packets, before it sends.
+//! Buffers are allocated once per thread; nothing is allocated per packet.
+//!
+//! Where the kernel lacks UDP GSO or GRO, `quinn-udp` falls back to one datagram per
+//! send or receive, and the thread says so once in the log.
+
+use std::io::{ErrorKind, IoSliceMut};
+use std::net::{Ipv4Addr, SocketAddr, UdpSocket};
+use std::os::fd::AsFd;
+use std::time::Duration;
+
+use arc_swap::Cache;
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+use quinn_udp::{RecvMeta, Transmit, UdpSockRef, UdpSocketState};
+use weft_core::forward::Outbound;
+use weft_core::wire::icmp;
+
+use super::batch::{self, Run, Runs};
+use super::{add, count, Forwarder, MAX_PACKET};
+
+/// How many packets the TUN side reads, without blocking, before it sends what it has.
+const TUN_BATCH: usize = 64;
+/// The outbound buffer: several GSO sends' worth, so that a reset is rare.
+const TUN_BUFFER: usize = 4 * MAX_PACKET;
+/// How many messages one `recvmmsg` asks for.
+const RECV_BATCH: usize = 8;
+/// One received message: up to 64 KiB of GRO-coalesced datagrams.
+const GRO_BUFFER: usize = 1 << 16;
+/// How long a thread waits for I/O before it looks at the stop flag again.
+const IDLE: Duration = Duration::from_millis(200);
+
+/// The socket's batching state, shared by both threads.
+pub(super) fn socket_state(socket: &UdpSocket) -> std::io::Result<UdpSocketState> {
+    // Also turns on UDP GRO and makes the socket non-blocking.
+    let state = UdpSocketState::new(UdpSockRef::from(socket))?;
+    if state.max_gso_segments() <= 1 {
+        tracing::info!("the kernel offers no UDP GSO: one datagram per send");
+    }
+    if state.gro_segments() <= 1 {
+        tracing::info!("the kernel offers no UDP GRO: one datagram per received buffer");
+    }
+    Ok(state)
+}
+
+/// Waits until `socket` is ready for `flags` or [`IDLE`] passed.
+fn wait(socket: &UdpSocket, flags: PollFlags) {
+    let mut fds = [PollFd::new(socket.as_fd(), flags)];
+    let timeout = PollTimeout::try_from(IDLE).unwrap_or(PollTimeout::NONE);
+    let _ = poll(&mut fds, timeout);
+}
+
+impl Forwarder {
+    /// TUN -> core -> UDP, batched, until the device goes away.
+    pub(super) fn tun_to_udp_batched(self, state: &UdpSocketState, port: u16, icmp_from: Ipv4Addr) {
+        if let Err(e) = self.tun.set_nonblock() {
+            tracing::warn!(error = %e, "cannot make the TUN device non-blocking");
+        }
+        let mut buf = vec![0u8; TUN_BUFFER];
+        let mut reply = [0u8; 576];
+        let mut table = Cache::new(self.table.clone());
+        let mut runs = Runs::new(state.max_gso_segments());
+        // Where the next packet is read to, and how many were read since the last wait.
+        let (mut end, mut batch) = (0, 0);
+        while !self.stopping() {
+            if batch == TUN_BATCH || end + MAX_PACKET > buf.len() {
+                self.send_run(state, &buf, runs.finish(), port);
+                runs = Runs::new(state.max_gso_segments());
+                (end, batch) = (0, 0);
+            }
+            let slot = &mut buf[end..end + MAX_PACKET];
+            let read = if batch == 0 {
+                self.tun.recv_timeout(slot, IDLE)
+            } else {
+                self.tun.recv(slot)
+            };
+            let n = match read {
+                Ok(n) => n,
+                Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
+                    // Nothing more for now: send what was read.
+                    batch = TUN_BATCH;
+                    continue;
+                }
+                Err(e) => {
+                    batch = TUN_BATCH;
+                    if !self.stopping() {
+                        count(&self.counters.errors);
+                        tracing::warn!(error = %e, "reading the TUN device failed");
+                        std::thread::sleep(Duration::from_millis(10));
+                    }
+                    continue;
+                }
+            };
+            batch += 1;
+            count(&self.counters.tun_rx);
+            let packet = &mut buf[end..end + n];
+            match table.load().route_outbound(packet, &self.drops) {
+                Outbound::Send { peer } => {
+                    if let Some(run) = runs.push(peer, end, n) {
+                        self.send_run(state, &buf, Some(run), port);
+                    }
+                    end += n;
+                }
+                Outbound::Unreachable => {
+                    if let Some(len) = icmp::net_unreachable_v4(packet, icmp_from, &mut reply) {
+                        if self.tun.send(&reply[..len]).is_ok() {
+                            count(&self.counters.icmp_tx);
+                        }
+                    }
+                }
+                // As in the unbatched loop: nowhere to go, and already counted.
+                Outbound::Local | Outbound::Drop(_) => {}
+            }
+        }
+    }
+
+    /// Sends `run` (if any) in one syscall, waiting while the socket buffer is full.
+    fn send_run(&self, state: &UdpSocketState, buf: &[u8], run: Option<Run>, port: u16) {
+        let Some(run) = run else { return };
+        let transmit = Transmit {
+            destination: SocketAddr::new(run.peer, port),
+            ecn: None,
+            contents: &buf[run.start..run.start + run.len],
+            segment_size: (run.count > 1).then_some(run.segment),
+            src_ip: None,
+        };
+        loop {
+            match state.send(UdpSockRef::from(&*self.socket), &transmit) {
+                Ok(()) => return add(&self.counters.udp_tx, run.count),
+                Err(e) if e.kind() == ErrorKind::WouldBlock && !self.stopping() => {
+                    wait(&self.socket, PollFlags::POLLOUT);
+                }
+                Err(_) => return add(&self.counters.errors, run.count),
+            }
+        }
+    }
+
+    /// UDP -> core -> TUN, batched, until the socket is shut down.
+    pub(super) fn udp_to_tun_batched(self, state: &UdpSocketState) {
+        let mut storage = vec![0u8; RECV_BATCH * GRO_BUFFER];
+        let mut meta = [RecvMeta::default(); RECV_BATCH];
+        let mut table = Cache::new(self.table.clone());
+        while !self.stopping() {
+            let received = {
+                let mut chunks = storage.chunks_mut(GRO_BUFFER).map(IoSliceMut::new);
+                let mut bufs: [IoSliceMut<'_>; RECV_BATCH] = std::array::from_fn(|_| {
+                    chunks.next().unwrap_or_else(|| IoSliceMut::new(&mut []))
+                });
+                state.recv(UdpSockRef::from(&*self.socket), &mut bufs, &mut meta)
+            };
+            let n = match received {
+                Ok(n) => n,
+                Err(e) if e.kind() == ErrorKind::WouldBlock => {
+                    wait(&self.socket, PollFlags::POLLIN);
+                    continue;
+                }
+                Err(e) => {
+                    if !self.stopping() {
+                        count(&self.counters.errors);
+                        tracing::warn!(error = %e, "receiving on the udp port failed");
+                        std::thread::sleep(Duration::from_millis(10));
+                    }
+                    continue;
+                }
+            };
+            if self.stopping() {
+                break;
+            }
+            let table = table.load();
+            for (m, chunk) in meta[..n].iter().zip(storage.chunks(GRO_BUFFER)) {
+                let datagrams = &chunk[..m.len.min(GRO_BUFFER)];
+                let received = batch::each_inbound(
+                    table,
+                    m.addr.ip(),
+                    datagrams,
+                    m.stride,
+                    &self.drops,
+                    |p| match self.tun.send(p) {
+                        Ok(_) => count(&self.counters.tun_tx),
+                        Err(_) => count(&self.counters.errors),
+                    },
+                );
+                add(&self.counters.udp_rx, received);
+            }
+        }
+    }
+}
