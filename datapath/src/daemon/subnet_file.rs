@@ -93,6 +93,9 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let log = dir.path().join("strace.log");
         let files = dir.path().join("run");
+        // This module's path without the crate's name, wherever the file moves.
+        let module = module_path!().split_once("::").map_or("", |(_, m)| m);
+        let child_test = format!("{module}::child_writes_the_file");
         let status = Command::new("strace")
             .args([
                 "-f",
@@ -103,12 +106,7 @@ mod tests {
             .arg("-o")
             .arg(&log)
             .arg(std::env::current_exe().expect("test binary"))
-            .args([
-                "--exact",
-                "subnet_file::tests::child_writes_the_file",
-                "--ignored",
-                "--test-threads=1",
-            ])
+            .args(["--exact", &child_test, "--ignored", "--test-threads=1"])
             .env(CHILD_ENV, &files)
             .status()
             .expect("run strace");
