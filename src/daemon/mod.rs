@@ -175,6 +175,7 @@ pub async fn run_node(setup: NodeSetup, shutdown: watch::Receiver<bool>) -> Resu
         network: config.clone(),
         mtu,
         public_ip,
+        external: external.clone(),
         device_name: setup.tun_name.clone(),
     })?;
     let previous = subnet_file::read(&setup.subnet_file).and_then(|env| env.previous_key());
