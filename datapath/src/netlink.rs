@@ -1,5 +1,5 @@
 //! Links, addresses and routes over netlink, in one network namespace; neighbours, FDB
-//! entries and vxlan devices in [`neigh`] and [`routes`].
+//! entries ([`Mac`]), vxlan devices ([`VxlanDevice`]) and gateway routes ([`Ipv4Route`]).
 
 mod neigh;
 mod routes;
