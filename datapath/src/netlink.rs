@@ -1,4 +1,11 @@
-//! Links, addresses and routes over netlink, in one network namespace.
+//! Links, addresses and routes over netlink, in one network namespace; neighbours, FDB
+//! entries ([`Mac`]), vxlan devices ([`VxlanDevice`]) and gateway routes ([`Ipv4Route`]).
+
+mod neigh;
+mod routes;
+
+pub use neigh::{BadMac, Mac};
+pub use routes::{Ipv4Route, VxlanDevice};
 
 use std::net::{IpAddr, Ipv4Addr};
 use std::os::fd::AsRawFd;
@@ -52,6 +59,11 @@ fn exists(e: &rtnetlink::Error) -> bool {
 
 const fn libc_eexist() -> i32 {
     17
+}
+
+/// Whether the kernel said the thing to delete is not there (ENOENT, ESRCH).
+fn gone(e: &rtnetlink::Error) -> bool {
+    matches!(e, rtnetlink::Error::NetlinkError(m) if m.raw_code() == -2 || m.raw_code() == -3)
 }
 
 impl Netlink {

@@ -56,6 +56,8 @@ pub const DEFAULT_VXLAN_PORT: u16 = 8472;
 pub const DEFAULT_VXLAN_VNI: u32 = 1;
 /// VNIs are 24 bits on the wire.
 const MAX_VNI: u32 = (1 << 24) - 1;
+/// The smallest vxlan `MTU` that leaves an overlay MTU of 68, IPv4's minimum.
+const MIN_VXLAN_MTU: u32 = 68 + 50;
 
 /// The backends weft knows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -122,9 +124,29 @@ pub struct BackendConfig {
     pub port: u16,
     /// `VNI` for vxlan (default 1); `None` for the other backends.
     pub vni: Option<u32>,
+    /// The other options of the vxlan backend; `None` for the other backends.
+    pub vxlan: Option<VxlanOptions>,
     /// The whole object as written, for backend options weft does not interpret here;
     /// an empty object when the config has no `Backend`.
     pub raw: serde_json::Value,
+}
+
+/// The vxlan backend's options besides `VNI` and `Port`, as flannel's `VXLANConfig`
+/// reads them (`pkg/backend/vxlan/vxlan.go`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct VxlanOptions {
+    /// `MTU`: the MTU of the packets on the underlay, replacing the external
+    /// interface's; the vxlan device gets 50 bytes less, as in flannel. `None`: the
+    /// interface's.
+    pub mtu: Option<u32>,
+    /// `GBP`: VXLAN Group Based Policy extension on the device (every node must agree).
+    pub gbp: bool,
+    /// `Learning`: the kernel learns FDB entries from received packets (default off:
+    /// `nolearning`, every entry comes from a lease).
+    pub learning: bool,
+    /// `DirectRouting`: peers on the underlay interface's own network get a plain route
+    /// via their public IP, without encapsulation.
+    pub direct_routing: bool,
 }
 
 /// A validated network config.
@@ -195,8 +217,14 @@ impl NetworkConfig {
         )
     }
 
-    /// The overlay MTU over an underlay of `underlay_mtu` bytes (`FLANNEL_MTU`).
+    /// The overlay MTU over an underlay of `underlay_mtu` bytes (`FLANNEL_MTU`). The
+    /// vxlan backend's `MTU` option stands for the underlay's, as in flannel.
     pub fn mtu(&self, underlay_mtu: u32) -> u32 {
-        underlay_mtu.saturating_sub(self.backend.kind.overhead())
+        let underlay = self
+            .backend
+            .vxlan
+            .and_then(|v| v.mtu)
+            .unwrap_or(underlay_mtu);
+        underlay.saturating_sub(self.backend.kind.overhead())
     }
 }

@@ -8,8 +8,8 @@ use serde_json::Value;
 
 use super::decode::{bool_of, int_of, Backend, Fields, Members};
 use super::{
-    BackendConfig, BackendType, ConfigError, NetworkConfig, DEFAULT_UDP_PORT, DEFAULT_VXLAN_PORT,
-    DEFAULT_VXLAN_VNI, FLANNEL_ONLY_BACKENDS, MAX_VNI,
+    BackendConfig, BackendType, ConfigError, NetworkConfig, VxlanOptions, DEFAULT_UDP_PORT,
+    DEFAULT_VXLAN_PORT, DEFAULT_VXLAN_VNI, FLANNEL_ONLY_BACKENDS, MAX_VNI, MIN_VXLAN_MTU,
 };
 
 impl Fields {
@@ -73,6 +73,7 @@ impl Backend {
                 kind: BackendType::Udp,
                 port: DEFAULT_UDP_PORT,
                 vni: None,
+                vxlan: None,
                 raw: Value::Object(serde_json::Map::new()),
             });
         };
@@ -90,30 +91,37 @@ impl Backend {
             );
         };
         let m = &backend.members;
-        let (port, vni) = match kind {
-            BackendType::Udp => (port(m, 1, DEFAULT_UDP_PORT)?, None),
+        let (port, vni, vxlan) = match kind {
+            BackendType::Udp => (port(m, 1, DEFAULT_UDP_PORT)?, None, None),
             BackendType::Vxlan => {
-                for (key, label) in [
-                    ("GBP", "Backend.GBP"),
-                    ("Learning", "Backend.Learning"),
-                    ("DirectRouting", "Backend.DirectRouting"),
-                ] {
-                    m.field(key, label, bool_of)?;
-                }
+                let flag = |key, label| -> Result<bool, ConfigError> {
+                    Ok(m.field(key, label, bool_of)?.unwrap_or(false))
+                };
+                let options = VxlanOptions {
+                    gbp: flag("GBP", "Backend.GBP")?,
+                    learning: flag("Learning", "Backend.Learning")?,
+                    direct_routing: flag("DirectRouting", "Backend.DirectRouting")?,
+                    // flannel takes 0 too, and then fails creating a device of MTU -50.
+                    mtu: m
+                        .field("MTU", "Backend.MTU", int_of)?
+                        .map(|mtu| in_range("Backend.MTU", mtu, MIN_VXLAN_MTU, 65_535))
+                        .transpose()?,
+                };
                 let vni = match m.field("VNI", "Backend.VNI", int_of)? {
                     None => DEFAULT_VXLAN_VNI,
                     Some(vni) => in_range("Backend.VNI", vni, 0, MAX_VNI)?,
                 };
                 // The kernel picks its default port when flannel passes 0.
-                (port(m, 0, DEFAULT_VXLAN_PORT)?, Some(vni))
+                (port(m, 0, DEFAULT_VXLAN_PORT)?, Some(vni), Some(options))
             }
             // flannel's host-gw and alloc read no options.
-            BackendType::HostGw | BackendType::Alloc => (0, None),
+            BackendType::HostGw | BackendType::Alloc => (0, None, None),
         };
         Ok(BackendConfig {
             kind,
             port,
             vni,
+            vxlan,
             raw: backend.raw,
         })
     }

@@ -95,6 +95,51 @@ fn accepts_kube_flannel_default_and_derives_vxlan_defaults() {
 }
 
 #[test]
+fn vxlan_options_follow_flannel() {
+    let c = parse(r#"{"Network":"10.5.0.0/16","Backend":{"Type":"vxlan"}}"#);
+    assert_eq!(c.backend.vxlan, Some(VxlanOptions::default()));
+    let c = parse(
+        r#"{"Network":"10.5.0.0/16","Backend":{"Type":"vxlan","mtu":9000,"gbp":true,"Learning":true,"directrouting":true}}"#,
+    );
+    assert_eq!(
+        c.backend.vxlan,
+        Some(VxlanOptions {
+            mtu: Some(9000),
+            gbp: true,
+            learning: true,
+            direct_routing: true
+        })
+    );
+    // flannel's `MTU` is the underlay's: the device (and FLANNEL_MTU) get 50 less.
+    assert_eq!(c.mtu(1500), 8950);
+    // `null` keeps the defaults, as Go's decoder does.
+    let c = parse(r#"{"Network":"10.5.0.0/16","Backend":{"Type":"vxlan","MTU":null,"GBP":null}}"#);
+    assert_eq!(c.backend.vxlan, Some(VxlanOptions::default()));
+    // Only vxlan reads them.
+    let c = parse(r#"{"Network":"10.5.0.0/16","Backend":{"Type":"host-gw","MTU":9000}}"#);
+    assert_eq!((c.backend.vxlan, c.mtu(1500)), (None, 1500));
+}
+
+#[test]
+fn rejects_vxlan_options_that_cannot_work() {
+    for mtu in ["0", "117", "65536", "-1"] {
+        let err = reject(
+            &format!(r#"{{"Network":"10.5.0.0/16","Backend":{{"Type":"vxlan","MTU":{mtu}}}}}"#),
+            "Backend.MTU",
+        );
+        assert!(
+            err.to_string().contains("must be between 118 and 65535"),
+            "{err}"
+        );
+    }
+    let err = reject(
+        r#"{"Network":"10.5.0.0/16","Backend":{"Type":"vxlan","DirectRouting":"yes"}}"#,
+        "Backend.DirectRouting",
+    );
+    assert!(matches!(err, ConfigError::WrongType { .. }));
+}
+
+#[test]
 fn accepts_dual_stack() {
     let c = parse(
         r#"{"Network":"10.42.0.0/16","EnableIPv6":true,"IPv6Network":"fc00::/48","Backend":{"Type":"host-gw"}}"#,

@@ -8,9 +8,15 @@
 //! - `alloc`: leases only, nothing to program ([`alloc`]).
 //! - `udp`: flannel's udp backend, a TUN device and a UDP socket, the forwarding threads
 //!   deciding each packet by the node's forwarding table ([`udp`]).
+//! - `vxlan`: the kernel's vxlan device, a neighbour, an FDB entry and a route per peer
+//!   ([`vxlan`]).
+//! - `host-gw`: a route via each peer's public IP, re-checked periodically ([`hostgw`]).
 
 pub mod alloc;
+pub mod hostgw;
+mod peers;
 pub mod udp;
+pub mod vxlan;
 
 use std::fmt;
 use std::net::Ipv4Addr;
@@ -24,6 +30,7 @@ use weft_core::forward::ForwardTable;
 use weft_core::lease::{Lease, RawJson};
 use weft_core::router::RouteChange;
 
+use crate::iface::ExternalInterface;
 use crate::netlink::Netlink;
 use crate::DatapathError;
 
@@ -41,6 +48,9 @@ pub struct BackendSetup {
     pub mtu: u32,
     /// The node's public IP.
     pub public_ip: Ipv4Addr,
+    /// The interface the overlay is carried over (its index, name, MTU and address),
+    /// when one was chosen; the kernel backends need it.
+    pub external: Option<ExternalInterface>,
     /// The name of the device the backend creates, if it creates one (udp: the TUN
     /// device).
     pub device_name: String,
@@ -100,16 +110,17 @@ pub fn create(setup: BackendSetup) -> Result<Box<dyn Backend>, DatapathError> {
     match kind {
         BackendType::Alloc => Ok(Box::new(alloc::AllocBackend)),
         BackendType::Udp => Ok(Box::new(udp::UdpBackend::new(setup)?)),
-        other => Err(DatapathError::Unsupported(format!(
-            "backend type {:?} is not supported by weft yet (supported: alloc, udp)",
-            other.as_str()
-        ))),
+        BackendType::Vxlan => Ok(Box::new(vxlan::VxlanBackend::new(setup)?)),
+        BackendType::HostGw => Ok(Box::new(hostgw::HostGwBackend::new(setup)?)),
     }
 }
 
 /// The overlay network as IPv4, for backends that route it.
 fn ipv4_network(setup: &BackendSetup) -> Result<Ipv4Net, DatapathError> {
     setup.network.network.ok_or_else(|| {
-        DatapathError::Unsupported("the udp backend needs an IPv4 Network".to_string())
+        DatapathError::Unsupported(format!(
+            "the {} backend needs an IPv4 Network (IPv6-only is not supported yet)",
+            setup.network.backend.kind
+        ))
     })
 }

@@ -222,6 +222,7 @@ async fn start_and_run(
         network: config.clone(),
         mtu,
         public_ip,
+        external: external.clone(),
         device_name: setup.tun_name.clone(),
     })
     .map_err(|cause| DaemonError::Backend {

@@ -1,0 +1,320 @@
+//! A small real network for the kernel backends' tests, built with `ip` by the test
+//! itself (not `weft lab`): an underlay namespace routing between two bridges,
+//! 192.0.2.0/24 and 198.51.100.0/24; host namespaces on either, each joined by a veth
+//! pair and running a real `weft daemon` process (the built binary, `ip netns exec`);
+//! and a container namespace behind each host, on the host's subnet. The daemons share
+//! one real etcd, reached through a [`proxy::Relay`] on each host's loopback.
+//!
+//! Everything is removed when the [`Underlay`] is dropped, even after a failed
+//! assertion: each daemon is killed by its PID, the relays stop, the namespaces go (and
+//! every link in them with them). Needs root and `ip`; without them a test says so
+//! loudly and passes, except under `CI=true`, where it fails.
+
+#![allow(dead_code, clippy::unwrap_used)]
+
+mod containers;
+pub mod proxy;
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+use weft_datapath::netns;
+use weft_stores::testing::Etcd;
+
+pub const PREFIX: &str = "/coreos.com/network";
+
+/// Whether this machine can build the network; panics under CI=true when it cannot.
+pub fn can_run(test: &str) -> bool {
+    let root = nix::unistd::geteuid().is_root();
+    let ip = Command::new("ip").arg("-V").output().is_ok();
+    if root && ip {
+        return true;
+    }
+    let why = format!("{test}: needs root and iproute2 (root: {root}, ip: {ip})");
+    assert!(
+        std::env::var("CI").as_deref() != Ok("true"),
+        "{why}: CI=true, so this is a failure"
+    );
+    eprintln!("\n*** SKIPPED {why} ***\n");
+    false
+}
+
+/// Runs a command to completion, panicking with its stderr on failure; returns stdout.
+pub fn run(program: &str, args: &[&str]) -> String {
+    let out = Command::new(program).args(args).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{program} {}: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// Polls `done` every 200 ms until it holds, for at most `patience`.
+pub fn wait_until(what: &str, patience: Duration, done: impl FnMut() -> bool) {
+    wait_or_show(what, patience, done, String::new);
+}
+
+/// [`wait_until`], showing `context()` (a log) if it times out.
+pub fn wait_or_show(
+    what: &str,
+    patience: Duration,
+    mut done: impl FnMut() -> bool,
+    context: impl Fn() -> String,
+) {
+    let deadline = Instant::now() + patience;
+    while !done() {
+        assert!(
+            Instant::now() < deadline,
+            "{what}: not within {patience:?}\n{}",
+            context()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+static SERIAL: AtomicU32 = AtomicU32::new(0);
+
+/// One host: its namespace, address, daemon and container.
+pub struct Host {
+    pub ns: String,
+    pub ip: Ipv4Addr,
+    pub env: PathBuf,
+    daemon: Option<Child>,
+    starts: u32,
+    pub log: PathBuf,
+    /// Its lease's subnet, once known.
+    pub subnet: Option<ipnet::Ipv4Net>,
+    pub container: Option<String>,
+}
+
+/// See the module docs.
+pub struct Underlay {
+    pub prefix: String,
+    pub dir: tempfile::TempDir,
+    pub hosts: Vec<Host>,
+    namespaces: Vec<String>,
+    relays: Vec<proxy::Relay>,
+    store: String,
+    etcd_port: u16,
+}
+
+impl Underlay {
+    /// The underlay namespace and one host per address in `ips` (192.0.2.x or
+    /// 198.51.100.x), each with a relay to `etcd`.
+    pub fn new(tag: &str, ips: &[&str], etcd: &Etcd) -> Underlay {
+        let k = SERIAL.fetch_add(1, Ordering::Relaxed);
+        let prefix = format!("wk{}{tag}{k}-", std::process::id());
+        let endpoint = etcd.endpoint(0);
+        let etcd_port: u16 = endpoint.rsplit(':').next().unwrap().parse().unwrap();
+        let mut net = Underlay {
+            prefix,
+            dir: tempfile::tempdir().unwrap(),
+            hosts: Vec::new(),
+            namespaces: Vec::new(),
+            relays: Vec::new(),
+            store: format!("etcd://127.0.0.1:{etcd_port}"),
+            etcd_port,
+        };
+        let ul = net.add_ns("ul");
+        for (br, addr) in [("br0", "192.0.2.254/24"), ("br1", "198.51.100.254/24")] {
+            run("ip", &["-n", &ul, "link", "add", br, "type", "bridge"]);
+            run("ip", &["-n", &ul, "addr", "add", addr, "dev", br]);
+            run("ip", &["-n", &ul, "link", "set", br, "up"]);
+        }
+        run(
+            "ip",
+            &[
+                "netns",
+                "exec",
+                &ul,
+                "sysctl",
+                "-qw",
+                "net.ipv4.ip_forward=1",
+            ],
+        );
+        for (i, ip) in ips.iter().enumerate() {
+            net.add_host(i + 1, ip.parse().unwrap());
+        }
+        net
+    }
+
+    pub(crate) fn add_ns(&mut self, name: &str) -> String {
+        let ns = format!("{}{name}", self.prefix);
+        run("ip", &["netns", "add", &ns]);
+        self.namespaces.push(ns.clone());
+        run("ip", &["-n", &ns, "link", "set", "lo", "up"]);
+        ns
+    }
+
+    fn add_host(&mut self, i: usize, ip: Ipv4Addr) {
+        let ns = self.add_ns(&format!("h{i}"));
+        let ul = format!("{}ul", self.prefix);
+        let (bridge, router) = if ip.octets()[0] == 192 {
+            ("br0", "192.0.2.254")
+        } else {
+            ("br1", "198.51.100.254")
+        };
+        let port = format!("h{i}");
+        run(
+            "ip",
+            &[
+                "-n", &ul, "link", "add", &port, "type", "veth", "peer", "name", "eth0", "netns",
+                &ns,
+            ],
+        );
+        run(
+            "ip",
+            &["-n", &ul, "link", "set", &port, "master", bridge, "up"],
+        );
+        run(
+            "ip",
+            &["-n", &ns, "addr", "add", &format!("{ip}/24"), "dev", "eth0"],
+        );
+        run("ip", &["-n", &ns, "link", "set", "eth0", "up"]);
+        run("ip", &["-n", &ns, "route", "add", "default", "via", router]);
+        run(
+            "ip",
+            &[
+                "netns",
+                "exec",
+                &ns,
+                "sysctl",
+                "-qw",
+                "net.ipv4.ip_forward=1",
+            ],
+        );
+        let target = SocketAddr::from((Ipv4Addr::LOCALHOST, self.etcd_port));
+        self.relays.push(proxy::Relay::start(
+            &netns::path(&ns),
+            self.etcd_port,
+            target,
+        ));
+        self.hosts.push(Host {
+            env: self.dir.path().join(format!("h{i}.env")),
+            log: PathBuf::new(),
+            ns,
+            ip,
+            daemon: None,
+            starts: 0,
+            subnet: None,
+            container: None,
+        });
+    }
+
+    /// Writes the network config into etcd with `weft config set`.
+    pub fn set_config(&self, config: &str) {
+        let path = self.dir.path().join("net-conf.json");
+        std::fs::write(&path, config).unwrap();
+        run(
+            env!("CARGO_BIN_EXE_weft"),
+            &[
+                "config",
+                "set",
+                "--store",
+                &self.store,
+                path.to_str().unwrap(),
+            ],
+        );
+    }
+
+    /// Starts host `i`'s daemon (1-based) and waits for its subnet.env; returns its
+    /// subnet.
+    pub fn start(&mut self, i: usize) -> ipnet::Ipv4Net {
+        let store = self.store.clone();
+        let dir = self.dir.path().to_path_buf();
+        let h = &mut self.hosts[i - 1];
+        assert!(h.daemon.is_none(), "h{i} already runs");
+        h.starts += 1;
+        h.log = dir.join(format!("h{i}.{}.log", h.starts));
+        let _ = std::fs::remove_file(&h.env);
+        let log = std::fs::File::create(&h.log).unwrap();
+        let child = Command::new("ip")
+            .args(["netns", "exec", &h.ns, env!("CARGO_BIN_EXE_weft"), "daemon"])
+            .args([
+                "--store",
+                &store,
+                "--iface",
+                "eth0",
+                "--subnet-lease-ttl",
+                "600",
+            ])
+            .arg("--subnet-file")
+            .arg(&h.env)
+            .env("WEFT_LOG", "info")
+            .env("NO_COLOR", "1")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        h.daemon = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let text = loop {
+            if let Ok(text) = std::fs::read_to_string(&h.env) {
+                break text;
+            }
+            let exited = h.daemon.as_mut().unwrap().try_wait().unwrap();
+            assert!(
+                exited.is_none() && Instant::now() < deadline,
+                "h{i}: no subnet.env (exited: {exited:?}); log:\n{}",
+                std::fs::read_to_string(&h.log).unwrap_or_default()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        };
+        let subnet: ipnet::Ipv4Net = text
+            .lines()
+            .find_map(|l| l.strip_prefix("FLANNEL_SUBNET="))
+            .unwrap()
+            .parse()
+            .unwrap();
+        let subnet = subnet.trunc();
+        if let Some(old) = h.subnet {
+            assert_eq!(old, subnet, "h{i} came back on another subnet");
+        }
+        h.subnet = Some(subnet);
+        subnet
+    }
+
+    /// Stops host `i`'s daemon by SIGTERM to its PID (a clean stop: the lease stays).
+    pub fn stop(&mut self, i: usize) {
+        let h = &mut self.hosts[i - 1];
+        let mut child = h.daemon.take().unwrap();
+        kill(Pid::from_raw(child.id() as i32), Signal::SIGTERM).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while child.try_wait().unwrap().is_none() {
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("h{i} ignored SIGTERM for 20 s");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Host `i`'s current daemon log.
+    pub fn log(&self, i: usize) -> String {
+        std::fs::read_to_string(&self.hosts[i - 1].log).unwrap_or_default()
+    }
+}
+
+impl Drop for Underlay {
+    fn drop(&mut self) {
+        for h in &mut self.hosts {
+            if let Some(mut child) = h.daemon.take() {
+                let _ = kill(Pid::from_raw(child.id() as i32), Signal::SIGKILL);
+                let _ = child.wait();
+            }
+        }
+        self.relays.clear();
+        for ns in self.namespaces.drain(..).rev() {
+            let _ = Command::new("ip").args(["netns", "del", &ns]).status();
+        }
+    }
+}
