@@ -2,7 +2,10 @@
 //!
 //! Built from lease-table changes (a peer's lease added, renewed, removed, or a full
 //! re-list), it answers "who gets a packet for this address" and reports what changed, so
-//! that a datapath can program exactly the difference. Our own lease is never a route.
+//! that a datapath can program exactly the difference. Our own lease is never a route,
+//! nor is any lease that records our own public IP: before a restarted node has taken
+//! its old lease back, that lease is still ours, and a route to ourselves would be
+//! programmed only to be removed (a kernel backend refuses it outright).
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
@@ -38,6 +41,8 @@ pub enum RouteChange {
 #[derive(Debug, Clone, Default)]
 pub struct RouteTable {
     own: Option<LeaseKey>,
+    /// Our public IPv4 address: leases recording it are ours, never routes.
+    own_ip: Option<Ipv4Addr>,
     v4: BTreeMap<Ipv4Net, Route>,
     v6: BTreeMap<Ipv6Net, Route>,
     /// How many routes go via each public IP, so that "is this a peer at all" is one
@@ -71,6 +76,14 @@ impl RouteTable {
     /// An empty table.
     pub fn new() -> Self {
         RouteTable::default()
+    }
+
+    /// An empty table of the node with public IP `ip`.
+    pub fn of_node(ip: Ipv4Addr) -> Self {
+        RouteTable {
+            own_ip: Some(ip),
+            ..RouteTable::default()
+        }
     }
 
     /// Every route, IPv4 first, each family ordered by subnet.
@@ -155,7 +168,8 @@ impl RouteTable {
                         self.remove_key(&old.key, out);
                     }
                 }
-                if Some(new.key) == self.own {
+                if Some(new.key) == self.own || Some(new.attrs.public_ip) == self.own_ip {
+                    self.remove_key(&new.key, out);
                     return;
                 }
                 for route in routes_of(new) {
@@ -271,5 +285,44 @@ mod tests {
         t.apply(&TableChange::Remove { lease: peer }, &mut out);
         assert!(matches!(out.last(), Some(RouteChange::Remove(_))));
         assert!(t.is_empty());
+    }
+
+    #[test]
+    fn a_lease_recording_our_own_public_ip_is_never_a_route() {
+        let mut t = RouteTable::of_node(Ipv4Addr::new(192, 0, 2, 1));
+        let mut out = Vec::new();
+        // Our old lease, listed before we have taken it back.
+        let ours = lease("10.5.1.0/24", [192, 0, 2, 1]);
+        t.apply(
+            &TableChange::Upsert {
+                old: None,
+                new: ours,
+            },
+            &mut out,
+        );
+        assert!(t.is_empty() && out.is_empty(), "{out:?}");
+        // A peer's lease that moves to our address is withdrawn.
+        let peer = lease("10.5.2.0/24", [192, 0, 2, 2]);
+        t.apply(
+            &TableChange::Upsert {
+                old: None,
+                new: peer.clone(),
+            },
+            &mut out,
+        );
+        let mut moved = peer.clone();
+        moved.attrs.public_ip = Ipv4Addr::new(192, 0, 2, 1);
+        t.apply(
+            &TableChange::Upsert {
+                old: Some(peer),
+                new: moved,
+            },
+            &mut out,
+        );
+        assert!(t.is_empty(), "{:?}", t.routes().collect::<Vec<_>>());
+        assert!(
+            matches!(out.last(), Some(RouteChange::Remove(_))),
+            "{out:?}"
+        );
     }
 }

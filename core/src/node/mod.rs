@@ -128,7 +128,7 @@ impl Node {
         rng.set_stream(1);
         let mut node = Node {
             table,
-            routes: RouteTable::new(),
+            routes: RouteTable::of_node(config.alloc.public_ip),
             allocator: Allocator::new(config.alloc, &subnets_prefix, seed),
             forward: Arc::new(forward),
             forward_dirty: true,

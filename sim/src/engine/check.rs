@@ -167,7 +167,13 @@ impl World {
             .routes()
             .map(|r| (r.subnet, r.public_ip))
             .collect();
-        let peers = || self.live.iter().filter(|(n, _)| Some(**n) != own);
+        // A node never routes to itself: not its lease, nor any recording its address.
+        let ip = self.hosts[h].ip;
+        let peers = || {
+            self.live
+                .iter()
+                .filter(move |(n, l)| Some(**n) != own && l.ip != ip)
+        };
         let mut v6: Vec<(IpNet, IpAddr)> = peers()
             .filter_map(|(_, l)| l.v6)
             .map(|(n, ip)| (IpNet::V6(n), IpAddr::V6(ip)))
