@@ -272,3 +272,39 @@ fn systemd_watchdog_meant_for_another_pid_is_not_ours() {
     );
     d.stop();
 }
+
+#[test]
+fn log_format_json_writes_one_json_object_a_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = format!("sled:{}", dir.path().join("db").display());
+    let conf = dir.path().join("net-conf.json");
+    std::fs::write(&conf, CONFIG).unwrap();
+    let d = Daemon::start_with_global(
+        &["--log-format", "json"],
+        &store,
+        "192.0.2.1",
+        &dir.path().join("subnet.env"),
+        &["--net-config-path", conf.to_str().unwrap()],
+        &[],
+    );
+    d.wait_for_subnet_env();
+    let (status, log) = d.stop();
+    assert!(status.success(), "{log}");
+    let lines: Vec<&str> = log.lines().collect();
+    assert!(lines.len() >= 3, "a start and a stop log something: {log}");
+    let mut messages = Vec::new();
+    for line in &lines {
+        let doc: serde_json::Value = serde_json::from_str(line)
+            .unwrap_or_else(|e| panic!("not a JSON line ({e}): {line:?}\n{log}"));
+        let message = doc["fields"]["message"]
+            .as_str()
+            .or(doc["message"].as_str())
+            .unwrap_or_else(|| panic!("no message: {line}"));
+        assert!(doc["level"].is_string(), "{line}");
+        messages.push(message.to_string());
+    }
+    assert!(
+        messages.iter().any(|m| m == "wrote subnet file"),
+        "{messages:?}"
+    );
+}
