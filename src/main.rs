@@ -27,8 +27,22 @@ mod lab;
 #[derive(Debug, Parser)]
 #[command(name = "weft", version, propagate_version = true)]
 struct Cli {
+    /// How log lines are written to stderr: text for people and journald, json (one
+    /// object a line) for log collectors.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text, env = "WEFT_LOG_FORMAT")]
+    log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
+}
+
+/// See [`Cli::log_format`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum LogFormat {
+    /// One line of text an event, with its fields as key=value.
+    Text,
+    /// One JSON object an event: timestamp, level, fields.message, the other fields,
+    /// and the spans.
+    Json,
 }
 
 #[derive(Debug, Subcommand)]
@@ -90,17 +104,19 @@ enum ConfigCommand {
     },
 }
 
-fn init_tracing(verbose: bool) {
+fn init_tracing(verbose: bool, format: LogFormat) {
     use std::io::IsTerminal;
     use tracing_subscriber::EnvFilter;
     let level = if verbose { "debug" } else { "info" };
     let filter = EnvFilter::try_from_env("WEFT_LOG").unwrap_or_else(|_| EnvFilter::new(level));
-    // Colours for a person at a terminal; a file, a pipe or journald gets plain text.
-    tracing_subscriber::fmt()
+    let subscriber = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .init();
+        .with_writer(std::io::stderr);
+    match format {
+        // Colours for a person at a terminal; a file, a pipe or journald gets plain text.
+        LogFormat::Text => subscriber.with_ansi(std::io::stderr().is_terminal()).init(),
+        LogFormat::Json => subscriber.json().with_ansi(false).init(),
+    }
 }
 
 /// Whether this binary was started as a CNI plugin: under the name a runtime's netconf
@@ -119,16 +135,25 @@ fn arguments() -> Vec<std::ffi::OsString> {
     if std::path::Path::new(&argv0).file_name() == Some("flanneld".as_ref()) {
         args.insert(1, "daemon".into());
     }
-    if args.get(1).is_some_and(|a| a == "daemon") {
+    // The global flags that may come before the subcommand (`weft --log-format json daemon`).
+    let mut at = 1;
+    loop {
+        match args.get(at).map(|a| a.to_string_lossy()) {
+            Some(a) if a == "--log-format" => at += 2,
+            Some(a) if a.starts_with("--log-format=") => at += 1,
+            _ => break,
+        }
+    }
+    if args.get(at).is_some_and(|a| a == "daemon") {
         let command = Cli::command();
         let longs: Vec<String> = command
             .find_subcommand("daemon")
             .into_iter()
             .flat_map(|d| d.get_arguments())
             .filter_map(|a| a.get_long().map(str::to_string))
-            .chain(["version".to_string(), "help".to_string()])
+            .chain(["version", "help", "log-format"].map(String::from))
             .collect();
-        let rest = args.split_off(2);
+        let rest = args.split_off(at + 1);
         args.extend(daemon::flanneld::normalize(rest, &longs));
     }
     args
@@ -168,7 +193,7 @@ fn main() -> ExitCode {
         _ => {}
     }
     let verbose = matches!(&cli.command, Command::Daemon(d) if d.verbosity > 0);
-    init_tracing(verbose);
+    init_tracing(verbose, cli.log_format);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -132,28 +132,179 @@ fn a_daemon_without_config_waits_and_says_for_which_key() {
     );
 }
 
+/// A datagram socket standing in for systemd's `$NOTIFY_SOCKET`.
+struct FakeSystemd {
+    socket: std::os::unix::net::UnixDatagram,
+    path: std::path::PathBuf,
+}
+
+impl FakeSystemd {
+    fn bind(dir: &std::path::Path) -> FakeSystemd {
+        let path = dir.join("notify.sock");
+        let socket = std::os::unix::net::UnixDatagram::bind(&path).unwrap();
+        FakeSystemd { socket, path }
+    }
+
+    /// The next message, or None when none comes within `wait`.
+    fn recv(&self, wait: Duration) -> Option<String> {
+        self.socket.set_read_timeout(Some(wait)).unwrap();
+        let mut buf = [0u8; 256];
+        let n = self.socket.recv(&mut buf).ok()?;
+        Some(String::from_utf8_lossy(&buf[..n]).into_owned())
+    }
+
+    /// Every message until `READY=1` (bounded), READY=1 included.
+    fn until_ready(&self) -> Vec<String> {
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        let mut seen = Vec::new();
+        while !seen.iter().any(|m| m == "READY=1") {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            match self.recv(left.max(Duration::from_millis(1))) {
+                Some(m) => seen.push(m),
+                None => panic!("no READY=1 within 20 s; got {seen:?}"),
+            }
+        }
+        seen
+    }
+
+    /// Every message that arrives within `window`.
+    fn during(&self, window: Duration) -> Vec<String> {
+        let deadline = std::time::Instant::now() + window;
+        let mut seen = Vec::new();
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            if left.is_zero() {
+                return seen;
+            }
+            match self.recv(left) {
+                Some(m) => seen.push(m),
+                None => return seen,
+            }
+        }
+    }
+}
+
+/// A daemon on a fresh sled store with a network config, its notifications going to
+/// `systemd`, with the extra environment `env`.
+fn daemon_under(
+    dir: &std::path::Path,
+    systemd: &FakeSystemd,
+    env: &[(&str, &std::ffi::OsStr)],
+) -> Daemon {
+    let store = format!("sled:{}", dir.join("db").display());
+    let conf = dir.join("net-conf.json");
+    std::fs::write(&conf, CONFIG).unwrap();
+    let mut env = env.to_vec();
+    env.push(("NOTIFY_SOCKET", systemd.path.as_os_str()));
+    Daemon::start_with_env(
+        &store,
+        "192.0.2.1",
+        &dir.join("subnet.env"),
+        &["--net-config-path", conf.to_str().unwrap()],
+        &env,
+    )
+}
+
 #[test]
-fn systemd_hears_ready_once_subnet_env_is_written() {
+fn systemd_hears_ready_once_subnet_env_is_written_and_stopping_on_sigterm() {
+    let dir = tempfile::tempdir().unwrap();
+    let systemd = FakeSystemd::bind(dir.path());
+    let d = daemon_under(dir.path(), &systemd, &[]);
+    assert_eq!(
+        systemd.until_ready(),
+        ["READY=1"],
+        "READY=1 comes first, alone"
+    );
+    assert!(
+        dir.path().join("subnet.env").exists(),
+        "subnet.env is written before READY=1"
+    );
+    let (status, log) = d.stop();
+    assert!(status.success(), "{log}");
+    let after = systemd.during(Duration::from_millis(200));
+    assert_eq!(
+        after,
+        ["STOPPING=1"],
+        "SIGTERM begins a clean stop, and systemd hears of it: {log}"
+    );
+}
+
+#[test]
+fn systemd_watchdog_hears_a_ping_every_half_watchdog_usec() {
+    let dir = tempfile::tempdir().unwrap();
+    let systemd = FakeSystemd::bind(dir.path());
+    let d = daemon_under(
+        dir.path(),
+        &systemd,
+        &[("WATCHDOG_USEC", "200000".as_ref())],
+    );
+    systemd.until_ready();
+    let second = systemd.during(Duration::from_secs(1));
+    let pings = second.iter().filter(|m| *m == "WATCHDOG=1").count();
+    assert!(
+        pings >= 2,
+        "WATCHDOG=1 every 100 ms, at least twice in a second: {second:?}\n{}",
+        d.log()
+    );
+    assert!(second.iter().all(|m| m == "WATCHDOG=1"), "{second:?}");
+    d.stop();
+}
+
+#[test]
+fn systemd_watchdog_meant_for_another_pid_is_not_ours() {
+    let dir = tempfile::tempdir().unwrap();
+    let systemd = FakeSystemd::bind(dir.path());
+    // The test's own PID: certainly not the daemon's.
+    let other = std::process::id().to_string();
+    let d = daemon_under(
+        dir.path(),
+        &systemd,
+        &[
+            ("WATCHDOG_USEC", "200000".as_ref()),
+            ("WATCHDOG_PID", other.as_ref()),
+        ],
+    );
+    let before = systemd.until_ready();
+    let second = systemd.during(Duration::from_secs(1));
+    assert!(
+        !before.iter().chain(&second).any(|m| m == "WATCHDOG=1"),
+        "no WATCHDOG=1 for a watchdog meant for PID {other}: {before:?} {second:?}"
+    );
+    d.stop();
+}
+
+#[test]
+fn log_format_json_writes_one_json_object_a_line() {
     let dir = tempfile::tempdir().unwrap();
     let store = format!("sled:{}", dir.path().join("db").display());
     let conf = dir.path().join("net-conf.json");
     std::fs::write(&conf, CONFIG).unwrap();
-    let socket_path = dir.path().join("notify.sock");
-    let socket = std::os::unix::net::UnixDatagram::bind(&socket_path).unwrap();
-    socket
-        .set_read_timeout(Some(Duration::from_secs(20)))
-        .unwrap();
-    let env_path = dir.path().join("subnet.env");
-    let d = Daemon::start_with_env(
+    let d = Daemon::start_with_global(
+        &["--log-format", "json"],
         &store,
         "192.0.2.1",
-        &env_path,
+        &dir.path().join("subnet.env"),
         &["--net-config-path", conf.to_str().unwrap()],
-        &[("NOTIFY_SOCKET", socket_path.as_os_str())],
+        &[],
     );
-    let mut buf = [0u8; 64];
-    let n = socket.recv(&mut buf).expect("READY=1 within 20 s");
-    assert_eq!(&buf[..n], b"READY=1");
-    assert!(env_path.exists(), "subnet.env is written before READY=1");
-    d.stop();
+    d.wait_for_subnet_env();
+    let (status, log) = d.stop();
+    assert!(status.success(), "{log}");
+    let lines: Vec<&str> = log.lines().collect();
+    assert!(lines.len() >= 3, "a start and a stop log something: {log}");
+    let mut messages = Vec::new();
+    for line in &lines {
+        let doc: serde_json::Value = serde_json::from_str(line)
+            .unwrap_or_else(|e| panic!("not a JSON line ({e}): {line:?}\n{log}"));
+        let message = doc["fields"]["message"]
+            .as_str()
+            .or(doc["message"].as_str())
+            .unwrap_or_else(|| panic!("no message: {line}"));
+        assert!(doc["level"].is_string(), "{line}");
+        messages.push(message.to_string());
+    }
+    assert!(
+        messages.iter().any(|m| m == "wrote subnet file"),
+        "{messages:?}"
+    );
 }

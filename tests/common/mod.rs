@@ -42,9 +42,23 @@ impl Daemon {
         extra: &[&str],
         env: &[(&str, &std::ffi::OsStr)],
     ) -> Daemon {
+        Daemon::start_with_global(&[], store, public_ip, subnet_file, extra, env)
+    }
+
+    /// [`Daemon::start_with_env`] with `global` flags before the subcommand
+    /// (`weft GLOBAL... daemon ...`).
+    pub fn start_with_global(
+        global: &[&str],
+        store: &str,
+        public_ip: &str,
+        subnet_file: &Path,
+        extra: &[&str],
+        env: &[(&str, &std::ffi::OsStr)],
+    ) -> Daemon {
         let log = subnet_file.with_extension(format!("{}.log", std::process::id()));
         let log_file = std::fs::File::create(&log).unwrap();
         let child = Command::new(env!("CARGO_BIN_EXE_weft"))
+            .args(global)
             .args([
                 "daemon",
                 "--store",

@@ -1,6 +1,7 @@
 //! The daemon's shell around a node: the shared [`NodeDriver`] performs its store
 //! operations and timeouts; this file acts on what the node says -- the subnet file, the
-//! backend, logs, the published [`NodeStatus`] -- and stops on request.
+//! backend, logs, the published [`NodeStatus`], systemd's notifications -- and stops on
+//! request.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -170,6 +171,9 @@ impl Driver {
     pub async fn run(mut self, mut shutdown: watch::Receiver<bool>) -> Result<(), DaemonError> {
         let span = tracing::info_span!("node", name = %self.name);
         let result = self.event_loop(&mut shutdown).instrument(span).await;
+        if result.is_ok() {
+            super::notify::stopping();
+        }
         let kind = self.backend.kind().as_str();
         let stopped = self
             .backend
@@ -195,6 +199,12 @@ impl Driver {
     ) -> Result<(), DaemonError> {
         let mut sample = tokio::time::interval(COUNTER_SAMPLE);
         sample.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut watchdog = super::notify::watchdog_interval().map(|every| {
+            tracing::info!(every = ?every, "systemd watchdog enabled");
+            let mut interval = tokio::time::interval(every);
+            interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            interval
+        });
         loop {
             self.drain().await?;
             tokio::select! {
@@ -203,6 +213,7 @@ impl Driver {
                     let counters = self.backend.counters();
                     self.status.send_if_modified(|s| s.update_counters(&counters));
                 }
+                () = tick(&mut watchdog) => super::notify::watchdog(),
                 changed = shutdown.changed() => {
                     if changed.is_err() || *shutdown.borrow() {
                         return Ok(());
@@ -210,5 +221,15 @@ impl Driver {
                 }
             }
         }
+    }
+}
+
+/// The next tick of `interval`, or never when there is none.
+async fn tick(interval: &mut Option<tokio::time::Interval>) {
+    match interval {
+        Some(interval) => {
+            interval.tick().await;
+        }
+        None => std::future::pending().await,
     }
 }
