@@ -6,9 +6,11 @@
 //! lock, no allocation, no copy. Drops are counted into the caller's [`ThreadDrops`].
 //!
 //! Every subnet of a network has the same length, so a subnet is found by its index --
-//! one subtraction and one shift -- in a dense array when the network holds at most
-//! 65,536 subnets, in a hash map otherwise: the cost of a lookup does not grow with the
-//! number of routes. A route that does not fit the network's geometry (a lease of another
+//! one subtraction and one shift -- in a hash map while few of the network's subnets are
+//! routed, and in a dense array once more than an eighth of them are (in networks of at
+//! most 65,536 subnets; a dense array then costs less memory than the map): either way
+//! the cost of a lookup does not grow with the number of routes, and a table with few
+//! routes stays small to copy (a simulated node of a /8 does not carry 256 KiB). A route that does not fit the network's geometry (a lease of another
 //! length written by someone else) goes to a short list searched after a miss.
 //!
 //! The node updates its table in place (`Arc::make_mut`): a change copies the table only
@@ -62,15 +64,40 @@ pub struct Peer {
     pub public_ip: IpAddr,
 }
 
-/// Networks with at most this many subnets get a dense index.
+/// Networks with at most this many subnets get a dense index once an eighth is routed.
 const DENSE_LIMIT: u128 = 1 << 16;
+
+/// A multiplicative hash for subnet indices (Fibonacci hashing): the keys are small
+/// integers chosen by the allocator, not by an attacker, and SipHash would cost more
+/// than the rest of a lookup.
+#[derive(Debug, Clone, Copy, Default)]
+struct IndexHasher(u64);
+
+impl std::hash::Hasher for IndexHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 = (self.0.rotate_left(8) ^ u64::from(*b)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        }
+    }
+
+    fn write_u128(&mut self, n: u128) {
+        let folded = (n as u64) ^ ((n >> 64) as u64);
+        self.0 = folded.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    }
+}
+
+type SparseIndex = HashMap<u128, u32, std::hash::BuildHasherDefault<IndexHasher>>;
 
 /// The index of one address family: subnet index -> slot in [`ForwardTable::peers`].
 #[derive(Debug, Clone)]
 enum Index {
     /// `slots[i]` is the peer slot + 1 of subnet `i`, 0 when none.
     Dense(Vec<u32>),
-    Sparse(HashMap<u128, u32>),
+    Sparse(SparseIndex),
 }
 
 #[derive(Debug, Clone)]
@@ -81,13 +108,29 @@ struct Family {
 
 impl Family {
     fn new(space: SubnetSpace) -> Self {
-        let n = space.total_in_network();
-        let index = if n <= DENSE_LIMIT {
-            Index::Dense(vec![0; n as usize])
-        } else {
-            Index::Sparse(HashMap::new())
+        Family {
+            space,
+            index: Index::Sparse(SparseIndex::default()),
+        }
+    }
+
+    /// Turns the map into a dense array once it holds more than an eighth of a small
+    /// enough network's subnets.
+    fn densify(&mut self) {
+        let n = self.space.total_in_network();
+        let Index::Sparse(map) = &self.index else {
+            return;
         };
-        Family { space, index }
+        if n > DENSE_LIMIT || (map.len() as u128) * 8 <= n {
+            return;
+        }
+        let mut slots = vec![0u32; n as usize];
+        for (i, slot) in map {
+            if let Some(s) = slots.get_mut(*i as usize) {
+                *s = slot + 1;
+            }
+        }
+        self.index = Index::Dense(slots);
     }
 
     /// The index of `subnet` if it has this family's geometry.
@@ -119,6 +162,7 @@ impl Family {
             }
             (Index::Sparse(map), Some(n)) => {
                 map.insert(i, n);
+                self.densify();
             }
             (Index::Sparse(map), None) => {
                 map.remove(&i);
@@ -405,5 +449,22 @@ mod tests {
         assert_eq!(t.lookup(addr("fc00:0:0:8::42")), None);
         assert_eq!(t.lookup(addr("10.5.7.1")), None);
         assert!(t.is_own(addr("fc00:0:0:1::5")));
+    }
+
+    #[test]
+    fn a_table_turns_dense_past_an_eighth_and_answers_the_same() {
+        let mut t = ForwardTable::new(Some(space("10.5.0.0/16", 24)), None);
+        for i in 0..100u8 {
+            t.insert(peer(&format!("10.5.{i}.0/24"), &format!("192.0.2.{i}")));
+            let dense = matches!(t.v4.as_ref().map(|f| &f.index), Some(Index::Dense(_)));
+            assert_eq!(dense, i >= 32, "after {} routes", u32::from(i) + 1);
+            for j in 0..=i {
+                let hit = t.lookup(addr(&format!("10.5.{j}.7"))).map(|p| p.public_ip);
+                assert_eq!(hit, Some(addr(&format!("192.0.2.{j}"))), "{j} of {i}");
+            }
+        }
+        t.remove(&"10.5.50.0/24".parse().expect("subnet"));
+        assert_eq!(t.lookup(addr("10.5.50.1")), None);
+        assert_eq!(t.len(), 99);
     }
 }
