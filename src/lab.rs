@@ -23,6 +23,9 @@ pub enum LabCommand {
         /// Print the status as JSON (what the running lab answers), for scripts.
         #[arg(long)]
         json: bool,
+        /// How to print, as `weft leases -o` does: `table` or `json` (as --json).
+        #[arg(short = 'o', long, value_enum)]
+        output: Option<crate::cmd_leases::Output>,
     },
     /// Run a command inside a node's or a container's namespace.
     Exec {
@@ -171,7 +174,10 @@ async fn node(dir: &Path, action: &str, node: String) -> Result<()> {
 pub async fn run(command: LabCommand) -> Result<()> {
     match command {
         LabCommand::Up(args) => up(args).await,
-        LabCommand::Status { dir, json } => status(&dir.state_dir, json).await,
+        LabCommand::Status { dir, json, output } => {
+            let json = json || output == Some(crate::cmd_leases::Output::Json);
+            status(&dir.state_dir, json).await
+        }
         LabCommand::Exec { dir, name, command } => {
             let status = lab::exec(&dir.state_dir, &name, &command)
                 .with_context(|| format!("weft lab exec {name}"))?;

@@ -155,6 +155,18 @@ fn flanneld_command_lines_run_weft() {
         samples.contains(&("weft_lease_held".to_string(), 1.0)),
         "{metrics}"
     );
+    let value = |name: &str| samples.iter().find(|(n, _)| n == name).map(|(_, v)| *v);
+    let left = value("weft_lease_expiry_seconds").expect("seconds to expiry");
+    assert!((86_000.0..=86_400.0).contains(&left), "{metrics}");
+    assert_eq!(
+        value(r#"weft_node_events_total{event="acquired"}"#),
+        Some(1.0),
+        "{metrics}"
+    );
+    assert!(
+        value(r#"weft_node_events_total{event="synced"}"#) >= Some(1.0),
+        "{metrics}"
+    );
     assert!(metrics.trim_end().ends_with("# EOF"), "{metrics}");
     assert_eq!(get(port, "/nope").0, 404);
     drop(one);

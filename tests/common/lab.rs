@@ -121,10 +121,10 @@ impl Lab {
             .collect()
     }
 
-    /// The lab as `weft lab status --json` shows it (the running lab's own answer).
+    /// The lab as `weft lab status -o json` shows it (the running lab's own answer).
     pub fn status(&self) -> LabStatus {
-        let out = self.weft(&["status", "--json"]);
-        assert!(out.status.success(), "weft lab status --json: {out:?}");
+        let out = self.weft(&["status", "-o", "json"]);
+        assert!(out.status.success(), "weft lab status -o json: {out:?}");
         serde_json::from_slice(&out.stdout).unwrap()
     }
 

@@ -94,10 +94,12 @@ impl Driver {
         match event {
             NodeEvent::Lease(AllocEvent::Acquired { lease, how }) => {
                 tracing::info!(subnet = %lease.key, how = ?how, expires_in = ?lease.expires_at.map(|t| t.saturating_since(now)), "lease acquired");
+                self.status.send_modify(|s| s.count("acquired", None));
                 self.on_acquired(&lease).await?;
             }
             NodeEvent::Lease(AllocEvent::Renewed { lease }) => {
                 tracing::info!(subnet = %lease.key, expires_in = ?lease.expires_at.map(|t| t.saturating_since(now)), "lease renewed");
+                self.status.send_modify(|s| s.count("renewed", None));
             }
             NodeEvent::Lease(AllocEvent::Lost { key, reason }) => {
                 if reason == LossReason::Deleted {
@@ -106,16 +108,22 @@ impl Driver {
                     });
                 }
                 tracing::warn!(subnet = %key, reason = ?reason, "lease lost; acquiring again");
+                self.status.send_modify(|s| s.count("lost", None));
             }
             NodeEvent::Lease(AllocEvent::AcquireFailed { error, retry_at }) => {
                 tracing::warn!(%error, retry_in = ?retry_at.saturating_since(now), "cannot acquire a lease");
-                self.status
-                    .send_modify(|s| s.report(format!("cannot acquire a lease: {error}")));
+                let store = alloc_store_error(&error);
+                self.status.send_modify(|s| {
+                    s.count("acquire_failed", store);
+                    s.report(format!("cannot acquire a lease: {error}"));
+                });
             }
             NodeEvent::Lease(AllocEvent::RenewFailed { error, retry_at }) => {
                 tracing::warn!(%error, retry_in = ?retry_at.saturating_since(now), "cannot renew the lease");
-                self.status
-                    .send_modify(|s| s.report(format!("cannot renew the lease: {error}")));
+                self.status.send_modify(|s| {
+                    s.count("renew_failed", Some(&error));
+                    s.report(format!("cannot renew the lease: {error}"));
+                });
             }
             NodeEvent::Route(change) => {
                 match &change {
@@ -140,11 +148,14 @@ impl Driver {
             }
             NodeEvent::Synced { revision, leases } => {
                 tracing::debug!(revision, leases, "lease table loaded");
+                self.status.send_modify(|s| s.count("synced", None));
             }
             NodeEvent::StoreFailed { error, retry_at } => {
                 tracing::warn!(%error, retry_in = ?retry_at.saturating_since(now), "store operation failed");
-                self.status
-                    .send_modify(|s| s.report(format!("store operation failed: {error}")));
+                self.status.send_modify(|s| {
+                    s.count("store_failed", Some(&error));
+                    s.report(format!("store operation failed: {error}"));
+                });
             }
         }
         Ok(())
@@ -231,5 +242,15 @@ async fn tick(interval: &mut Option<tokio::time::Interval>) {
             interval.tick().await;
         }
         None => std::future::pending().await,
+    }
+}
+
+/// The store error inside an allocator's failure, if it is one.
+fn alloc_store_error(
+    e: &weft_core::allocator::AllocError,
+) -> Option<&weft_core::store::StoreError> {
+    match e {
+        weft_core::allocator::AllocError::Store(s) => Some(s),
+        weft_core::allocator::AllocError::OutOfSubnets { .. } => None,
     }
 }

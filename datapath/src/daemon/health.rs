@@ -33,8 +33,23 @@ struct Reason {
     reason: String,
 }
 
-/// The Prometheus exposition of `status`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct Event {
+    event: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct Kind {
+    kind: String,
+}
+
+/// The Prometheus exposition of `status`, `now_ms` being the wall clock (for the
+/// seconds left on the lease).
 pub fn metrics(status: &NodeStatus) -> String {
+    metrics_at(status, weft_stores::clock::wall_now().as_millis())
+}
+
+fn metrics_at(status: &NodeStatus, now_ms: u64) -> String {
     let mut registry = Registry::with_prefix("weft");
     let lease: Gauge = Gauge::default();
     lease.set(i64::from(status.holds_lease()));
@@ -46,6 +61,35 @@ pub fn metrics(status: &NodeStatus) -> String {
     let routes: Gauge = Gauge::default();
     routes.set(i64::try_from(status.routes.len()).unwrap_or(i64::MAX));
     registry.register("routes", "Routes to peers' subnets", routes);
+    if let (true, Some(at)) = (status.holds_lease(), status.lease_expires_at_ms) {
+        let left: Gauge = Gauge::default();
+        left.set(i64::try_from(at.saturating_sub(now_ms) / 1000).unwrap_or(i64::MAX));
+        registry.register(
+            "lease_expiry_seconds",
+            "Seconds until the held lease expires unless renewed",
+            left,
+        );
+    }
+    let events = Family::<Event, Counter>::default();
+    for (event, n) in &status.events {
+        events
+            .get_or_create(&Event {
+                event: event.clone(),
+            })
+            .inc_by(*n);
+    }
+    registry.register(
+        "node_events",
+        "What the node reported: acquired, acquire_failed, renewed, renew_failed, lost, synced (listings), store_failed",
+        events,
+    );
+    let errors = Family::<Kind, Counter>::default();
+    for (kind, n) in &status.store_errors {
+        errors
+            .get_or_create(&Kind { kind: kind.clone() })
+            .inc_by(*n);
+    }
+    registry.register("store_errors", "Store errors the node saw, by kind", errors);
     let skipped: Counter = Counter::default();
     skipped.inc_by(status.skipped_leases);
     registry.register(
@@ -143,7 +187,21 @@ mod tests {
         let mut status = NodeStatus::default();
         status.forward.insert("udp_tx".into(), 7);
         status.drops.insert("spoofed_source".into(), 2);
-        let text = metrics(&status);
+        status.events.insert("renewed".into(), 3);
+        status.store_errors.insert("timeout".into(), 1);
+        let text = metrics_at(&status, 0);
+        assert!(
+            text.contains(r#"weft_node_events_total{event="renewed"} 3"#),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"weft_store_errors_total{kind="timeout"} 1"#),
+            "{text}"
+        );
+        assert!(
+            !text.contains("lease_expiry"),
+            "no lease, no expiry: {text}"
+        );
         assert!(text.contains("weft_lease_held 0"), "{text}");
         assert!(text.contains("weft_datapath_udp_tx_total 7"), "{text}");
         assert!(

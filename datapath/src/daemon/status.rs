@@ -82,9 +82,37 @@ pub struct NodeStatus {
     pub drops: BTreeMap<String, u64>,
     /// Entries under the subnets prefix that were not valid leases, skipped.
     pub skipped_leases: u64,
+    /// When the held lease expires, in Unix milliseconds (`None` for a reservation or
+    /// without a lease).
+    #[serde(default)]
+    pub lease_expires_at_ms: Option<u64>,
+    /// What the node reported so far, by kind: `acquired`, `acquire_failed`, `renewed`,
+    /// `renew_failed`, `lost`, `synced` (listings: the first and every re-list),
+    /// `store_failed` (a listing or watch that failed).
+    #[serde(default)]
+    pub events: BTreeMap<String, u64>,
+    /// Store errors the node saw, by kind (`unavailable`, `timeout`, `conflict`, …).
+    #[serde(default)]
+    pub store_errors: BTreeMap<String, u64>,
     /// The last few errors it reported and carried on after (cannot acquire, cannot
     /// renew, a failed store operation), oldest first.
     pub reported: Vec<String>,
+}
+
+/// A store error's kind, for counters.
+fn store_error_kind(e: &weft_core::store::StoreError) -> &'static str {
+    use weft_core::store::StoreError as E;
+    match e {
+        E::AlreadyExists { .. } => "already_exists",
+        E::NotFound { .. } => "not_found",
+        E::Conflict { .. } => "conflict",
+        E::Compacted { .. } => "compacted",
+        E::Unavailable(_) => "unavailable",
+        E::Timeout(_) => "timeout",
+        E::Locked(_) => "locked",
+        E::Invalid(_) => "invalid",
+        E::Backend(_) => "backend",
+    }
 }
 
 /// How many reported errors a status keeps.
@@ -116,7 +144,13 @@ impl NodeStatus {
             })
             .collect();
         routes.sort();
-        let changed = (&lease, &routes) != (&self.lease, &self.routes);
+        let expires = node
+            .lease()
+            .and_then(|l| l.expires_at)
+            .map(|t| t.as_millis());
+        let changed =
+            (&lease, &routes, expires) != (&self.lease, &self.routes, self.lease_expires_at_ms);
+        self.lease_expires_at_ms = expires;
         if lease.is_some() {
             self.last_lease.clone_from(&lease);
         }
@@ -139,6 +173,17 @@ impl NodeStatus {
             }
         }
         changed
+    }
+
+    /// Counts one event of `kind`, and the store error it carries, if any.
+    pub(crate) fn count(&mut self, kind: &str, error: Option<&weft_core::store::StoreError>) {
+        *self.events.entry(kind.to_string()).or_default() += 1;
+        if let Some(e) = error {
+            *self
+                .store_errors
+                .entry(store_error_kind(e).to_string())
+                .or_default() += 1;
+        }
     }
 
     /// Notes an error the node reported and carried on after.
