@@ -23,19 +23,7 @@ use weft_core::subnet::SubnetSpace;
 use weft_core::wire::ip as ipwire;
 
 fn packet(src: Ipv4Addr, dst: Ipv4Addr, ttl: u8) -> Vec<u8> {
-    let payload = b"payload!";
-    let repr = Ipv4Repr {
-        src_addr: src,
-        dst_addr: dst,
-        next_header: IpProtocol::Udp,
-        payload_len: payload.len(),
-        hop_limit: ttl,
-    };
-    let mut buf = vec![0; repr.buffer_len() + payload.len()];
-    let mut p = Ipv4Packet::new_unchecked(&mut buf[..]);
-    repr.emit(&mut p, &ChecksumCapabilities::default());
-    p.payload_mut().copy_from_slice(payload);
-    buf
+    packet_ttl(src, dst, ttl, b"payload!")
 }
 
 fn host(c: &Cluster, node: u8, n: u8) -> Ipv4Addr {

@@ -162,8 +162,8 @@ impl Netlink {
         }
     }
 
-    /// The IPv4 addresses of a link.
-    pub async fn ipv4_addresses(&self, index: u32) -> Result<Vec<Ipv4Addr>, DatapathError> {
+    /// The IPv4 addresses of a link, each with its prefix length (`192.0.2.1/24`).
+    pub async fn ipv4_prefixes(&self, index: u32) -> Result<Vec<Ipv4Net>, DatapathError> {
         let msgs: Vec<_> = self
             .handle
             .address()
@@ -175,12 +175,21 @@ impl Netlink {
             .map_err(|e| DatapathError::netlink("list addresses", e))?;
         Ok(msgs
             .iter()
-            .flat_map(|m| m.attributes.iter())
-            .filter_map(|a| match a {
-                AddressAttribute::Address(IpAddr::V4(ip)) => Some(*ip),
-                _ => None,
+            .flat_map(|m| {
+                m.attributes.iter().filter_map(|a| match a {
+                    AddressAttribute::Address(IpAddr::V4(ip)) => {
+                        Ipv4Net::new(*ip, m.header.prefix_len).ok()
+                    }
+                    _ => None,
+                })
             })
             .collect())
+    }
+
+    /// The IPv4 addresses of a link.
+    pub async fn ipv4_addresses(&self, index: u32) -> Result<Vec<Ipv4Addr>, DatapathError> {
+        let prefixes = self.ipv4_prefixes(index).await?;
+        Ok(prefixes.iter().map(Ipv4Net::addr).collect())
     }
 
     /// Adds (or replaces) the route `dst` out of link `index`, optionally via a gateway.

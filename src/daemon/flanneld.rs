@@ -1,19 +1,10 @@
 //! flanneld's command line, accepted as is by `weft daemon` (and by this binary run
 //! under the name `flanneld`): Go's single-dash spellings (`-etcd-endpoints=…`), the
-//! `--etcd-endpoints` URL list, and a clear refusal of the Kubernetes flags.
+//! `--etcd-endpoints` URL list. (The Kubernetes flags are refused by `DaemonArgs`.)
 
 use std::ffi::OsString;
 
 use anyhow::{bail, Result};
-
-/// flanneld's Kubernetes flags: weft has no Kubernetes subnet manager.
-pub const KUBE_FLAGS: [&str; 5] = [
-    "kube-subnet-mgr",
-    "kube-api-url",
-    "kubeconfig-file",
-    "kube-annotation-prefix",
-    "set-node-network-unavailable",
-];
 
 /// Rewrites Go's single-dash long flags (`-iface=eth0`, `-ip-masq`) to clap's
 /// (`--iface=eth0`, `--ip-masq`), for the long flag names in `longs`; anything else

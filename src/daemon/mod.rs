@@ -127,7 +127,6 @@ impl DaemonArgs {
                 self.set_node_network_unavailable.is_some(),
             ),
         ];
-        debug_assert!(given.iter().all(|(n, _)| flanneld::KUBE_FLAGS.contains(n)));
         let named: Vec<String> = given
             .iter()
             .filter(|(_, g)| *g)
@@ -177,12 +176,11 @@ pub fn shutdown_on_signals() -> Result<watch::Receiver<bool>> {
 /// Opens the store, waiting (with capped backoff) while it is unreachable: etcd may
 /// come up after the node. Anything else (a bad URL, a refused certificate or password)
 /// ends the daemon with the reason.
-async fn open_store(args: &DaemonArgs) -> Result<Arc<dyn Store>> {
-    let (url, options) = args.store()?;
+async fn open_store(url: &str, options: &weft_stores::StoreOptions) -> Result<Arc<dyn Store>> {
     let mut delay = Duration::from_secs(1);
     let mut logged = false;
     loop {
-        match weft_stores::open_with(&url, &options).await {
+        match weft_stores::open_with(url, options).await {
             Ok(store) => return Ok(Arc::from(store)),
             Err(OpenError::Store { error: source, .. }) if source.is_transient() => {
                 if !logged {
@@ -201,10 +199,10 @@ async fn open_store(args: &DaemonArgs) -> Result<Arc<dyn Store>> {
 pub async fn run(args: DaemonArgs) -> Result<()> {
     args.refuse_kubernetes()?;
     // Checked before anything starts: a bad endpoint list is a usage error.
-    args.store()?;
+    let (url, options) = args.store()?;
     let mut shutdown = shutdown_on_signals()?;
     let store = tokio::select! {
-        store = open_store(&args) => store?,
+        store = open_store(&url, &options) => store?,
         _ = shutdown.changed() => return Ok(()),
     };
     let config = tokio::select! {

@@ -120,6 +120,20 @@ impl<'de> Deserialize<'de> for Members {
     }
 }
 
+/// The member `key` of the JSON object `text` as Go's `json.Unmarshal` fills a struct
+/// field: the last member whose key matches Go's case-insensitive rule, verbatim;
+/// `Ok(None)` when none does. An error when `text` is not an object. For decoders of
+/// flannel's JSON outside the config (a peer's `BackendData`).
+pub fn go_object_field(text: &str, key: &str) -> Result<Option<Box<RawValue>>, serde_json::Error> {
+    let members: Members = serde_json::from_str(text)?;
+    Ok(members
+        .0
+        .into_iter()
+        .rev()
+        .find(|(k, _)| go_key_matches(k, key))
+        .map(|(_, v)| v))
+}
+
 impl Members {
     pub(super) fn parse(text: &str) -> Result<Self, ConfigError> {
         serde_json::from_str(text).map_err(json_error)

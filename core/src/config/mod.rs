@@ -30,6 +30,7 @@ use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use serde_json::Value;
 
 use crate::subnet::SubnetSpace;
+pub use decode::go_object_field;
 use decode::{json_error, json_type, Fields, Members};
 pub use error::ConfigError;
 

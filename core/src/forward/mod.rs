@@ -185,8 +185,6 @@ pub struct ForwardTable {
     odd: Vec<Peer>,
     /// How many routes go via each public IP: "is this a peer at all" in one lookup.
     public_ips: HashMap<IpAddr, u32>,
-    /// Bumped by every change, so that a reader can tell two snapshots apart.
-    version: u64,
 }
 
 impl ForwardTable {
@@ -197,12 +195,6 @@ impl ForwardTable {
             v6: v6.map(Family::new),
             ..ForwardTable::default()
         }
-    }
-
-    /// How many changes the table has seen; two snapshots with the same version are the
-    /// same table.
-    pub fn version(&self) -> u64 {
-        self.version
     }
 
     /// Our own subnets, if we hold a lease.
@@ -224,7 +216,6 @@ impl ForwardTable {
     pub fn set_own(&mut self, v4: Option<IpNet>, v6: Option<IpNet>) {
         self.own_v4 = v4;
         self.own_v6 = v6;
-        self.version += 1;
     }
 
     fn family_mut(&mut self, subnet: &IpNet) -> Option<(&mut Family, u128)> {
@@ -240,7 +231,6 @@ impl ForwardTable {
     pub fn insert(&mut self, peer: Peer) {
         self.remove(&peer.subnet);
         *self.public_ips.entry(peer.public_ip).or_default() += 1;
-        self.version += 1;
         let slot = match self.free.pop() {
             Some(slot) => slot,
             None => {
@@ -283,7 +273,6 @@ impl ForwardTable {
                 .map(|at| self.odd.swap_remove(at)),
         };
         if let Some(peer) = removed {
-            self.version += 1;
             if let Some(n) = self.public_ips.get_mut(&peer.public_ip) {
                 *n -= 1;
                 if *n == 0 {

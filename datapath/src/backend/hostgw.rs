@@ -191,7 +191,7 @@ impl HostGwBackend {
                 wanted: BTreeMap::new(),
                 programmed: BTreeSet::new(),
                 unreachable: BTreeSet::new(),
-                filter: PeerFilter::new(BackendType::HostGw, setup.public_ip),
+                filter: PeerFilter::new(BackendType::HostGw),
                 unreachable_total: 0,
                 restored_total: 0,
                 stale_total: 0,

@@ -40,9 +40,6 @@ pub(crate) enum PeerChange {
 #[derive(Debug)]
 pub(crate) struct PeerFilter {
     ours: BackendType,
-    /// Our public IP: a route via it is our own lease, announced before the node knows
-    /// it is ours (a restart finds it in the first listing).
-    own_ip: Ipv4Addr,
     /// Subnets held by a lease of another type, already logged.
     foreign: BTreeSet<IpNet>,
     ipv6_logged: bool,
@@ -51,10 +48,9 @@ pub(crate) struct PeerFilter {
 }
 
 impl PeerFilter {
-    pub(crate) fn new(ours: BackendType, own_ip: Ipv4Addr) -> Self {
+    pub(crate) fn new(ours: BackendType) -> Self {
         PeerFilter {
             ours,
-            own_ip,
             foreign: BTreeSet::new(),
             ipv6_logged: false,
             foreign_total: 0,
@@ -74,7 +70,7 @@ impl PeerFilter {
             }
             return PeerChange::Ignore;
         };
-        if !added || public_ip == self.own_ip {
+        if !added {
             self.foreign.remove(&route.subnet);
             return PeerChange::Down { subnet };
         }
@@ -133,7 +129,7 @@ mod tests {
 
     #[test]
     fn foreign_leases_are_down_and_counted_once() {
-        let mut f = PeerFilter::new(BackendType::HostGw, Ipv4Addr::new(192, 0, 2, 1));
+        let mut f = PeerFilter::new(BackendType::HostGw);
         let udp = route("10.5.3.0/24", "192.0.2.3", "udp");
         let subnet: Ipv4Net = "10.5.3.0/24".parse().unwrap();
         for _ in 0..3 {
@@ -159,20 +155,9 @@ mod tests {
 
     #[test]
     fn ipv6_routes_are_ignored() {
-        let mut f = PeerFilter::new(BackendType::Vxlan, Ipv4Addr::new(192, 0, 2, 1));
+        let mut f = PeerFilter::new(BackendType::Vxlan);
         let r = route("fc00:0:0:1::/64", "2001:db8::1", "vxlan");
         assert_eq!(f.classify(&RouteChange::Add(r)), PeerChange::Ignore);
-    }
-
-    #[test]
-    fn a_route_via_ourselves_is_our_own_lease() {
-        let mut f = PeerFilter::new(BackendType::Vxlan, Ipv4Addr::new(192, 0, 2, 1));
-        let r = route("10.5.1.0/24", "192.0.2.1", "vxlan");
-        let subnet = "10.5.1.0/24".parse().unwrap();
-        assert_eq!(
-            f.classify(&RouteChange::Add(r)),
-            PeerChange::Down { subnet }
-        );
     }
 
     #[test]

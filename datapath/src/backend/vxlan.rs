@@ -109,7 +109,7 @@ impl VxlanBackend {
             running: None,
             wanted: BTreeMap::new(),
             programmed: BTreeMap::new(),
-            filter: PeerFilter::new(BackendType::Vxlan, setup.public_ip),
+            filter: PeerFilter::new(BackendType::Vxlan),
             bad_data: 0,
             errors: 0,
         })

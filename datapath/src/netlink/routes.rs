@@ -1,11 +1,10 @@
 //! What the kernel backends program beyond links and addresses: a vxlan device, routes
 //! via a gateway (optionally `onlink`), and the networks an interface is directly on.
 
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::Ipv4Addr;
 
 use futures::TryStreamExt;
 use ipnet::Ipv4Net;
-use rtnetlink::packet_route::address::AddressAttribute;
 use rtnetlink::packet_route::link::LinkAttribute;
 use rtnetlink::packet_route::route::{
     RouteAddress, RouteAttribute, RouteFlags, RouteHeader, RouteMessage, RouteProtocol, RouteScope,
@@ -156,28 +155,8 @@ impl Netlink {
 
     /// The IPv4 networks link `index` is directly on (its addresses with their prefixes).
     pub async fn ipv4_networks(&self, index: u32) -> Result<Vec<Ipv4Net>, DatapathError> {
-        let msgs: Vec<_> = self
-            .handle
-            .address()
-            .get()
-            .set_link_index_filter(index)
-            .execute()
-            .try_collect()
-            .await
-            .map_err(|e| DatapathError::netlink("list addresses", e))?;
-        Ok(msgs
-            .iter()
-            .filter_map(|m| {
-                m.attributes.iter().find_map(|a| match a {
-                    AddressAttribute::Address(IpAddr::V4(ip)) => {
-                        Ipv4Net::new(*ip, m.header.prefix_len)
-                            .ok()
-                            .map(|n| n.trunc())
-                    }
-                    _ => None,
-                })
-            })
-            .collect())
+        let prefixes = self.ipv4_prefixes(index).await?;
+        Ok(prefixes.iter().map(Ipv4Net::trunc).collect())
     }
 
     /// The IPv4 routes of the main table that have an output link.

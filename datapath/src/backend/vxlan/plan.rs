@@ -2,10 +2,8 @@
 //! netlink operations that take one remote subnet from what is programmed to what is
 //! wanted. Nothing here touches the kernel, so all of it is unit-tested.
 
-use std::fmt;
 use std::net::Ipv4Addr;
 
-use serde::de::{Deserialize, Deserializer, MapAccess, Visitor};
 use serde_json::Value;
 use weft_core::lease::RawJson;
 
@@ -39,42 +37,14 @@ pub fn lease_data(vni: u32, mac: Mac) -> RawJson {
 /// would: keys matched case-insensitively, the last one winning.
 pub fn peer_mac(data: Option<&RawJson>) -> Result<Mac, String> {
     let data = data.ok_or("the lease has no BackendData")?;
-    let members: Members = serde_json::from_str(data.get())
-        .map_err(|e| format!("BackendData {} is not an object: {e}", data.get()))?;
-    let mac = members
-        .0
-        .iter()
-        .rev()
-        .find(|(k, _)| k.eq_ignore_ascii_case("VtepMAC"))
-        .map(|(_, v)| v)
+    let mac = weft_core::config::go_object_field(data.get(), "VtepMAC")
+        .map_err(|e| format!("BackendData {} is not an object: {e}", data.get()))?
         .ok_or_else(|| format!("BackendData {} has no VtepMAC", data.get()))?;
+    let mac: Value = serde_json::from_str(mac.get())
+        .map_err(|e| format!("VtepMAC {} is not JSON: {e}", mac.get()))?;
     match mac {
         Value::String(s) => s.parse().map_err(|e: crate::netlink::BadMac| e.to_string()),
         other => Err(format!("VtepMAC {other} is not a string")),
-    }
-}
-
-/// A JSON object's members in document order, duplicates kept (serde_json's `Map`
-/// keeps neither, and Go's decoder lets the last of two matching keys win).
-struct Members(Vec<(String, Value)>);
-
-impl<'de> Deserialize<'de> for Members {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        struct Visit;
-        impl<'de> Visitor<'de> for Visit {
-            type Value = Members;
-            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("a JSON object")
-            }
-            fn visit_map<M: MapAccess<'de>>(self, mut map: M) -> Result<Members, M::Error> {
-                let mut members = Vec::new();
-                while let Some(member) = map.next_entry()? {
-                    members.push(member);
-                }
-                Ok(Members(members))
-            }
-        }
-        deserializer.deserialize_map(Visit)
     }
 }
 
