@@ -80,7 +80,13 @@ fn get(port: u16, path: &str) -> (u16, String) {
 
 /// Every sample of a Prometheus text exposition, `name{labels}` -> value; panics on a
 /// line that is neither a comment nor a sample.
+/// The samples of an exposition, after checking it parses as the OpenMetrics text format
+/// it says it is (HELP and TYPE before each family, `_total` on counters, cumulative
+/// histogram buckets ending in +Inf, `# EOF`).
 fn samples(text: &str) -> Vec<(String, f64)> {
+    if let Err(e) = openmetrics_parser::openmetrics::parse_openmetrics(text) {
+        panic!("not OpenMetrics text: {e:?}\n{text}");
+    }
     text.lines()
         .filter(|l| !l.is_empty() && !l.starts_with('#'))
         .map(|l| {
@@ -167,6 +173,18 @@ fn flanneld_command_lines_run_weft() {
         value(r#"weft_node_events_total{event="synced"}"#) >= Some(1.0),
         "{metrics}"
     );
+    // The store was really timed: the listing and the create went to etcd and back.
+    for op in ["list", "create"] {
+        let count = value(&format!(
+            r#"weft_store_operation_duration_seconds_count{{op="{op}"}}"#
+        ));
+        assert!(count >= Some(1.0), "{op}: {metrics}");
+        let inf = value(&format!(
+            r#"weft_store_operation_duration_seconds_bucket{{le="+Inf",op="{op}"}}"#
+        ));
+        assert_eq!(inf, count, "{op}: {metrics}");
+    }
+    assert_eq!(value("weft_watch_reconnects_total"), Some(0.0), "{metrics}");
     assert!(metrics.trim_end().ends_with("# EOF"), "{metrics}");
     assert_eq!(get(port, "/nope").0, 404);
     drop(one);

@@ -198,7 +198,7 @@ fn flannel_datagrams_are_delivered_and_hostile_ones_are_dropped_and_counted() {
         .expect("the flannel datagram reaches n2-c1");
     assert_eq!(&buf[..n], b"flannel");
     let before = lab.wait_status("n2", "counters", |s| {
-        s.forward.get("tun_tx").copied() >= Some(1)
+        s.packets.get("tun_tx").copied() >= Some(1)
     });
 
     // Hostile: garbage, a truncated packet, a spoofed inner source (n3's subnet, sent by
@@ -233,8 +233,8 @@ fn flannel_datagrams_are_delivered_and_hostile_ones_are_dropped_and_counted() {
             && d("unknown_peer") >= 1
     });
     assert_eq!(
-        after.forward.get("tun_tx"),
-        before.forward.get("tun_tx"),
+        after.packets.get("tun_tx"),
+        before.packets.get("tun_tx"),
         "nothing hostile written to TUN"
     );
     listener
@@ -246,6 +246,25 @@ fn flannel_datagrams_are_delivered_and_hostile_ones_are_dropped_and_counted() {
     );
     // And the daemon keeps forwarding.
     assert!(lab.ping("n1-c1", c2));
+
+    // What /metrics makes of it: per backend, the drops by reason and the TUN device's
+    // bytes as the kernel counts them.
+    let last = lab.wait_status("n2", "the TUN device's counters", |s| {
+        s.device.as_ref().is_some_and(|d| d.stats.tx_bytes > 0)
+    });
+    let text = weft_datapath::daemon::health::metrics(&last);
+    let tun = &last
+        .device
+        .as_ref()
+        .map(|d| d.name.clone())
+        .unwrap_or_default();
+    for line in [
+        r#"weft_packets_dropped_total{backend="udp",reason="spoofed_source"} "#.to_string(),
+        r#"weft_datapath_packets_total{backend="udp",path="tun_tx"} "#.to_string(),
+        format!(r#"weft_device_bytes_total{{backend="udp",device="{tun}",direction="tx"}} "#),
+    ] {
+        assert!(text.contains(&line), "no {line:?} in\n{text}");
+    }
     lab.down();
 }
 

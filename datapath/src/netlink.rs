@@ -29,6 +29,25 @@ pub struct Link {
     pub name: String,
     /// MTU.
     pub mtu: u32,
+    /// Its traffic counters, when the kernel gave them.
+    pub stats: Option<LinkStats>,
+}
+
+/// A link's traffic counters, as `ip -s link` shows them.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct LinkStats {
+    /// Packets received.
+    pub rx_packets: u64,
+    /// Packets sent.
+    pub tx_packets: u64,
+    /// Bytes received.
+    pub rx_bytes: u64,
+    /// Bytes sent.
+    pub tx_bytes: u64,
+    /// Packets dropped on receive.
+    pub rx_dropped: u64,
+    /// Packets dropped on send.
+    pub tx_dropped: u64,
 }
 
 fn link_of(msg: &LinkMessage) -> Link {
@@ -36,11 +55,22 @@ fn link_of(msg: &LinkMessage) -> Link {
         index: msg.header.index,
         name: String::new(),
         mtu: 0,
+        stats: None,
     };
     for attr in &msg.attributes {
         match attr {
             LinkAttribute::IfName(n) => link.name = n.clone(),
             LinkAttribute::Mtu(m) => link.mtu = *m,
+            LinkAttribute::Stats64(s) => {
+                link.stats = Some(LinkStats {
+                    rx_packets: s.rx_packets,
+                    tx_packets: s.tx_packets,
+                    rx_bytes: s.rx_bytes,
+                    tx_bytes: s.tx_bytes,
+                    rx_dropped: s.rx_dropped,
+                    tx_dropped: s.tx_dropped,
+                })
+            }
             _ => {}
         }
     }

@@ -30,7 +30,7 @@ pub mod testing;
 use weft_core::store::{Store, StoreError};
 
 pub use clock::{Clock, ManualClock};
-pub use driver::NodeDriver;
+pub use driver::{DriverStats, Latency, NodeDriver, LATENCY_BUCKETS};
 pub use etcd::{EtcdOptions, EtcdStats, EtcdStore};
 pub use memory::MemoryStore;
 pub use sled_store::SledStore;

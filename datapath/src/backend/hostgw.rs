@@ -25,7 +25,7 @@ use weft_core::lease::Lease;
 use weft_core::router::RouteChange;
 
 use super::peers::{directly_connected, show, PeerChange, PeerFilter};
-use super::{Backend, BackendSetup, Counter};
+use super::{Backend, BackendSetup, Counter, CounterKind};
 use crate::iface::ExternalInterface;
 use crate::netlink::{Ipv4Route, Netlink};
 use crate::DatapathError;
@@ -252,16 +252,17 @@ impl Backend for HostGwBackend {
         let Ok(r) = self.routes.try_lock() else {
             return Vec::new();
         };
+        use CounterKind::{Level, Total};
         [
-            ("routes", r.programmed.len() as u64),
-            ("peers_unreachable", r.unreachable_total),
-            ("routes_restored", r.restored_total),
-            ("routes_stale_removed", r.stale_total),
-            ("leases_foreign", r.filter.foreign_total),
-            ("errors", r.errors),
+            (Level, "routes", r.programmed.len() as u64),
+            (Total, "peers_unreachable", r.unreachable_total),
+            (Total, "routes_restored", r.restored_total),
+            (Total, "routes_stale_removed", r.stale_total),
+            (Total, "leases_foreign", r.filter.foreign_total),
+            (Total, "errors", r.errors),
         ]
         .into_iter()
-        .map(|(name, value)| Counter { name, value })
+        .map(|(kind, name, value)| Counter::new(kind, name, value))
         .collect()
     }
 

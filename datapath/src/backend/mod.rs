@@ -31,7 +31,7 @@ use weft_core::lease::{Lease, RawJson};
 use weft_core::router::RouteChange;
 
 use crate::iface::ExternalInterface;
-use crate::netlink::Netlink;
+use crate::netlink::{LinkStats, Netlink};
 use crate::DatapathError;
 
 /// What a backend knows of the host it runs on.
@@ -56,13 +56,45 @@ pub struct BackendSetup {
     pub device_name: String,
 }
 
+/// What a [`Counter`] counts, which decides its metric.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CounterKind {
+    /// Packets along one path (`tun_rx`, `udp_tx`): `weft_datapath_packets_total{path}`.
+    Packets,
+    /// Packets dropped, the name being the reason: `weft_packets_dropped_total{reason}`.
+    Dropped,
+    /// Anything else that only grows (`errors`, `routes_restored`):
+    /// `weft_datapath_<name>_total`.
+    Total,
+    /// A level that goes up and down (`peers`, `routes`): the gauge `weft_datapath_<name>`.
+    Level,
+}
+
 /// A counter a backend keeps, for stats and metrics.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Counter {
-    /// Its name, in snake case (`tun_rx`).
+    /// Its name, in snake case (`tun_rx`, `spoofed_source`).
     pub name: &'static str,
+    /// What it counts.
+    pub kind: CounterKind,
     /// Its value.
     pub value: u64,
+}
+
+impl Counter {
+    /// A counter of `kind`.
+    pub fn new(kind: CounterKind, name: &'static str, value: u64) -> Counter {
+        Counter { name, kind, value }
+    }
+}
+
+/// The device a backend forwards through, with the kernel's counters of it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeviceStats {
+    /// The device's name (`weft0`, `flannel.1`).
+    pub name: String,
+    /// Its counters.
+    pub stats: LinkStats,
 }
 
 /// See the module docs. Every method but [`Backend::stop`] may be called many times,
@@ -94,9 +126,16 @@ pub trait Backend: Send + Sync + fmt::Debug {
         let _ = table;
     }
 
-    /// The backend's counters (packets, bytes, drops by reason), in a fixed order.
+    /// The backend's counters (packets, drops by reason, errors, peers), in a fixed
+    /// order.
     fn counters(&self) -> Vec<Counter> {
         Vec::new()
+    }
+
+    /// The device it forwards through and the kernel's packet and byte counts of it,
+    /// once the device exists (`None` for backends without one: alloc, host-gw).
+    async fn device(&self) -> Option<DeviceStats> {
+        None
     }
 
     /// Stops forwarding and removes what the backend created. Called once.

@@ -34,7 +34,7 @@ use weft_core::lease::{Lease, RawJson};
 use weft_core::router::RouteChange;
 
 use super::peers::{directly_connected, PeerChange, PeerFilter};
-use super::{Backend, BackendSetup, Counter};
+use super::{Backend, BackendSetup, Counter, CounterKind, DeviceStats};
 use crate::iface::ExternalInterface;
 use crate::netlink::{Ipv4Route, Netlink, VxlanDevice};
 use crate::DatapathError;
@@ -318,16 +318,26 @@ impl Backend for VxlanBackend {
             .values()
             .filter(|p| matches!(p, Peer::Direct { .. }))
             .count() as u64;
+        use CounterKind::{Level, Total};
         [
-            ("peers", self.programmed.len() as u64),
-            ("peers_direct", direct),
-            ("leases_foreign", self.filter.foreign_total),
-            ("leases_bad_data", self.bad_data),
-            ("errors", self.errors),
+            (Level, "peers", self.programmed.len() as u64),
+            (Level, "peers_direct", direct),
+            (Total, "leases_foreign", self.filter.foreign_total),
+            (Total, "leases_bad_data", self.bad_data),
+            (Total, "errors", self.errors),
         ]
         .into_iter()
-        .map(|(name, value)| Counter { name, value })
+        .map(|(kind, name, value)| Counter::new(kind, name, value))
         .collect()
+    }
+
+    async fn device(&self) -> Option<DeviceStats> {
+        self.running.as_ref()?;
+        let link = self.netlink.link(&self.device.name).await.ok()??;
+        Some(DeviceStats {
+            name: link.name,
+            stats: link.stats?,
+        })
     }
 
     async fn stop(&mut self) -> Result<(), DatapathError> {

@@ -172,8 +172,11 @@ impl Driver {
         while let Some(event) = self.driver.node_mut().poll_event() {
             self.on_event(event, now).await?;
         }
-        let node = self.driver.node();
-        self.status.send_if_modified(|s| s.update_from(node));
+        let (node, store) = (self.driver.node(), self.driver.stats());
+        self.status.send_if_modified(|s| {
+            let moved = s.update_from(node);
+            s.update_store(store) || moved
+        });
         Ok(())
     }
 
@@ -222,7 +225,15 @@ impl Driver {
                 () = self.driver.step() => {}
                 _ = sample.tick() => {
                     let counters = self.backend.counters();
-                    self.status.send_if_modified(|s| s.update_counters(&counters));
+                    let device = self.backend.device().await;
+                    let kind = self.backend.kind().as_str();
+                    self.status.send_if_modified(|s| {
+                        let named = s.backend.as_deref() != Some(kind);
+                        if named {
+                            s.backend = Some(kind.to_string());
+                        }
+                        s.update_counters(&counters, device) || named
+                    });
                 }
                 () = tick(&mut watchdog) => super::notify::watchdog(),
                 changed = shutdown.changed() => {

@@ -14,7 +14,10 @@ use ipnet::{IpNet, Ipv4Net};
 use serde::{Deserialize, Serialize};
 use weft_core::node::Node;
 
-use crate::backend::Counter;
+use weft_stores::DriverStats;
+
+use crate::backend::{Counter, CounterKind, DeviceStats};
+use crate::netlink::LinkStats;
 
 /// Whether a node's daemon runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -58,6 +61,15 @@ pub struct RouteStatus {
     pub via: IpAddr,
 }
 
+/// The backend's device and its counters, as the status shows them.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct DeviceStatus {
+    /// Its name.
+    pub name: String,
+    /// The kernel's counters of it.
+    pub stats: LinkStats,
+}
+
 /// See the module docs.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub struct NodeStatus {
@@ -76,10 +88,26 @@ pub struct NodeStatus {
     pub mtu: Option<u32>,
     /// The routes to peers, by subnet (empty once stopped: the datapath is gone).
     pub routes: Vec<RouteStatus>,
-    /// The backend's traffic counters (`tun_rx`, `udp_tx`...).
-    pub forward: BTreeMap<String, u64>,
+    /// The backend's type (`udp`, `vxlan`...), once it runs.
+    #[serde(default)]
+    pub backend: Option<String>,
+    /// The backend's packet counts by path (`tun_rx`, `udp_tx`...).
+    #[serde(default)]
+    pub packets: BTreeMap<String, u64>,
     /// The backend's drops, by reason (`malformed`, `spoofed_source`...).
     pub drops: BTreeMap<String, u64>,
+    /// The backend's other counters (`errors`, `routes_restored`...).
+    #[serde(default)]
+    pub totals: BTreeMap<String, u64>,
+    /// The backend's levels (`peers`, `routes`...).
+    #[serde(default)]
+    pub levels: BTreeMap<String, u64>,
+    /// The device it forwards through and the kernel's counters of it.
+    #[serde(default)]
+    pub device: Option<DeviceStatus>,
+    /// The store operations' latencies and the watches run.
+    #[serde(default)]
+    pub store: DriverStats,
     /// Entries under the subnets prefix that were not valid leases, skipped.
     pub skipped_leases: u64,
     /// When the held lease expires, in Unix milliseconds (`None` for a reservation or
@@ -159,20 +187,43 @@ impl NodeStatus {
         changed
     }
 
-    /// Takes the backend's counters; returns whether any moved.
-    pub(crate) fn update_counters(&mut self, counters: &[Counter]) -> bool {
+    /// Takes the backend's counters and device stats; returns whether any moved.
+    pub(crate) fn update_counters(
+        &mut self,
+        counters: &[Counter],
+        device: Option<DeviceStats>,
+    ) -> bool {
         let mut changed = false;
         for c in counters {
-            let (map, name) = match c.name.strip_prefix("drop_") {
-                Some(reason) => (&mut self.drops, reason),
-                None => (&mut self.forward, c.name),
+            let map = match c.kind {
+                CounterKind::Packets => &mut self.packets,
+                CounterKind::Dropped => &mut self.drops,
+                CounterKind::Total => &mut self.totals,
+                CounterKind::Level => &mut self.levels,
             };
-            if map.get(name) != Some(&c.value) {
-                map.insert(name.to_string(), c.value);
+            if map.get(c.name) != Some(&c.value) {
+                map.insert(c.name.to_string(), c.value);
                 changed = true;
             }
         }
+        let device = device.map(|d| DeviceStatus {
+            name: d.name,
+            stats: d.stats,
+        });
+        if device.is_some() && device != self.device {
+            self.device = device;
+            changed = true;
+        }
         changed
+    }
+
+    /// Takes the driver's store statistics; returns whether they moved.
+    pub(crate) fn update_store(&mut self, stats: &DriverStats) -> bool {
+        if &self.store == stats {
+            return false;
+        }
+        self.store.clone_from(stats);
+        true
     }
 
     /// Counts one event of `kind`, and the store error it carries, if any.
@@ -214,19 +265,17 @@ mod tests {
     fn counters_split_into_traffic_and_drops_and_report_movement() {
         let mut s = NodeStatus::default();
         let counters = [
-            Counter {
-                name: "tun_rx",
-                value: 3,
-            },
-            Counter {
-                name: "drop_malformed",
-                value: 2,
-            },
+            Counter::new(CounterKind::Packets, "tun_rx", 3),
+            Counter::new(CounterKind::Dropped, "malformed", 2),
+            Counter::new(CounterKind::Total, "errors", 1),
+            Counter::new(CounterKind::Level, "peers", 4),
         ];
-        assert!(s.update_counters(&counters));
-        assert_eq!(s.forward["tun_rx"], 3);
+        assert!(s.update_counters(&counters, None));
+        assert_eq!(s.packets["tun_rx"], 3);
         assert_eq!(s.drops["malformed"], 2);
-        assert!(!s.update_counters(&counters), "nothing moved");
+        assert_eq!(s.totals["errors"], 1);
+        assert_eq!(s.levels["peers"], 4);
+        assert!(!s.update_counters(&counters, None), "nothing moved");
     }
 
     #[test]

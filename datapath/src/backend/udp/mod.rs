@@ -36,7 +36,7 @@ use weft_core::forward::{DropReason, DropRegistry, ForwardTable, Inbound, Outbou
 use weft_core::lease::{Lease, LeaseKey};
 use weft_core::wire::icmp;
 
-use super::{Backend, BackendSetup, Counter};
+use super::{Backend, BackendSetup, Counter, CounterKind, DeviceStats};
 use crate::netlink::Netlink;
 use crate::{netns, DatapathError};
 
@@ -412,17 +412,31 @@ impl Backend for UdpBackend {
             ("errors", &c.errors),
         ]
         .into_iter()
-        .map(|(name, v)| Counter {
-            name,
-            value: v.load(Relaxed),
+        .map(|(name, v)| {
+            let kind = if name == "errors" {
+                CounterKind::Total
+            } else {
+                CounterKind::Packets
+            };
+            Counter::new(kind, name, v.load(Relaxed))
         })
         .collect();
         let drops = self.drops.total();
-        out.extend(DropReason::ALL.into_iter().map(|r| Counter {
-            name: drop_counter_name(r),
-            value: drops.get(r),
-        }));
+        out.extend(
+            DropReason::ALL
+                .into_iter()
+                .map(|r| Counter::new(CounterKind::Dropped, r.as_str(), drops.get(r))),
+        );
         out
+    }
+
+    async fn device(&self) -> Option<DeviceStats> {
+        let (_, running) = self.running.as_ref()?;
+        let link = running.netlink.link(&running.tun_name).await.ok()??;
+        Some(DeviceStats {
+            name: link.name,
+            stats: link.stats?,
+        })
     }
 
     async fn stop(&mut self) -> Result<(), DatapathError> {
@@ -430,18 +444,5 @@ impl Backend for UdpBackend {
             Some((_, datapath)) => datapath.stop().await,
             None => Ok(()),
         }
-    }
-}
-
-/// The counter name of drops for `reason`: `drop_<reason>`.
-fn drop_counter_name(reason: DropReason) -> &'static str {
-    match reason {
-        DropReason::Malformed => "drop_malformed",
-        DropReason::TtlExpired => "drop_ttl_expired",
-        DropReason::NoRoute => "drop_no_route",
-        DropReason::NoLease => "drop_no_lease",
-        DropReason::UnknownPeer => "drop_unknown_peer",
-        DropReason::SpoofedSource => "drop_spoofed_source",
-        DropReason::NotOurSubnet => "drop_not_our_subnet",
     }
 }
