@@ -1,14 +1,22 @@
 //! The CNI plugin through the real Debian plugins (`bridge`, `host-local` from
 //! containernetworking-plugins): ADD, CHECK and DEL of two containers in network
 //! namespaces of their own, behind a host namespace of the test's own, and the two
-//! containers reaching each other with the addresses the plugin gave them. Root; under
-//! CI=true a machine that cannot run it fails the test.
+//! containers reaching each other with the addresses the plugin gave them; then two
+//! containers on two nodes of a lab, across the overlay. Root; under CI=true a machine
+//! that cannot run it fails the test.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod common;
+
 use std::io::Write;
+use std::net::{Ipv4Addr, UdpSocket};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
+use std::time::Duration;
+
+use common::lab::Lab;
+use weft_datapath::netns;
 
 const PLUGINS: &str = "/usr/lib/cni";
 
@@ -44,7 +52,8 @@ impl Drop for Namespaces {
 }
 
 struct Plugin {
-    host: String,
+    /// The host's network namespace, as a path.
+    host: PathBuf,
     bin: PathBuf,
     conf: String,
 }
@@ -52,8 +61,8 @@ struct Plugin {
 impl Plugin {
     /// Runs the plugin in the host namespace, as a runtime would.
     fn run(&self, command: &str, container: &str, conf: &str) -> Output {
-        let mut child = Command::new("ip")
-            .args(["netns", "exec", &self.host])
+        let mut child = Command::new("nsenter")
+            .arg(format!("--net={}", self.host.display()))
             .arg(self.bin.join("flannel"))
             .env("CNI_COMMAND", command)
             .env("CNI_CONTAINERID", container)
@@ -127,7 +136,11 @@ fn add_check_del_through_the_real_bridge_and_host_local_plugins() {
         "delegate": {"bridge": "wcni0"},
     })
     .to_string();
-    let plugin = Plugin { host, bin, conf };
+    let plugin = Plugin {
+        host: netns::path(&host),
+        bin,
+        conf,
+    };
 
     let version = plugin.ok("VERSION", &c1, "");
     assert!(
@@ -195,4 +208,118 @@ fn add_check_del_through_the_real_bridge_and_host_local_plugins() {
     let err: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert!(err["msg"].as_str().unwrap().contains("subnet.env"), "{err}");
     plugin.ok("DEL", &c2, &plugin.conf);
+}
+
+/// The plugin's configuration for a node whose subnet.env is `subnet_env`, keeping its
+/// state under `dir`.
+fn node_conf(dir: &Path, subnet_env: &Path) -> String {
+    serde_json::json!({
+        "cniVersion": "1.0.0",
+        "name": "weft-lab",
+        "type": "flannel",
+        "subnetFile": subnet_env,
+        "dataDir": dir.join("data"),
+        "ipam": {"dataDir": dir.join("ipam")},
+    })
+    .to_string()
+}
+
+#[test]
+fn containers_on_two_lab_nodes_reach_each_other_with_the_plugins_addresses() {
+    if !can_run() {
+        return;
+    }
+    // Two nodes on the udp backend, with no containers of the lab's own: the plugin
+    // makes them, on the bridge it creates in each node's namespace.
+    let lab = Lab::up(2, &["--containers", "0"]);
+    let status = lab.status();
+    let network = status.network.expect("the lab's overlay network");
+    let tag = std::process::id();
+    let containers = [format!("wcni{tag}n1"), format!("wcni{tag}n2")];
+    let _guard = Namespaces(containers.to_vec());
+    let dir = tempfile::tempdir().unwrap();
+    let bin = dir.path().join("bin");
+    std::fs::create_dir(&bin).unwrap();
+    std::os::unix::fs::symlink(env!("CARGO_BIN_EXE_weft"), bin.join("flannel")).unwrap();
+
+    let mut added = Vec::new();
+    for (node, container) in ["n1", "n2"].into_iter().zip(&containers) {
+        let s = lab.wait_status(node, "a lease", |s| s.holds_lease() && s.mtu.is_some());
+        let subnet = s.lease.as_ref().unwrap().subnet;
+        // What the daemon would write for this node (the lab's nodes keep theirs in
+        // memory); IPMASQ=true, so the bridge masquerades nothing and the peer sees the
+        // container's own address.
+        let node_dir = dir.path().join(node);
+        std::fs::create_dir(&node_dir).unwrap();
+        let subnet_env = node_dir.join("subnet.env");
+        let gateway = Ipv4Addr::from(u32::from(subnet.network()) + 1);
+        std::fs::write(
+            &subnet_env,
+            format!(
+                "FLANNEL_NETWORK={network}\nFLANNEL_SUBNET={gateway}/{}\nFLANNEL_MTU={}\nFLANNEL_IPMASQ=true\n",
+                subnet.prefix_len(),
+                s.mtu.unwrap()
+            ),
+        )
+        .unwrap();
+        ip(&["netns", "add", container]);
+        let plugin = Plugin {
+            host: lab.ns(node),
+            bin: bin.clone(),
+            conf: node_conf(&node_dir, &subnet_env),
+        };
+        let result = plugin.ok("ADD", container, &plugin.conf);
+        let address: Ipv4Addr = address(&result).parse().unwrap();
+        assert!(
+            subnet.contains(&address),
+            "{node}: {address} not in {subnet}"
+        );
+        added.push((plugin, address));
+    }
+    let (a1, a2) = (added[0].1, added[1].1);
+
+    // n1's container reaches n2's across the overlay...
+    let ping = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &containers[0],
+            "ping",
+            "-c",
+            "3",
+            "-i",
+            "0.2",
+            "-W",
+            "2",
+        ])
+        .arg(a2.to_string())
+        .output()
+        .unwrap();
+    assert!(ping.status.success(), "{ping:?}");
+    // ...and n2's container sees the datagram come from n1's container's own address.
+    let listener = netns::in_netns(Some(&netns::path(&containers[1])), move || {
+        UdpSocket::bind((a2, 9999)).unwrap()
+    })
+    .unwrap();
+    listener
+        .set_read_timeout(Some(Duration::from_secs(3)))
+        .unwrap();
+    let sender = netns::in_netns(Some(&netns::path(&containers[0])), move || {
+        UdpSocket::bind((a1, 0)).unwrap()
+    })
+    .unwrap();
+    sender.send_to(b"across the overlay", (a2, 9999)).unwrap();
+    let mut buf = [0u8; 64];
+    let (n, from) = listener.recv_from(&mut buf).expect("the datagram arrives");
+    assert_eq!(&buf[..n], b"across the overlay");
+    assert_eq!(
+        from.ip(),
+        std::net::IpAddr::V4(a1),
+        "the source is the container's"
+    );
+
+    for ((plugin, _), container) in added.iter().zip(&containers) {
+        plugin.ok("DEL", container, &plugin.conf);
+    }
+    lab.down();
 }
