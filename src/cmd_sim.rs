@@ -49,6 +49,20 @@ enum SimCommand {
         /// The event file a failed `weft sim run` wrote.
         events: PathBuf,
     },
+    /// Shrink a failed run: write a smaller event file that still fails the same way
+    /// (fewer nodes, steps, expectations and faulty datagrams, a shorter run), found by
+    /// delta debugging over lenient replays. Replay the result with `weft sim replay`.
+    Shrink {
+        /// The event file a failed `weft sim run` wrote.
+        events: PathBuf,
+        /// Where to write the smaller file (default: EVENTS with `.shrunk` before its
+        /// extension).
+        #[arg(long, short)]
+        output: Option<PathBuf>,
+        /// Give up after this many runs.
+        #[arg(long, default_value_t = 2_000)]
+        max_runs: usize,
+    },
 }
 
 fn parse_range(s: &str) -> Result<(u64, u64), String> {
@@ -308,6 +322,33 @@ fn replay(events: &Path) -> Result<bool> {
     Ok(outcome.passed())
 }
 
+fn shrink(events: &Path, output: Option<&Path>, max_runs: usize) -> Result<bool> {
+    let text = std::fs::read_to_string(events)
+        .with_context(|| format!("cannot read {}", events.display()))?;
+    let file = EventFile::parse(&text).map_err(|e| anyhow::anyhow!("{}: {e}", events.display()))?;
+    let start = Instant::now();
+    let shrunk = weft_sim::shrink::shrink(&file, max_runs)
+        .map_err(|e| anyhow::anyhow!("{}: {e}", events.display()))?;
+    let out = output.map_or_else(|| events.with_extension("shrunk.events"), Path::to_path_buf);
+    std::fs::write(&out, shrunk.file.render())
+        .with_context(|| format!("cannot write {}", out.display()))?;
+    let (b, a) = (shrunk.before, shrunk.after);
+    println!("failure: {}", shrunk.file.failure);
+    println!(
+        "nodes {} -> {}, steps {} -> {}, expectations {} -> {}, faulty datagrams {} -> {}, decisions {} -> {}, duration {:?} -> {:?}",
+        b.nodes, a.nodes, b.steps, a.steps, b.expects, a.expects, b.faults, a.faults,
+        b.decisions, a.decisions, b.duration, a.duration
+    );
+    println!(
+        "{} runs in {:.2}s; wrote {} (replay: weft sim replay {})",
+        shrunk.runs,
+        start.elapsed().as_secs_f64(),
+        out.display(),
+        out.display()
+    );
+    Ok(true)
+}
+
 /// Runs `weft sim`. `Ok(false)` means some run failed.
 pub fn run(args: SimArgs) -> Result<bool> {
     match args.command {
@@ -327,5 +368,10 @@ pub fn run(args: SimArgs) -> Result<bool> {
             report: report.as_deref(),
         }),
         SimCommand::Replay { events } => replay(&events),
+        SimCommand::Shrink {
+            events,
+            output,
+            max_runs,
+        } => shrink(&events, output.as_deref(), max_runs),
     }
 }

@@ -90,3 +90,54 @@ fn a_bad_scenario_file_is_a_clear_error() {
         "{stderr}"
     );
 }
+
+/// The number after `label ` in `weft sim shrink`'s summary line, before and after.
+fn shrunk(summary: &str, label: &str) -> (usize, usize) {
+    let at = summary.find(&format!("{label} ")).expect(label) + label.len() + 1;
+    let mut parts = summary[at..].split_whitespace();
+    let before = parts.next().unwrap().parse().unwrap();
+    assert_eq!(parts.next(), Some("->"));
+    let after = parts.next().unwrap().trim_end_matches(',').parse().unwrap();
+    (before, after)
+}
+
+#[test]
+fn a_failed_run_shrinks_to_the_nodes_step_and_datagram_that_fail_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = weft()
+        .args(["sim", "run", "-q", "--seed", "0", "--events-dir"])
+        .arg(dir.path())
+        .arg("tests/fixtures/sim-shrink-lossy.toml")
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "{out:?}");
+    let events = dir.path().join("sim-shrink-lossy-seed0.events");
+    let small = dir.path().join("small.events");
+    let out = weft()
+        .args(["sim", "shrink"])
+        .arg(&events)
+        .arg("-o")
+        .arg(&small)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}{out:?}");
+    // One ping between two nodes fails when one of its datagrams is lost: the two
+    // nodes, that ping, that loss; nothing else.
+    assert_eq!(shrunk(&stdout, "nodes"), (4, 2), "{stdout}");
+    assert_eq!(shrunk(&stdout, "steps"), (4, 1), "{stdout}");
+    assert_eq!(shrunk(&stdout, "expectations"), (2, 0), "{stdout}");
+    assert_eq!(shrunk(&stdout, "faulty datagrams").1, 1, "{stdout}");
+    let (before, after) = shrunk(&stdout, "decisions");
+    assert!(after < before, "{stdout}");
+    let text = std::fs::read_to_string(&small).unwrap();
+    assert_eq!(text.matches("drop loss").count(), 1, "{text}");
+    // It fails the same way, replayed strictly.
+    let out = weft().args(["sim", "replay"]).arg(&small).output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(!out.status.success(), "{stdout}");
+    assert!(
+        stdout.contains("replay reproduced the failure: at 90.300s: ping c/c0 -> d/c0"),
+        "{stdout}"
+    );
+}

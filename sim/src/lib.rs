@@ -21,6 +21,7 @@ pub mod report;
 pub mod rng;
 pub mod run;
 pub mod scenario;
+pub mod shrink;
 pub mod time;
 pub mod underlay;
 pub mod walk;

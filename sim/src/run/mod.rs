@@ -88,6 +88,23 @@ pub fn run(path: &str, scenario: &Scenario, source: &str, opts: &RunOptions) -> 
         Some(file) => (Decisions::Replay(Replay::new(file)), file.seed),
         None => (Decisions::Seeded(seed), seed),
     };
+    run_with(path, scenario, source, decisions, seed)
+}
+
+/// Runs `scenario` on the decisions of `file`, leniently (see [`Replay::lenient`]).
+pub fn run_lenient(path: &str, scenario: &Scenario, source: &str, file: &EventFile) -> Outcome {
+    let decisions = Decisions::Replay(Replay::new(file).lenient());
+    run_with(path, scenario, source, decisions, file.seed)
+}
+
+fn run_with(
+    path: &str,
+    scenario: &Scenario,
+    source: &str,
+    decisions: Decisions,
+    seed: u64,
+) -> Outcome {
+    let replayed = matches!(decisions, Decisions::Replay(_));
     let network = match scenario.network.network_config() {
         Ok(n) => n,
         Err(e) => {
@@ -133,7 +150,7 @@ pub fn run(path: &str, scenario: &Scenario, source: &str, opts: &RunOptions) -> 
         format_args!(
             "scenario {:?}, seed {}",
             scenario.name,
-            if opts.replay.is_some() {
+            if replayed {
                 "replayed from an event file".to_string()
             } else {
                 seed.to_string()
