@@ -304,3 +304,41 @@ fn dual_stack_rules_are_taken_by_the_kernel_resynced_and_removed() {
     // Removing twice is fine (a stop after someone deleted the table).
     rt.block_on(fw.remove()).unwrap();
 }
+
+/// Without nft the node still runs its overlay: the failure is logged once (not at
+/// every resync), and the daemon keeps its lease and stops cleanly.
+#[test]
+fn without_nft_the_node_runs_and_says_so_once() {
+    let test = "without_nft_the_node_runs_and_says_so_once";
+    if !can_run(test) {
+        return;
+    }
+    let Some(etcd) = etcd_or_skip(test) else {
+        return;
+    };
+    let mut net = Underlay::new("mqn", &["192.0.2.1", "192.0.2.2"], &etcd);
+    net.set_config(HOST_GW);
+    let empty = net.dir.path().join("no-nft-here");
+    std::fs::create_dir(&empty).unwrap();
+    let path = empty.display().to_string();
+    net.start_env(
+        1,
+        &["--ip-masq", "--iptables-resync", "1"],
+        &[("PATH", &path)],
+    );
+    net.start(2);
+    net.add_container(1);
+    net.add_container(2);
+    assert!(net.ping(1, 2), "the overlay does not work without nft");
+    std::thread::sleep(Duration::from_secs(3));
+    let log = net.log(1);
+    assert_eq!(
+        log.matches("the nft program is missing").count(),
+        1,
+        "logged other than once over 3 resyncs:\n{log}"
+    );
+    assert!(log.contains("install Debian's nftables package"), "{log}");
+    net.stop(1);
+    let log = net.log(1);
+    assert!(log.contains("stopping; the lease is kept"), "{log}");
+}

@@ -269,6 +269,11 @@ impl Underlay {
 
     /// [`Underlay::start`], with more `weft daemon` flags.
     pub fn start_with(&mut self, i: usize, flags: &[&str]) -> ipnet::Ipv4Net {
+        self.start_env(i, flags, &[])
+    }
+
+    /// [`Underlay::start_with`], with variables in the daemon's environment.
+    pub fn start_env(&mut self, i: usize, flags: &[&str], env: &[(&str, &str)]) -> ipnet::Ipv4Net {
         let store = self.store.clone();
         let dir = self.dir.path().to_path_buf();
         let h = &mut self.hosts[i - 1];
@@ -277,7 +282,12 @@ impl Underlay {
         h.log = dir.join(format!("h{i}.{}.log", h.starts));
         let _ = std::fs::remove_file(&h.env);
         let log = std::fs::File::create(&h.log).unwrap();
-        let child = Command::new("ip")
+        // By its path: a test may give the daemon a PATH without ip (or nft).
+        let ip = ["/usr/sbin/ip", "/sbin/ip", "/usr/bin/ip"]
+            .into_iter()
+            .find(|p| std::path::Path::new(p).exists())
+            .unwrap_or("ip");
+        let child = Command::new(ip)
             .args(["netns", "exec", &h.ns, env!("CARGO_BIN_EXE_weft"), "daemon"])
             .args([
                 "--store",
@@ -292,6 +302,7 @@ impl Underlay {
             .arg(&h.env)
             .env("WEFT_LOG", "info")
             .env("NO_COLOR", "1")
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log)

@@ -90,22 +90,16 @@ impl Driver {
                 kind,
                 cause,
             })?;
+        // The rules before subnet.env, as flanneld orders them: a container started
+        // as soon as the file appears is masqueraded from its first packet.
+        if self.firewall.enabled() {
+            self.install_firewall(&lease.key).await;
+        }
         let s = &self.subnet_file;
         let env = SubnetEnv::for_lease(s.network, s.ipv6_network, &lease.key, s.mtu, s.ip_masq);
         // subnet_file keeps the binary's anyhow errors (see the crate's Cargo.toml).
         subnet_file::write(&s.path, &env).map_err(|e| DaemonError::SubnetFile(format!("{e:#}")))?;
         tracing::info!(path = %s.path.display(), "wrote subnet file");
-        if self.firewall.enabled() {
-            match self.firewall.install(&lease.key).await {
-                Ok(()) => {
-                    self.firewall_error = None;
-                    tracing::info!(table = crate::nft::TABLE, spec = ?self.firewall.spec_for(&lease.key), "installed the nftables table");
-                    self.status
-                        .send_modify(|s| s.count("firewall_applied", None));
-                }
-                Err(e) => self.firewall_failed(e),
-            }
-        }
         if !self.ready {
             self.ready = true;
             super::notify::ready();
@@ -185,6 +179,19 @@ impl Driver {
         Ok(())
     }
 
+    /// Installs weft's table for our lease `key`.
+    async fn install_firewall(&mut self, key: &weft_core::lease::LeaseKey) {
+        match self.firewall.install(key).await {
+            Ok(()) => {
+                let after_failure = self.firewall_error.take().is_some();
+                tracing::info!(table = crate::nft::TABLE, spec = ?self.firewall.spec_for(key), after_failure, "installed the nftables table");
+                self.status
+                    .send_modify(|s| s.count("firewall_applied", None));
+            }
+            Err(e) => self.firewall_failed(e),
+        }
+    }
+
     /// Logs (once until it changes), counts and reports a firewall error.
     fn firewall_failed(&mut self, e: NftError) {
         if self.firewall_error.as_ref() != Some(&e) {
@@ -201,14 +208,12 @@ impl Driver {
     /// install that failed.
     async fn resync_firewall(&mut self) {
         let failed = self.firewall_error.is_some();
-        let result = match (failed, self.driver.node().lease()) {
-            (true, Some(lease)) => {
-                let key = lease.key;
-                self.firewall.install(&key).await.map(|()| Resync::Restored)
-            }
-            _ => self.firewall.resync().await,
-        };
-        match result {
+        if let (true, Some(lease)) = (failed, self.driver.node().lease()) {
+            let key = lease.key;
+            self.install_firewall(&key).await;
+            return;
+        }
+        match self.firewall.resync().await {
             Ok(Resync::Restored) => {
                 self.firewall_error = None;
                 tracing::warn!(
