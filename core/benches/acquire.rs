@@ -21,6 +21,7 @@ use criterion::{criterion_group, criterion_main, BatchSize, BenchmarkId, Criteri
 use ipnet::IpNet;
 use rand::{Rng, SeedableRng};
 use weft_core::allocator::{AllocEvent, Allocator, AllocatorConfig};
+use weft_core::config::BackendType;
 use weft_core::lease::{decode_all, LeaseAttrs};
 use weft_core::lease_table::LeaseTable;
 use weft_core::store::subnets_prefix;
@@ -57,7 +58,11 @@ fn populated(n: usize) -> StoreModel {
         let key = format!("{sp}{}-{}", subnet.network(), subnet.prefix_len());
         let ip = Ipv4Addr::from(0xC000_0000u32 + made as u32);
         if store
-            .create(&key, &LeaseAttrs::new(ip, "udp").encode(), Some(TTL))
+            .create(
+                &key,
+                &LeaseAttrs::new(ip, BackendType::Udp).encode(),
+                Some(TTL),
+            )
             .is_ok()
         {
             made += 1;
@@ -67,7 +72,7 @@ fn populated(n: usize) -> StoreModel {
 }
 
 fn config() -> AllocatorConfig {
-    AllocatorConfig::new(space(), Ipv4Addr::new(198, 51, 100, 1), "udp")
+    AllocatorConfig::new(space(), Ipv4Addr::new(198, 51, 100, 1), BackendType::Udp)
 }
 
 fn create(store: &RefCell<StoreModel>, op: StoreOp) -> (String, weft_core::store::Entry) {
@@ -141,7 +146,9 @@ fn bench(c: &mut Criterion) {
                         }
                         let s = free[rng.random_range(0..free.len())];
                         let key = format!("{sp}{}-{}", s.network(), s.prefix_len());
-                        let value = LeaseAttrs::new(Ipv4Addr::new(198, 51, 100, 1), "udp").encode();
+                        let value =
+                            LeaseAttrs::new(Ipv4Addr::new(198, 51, 100, 1), BackendType::Udp)
+                                .encode();
                         store.borrow_mut().create(&key, &value, Some(TTL)).unwrap();
                         *last_key.borrow_mut() = Some(key);
                     },

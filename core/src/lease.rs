@@ -12,6 +12,7 @@ use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
+use crate::config::BackendType;
 use crate::store::{Entry, Revision};
 use crate::time::Timestamp;
 
@@ -185,12 +186,13 @@ pub struct LeaseAttrs {
 }
 
 impl LeaseAttrs {
-    /// Attributes of a node with public IP `public_ip` running `backend_type`.
-    pub fn new(public_ip: Ipv4Addr, backend_type: &str) -> Self {
+    /// Attributes of a node with public IP `public_ip` running `backend`, with the
+    /// `BackendType` flanneld records for it (none for udp and alloc).
+    pub fn new(public_ip: Ipv4Addr, backend: BackendType) -> Self {
         LeaseAttrs {
             public_ip,
             public_ipv6: None,
-            backend_type: Some(backend_type.to_string()),
+            backend_type: backend.lease_type().map(str::to_string),
             backend_data: None,
             backend_v6_data: None,
         }

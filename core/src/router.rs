@@ -221,7 +221,7 @@ mod tests {
     fn lease(subnet: &str, ip: [u8; 4]) -> Lease {
         Lease {
             key: LeaseKey::v4(subnet.parse().unwrap()),
-            attrs: LeaseAttrs::new(Ipv4Addr::from(ip), "udp"),
+            attrs: LeaseAttrs::new(Ipv4Addr::from(ip), crate::config::BackendType::Udp),
             expires_at: None,
             create_revision: 1,
             mod_revision: 1,

@@ -15,6 +15,7 @@ use std::time::Duration;
 
 use support::{ip, space, PREFIX};
 use weft_core::allocator::{AllocEvent, AllocatorConfig};
+use weft_core::config::BackendType;
 use weft_core::node::{Node, NodeConfig, NodeEvent, StoreOp};
 use weft_core::store::{subnets_prefix, StoreModel};
 use weft_core::Timestamp;
@@ -40,7 +41,7 @@ struct Solo {
 impl Solo {
     fn new(offset_ms: i64) -> Self {
         let now = Timestamp::from_millis(1_700_000_000_000);
-        let mut alloc = AllocatorConfig::new(space("10.5.0.0/16", 24), ip(1), "udp");
+        let mut alloc = AllocatorConfig::new(space("10.5.0.0/16", 24), ip(1), BackendType::Udp);
         alloc.lease_ttl = TTL;
         alloc.renew_margin = MARGIN;
         let config = NodeConfig {

@@ -5,7 +5,8 @@
 //! backends (alloc; udp: the TUN device and the UDP socket of flannel's udp backend),
 //! programs addresses, links and routes over netlink (the `rtnetlink` crate, never by
 //! running `ip`), picks the external interface, and enters network namespaces so that
-//! `weft lab` can run many nodes in one process.
+//! `weft lab` can run many nodes in one process; [`nft`] keeps weft's own nftables
+//! table (masquerade and forward rules).
 //!
 //! On top of those: [`daemon`], the shell that runs one `weft_core::node::Node` on a
 //! host (its store operations through `weft_stores::NodeDriver`, its backend, its
@@ -19,6 +20,7 @@ pub mod iface;
 pub mod lab;
 pub mod netlink;
 pub mod netns;
+pub mod nft;
 
 /// Why a datapath operation failed. Each message names its cause once: the OS's or the
 /// kernel's answer is part of the message, not a separate `source()`, so that a chain

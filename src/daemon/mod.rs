@@ -13,6 +13,7 @@ use tokio::sync::watch;
 use weft_core::store::Store;
 use weft_datapath::daemon::{network_config, run_node, NodeSetup, NodeStatus};
 use weft_datapath::iface::IfaceSelector;
+use weft_datapath::nft::FirewallSettings;
 use weft_stores::OpenError;
 
 use crate::etcd_args::EtcdArgs;
@@ -71,20 +72,27 @@ pub struct DaemonArgs {
     /// The TTL of the lease, in seconds (flannel: 24 h).
     #[arg(long, default_value_t = 24 * 3600)]
     pub subnet_lease_ttl: u64,
-    /// Record FLANNEL_IPMASQ=true in subnet.env.
+    /// Masquerade traffic from the overlay leaving it (IPv4, and IPv6 when the network
+    /// has an IPv6 half), with rules in weft's nftables table `inet weft`; records
+    /// FLANNEL_IPMASQ=true in subnet.env. Needs nft (Debian's nftables).
     #[arg(long, env = "FLANNELD_IP_MASQ")]
     pub ip_masq: bool,
+    /// Masquerade without `fully-random` port selection.
+    #[arg(long, env = "FLANNELD_IP_MASQ_FULLY_RANDOM_DISABLE")]
+    pub ip_masq_fully_random_disable: bool,
     /// The address of the health server (/healthz, /readyz, /metrics).
     #[arg(long, env = "FLANNELD_HEALTHZ_IP", default_value = "0.0.0.0")]
     pub healthz_ip: std::net::IpAddr,
     /// The port of the health server; 0 (the default) runs none.
     #[arg(long, env = "FLANNELD_HEALTHZ_PORT", default_value_t = 0)]
     pub healthz_port: u16,
-    /// flanneld's iptables resync period, in seconds: accepted; weft installs no
-    /// iptables rules yet.
-    #[arg(long, env = "FLANNELD_IPTABLES_RESYNC", default_value_t = 5)]
+    /// How often, in seconds, weft's nftables table is checked, and restored when someone
+    /// flushed, changed or deleted it.
+    #[arg(long, env = "FLANNELD_IPTABLES_RESYNC", default_value_t = 5,
+          value_parser = clap::value_parser!(u64).range(1..))]
     pub iptables_resync: u64,
-    /// flanneld's FORWARD accept rules: accepted; weft installs no iptables rules yet.
+    /// Accept forwarding to and from the overlay network (a forward chain in weft's
+    /// nftables table; it cannot overrule another table's drop policy).
     #[arg(long, env = "FLANNELD_IPTABLES_FORWARD_RULES", default_value_t = true,
           action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
     pub iptables_forward_rules: bool,
@@ -226,7 +234,12 @@ pub async fn run(args: DaemonArgs) -> Result<()> {
         public_ip: args.public_ip,
         public_ipv6: args.public_ipv6,
         subnet_file: args.subnet_file,
-        ip_masq: args.ip_masq,
+        firewall: FirewallSettings {
+            ip_masq: args.ip_masq,
+            fully_random: !args.ip_masq_fully_random_disable,
+            forward_rules: args.iptables_forward_rules,
+            resync: Duration::from_secs(args.iptables_resync),
+        },
         lease_ttl: Duration::from_secs(args.subnet_lease_ttl.max(1)),
         renew_margin: Duration::from_secs(args.subnet_lease_renew_margin * 60),
         tun_name: args.tun_name,

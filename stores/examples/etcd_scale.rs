@@ -36,6 +36,7 @@ use etcd_client::{Client, Compare, CompareOp, GetOptions, PutOptions, Txn, TxnOp
 use ipnet::{IpNet, Ipv4Net};
 use rand::Rng;
 use weft_core::allocator::{AllocEvent, AllocatorConfig};
+use weft_core::config::BackendType;
 use weft_core::lease::{decode_all, LeaseAttrs};
 use weft_core::node::{NodeConfig, NodeEvent};
 use weft_core::store::{subnets_prefix, Store};
@@ -177,7 +178,7 @@ async fn weft(args: &Args, space: SubnetSpace) -> Report {
     let start = Instant::now();
     let mut tasks = tokio::task::JoinSet::new();
     for (i, store) in stores.into_iter().enumerate() {
-        let alloc = AllocatorConfig::new(space, public_ip(i), "alloc");
+        let alloc = AllocatorConfig::new(space, public_ip(i), BackendType::Alloc);
         let config = NodeConfig {
             prefix: PREFIX.to_string(),
             alloc,
@@ -272,7 +273,7 @@ async fn flannel_node(
     ip: Ipv4Addr,
 ) -> (Ipv4Net, u64, u64, i64) {
     let sp = subnets_prefix(PREFIX);
-    let value = LeaseAttrs::new(ip, "alloc").encode();
+    let value = LeaseAttrs::new(ip, BackendType::Alloc).encode();
     let (mut round_trips, mut conflicts) = (0, 0);
     loop {
         round_trips += 1;

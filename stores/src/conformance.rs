@@ -633,7 +633,11 @@ pub async fn renew_of_replaced_lease_is_conflict<B: TestBackend>(b: &B) {
 pub async fn malformed_values_are_listed_raw<B: TestBackend>(b: &B) {
     let s = b.store();
     let subnets = format!("{}subnets/", prefix("malformed"));
-    let good = LeaseAttrs::new(Ipv4Addr::new(192, 0, 2, 2), "vxlan").encode();
+    let good = LeaseAttrs::new(
+        Ipv4Addr::new(192, 0, 2, 2),
+        weft_core::config::BackendType::Vxlan,
+    )
+    .encode();
     let writes: [(&str, &[u8]); 4] = [
         ("10.5.1.0-24", &good),
         ("10.5.2.0-24", b"not json"),

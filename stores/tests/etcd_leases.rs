@@ -35,7 +35,11 @@ async fn a_hundred_renewals_leave_exactly_one_etcd_lease() {
     else {
         return;
     };
-    let value = LeaseAttrs::new("192.0.2.1".parse().expect("ip"), "vxlan").encode();
+    let value = LeaseAttrs::new(
+        "192.0.2.1".parse().expect("ip"),
+        weft_core::config::BackendType::Vxlan,
+    )
+    .encode();
     let mut entry = store.create(KEY, &value, Some(DAY)).await.expect("create");
     for _ in 0..100 {
         entry = store
@@ -217,7 +221,7 @@ async fn a_node_takes_the_reservation_of_its_public_ip_and_keeps_it_lease_less()
     let alloc = AllocatorConfig::new(
         config.ipv4_space().expect("v4"),
         "192.0.2.77".parse().expect("ip"),
-        "alloc",
+        weft_core::config::BackendType::Alloc,
     );
     let node_config = NodeConfig {
         prefix: "/coreos.com/network".to_string(),

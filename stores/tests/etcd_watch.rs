@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use weft_core::allocator::{AllocEvent, AllocatorConfig};
+use weft_core::config::BackendType;
 use weft_core::lease::LeaseAttrs;
 use weft_core::node::{NodeConfig, NodeEvent};
 use weft_core::router::RouteChange;
@@ -195,7 +196,7 @@ async fn a_peer_lease_one_revision_after_our_own_is_routed() {
     let config = NetworkConfig::parse(r#"{"Network":"10.5.0.0/16","Backend":{"Type":"alloc"}}"#)
         .expect("config");
     let space = config.ipv4_space().expect("v4");
-    let alloc = AllocatorConfig::new(space, Ipv4Addr::new(192, 0, 2, 1), "alloc");
+    let alloc = AllocatorConfig::new(space, Ipv4Addr::new(192, 0, 2, 1), BackendType::Alloc);
     let node_config = NodeConfig {
         prefix: "/coreos.com/network".to_string(),
         alloc,
@@ -219,7 +220,7 @@ async fn a_peer_lease_one_revision_after_our_own_is_routed() {
     let peer = store
         .put(
             &format!("/coreos.com/network/subnets/{peer_subnet}"),
-            &LeaseAttrs::new(Ipv4Addr::new(192, 0, 2, 2), "alloc").encode(),
+            &LeaseAttrs::new(Ipv4Addr::new(192, 0, 2, 2), BackendType::Alloc).encode(),
         )
         .await
         .expect("peer lease");

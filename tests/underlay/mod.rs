@@ -208,6 +208,43 @@ impl Underlay {
         });
     }
 
+    /// A namespace standing in for the world outside the overlay: on the underlay's
+    /// 198.51.100.0/24 bridge at `ip`, its default route via the underlay router, which
+    /// knows no route to the overlay. Returns the namespace.
+    pub fn add_outside(&mut self, ip: Ipv4Addr) -> String {
+        let ns = self.add_ns("out");
+        let ul = format!("{}ul", self.prefix);
+        run(
+            "ip",
+            &[
+                "-n", &ul, "link", "add", "out", "type", "veth", "peer", "name", "eth0", "netns",
+                &ns,
+            ],
+        );
+        run(
+            "ip",
+            &["-n", &ul, "link", "set", "out", "master", "br1", "up"],
+        );
+        run(
+            "ip",
+            &["-n", &ns, "addr", "add", &format!("{ip}/24"), "dev", "eth0"],
+        );
+        run("ip", &["-n", &ns, "link", "set", "eth0", "up"]);
+        run(
+            "ip",
+            &[
+                "-n",
+                &ns,
+                "route",
+                "add",
+                "default",
+                "via",
+                "198.51.100.254",
+            ],
+        );
+        ns
+    }
+
     /// Writes the network config into etcd with `weft config set`.
     pub fn set_config(&self, config: &str) {
         let path = self.dir.path().join("net-conf.json");
@@ -227,6 +264,16 @@ impl Underlay {
     /// Starts host `i`'s daemon (1-based) and waits for its subnet.env; returns its
     /// subnet.
     pub fn start(&mut self, i: usize) -> ipnet::Ipv4Net {
+        self.start_with(i, &[])
+    }
+
+    /// [`Underlay::start`], with more `weft daemon` flags.
+    pub fn start_with(&mut self, i: usize, flags: &[&str]) -> ipnet::Ipv4Net {
+        self.start_env(i, flags, &[])
+    }
+
+    /// [`Underlay::start_with`], with variables in the daemon's environment.
+    pub fn start_env(&mut self, i: usize, flags: &[&str], env: &[(&str, &str)]) -> ipnet::Ipv4Net {
         let store = self.store.clone();
         let dir = self.dir.path().to_path_buf();
         let h = &mut self.hosts[i - 1];
@@ -235,7 +282,12 @@ impl Underlay {
         h.log = dir.join(format!("h{i}.{}.log", h.starts));
         let _ = std::fs::remove_file(&h.env);
         let log = std::fs::File::create(&h.log).unwrap();
-        let child = Command::new("ip")
+        // By its path: a test may give the daemon a PATH without ip (or nft).
+        let ip = ["/usr/sbin/ip", "/sbin/ip", "/usr/bin/ip"]
+            .into_iter()
+            .find(|p| std::path::Path::new(p).exists())
+            .unwrap_or("ip");
+        let child = Command::new(ip)
             .args(["netns", "exec", &h.ns, env!("CARGO_BIN_EXE_weft"), "daemon"])
             .args([
                 "--store",
@@ -245,10 +297,12 @@ impl Underlay {
                 "--subnet-lease-ttl",
                 "600",
             ])
+            .args(flags)
             .arg("--subnet-file")
             .arg(&h.env)
             .env("WEFT_LOG", "info")
             .env("NO_COLOR", "1")
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log)

@@ -16,6 +16,7 @@ use std::time::Duration;
 use ipnet::IpNet;
 use rand_chacha::ChaCha8Rng;
 
+use crate::config::BackendType;
 use crate::lease::{Lease, LeaseAttrs, LeaseKey, RawJson};
 use crate::store::{StoreError, StoreOp};
 use crate::subnet::SubnetSpace;
@@ -47,8 +48,9 @@ pub struct AllocatorConfig {
     pub public_ip: Ipv4Addr,
     /// The node's public IPv6 address.
     pub public_ipv6: Option<Ipv6Addr>,
-    /// The backend type recorded in the lease.
-    pub backend_type: String,
+    /// The backend type recorded in the lease (`None`: left out, as flanneld's udp and
+    /// alloc backends do; see [`BackendType::lease_type`]).
+    pub backend_type: Option<String>,
     /// The backend data recorded in the lease.
     pub backend_data: Option<RawJson>,
     /// The TTL of a new or renewed lease.
@@ -64,14 +66,14 @@ pub struct AllocatorConfig {
 }
 
 impl AllocatorConfig {
-    /// A config with flannel's defaults for a node with `public_ip`.
-    pub fn new(v4_space: SubnetSpace, public_ip: Ipv4Addr, backend_type: &str) -> Self {
+    /// A config with flannel's defaults for a node with `public_ip` running `backend`.
+    pub fn new(v4_space: SubnetSpace, public_ip: Ipv4Addr, backend: BackendType) -> Self {
         AllocatorConfig {
             v4_space,
             v6_space: None,
             public_ip,
             public_ipv6: None,
-            backend_type: backend_type.to_string(),
+            backend_type: backend.lease_type().map(str::to_string),
             backend_data: None,
             lease_ttl: DEFAULT_LEASE_TTL,
             renew_margin: DEFAULT_RENEW_MARGIN,
@@ -85,7 +87,7 @@ impl AllocatorConfig {
         LeaseAttrs {
             public_ip: self.public_ip,
             public_ipv6: self.public_ipv6,
-            backend_type: Some(self.backend_type.clone()),
+            backend_type: self.backend_type.clone(),
             backend_data: self.backend_data.clone(),
             backend_v6_data: None,
         }

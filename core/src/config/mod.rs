@@ -99,6 +99,16 @@ impl BackendType {
         Self::ALL.into_iter().find(|kind| kind.as_str() == name)
     }
 
+    /// The `BackendType` flanneld records in its lease for this backend: none for udp
+    /// and alloc, whose `RegisterNetwork` fills in only the public IP, the name for the
+    /// others. Matching it keeps a weft lease byte-identical to flanneld's.
+    pub fn lease_type(self) -> Option<&'static str> {
+        match self {
+            BackendType::Alloc | BackendType::Udp => None,
+            BackendType::Vxlan | BackendType::HostGw => Some(self.as_str()),
+        }
+    }
+
     /// Bytes of encapsulation overhead: the overlay MTU is the underlay MTU minus this.
     pub fn overhead(self) -> u32 {
         match self {

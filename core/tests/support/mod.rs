@@ -9,6 +9,7 @@ use std::net::Ipv4Addr;
 use std::time::Duration;
 
 use weft_core::allocator::{AllocEvent, AllocatorConfig};
+use weft_core::config::BackendType;
 use weft_core::lease::{decode_all, Lease, LeaseKey};
 use weft_core::node::{Node, NodeConfig, NodeEvent, OpId, StoreOp, StoreOutput};
 use weft_core::store::{subnets_prefix, StoreError, StoreModel};
@@ -116,7 +117,7 @@ impl Cluster {
         if self.nodes.contains_key(&ip) {
             return;
         }
-        let mut alloc = AllocatorConfig::new(self.space, ip, "alloc");
+        let mut alloc = AllocatorConfig::new(self.space, ip, BackendType::Alloc);
         alloc.lease_ttl = self.ttl;
         alloc.renew_margin = self.margin;
         alloc.previous = self.subnet_files.get(&ip).copied();

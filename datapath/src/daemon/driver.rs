@@ -1,7 +1,13 @@
 //! The daemon's shell around a node: the shared [`NodeDriver`] performs its store
 //! operations and timeouts; this file acts on what the node says -- the subnet file, the
-//! backend, logs, the published [`NodeStatus`], systemd's notifications -- and stops on
-//! request.
+//! backend, weft's nftables table, logs, the published [`NodeStatus`], systemd's
+//! notifications -- and stops on request.
+//!
+//! The nftables table is installed for each lease acquired, checked every
+//! `--iptables-resync` seconds (restored when someone flushed or deleted it) and removed
+//! when the node stops. A failure there (no nft, a kernel without NAT) does not stop the
+//! node, whose overlay works without it: it is logged -- once until it changes --,
+//! counted (`firewall_failed`), reported in the status, and retried at the next resync.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -19,6 +25,7 @@ use weft_stores::NodeDriver;
 
 use super::{subnet_file, DaemonError, NodeStatus};
 use crate::backend::Backend;
+use crate::nft::{Firewall, NftError, Resync};
 
 /// How often the backend's counters are sampled into the status (see `status`).
 const COUNTER_SAMPLE: Duration = Duration::from_millis(250);
@@ -44,6 +51,9 @@ pub struct Driver {
     name: String,
     driver: NodeDriver,
     backend: Box<dyn Backend>,
+    firewall: Firewall,
+    /// The last firewall error logged, so that one that repeats is logged once.
+    firewall_error: Option<NftError>,
     subnet_file: SubnetFileSettings,
     ready: bool,
     status: watch::Sender<NodeStatus>,
@@ -54,6 +64,7 @@ impl Driver {
         name: String,
         driver: NodeDriver,
         backend: Box<dyn Backend>,
+        firewall: Firewall,
         subnet_file: SubnetFileSettings,
         status: watch::Sender<NodeStatus>,
     ) -> Self {
@@ -61,6 +72,8 @@ impl Driver {
             name,
             driver,
             backend,
+            firewall,
+            firewall_error: None,
             subnet_file,
             ready: false,
             status,
@@ -77,6 +90,11 @@ impl Driver {
                 kind,
                 cause,
             })?;
+        // The rules before subnet.env, as flanneld orders them: a container started
+        // as soon as the file appears is masqueraded from its first packet.
+        if self.firewall.enabled() {
+            self.install_firewall(&lease.key).await;
+        }
         let s = &self.subnet_file;
         let env = SubnetEnv::for_lease(s.network, s.ipv6_network, &lease.key, s.mtu, s.ip_masq);
         // subnet_file keeps the binary's anyhow errors (see the crate's Cargo.toml).
@@ -161,6 +179,55 @@ impl Driver {
         Ok(())
     }
 
+    /// Installs weft's table for our lease `key`.
+    async fn install_firewall(&mut self, key: &weft_core::lease::LeaseKey) {
+        match self.firewall.install(key).await {
+            Ok(()) => {
+                let after_failure = self.firewall_error.take().is_some();
+                tracing::info!(table = crate::nft::TABLE, spec = ?self.firewall.spec_for(key), after_failure, "installed the nftables table");
+                self.status
+                    .send_modify(|s| s.count("firewall_applied", None));
+            }
+            Err(e) => self.firewall_failed(e),
+        }
+    }
+
+    /// Logs (once until it changes), counts and reports a firewall error.
+    fn firewall_failed(&mut self, e: NftError) {
+        if self.firewall_error.as_ref() != Some(&e) {
+            tracing::warn!(error = %e, "the nftables table is not in place; retrying at every resync");
+        }
+        self.status.send_modify(|s| {
+            s.count("firewall_failed", None);
+            s.report(e.to_string());
+        });
+        self.firewall_error = Some(e);
+    }
+
+    /// Checks weft's table, restoring it when it is gone or changed; retries an
+    /// install that failed.
+    async fn resync_firewall(&mut self) {
+        let failed = self.firewall_error.is_some();
+        if let (true, Some(lease)) = (failed, self.driver.node().lease()) {
+            let key = lease.key;
+            self.install_firewall(&key).await;
+            return;
+        }
+        match self.firewall.resync().await {
+            Ok(Resync::Restored) => {
+                self.firewall_error = None;
+                tracing::warn!(
+                    table = crate::nft::TABLE,
+                    "the nftables table was missing or changed; restored it"
+                );
+                self.status
+                    .send_modify(|s| s.count("firewall_restored", None));
+            }
+            Ok(Resync::Intact | Resync::Idle) => {}
+            Err(e) => self.firewall_failed(e),
+        }
+    }
+
     /// Hands the backend the node's new forwarding table (before the events that go
     /// with it, so that a datapath started for a new lease forwards by it at once), then
     /// acts on every event, then publishes what changed.
@@ -187,6 +254,11 @@ impl Driver {
         let result = self.event_loop(&mut shutdown).instrument(span).await;
         if result.is_ok() {
             super::notify::stopping();
+        }
+        if let Err(e) = self.firewall.remove().await {
+            tracing::warn!(error = %e, "cannot remove the nftables table");
+        } else if self.firewall.enabled() {
+            tracing::info!(table = crate::nft::TABLE, "removed the nftables table");
         }
         let kind = self.backend.kind().as_str();
         let stopped = self
@@ -219,9 +291,16 @@ impl Driver {
             interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             interval
         });
+        let mut resync = self.firewall.enabled().then(|| {
+            let every = self.firewall.resync_every();
+            let mut interval = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+            interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            interval
+        });
         loop {
             self.drain().await?;
             tokio::select! {
+                () = tick(&mut resync) => self.resync_firewall().await,
                 () = self.driver.step() => {}
                 _ = sample.tick() => {
                     let counters = self.backend.counters();

@@ -3,7 +3,8 @@
 //! [`run_node`] picks the external interface, builds the node and the backend the
 //! network config names, and hands both to the shell (`driver`): the shared
 //! [`weft_stores::NodeDriver`] performs the node's store operations and timeouts; the
-//! shell writes `subnet.env` whenever the lease changes, passes routes and forwarding
+//! shell writes `subnet.env` whenever the lease changes, installs weft's nftables table
+//! for it (masquerade, forward rules; `crate::nft`), passes routes and forwarding
 //! tables to the backend, and publishes a [`NodeStatus`] on every change. `weft daemon`
 //! runs one node (the binary turns its flags into a [`NodeSetup`]); `weft lab` runs one
 //! per namespace, all in one process, and watches their status.
@@ -29,6 +30,7 @@ use weft_stores::NodeDriver;
 use crate::backend::BackendSetup;
 use crate::iface::IfaceSelector;
 use crate::netlink::Netlink;
+use crate::nft::{Firewall, FirewallSettings};
 use crate::DatapathError;
 use driver::{Driver, SubnetFileSettings};
 pub use status::{LeaseStatus, NodeState, NodeStatus, RouteStatus};
@@ -114,8 +116,9 @@ pub struct NodeSetup {
     pub public_ipv6: Option<Ipv6Addr>,
     /// subnet.env's path.
     pub subnet_file: PathBuf,
-    /// FLANNEL_IPMASQ.
-    pub ip_masq: bool,
+    /// FLANNEL_IPMASQ, and the masquerade and forward rules of weft's nftables table
+    /// (`ip_masq` there is the same flag).
+    pub firewall: FirewallSettings,
     /// The lease TTL.
     pub lease_ttl: Duration,
     /// The renewal margin.
@@ -165,6 +168,22 @@ pub async fn network_config(
         }
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
+}
+
+/// The rules the node's table holds: the flags', except with the alloc backend, which
+/// moves no packets and so gets no rules (flanneld installs them whatever the
+/// backend; weft's alloc is allocation only, and a daemon run for its leases alone --
+/// tests among them -- should not rewrite the host's firewall).
+fn firewall_settings(setup: &NodeSetup) -> FirewallSettings {
+    let mut settings = setup.firewall.clone();
+    if setup.config.backend.kind == BackendType::Alloc {
+        if settings.ip_masq {
+            tracing::warn!("the alloc backend moves no packets: no masquerade rules are installed for it (FLANNEL_IPMASQ=true is still written, as asked)");
+        }
+        settings.ip_masq = false;
+        settings.forward_rules = false;
+    }
+    settings
 }
 
 /// Runs one node until `shutdown` turns true (or it fails), publishing its status on
@@ -254,12 +273,14 @@ async fn start_and_run(
         network: config.network,
         ipv6_network: config.ipv6_network,
         mtu,
-        ip_masq: setup.ip_masq,
+        ip_masq: setup.firewall.ip_masq,
     };
+    let firewall = Firewall::new(setup.netns.clone(), firewall_settings(&setup), config);
     Driver::new(
         setup.name,
         NodeDriver::new(setup.store, node),
         backend,
+        firewall,
         subnet_file,
         status.clone(),
     )

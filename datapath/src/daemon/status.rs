@@ -116,7 +116,9 @@ pub struct NodeStatus {
     pub lease_expires_at_ms: Option<u64>,
     /// What the node reported so far, by kind: `acquired`, `acquire_failed`, `renewed`,
     /// `renew_failed`, `lost`, `synced` (listings: the first and every re-list),
-    /// `store_failed` (a listing or watch that failed).
+    /// `store_failed` (a listing or watch that failed), and for weft's nftables table
+    /// `firewall_applied`, `firewall_restored` (found flushed, changed or deleted, and
+    /// put back), `firewall_failed` (nft missing or refusing).
     #[serde(default)]
     pub events: BTreeMap<String, u64>,
     /// Store errors the node saw, by kind (`unavailable`, `timeout`, `conflict`, …).

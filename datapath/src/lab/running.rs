@@ -195,7 +195,7 @@ impl Running {
             public_ip: None,
             public_ipv6: None,
             subnet_file: self.dir.join(name).join("subnet.env"),
-            ip_masq: false,
+            firewall: crate::nft::FirewallSettings::none(),
             lease_ttl: self.spec.lease_ttl,
             renew_margin: self.spec.renew_margin,
             tun_name: "weft0".into(),

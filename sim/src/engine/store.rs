@@ -236,7 +236,7 @@ impl World {
     /// An operator writes a reservation (a lease without TTL) of `subnet` for `ip`.
     pub fn operator_reserve(&mut self, subnet: ipnet::Ipv4Net, ip: std::net::Ipv4Addr) {
         let key = format!("{}{}", self.subnets_prefix, LeaseKey::v4(subnet));
-        let attrs = LeaseAttrs::new(ip, self.cfg.network.backend.kind.as_str());
+        let attrs = LeaseAttrs::new(ip, self.cfg.network.backend.kind);
         let written = if self.store_down {
             Err(outage())
         } else {
