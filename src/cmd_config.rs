@@ -53,7 +53,35 @@ pub fn describe(config: &NetworkConfig) -> String {
         );
     }
     out.push('\n');
+    out += &format!("devices: {}\n", devices(config));
     out
+}
+
+/// What the configured backend creates on each node, as `weft daemon` creates it.
+fn devices(config: &NetworkConfig) -> String {
+    let b = &config.backend;
+    match b.kind {
+        BackendType::Udp => format!(
+            "a TUN device (weft0, --tun-name) and a UDP socket on port {}; routes to the network through the TUN device",
+            b.port
+        ),
+        BackendType::Vxlan => {
+            let vni = b.vni.unwrap_or(1);
+            let direct = if b.vxlan.is_some_and(|v| v.direct_routing) {
+                "; peers on the interface's own network get a plain route via their public IP (DirectRouting)"
+            } else {
+                ""
+            };
+            format!(
+                "a vxlan device flannel.{vni} (VNI {vni}, UDP port {}, nolearning) with this node's subnet address /32; per peer a neighbour, an FDB entry and a route{direct}",
+                b.port
+            )
+        }
+        BackendType::HostGw => {
+            "none; per peer a route `subnet via its public IP` on the external interface (peers must share its network)".to_string()
+        }
+        BackendType::Alloc => "none (leases only)".to_string(),
+    }
 }
 
 /// `weft config check FILE`.

@@ -90,6 +90,10 @@ pub struct UpArgs {
     /// The network config (flannel net-conf.json). Default: 10.5.0.0/16 in /24s, udp.
     #[arg(long)]
     net_config_path: Option<PathBuf>,
+    /// The backend, replacing the config's `Backend.Type` (and its options):
+    /// udp, vxlan, host-gw or alloc.
+    #[arg(long, value_parser = ["udp", "vxlan", "host-gw", "alloc"])]
+    backend: Option<String>,
     /// Lease TTL in seconds.
     #[arg(long, default_value_t = 24 * 3600)]
     subnet_lease_ttl: u64,
@@ -98,10 +102,28 @@ pub struct UpArgs {
     prefix: String,
 }
 
+/// `config` with `"Backend": {"Type": kind}` (the other backend's options dropped).
+fn with_backend(config: &str, kind: &str) -> Result<String> {
+    let mut value: serde_json::Value =
+        serde_json::from_str(config).context("the network config is not JSON")?;
+    let Some(object) = value.as_object_mut() else {
+        bail!("the network config is not a JSON object");
+    };
+    object.insert("Backend".into(), serde_json::json!({ "Type": kind }));
+    Ok(value.to_string())
+}
+
 async fn up(args: UpArgs) -> Result<()> {
     let config_text = match &args.net_config_path {
         Some(path) => Some(crate::cmd_config::load(path)?.0),
         None => None,
+    };
+    let config_text = match &args.backend {
+        Some(kind) => Some(with_backend(
+            config_text.as_deref().unwrap_or(lab::spec::DEFAULT_CONFIG),
+            kind,
+        )?),
+        None => config_text,
     };
     let spec = LabSpec::generated(
         args.nodes,

@@ -41,9 +41,33 @@ fn flannel_documented_examples_are_accepted_with_a_summary() {
         "{text}"
     );
 
+    assert!(
+        text.contains("devices: a TUN device (weft0, --tun-name) and a UDP socket on port 8285"),
+        "{text}"
+    );
+
     let out = check(r#"{"Network":"10.244.0.0/16","Backend":{"Type":"vxlan"}}"#);
     assert!(out.status.success(), "{out:?}");
-    assert!(String::from_utf8_lossy(&out.stdout).contains("vxlan* 1450"));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("vxlan* 1450"), "{text}");
+    assert!(
+        text.contains("devices: a vxlan device flannel.1 (VNI 1, UDP port 8472, nolearning)"),
+        "{text}"
+    );
+    let out = check(
+        r#"{"Network":"10.244.0.0/16","Backend":{"Type":"vxlan","VNI":4096,"Port":4789,"DirectRouting":true}}"#,
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("flannel.4096 (VNI 4096, UDP port 4789") && text.contains("DirectRouting"),
+        "{text}"
+    );
+    let out = check(r#"{"Network":"10.244.0.0/16","Backend":{"Type":"host-gw"}}"#);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("host-gw* 1500") && text.contains("devices: none; per peer a route"),
+        "{text}"
+    );
 }
 
 #[test]

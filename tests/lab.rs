@@ -29,10 +29,39 @@ fn fnv(hash: &mut u64, bytes: &[u8]) {
 
 #[test]
 fn three_nodes_full_mesh_ping_and_a_100_mb_tcp_transfer() {
-    if !can_run_lab("three_nodes_full_mesh_ping_and_a_100_mb_tcp_transfer") {
+    full_mesh_and_transfer("udp");
+}
+
+#[test]
+fn three_vxlan_nodes_full_mesh_ping_and_a_100_mb_tcp_transfer() {
+    full_mesh_and_transfer("vxlan");
+}
+
+#[test]
+fn three_host_gw_nodes_full_mesh_ping_and_a_100_mb_tcp_transfer() {
+    full_mesh_and_transfer("host-gw");
+}
+
+/// `weft lab up --backend BACKEND` with three nodes: every container pings every other,
+/// and 100 MB cross the overlay intact.
+fn full_mesh_and_transfer(backend: &str) {
+    if !can_run_lab(&format!("full mesh and transfer over {backend}")) {
         return;
     }
-    let lab = Lab::up(3, &[]);
+    let lab = Lab::up(3, &["--backend", backend]);
+    let status = lab.node_status("n1");
+    assert_eq!(status.backend.as_deref(), Some(backend), "{status:?}");
+    // The device the backend forwards through, as flannel names it.
+    let device = match backend {
+        "udp" => Some("weft0"),
+        "vxlan" => Some("flannel.1"),
+        _ => None,
+    };
+    if let Some(device) = device {
+        lab.wait_status("n1", device, |s| {
+            s.device.as_ref().is_some_and(|d| d.name == device)
+        });
+    }
     let containers = lab.containers();
     assert_eq!(containers.len(), 3);
     for from in &containers {
