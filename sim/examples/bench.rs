@@ -39,6 +39,7 @@ fn world(network: &str, ttl: Duration, margin: Duration, watches: bool, seed: u6
         trace: false,
         trace_routes: false,
         check: true,
+        check_routes: true,
         full_containers: false,
     })
 }

@@ -66,6 +66,24 @@ impl Allocator {
         format!("{}{}", self.subnets_prefix, key)
     }
 
+    /// Whether `full` is the store key of `key`: [`Allocator::full_key`] without
+    /// building it, since every watch event of every peer is asked this.
+    pub(super) fn is_full_key(&self, full: &str, key: &LeaseKey) -> bool {
+        /// Matches what is written against the rest of `full`.
+        struct Rest<'a>(&'a str);
+        impl std::fmt::Write for Rest<'_> {
+            fn write_str(&mut self, s: &str) -> std::fmt::Result {
+                self.0 = self.0.strip_prefix(s).ok_or(std::fmt::Error)?;
+                Ok(())
+            }
+        }
+        let Some(rest) = full.strip_prefix(self.subnets_prefix.as_str()) else {
+            return false;
+        };
+        let mut rest = Rest(rest);
+        std::fmt::write(&mut rest, format_args!("{key}")).is_ok() && rest.0.is_empty()
+    }
+
     pub(super) fn backoff(&mut self, now: Timestamp) -> Timestamp {
         let delay = crate::timer::backoff(
             self.cfg.retry_min,

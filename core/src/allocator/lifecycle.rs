@@ -184,8 +184,12 @@ impl Allocator {
 
     /// A change seen by the watch (already applied to `table`).
     pub fn on_watch_event(&mut self, event: &WatchEvent, table: &LeaseTable, now: Timestamp) {
-        if let Some(lease) = self.lease.clone() {
-            if event.key() == self.full_key(&lease.key) {
+        let ours = self
+            .lease
+            .as_ref()
+            .is_some_and(|l| self.is_full_key(event.key(), &l.key));
+        if let Some(lease) = self.lease.clone().filter(|_| ours) {
+            {
                 match event {
                     WatchEvent::Delete { .. } => self.vanished(&lease, table, now),
                     WatchEvent::Put(entry) if entry.create_revision != lease.create_revision => {

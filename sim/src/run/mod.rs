@@ -123,6 +123,7 @@ pub fn run(path: &str, scenario: &Scenario, source: &str, opts: &RunOptions) -> 
         trace: true,
         trace_routes: scenario.trace_routes,
         check: true,
+        check_routes: scenario.check_routes_every_event,
         full_containers: true,
     });
     if let Some(limit) = scenario.store.history_limit {

@@ -84,6 +84,12 @@ pub struct Scenario {
     /// only leases, steps and checks (for large scenarios).
     #[serde(default = "yes")]
     pub trace_routes: bool,
+    /// Whether the invariant "a caught-up node routes to exactly the live leases" is
+    /// checked after every event (default), or only by `converged` expectations: the
+    /// check walks the node's routes, which for thousands of nodes costs more than the
+    /// run itself.
+    #[serde(default = "yes")]
+    pub check_routes_every_event: bool,
     /// The overlay network and lease timing.
     pub network: NetworkSection,
     /// The store's behaviour.
