@@ -48,13 +48,16 @@ pub struct RouteTable {
 }
 
 fn routes_of(lease: &Lease) -> impl Iterator<Item = Route> + '_ {
-    let v4 = Route {
+    std::iter::once(v4_route(lease)).chain(v6_route(lease))
+}
+
+fn v4_route(lease: &Lease) -> Route {
+    Route {
         subnet: IpNet::V4(lease.key.ipv4),
         public_ip: IpAddr::V4(lease.attrs.public_ip),
         backend_type: lease.attrs.backend_type.clone(),
         backend_data: lease.attrs.backend_data.clone(),
-    };
-    std::iter::once(v4).chain(v6_route(lease))
+    }
 }
 
 fn v6_route(lease: &Lease) -> Option<Route> {
@@ -87,7 +90,11 @@ impl RouteTable {
 
     /// Whether `lease` is a route: neither our lease nor one recording our address.
     pub fn is_route(&self, lease: &Lease) -> bool {
-        Some(lease.key) != self.own && Some(lease.attrs.public_ip) != self.own_ip
+        self.is_route_of(&lease.key, lease.attrs.public_ip)
+    }
+
+    fn is_route_of(&self, key: &LeaseKey, public_ip: Ipv4Addr) -> bool {
+        Some(*key) != self.own && Some(public_ip) != self.own_ip
     }
 
     /// The routes out of `table`.
@@ -163,22 +170,52 @@ impl<'a> Routes<'a> {
             .leases_by_v6()
             .filter(move |l| ex.is_route(l))
             .filter_map(v6_route);
-        v4.flat_map(|l| routes_of(l).take(1)).chain(v6)
+        v4.map(v4_route).chain(v6)
+    }
+
+    /// Every route as (subnet, peer's public IP), in the order of [`Routes::routes`],
+    /// without copying the backend data.
+    pub fn peers(&self) -> impl Iterator<Item = (IpNet, IpAddr)> + 'a {
+        let ex = self.exclusions;
+        let v4 = self
+            .table
+            .addresses()
+            .filter(move |(k, ip, _)| ex.is_route_of(k, *ip))
+            .map(|(k, ip, _)| (IpNet::V4(k.ipv4), IpAddr::V4(ip)));
+        let v6 = self
+            .table
+            .leases_by_v6()
+            .filter(move |l| ex.is_route(l))
+            .filter_map(|l| {
+                let (n, ip) = l.key.ipv6.zip(l.attrs.public_ipv6)?;
+                Some((IpNet::V6(n), IpAddr::V6(ip)))
+            });
+        v4.chain(v6)
     }
 
     /// The number of routes.
     pub fn len(&self) -> usize {
+        let routes =
+            |l: &Lease| 1 + usize::from(l.key.ipv6.is_some() && l.attrs.public_ipv6.is_some());
+        let all = self.table.len() + self.table.v6_routable();
+        // Less what the exclusions take away: the leases recording our address, and
+        // our own lease if it records another.
         let ex = self.exclusions;
-        self.table
-            .leases()
-            .filter(|l| ex.is_route(l))
-            .map(|l| 1 + usize::from(l.key.ipv6.is_some() && l.attrs.public_ipv6.is_some()))
-            .sum()
+        let by_ip: usize = ex
+            .own_ip
+            .map(|ip| self.table.by_public_ip(ip).map(routes).sum())
+            .unwrap_or(0);
+        let own = ex
+            .own
+            .and_then(|k| self.table.get(&k))
+            .filter(|l| Some(l.attrs.public_ip) != ex.own_ip)
+            .map_or(0, routes);
+        all - by_ip - own
     }
 
     /// Whether there are no routes.
     pub fn is_empty(&self) -> bool {
-        !self.table.leases().any(|l| self.exclusions.is_route(l))
+        self.len() == 0
     }
 
     /// The route whose subnet contains `dst`, if any.

@@ -26,6 +26,7 @@ impl Allocator {
             lease: None,
             conflicts: 0,
             recent_conflicts: BTreeSet::new(),
+            own_key: None,
             retries: 0,
             sent_at: None,
             deadline: None,
@@ -66,22 +67,18 @@ impl Allocator {
         format!("{}{}", self.subnets_prefix, key)
     }
 
-    /// Whether `full` is the store key of `key`: [`Allocator::full_key`] without
-    /// building it, since every watch event of every peer is asked this.
-    pub(super) fn is_full_key(&self, full: &str, key: &LeaseKey) -> bool {
-        /// Matches what is written against the rest of `full`.
-        struct Rest<'a>(&'a str);
-        impl std::fmt::Write for Rest<'_> {
-            fn write_str(&mut self, s: &str) -> std::fmt::Result {
-                self.0 = self.0.strip_prefix(s).ok_or(std::fmt::Error)?;
-                Ok(())
-            }
+    /// Whether `full` is the store key of our lease `key`. Every watch event of every
+    /// peer is asked this, so the key is written out once per lease, not per event.
+    pub(super) fn is_own_full_key(&mut self, full: &str, key: LeaseKey) -> bool {
+        self.own_full_key(key) == full
+    }
+
+    /// The store key of our lease `key`, written out once per lease.
+    pub(super) fn own_full_key(&mut self, key: LeaseKey) -> &str {
+        if self.own_key.as_ref().is_none_or(|(k, _)| *k != key) {
+            self.own_key = Some((key, self.full_key(&key)));
         }
-        let Some(rest) = full.strip_prefix(self.subnets_prefix.as_str()) else {
-            return false;
-        };
-        let mut rest = Rest(rest);
-        std::fmt::write(&mut rest, format_args!("{key}")).is_ok() && rest.0.is_empty()
+        self.own_key.as_ref().map_or("", |(_, f)| f.as_str())
     }
 
     pub(super) fn backoff(&mut self, now: Timestamp) -> Timestamp {

@@ -13,7 +13,7 @@
 //! Nothing is taken on trust: a [`WatchBatch`] names the table it applies to, and a node
 //! whose table is another one applies the batch's events itself, as from any watch.
 
-use std::collections::VecDeque;
+use std::collections::{BTreeSet, VecDeque};
 use std::sync::Arc;
 
 use super::{LeaseTable, TableChange};
@@ -111,12 +111,20 @@ impl LeaseLog {
     pub fn batch_since(&self, from: Revision) -> Option<WatchBatch> {
         let base = self.table_at(from.saturating_sub(1))?;
         let start = self.steps.partition_point(|s| s.event.revision() < from);
-        let steps = self.steps.range(start..).cloned().collect();
+        let steps: Vec<Arc<Step>> = self.steps.range(start..).cloned().collect();
+        let keys = steps.iter().map(|s| s.event.key().to_string()).collect();
+        let deletions = steps
+            .iter()
+            .any(|s| matches!(s.event, WatchEvent::Delete { .. }));
+        let skipped = steps.iter().any(|s| !s.skipped.is_empty());
         Some(WatchBatch {
             events: Vec::new(),
             shared: Some(Shared {
                 base: base.clone(),
                 steps,
+                keys,
+                deletions,
+                skipped,
             }),
         })
     }
@@ -127,6 +135,21 @@ pub(crate) struct Shared {
     /// The table the steps start from.
     pub base: LeaseTable,
     pub steps: Vec<Arc<Step>>,
+    /// The store keys the steps are about.
+    pub keys: BTreeSet<String>,
+    /// Whether some step is a deletion.
+    pub deletions: bool,
+    /// Whether some step skipped an entry.
+    pub skipped: bool,
+}
+
+impl Shared {
+    /// Whether some step may concern a node whose allocator's interest is `interest`
+    /// (see `Allocator::watch_interest`).
+    pub fn concerns(&self, interest: (Option<&str>, bool)) -> bool {
+        let (key, deletions) = interest;
+        self.skipped || (deletions && self.deletions) || key.is_some_and(|k| self.keys.contains(k))
+    }
 }
 
 /// A batch of watch events, perhaps with the tables they lead to (see the module docs).

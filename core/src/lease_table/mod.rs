@@ -42,7 +42,9 @@ pub use log::{LeaseLog, WatchBatch};
 /// ([`LeaseLog`]) instead of each holding a copy.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 struct Contents {
-    leases: OrdMap<LeaseKey, Arc<Lease>>,
+    leases: OrdMap<LeaseKey, Held>,
+    /// How many leases have an IPv6 subnet and a public IPv6 address (an IPv6 route).
+    v6_routable: usize,
     /// The IPv6 subnet of every lease that has one.
     v6: OrdMap<Ipv6Net, LeaseKey>,
     by_public_ip: OrdMap<Ipv4Addr, OrdSet<LeaseKey>>,
@@ -51,6 +53,36 @@ struct Contents {
     unusable: OrdMap<LeaseKey, LeaseError>,
     /// Every entry skipped so far, by full store key, so each is reported once.
     skipped: OrdMap<String, LeaseError>,
+}
+
+/// A lease as the table holds it: shared, with the addresses every peer's route
+/// decisions read kept beside the key, so that walking the table touches no lease.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Held {
+    public_ip: Ipv4Addr,
+    public_ipv6: Option<std::net::Ipv6Addr>,
+    lease: Arc<Lease>,
+}
+
+impl Held {
+    fn new(lease: Lease) -> Self {
+        Held {
+            public_ip: lease.attrs.public_ip,
+            public_ipv6: lease.attrs.public_ipv6,
+            lease: Arc::new(lease),
+        }
+    }
+
+    fn v6_routable(&self) -> bool {
+        self.lease.key.ipv6.is_some() && self.public_ipv6.is_some()
+    }
+}
+
+impl std::ops::Deref for Held {
+    type Target = Lease;
+    fn deref(&self) -> &Lease {
+        &self.lease
+    }
 }
 
 /// Every valid lease under the subnets prefix, indexed by subnet and by public IP.
@@ -138,6 +170,22 @@ impl LeaseTable {
     /// Whether there are no valid leases.
     pub fn is_empty(&self) -> bool {
         self.contents.leases.is_empty()
+    }
+
+    /// Every valid lease's key, public IPv4 address and public IPv6 address, by key:
+    /// [`LeaseTable::leases`] for those who need only these.
+    pub fn addresses(
+        &self,
+    ) -> impl Iterator<Item = (&LeaseKey, Ipv4Addr, Option<std::net::Ipv6Addr>)> {
+        self.contents
+            .leases
+            .iter()
+            .map(|(k, h)| (k, h.public_ip, h.public_ipv6))
+    }
+
+    /// How many leases have both an IPv6 subnet and a public IPv6 address.
+    pub fn v6_routable(&self) -> usize {
+        self.contents.v6_routable
     }
 
     /// Every valid lease, by key.
@@ -230,10 +278,13 @@ impl LeaseTable {
             .entry(lease.attrs.public_ip)
             .or_default()
             .insert(lease.key);
-        let old = c
-            .leases
-            .insert(lease.key, Arc::new(lease))
-            .map(Arc::unwrap_or_clone);
+        let held = Held::new(lease);
+        c.v6_routable += usize::from(held.v6_routable());
+        let old = c.leases.insert(held.lease.key, held);
+        if let Some(old) = &old {
+            c.v6_routable -= usize::from(old.v6_routable());
+        }
+        let old = old.map(|h| Arc::unwrap_or_clone(h.lease));
         if let Some(old) = &old {
             self.unindex_ip(old);
         }
@@ -260,7 +311,9 @@ impl LeaseTable {
         }
         let c = self.contents_mut();
         c.unusable.remove(key);
-        let old = Arc::unwrap_or_clone(c.leases.remove(key)?);
+        let old = c.leases.remove(key)?;
+        c.v6_routable -= usize::from(old.v6_routable());
+        let old = Arc::unwrap_or_clone(old.lease);
         if let Some(v6) = key.ipv6 {
             c.v6.remove(&v6);
         }
@@ -306,7 +359,9 @@ impl LeaseTable {
         for entry in &listing.entries {
             match self.decode(entry) {
                 Ok(lease) => {
-                    let old = before.remove(&lease.key).map(Arc::unwrap_or_clone);
+                    let old = before
+                        .remove(&lease.key)
+                        .map(|h| Arc::unwrap_or_clone(h.lease));
                     if old.as_ref() != Some(&lease) {
                         changes.push(TableChange::Upsert {
                             old,
@@ -331,8 +386,8 @@ impl LeaseTable {
                 .filter(|(k, _)| seen_bad.contains(k))
                 .collect();
         }
-        changes.extend(before.into_iter().map(|(_, lease)| TableChange::Remove {
-            lease: Arc::unwrap_or_clone(lease),
+        changes.extend(before.into_iter().map(|(_, h)| TableChange::Remove {
+            lease: Arc::unwrap_or_clone(h.lease),
         }));
         self.revision = listing.revision;
         self.synced = true;

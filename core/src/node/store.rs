@@ -224,6 +224,24 @@ impl Node {
         self.store_retries = 0;
         match &batch.shared {
             Some(shared) if shared.base.is_same(&self.table) => {
+                // Nothing in it for our own decisions: the routes change, and that is
+                // all the steps one by one would do.
+                if !shared.concerns(self.allocator.watch_interest()) {
+                    if let Some(last) = shared.steps.last() {
+                        self.table = last.table.clone();
+                        if shared.steps.iter().any(|s| s.change.is_some()) {
+                            self.routes_changed();
+                        }
+                        if self.route_events {
+                            for step in &shared.steps {
+                                if let Some(change) = &step.change {
+                                    self.table_changed(change);
+                                }
+                            }
+                        }
+                    }
+                    return;
+                }
                 for step in &shared.steps {
                     self.table = step.table.clone();
                     self.events
