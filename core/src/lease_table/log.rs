@@ -189,3 +189,67 @@ impl WatchBatch {
         self.len() == 0
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::StoreModel;
+    use crate::time::Timestamp;
+    use std::time::Duration;
+
+    const PREFIX: &str = "/n/subnets/";
+
+    fn table() -> LeaseTable {
+        let v4 = "10.5.0.0/16".parse().expect("net");
+        LeaseTable::new(PREFIX).within(v4, None)
+    }
+
+    type Change = Box<dyn Fn(&mut StoreModel)>;
+
+    /// The log's table after every change is the one a node decodes from a listing at
+    /// that revision (the simulator hands it out as one), and a batch from any
+    /// revision leads a node holding the log's table there to the log's latest table,
+    /// whether it takes the batch's tables or applies its events itself.
+    #[test]
+    fn the_log_agrees_with_listings_and_with_applying_the_events() {
+        let mut store = StoreModel::new(Timestamp::ZERO);
+        let mut log = LeaseLog::new(table(), 0, 100);
+        let ttl = Some(Duration::from_secs(60));
+        let good = |ip: u8| format!(r#"{{"PublicIP":"192.0.2.{ip}"}}"#).into_bytes();
+        let mut snapshots = vec![log.current().clone()];
+        let changes: Vec<Change> = vec![
+            Box::new(|s| drop(s.create("/n/subnets/10.5.1.0-24", &good(1), ttl))),
+            Box::new(|s| drop(s.create("/n/subnets/10.5.2.0-24", &good(2), None))),
+            Box::new(|s| drop(s.put("/n/subnets/10.5.3.0-24", b"garbage"))),
+            Box::new(|s| drop(s.put("/n/subnets/not-a-subnet", &good(4)))),
+            Box::new(|s| drop(s.put("/n/subnets/10.6.1.0-24", &good(5)))),
+            Box::new(|s| drop(s.put("/n/subnets/10.5.1.0-24", &good(9)))),
+            Box::new(|s| drop(s.put("/n/subnets/10.5.3.0-24", &good(3)))),
+            Box::new(|s| drop(s.delete("/n/subnets/10.5.2.0-24"))),
+            Box::new(|s| drop(s.delete("/n/subnets/not-a-subnet"))),
+            Box::new(|s| drop(s.advance_to(Timestamp::from_millis(61_000)))),
+        ];
+        for change in changes {
+            change(&mut store);
+            let from = log.current().revision() + 1;
+            let events = store.events_since(PREFIX, from).expect("events");
+            log.follow(&events);
+            let listing = store.list(PREFIX);
+            let mut fresh = table();
+            fresh.replace(&listing);
+            let shared = log.listing(listing.revision).expect("the log is there");
+            assert_eq!(shared, fresh, "at revision {}", listing.revision);
+            snapshots.push(shared);
+        }
+        for base in &snapshots {
+            let batch = log.batch_since(base.revision() + 1).expect("kept");
+            let shared = batch.shared.as_ref().expect("shared");
+            assert!(shared.base.is_same(base));
+            let mut applied = base.clone();
+            for event in batch.events() {
+                applied.apply(event);
+            }
+            assert_eq!(&applied, log.current());
+        }
+    }
+}
