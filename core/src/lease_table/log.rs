@@ -204,7 +204,7 @@ mod tests {
         LeaseTable::new(PREFIX).within(v4, None)
     }
 
-    type Change = Box<dyn Fn(&mut StoreModel)>;
+    type Change<'a> = Box<dyn Fn(&mut StoreModel) + 'a>;
 
     /// The log's table after every change is the one a node decodes from a listing at
     /// that revision (the simulator hands it out as one), and a batch from any
