@@ -1,19 +1,21 @@
 //! The route table: which peer carries each remote subnet.
 //!
-//! Built from lease-table changes (a peer's lease added, renewed, removed, or a full
-//! re-list), it answers "who gets a packet for this address" and reports what changed, so
-//! that a datapath can program exactly the difference. Our own lease is never a route,
-//! nor is any lease that records our own public IP: before a restarted node has taken
-//! its old lease back, that lease is still ours, and a route to ourselves would be
-//! programmed only to be removed (a kernel backend refuses it outright).
+//! The routes are the node's lease table seen through its own exclusions: every lease
+//! is a route to its holder except our own lease, and except any lease that records our
+//! own public IP: before a restarted node has taken its old lease back, that lease is
+//! still ours, and a route to ourselves would be programmed only to be removed (a kernel
+//! backend refuses it outright). So the routes are not a second copy of the leases (a
+//! node of a large cluster would hold every lease twice), and they cannot drift from the
+//! table. [`RouteTable`] holds the exclusions and turns each lease-table change into the
+//! route changes a datapath must program; [`Routes`] answers "who gets a packet for this
+//! address".
 
-use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 
 use crate::lease::{Lease, LeaseKey, RawJson};
-use crate::lease_table::TableChange;
+use crate::lease_table::{LeaseTable, TableChange};
 
 /// How to reach one remote subnet.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -37,63 +39,178 @@ pub enum RouteChange {
     Remove(Route),
 }
 
-/// The routes to every peer's subnet(s).
+/// What makes a node's routes out of its lease table: its own lease and public IP.
 #[derive(Debug, Clone, Default)]
 pub struct RouteTable {
     own: Option<LeaseKey>,
     /// Our public IPv4 address: leases recording it are ours, never routes.
     own_ip: Option<Ipv4Addr>,
-    v4: BTreeMap<Ipv4Net, Route>,
-    v6: BTreeMap<Ipv6Net, Route>,
-    /// How many routes go via each public IP, so that "is this a peer at all" is one
-    /// lookup on the receive path.
-    peers: BTreeMap<IpAddr, usize>,
 }
 
-fn routes_of(lease: &Lease) -> Vec<Route> {
-    let mut routes = vec![Route {
+fn routes_of(lease: &Lease) -> impl Iterator<Item = Route> + '_ {
+    std::iter::once(v4_route(lease)).chain(v6_route(lease))
+}
+
+fn v4_route(lease: &Lease) -> Route {
+    Route {
         subnet: IpNet::V4(lease.key.ipv4),
         public_ip: IpAddr::V4(lease.attrs.public_ip),
         backend_type: lease.attrs.backend_type.clone(),
         backend_data: lease.attrs.backend_data.clone(),
-    }];
-    if let (Some(v6), Some(ip6)) = (lease.key.ipv6, lease.attrs.public_ipv6) {
-        routes.push(Route {
-            subnet: IpNet::V6(v6),
-            public_ip: IpAddr::V6(ip6),
-            backend_type: lease.attrs.backend_type.clone(),
-            backend_data: lease
-                .attrs
-                .backend_v6_data
-                .clone()
-                .or_else(|| lease.attrs.backend_data.clone()),
-        });
     }
-    routes
+}
+
+fn v6_route(lease: &Lease) -> Option<Route> {
+    let (v6, ip6) = lease.key.ipv6.zip(lease.attrs.public_ipv6)?;
+    Some(Route {
+        subnet: IpNet::V6(v6),
+        public_ip: IpAddr::V6(ip6),
+        backend_type: lease.attrs.backend_type.clone(),
+        backend_data: lease
+            .attrs
+            .backend_v6_data
+            .clone()
+            .or_else(|| lease.attrs.backend_data.clone()),
+    })
 }
 
 impl RouteTable {
-    /// An empty table.
+    /// The routes of a node that holds no lease and has no known address.
     pub fn new() -> Self {
         RouteTable::default()
     }
 
-    /// An empty table of the node with public IP `ip`.
+    /// The routes of the node with public IP `ip`.
     pub fn of_node(ip: Ipv4Addr) -> Self {
         RouteTable {
             own_ip: Some(ip),
-            ..RouteTable::default()
+            own: None,
         }
     }
 
+    /// Whether `lease` is a route: neither our lease nor one recording our address.
+    pub fn is_route(&self, lease: &Lease) -> bool {
+        self.is_route_of(&lease.key, lease.attrs.public_ip)
+    }
+
+    fn is_route_of(&self, key: &LeaseKey, public_ip: Ipv4Addr) -> bool {
+        Some(*key) != self.own && Some(public_ip) != self.own_ip
+    }
+
+    /// The routes out of `table`.
+    pub fn of<'a>(&'a self, table: &'a LeaseTable) -> Routes<'a> {
+        Routes {
+            exclusions: self,
+            table,
+        }
+    }
+
+    /// Sets (or clears) our own lease, whose subnets are never routes; `table` is the
+    /// lease table the routes come from. Appends the routes that go away.
+    pub fn set_own(
+        &mut self,
+        own: Option<LeaseKey>,
+        table: &LeaseTable,
+        out: &mut Vec<RouteChange>,
+    ) {
+        if self.own == own {
+            return;
+        }
+        if let Some(lease) = own.and_then(|k| table.get(&k)) {
+            if self.is_route(lease) {
+                out.extend(routes_of(lease).map(RouteChange::Remove));
+            }
+        }
+        self.own = own;
+        // A lease we used to hold and that a peer now holds is announced by the node
+        // (see `Node::pump`); dropping ours never invents a route by itself.
+    }
+
+    /// Appends the route changes that one lease-table change causes.
+    pub fn apply(&self, change: &TableChange, out: &mut Vec<RouteChange>) {
+        let (old, new) = match change {
+            TableChange::Upsert { old, new } => (old.as_ref(), Some(new)),
+            TableChange::Remove { lease } => (Some(lease), None),
+        };
+        let before: Vec<Route> = old
+            .filter(|l| self.is_route(l))
+            .map(|l| routes_of(l).collect())
+            .unwrap_or_default();
+        let after: Vec<Route> = new
+            .filter(|l| self.is_route(l))
+            .map(|l| routes_of(l).collect())
+            .unwrap_or_default();
+        for route in &before {
+            if !after.iter().any(|r| r.subnet == route.subnet) {
+                out.push(RouteChange::Remove(route.clone()));
+            }
+        }
+        for route in after {
+            if !before.contains(&route) {
+                out.push(RouteChange::Add(route));
+            }
+        }
+    }
+}
+
+/// A node's routes: its lease table less its own leases (see the module docs).
+#[derive(Debug, Clone, Copy)]
+pub struct Routes<'a> {
+    exclusions: &'a RouteTable,
+    table: &'a LeaseTable,
+}
+
+impl<'a> Routes<'a> {
     /// Every route, IPv4 first, each family ordered by subnet.
-    pub fn routes(&self) -> impl Iterator<Item = &Route> {
-        self.v4.values().chain(self.v6.values())
+    pub fn routes(&self) -> impl Iterator<Item = Route> + 'a {
+        let ex = self.exclusions;
+        let v4 = self.table.leases().filter(move |l| ex.is_route(l));
+        let v6 = self
+            .table
+            .leases_by_v6()
+            .filter(move |l| ex.is_route(l))
+            .filter_map(v6_route);
+        v4.map(v4_route).chain(v6)
+    }
+
+    /// Every route as (subnet, peer's public IP), in the order of [`Routes::routes`],
+    /// without copying the backend data.
+    pub fn peers(&self) -> impl Iterator<Item = (IpNet, IpAddr)> + 'a {
+        let ex = self.exclusions;
+        let v4 = self
+            .table
+            .addresses()
+            .filter(move |(k, ip, _)| ex.is_route_of(k, *ip))
+            .map(|(k, ip, _)| (IpNet::V4(k.ipv4), IpAddr::V4(ip)));
+        let v6 = self
+            .table
+            .leases_by_v6()
+            .filter(move |l| ex.is_route(l))
+            .filter_map(|l| {
+                let (n, ip) = l.key.ipv6.zip(l.attrs.public_ipv6)?;
+                Some((IpNet::V6(n), IpAddr::V6(ip)))
+            });
+        v4.chain(v6)
     }
 
     /// The number of routes.
     pub fn len(&self) -> usize {
-        self.v4.len() + self.v6.len()
+        let routes =
+            |l: &Lease| 1 + usize::from(l.key.ipv6.is_some() && l.attrs.public_ipv6.is_some());
+        let all = self.table.len() + self.table.v6_routable();
+        // Less what the exclusions take away: the leases recording our address, and
+        // our own lease if it records another.
+        let ex = self.exclusions;
+        let by_ip: usize = ex
+            .own_ip
+            .map(|ip| self.table.by_public_ip(ip).map(routes).sum())
+            .unwrap_or(0);
+        let own = ex
+            .own
+            .and_then(|k| self.table.get(&k))
+            .filter(|l| Some(l.attrs.public_ip) != ex.own_ip)
+            .map_or(0, routes);
+        all - by_ip - own
     }
 
     /// Whether there are no routes.
@@ -102,99 +219,40 @@ impl RouteTable {
     }
 
     /// The route whose subnet contains `dst`, if any.
-    pub fn lookup(&self, dst: IpAddr) -> Option<&Route> {
-        match dst {
-            IpAddr::V4(a) => lookup_in(&self.v4, a, |a| Ipv4Net::new(a, 32).ok()),
-            IpAddr::V6(a) => lookup_in(&self.v6, a, |a| Ipv6Net::new(a, 128).ok()),
+    pub fn lookup(&self, dst: IpAddr) -> Option<Route> {
+        let lease = match dst {
+            IpAddr::V4(a) => {
+                // Subnets never overlap, so the candidate is the greatest subnet starting
+                // at or before the address.
+                let probe = LeaseKey::v4(Ipv4Net::new(a, 32).ok()?);
+                let l = self.table.leases_back_from(probe).next()?;
+                l.key.ipv4.has(a).then_some(l)?
+            }
+            IpAddr::V6(a) => {
+                let l = self
+                    .table
+                    .leases_by_v6()
+                    .filter(|l| l.key.ipv6.is_some_and(|n| n.has(a)))
+                    .last()?;
+                l
+            }
+        };
+        if !self.exclusions.is_route(lease) {
+            return None;
         }
-    }
-
-    /// Sets (or clears) our own lease: its subnets are never routes.
-    pub fn set_own(&mut self, own: Option<LeaseKey>, out: &mut Vec<RouteChange>) {
-        let old = std::mem::replace(&mut self.own, own);
-        if old == own {
-            return;
-        }
-        if let Some(key) = own {
-            self.remove_key(&key, out);
-        }
-        // A lease we used to hold and that a peer now holds is handled by the next
-        // table change for it; dropping ours never invents a route by itself.
+        routes_of(lease).find(|r| r.subnet.contains(&dst))
     }
 
     /// Whether some route goes via `public_ip`.
     pub fn is_peer(&self, public_ip: IpAddr) -> bool {
-        self.peers.contains_key(&public_ip)
-    }
-
-    fn unpeer(&mut self, public_ip: IpAddr) {
-        if let Some(n) = self.peers.get_mut(&public_ip) {
-            *n -= 1;
-            if *n == 0 {
-                self.peers.remove(&public_ip);
-            }
+        match public_ip {
+            IpAddr::V4(ip) => self
+                .table
+                .by_public_ip(ip)
+                .any(|l| self.exclusions.is_route(l)),
+            IpAddr::V6(_) => self.routes().any(|r| r.public_ip == public_ip),
         }
     }
-
-    fn remove_key(&mut self, key: &LeaseKey, out: &mut Vec<RouteChange>) {
-        let v4 = self.v4.remove(&key.ipv4);
-        let v6 = key.ipv6.and_then(|v6| self.v6.remove(&v6));
-        for r in v4.into_iter().chain(v6) {
-            self.unpeer(r.public_ip);
-            out.push(RouteChange::Remove(r));
-        }
-    }
-
-    fn upsert(&mut self, route: Route, out: &mut Vec<RouteChange>) {
-        let old = match route.subnet {
-            IpNet::V4(n) => self.v4.insert(n, route.clone()),
-            IpNet::V6(n) => self.v6.insert(n, route.clone()),
-        };
-        *self.peers.entry(route.public_ip).or_default() += 1;
-        if let Some(old) = &old {
-            self.unpeer(old.public_ip);
-        }
-        if old.as_ref() != Some(&route) {
-            out.push(RouteChange::Add(route));
-        }
-    }
-
-    /// Applies one lease-table change, appending the route changes it causes.
-    pub fn apply(&mut self, change: &TableChange, out: &mut Vec<RouteChange>) {
-        match change {
-            TableChange::Upsert { old, new } => {
-                if let Some(old) = old {
-                    if old.key != new.key {
-                        self.remove_key(&old.key, out);
-                    }
-                }
-                if Some(new.key) == self.own || Some(new.attrs.public_ip) == self.own_ip {
-                    self.remove_key(&new.key, out);
-                    return;
-                }
-                for route in routes_of(new) {
-                    self.upsert(route, out);
-                }
-            }
-            TableChange::Remove { lease } => {
-                if Some(lease.key) != self.own {
-                    self.remove_key(&lease.key, out);
-                }
-            }
-        }
-    }
-}
-
-fn lookup_in<A: Copy, N: Ord + Copy + HasContains<A>>(
-    map: &BTreeMap<N, Route>,
-    addr: A,
-    host: impl Fn(A) -> Option<N>,
-) -> Option<&Route> {
-    let probe = host(addr)?;
-    // Subnets never overlap, so the candidate is the greatest subnet starting at or
-    // before the address.
-    let (net, route) = map.range(..=probe).next_back()?;
-    net.has(addr).then_some(route)
 }
 
 trait HasContains<A> {
@@ -217,109 +275,105 @@ impl HasContains<Ipv6Addr> for Ipv6Net {
 mod tests {
     use super::*;
     use crate::lease::LeaseAttrs;
+    use crate::store::{Entry, WatchEvent};
 
-    fn lease(subnet: &str, ip: [u8; 4]) -> Lease {
-        Lease {
-            key: LeaseKey::v4(subnet.parse().unwrap()),
-            attrs: LeaseAttrs::new(Ipv4Addr::from(ip), crate::config::BackendType::Udp),
-            expires_at: None,
+    const PREFIX: &str = "/n/subnets/";
+
+    /// Puts a lease of `subnet` for `ip` into `table` at `rev`; returns the table change.
+    fn put(table: &mut LeaseTable, subnet: &str, ip: [u8; 4], rev: u64) -> TableChange {
+        let key = LeaseKey::v4(subnet.parse().unwrap());
+        let entry = Entry {
+            key: format!("{PREFIX}{key}"),
+            value: LeaseAttrs::new(Ipv4Addr::from(ip), crate::config::BackendType::Udp).encode(),
             create_revision: 1,
-            mod_revision: 1,
-        }
+            mod_revision: rev,
+            expires_at: None,
+        };
+        table.apply(&WatchEvent::Put(entry)).0.expect("a change")
+    }
+
+    fn delete(table: &mut LeaseTable, subnet: &str, rev: u64) -> TableChange {
+        let key = LeaseKey::v4(subnet.parse().unwrap());
+        let event = WatchEvent::Delete {
+            key: format!("{PREFIX}{key}"),
+            revision: rev,
+        };
+        table.apply(&event).0.expect("a change")
     }
 
     #[test]
     fn lookup_finds_the_containing_subnet_only() {
-        let mut t = RouteTable::new();
+        let mut table = LeaseTable::new(PREFIX);
+        let t = RouteTable::new();
         let mut out = Vec::new();
-        for (s, ip) in [("10.5.1.0/24", 1), ("10.5.3.0/24", 3)] {
-            t.apply(
-                &TableChange::Upsert {
-                    old: None,
-                    new: lease(s, [192, 0, 2, ip]),
-                },
-                &mut out,
-            );
+        for (i, (s, ip)) in [("10.5.1.0/24", 1), ("10.5.3.0/24", 3)]
+            .into_iter()
+            .enumerate()
+        {
+            let change = put(&mut table, s, [192, 0, 2, ip], i as u64 + 1);
+            t.apply(&change, &mut out);
         }
         assert_eq!(out.len(), 2);
-        let hit = t.lookup("10.5.3.77".parse().unwrap()).unwrap();
+        let routes = t.of(&table);
+        let hit = routes.lookup("10.5.3.77".parse().unwrap()).unwrap();
         assert_eq!(hit.public_ip, "192.0.2.3".parse::<IpAddr>().unwrap());
-        assert!(t.lookup("10.5.2.1".parse().unwrap()).is_none());
-        assert!(t.lookup("10.5.4.0".parse().unwrap()).is_none());
-        assert!(t.lookup("10.4.255.255".parse().unwrap()).is_none());
+        assert!(routes.lookup("10.5.2.1".parse().unwrap()).is_none());
+        assert!(routes.lookup("10.5.4.0".parse().unwrap()).is_none());
+        assert!(routes.lookup("10.4.255.255".parse().unwrap()).is_none());
+        assert!(routes.is_peer("192.0.2.3".parse().unwrap()));
+        assert!(!routes.is_peer("192.0.2.2".parse().unwrap()));
     }
 
     #[test]
     fn own_lease_is_never_a_route_and_renewals_change_nothing() {
+        let mut table = LeaseTable::new(PREFIX);
         let mut t = RouteTable::new();
         let mut out = Vec::new();
-        let mine = lease("10.5.1.0/24", [192, 0, 2, 1]);
-        t.set_own(Some(mine.key), &mut out);
-        t.apply(
-            &TableChange::Upsert {
-                old: None,
-                new: mine.clone(),
-            },
+        let change = put(&mut table, "10.5.1.0/24", [192, 0, 2, 1], 1);
+        t.apply(&change, &mut out);
+        assert_eq!(out.len(), 1, "not ours yet: a route");
+        t.set_own(
+            Some(LeaseKey::v4("10.5.1.0/24".parse().unwrap())),
+            &table,
             &mut out,
         );
-        assert!(t.is_empty() && out.is_empty());
+        assert!(
+            matches!(out.last(), Some(RouteChange::Remove(_))),
+            "{out:?}"
+        );
+        assert!(t.of(&table).is_empty());
+        out.clear();
 
-        let peer = lease("10.5.2.0/24", [192, 0, 2, 2]);
-        t.apply(
-            &TableChange::Upsert {
-                old: None,
-                new: peer.clone(),
-            },
-            &mut out,
-        );
-        let mut renewed = peer.clone();
-        renewed.mod_revision = 9;
-        t.apply(
-            &TableChange::Upsert {
-                old: Some(peer.clone()),
-                new: renewed,
-            },
-            &mut out,
-        );
+        let change = put(&mut table, "10.5.2.0/24", [192, 0, 2, 2], 2);
+        t.apply(&change, &mut out);
+        let change = put(&mut table, "10.5.2.0/24", [192, 0, 2, 2], 3);
+        t.apply(&change, &mut out);
         assert_eq!(out.len(), 1, "a renewal is not a route change: {out:?}");
-        t.apply(&TableChange::Remove { lease: peer }, &mut out);
+        let change = delete(&mut table, "10.5.2.0/24", 4);
+        t.apply(&change, &mut out);
         assert!(matches!(out.last(), Some(RouteChange::Remove(_))));
-        assert!(t.is_empty());
+        assert!(t.of(&table).is_empty());
     }
 
     #[test]
     fn a_lease_recording_our_own_public_ip_is_never_a_route() {
-        let mut t = RouteTable::of_node(Ipv4Addr::new(192, 0, 2, 1));
+        let mut table = LeaseTable::new(PREFIX);
+        let t = RouteTable::of_node(Ipv4Addr::new(192, 0, 2, 1));
         let mut out = Vec::new();
         // Our old lease, listed before we have taken it back.
-        let ours = lease("10.5.1.0/24", [192, 0, 2, 1]);
-        t.apply(
-            &TableChange::Upsert {
-                old: None,
-                new: ours,
-            },
-            &mut out,
-        );
-        assert!(t.is_empty() && out.is_empty(), "{out:?}");
+        let change = put(&mut table, "10.5.1.0/24", [192, 0, 2, 1], 1);
+        t.apply(&change, &mut out);
+        assert!(t.of(&table).is_empty() && out.is_empty(), "{out:?}");
         // A peer's lease that moves to our address is withdrawn.
-        let peer = lease("10.5.2.0/24", [192, 0, 2, 2]);
-        t.apply(
-            &TableChange::Upsert {
-                old: None,
-                new: peer.clone(),
-            },
-            &mut out,
+        let change = put(&mut table, "10.5.2.0/24", [192, 0, 2, 2], 2);
+        t.apply(&change, &mut out);
+        let change = put(&mut table, "10.5.2.0/24", [192, 0, 2, 1], 3);
+        t.apply(&change, &mut out);
+        assert!(
+            t.of(&table).is_empty(),
+            "{:?}",
+            t.of(&table).routes().collect::<Vec<_>>()
         );
-        let mut moved = peer.clone();
-        moved.attrs.public_ip = Ipv4Addr::new(192, 0, 2, 1);
-        t.apply(
-            &TableChange::Upsert {
-                old: Some(peer),
-                new: moved,
-            },
-            &mut out,
-        );
-        assert!(t.is_empty(), "{:?}", t.routes().collect::<Vec<_>>());
         assert!(
             matches!(out.last(), Some(RouteChange::Remove(_))),
             "{out:?}"

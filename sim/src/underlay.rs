@@ -6,7 +6,7 @@
 //! Every link (a directed pair of public IPs) draws from its own random stream, so a
 //! fault on one link never shifts the draws of another.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt;
 use std::net::Ipv4Addr;
 use std::time::Duration;
@@ -277,7 +277,10 @@ pub struct Underlay {
     seed: u64,
     default: LinkFaults,
     overrides: BTreeMap<(Ipv4Addr, Ipv4Addr), LinkFaults>,
-    links: BTreeMap<(Ipv4Addr, Ipv4Addr), Link>,
+    /// Looked up for every datagram and never walked in an order that matters (a
+    /// change of faults reaches every link alike), so a hash map: a busy underlay has
+    /// a link per pair of nodes.
+    links: HashMap<(Ipv4Addr, Ipv4Addr), Link>,
     /// Directed pairs that cannot talk.
     blocked: BTreeSet<(Ipv4Addr, Ipv4Addr)>,
 }
@@ -289,7 +292,7 @@ impl Underlay {
             seed,
             default,
             overrides: BTreeMap::new(),
-            links: BTreeMap::new(),
+            links: HashMap::new(),
             blocked: BTreeSet::new(),
         }
     }
@@ -341,8 +344,8 @@ impl Underlay {
         }
         let key = (p.from, p.to);
         let link = match self.links.entry(key) {
-            std::collections::btree_map::Entry::Occupied(e) => e.into_mut(),
-            std::collections::btree_map::Entry::Vacant(e) => {
+            std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+            std::collections::hash_map::Entry::Vacant(e) => {
                 let index = (u64::from(u32::from(p.from)) << 32) | u64::from(u32::from(p.to));
                 let faults = self.overrides.get(&key).unwrap_or(&self.default);
                 e.insert(Link {

@@ -26,6 +26,7 @@ impl Allocator {
             lease: None,
             conflicts: 0,
             recent_conflicts: BTreeSet::new(),
+            own_key: None,
             retries: 0,
             sent_at: None,
             deadline: None,
@@ -64,6 +65,20 @@ impl Allocator {
 
     pub(super) fn full_key(&self, key: &LeaseKey) -> String {
         format!("{}{}", self.subnets_prefix, key)
+    }
+
+    /// Whether `full` is the store key of our lease `key`. Every watch event of every
+    /// peer is asked this, so the key is written out once per lease, not per event.
+    pub(super) fn is_own_full_key(&mut self, full: &str, key: LeaseKey) -> bool {
+        self.own_full_key(key) == full
+    }
+
+    /// The store key of our lease `key`, written out once per lease.
+    pub(super) fn own_full_key(&mut self, key: LeaseKey) -> &str {
+        if self.own_key.as_ref().is_none_or(|(k, _)| *k != key) {
+            self.own_key = Some((key, self.full_key(&key)));
+        }
+        self.own_key.as_ref().map_or("", |(_, f)| f.as_str())
     }
 
     pub(super) fn backoff(&mut self, now: Timestamp) -> Timestamp {

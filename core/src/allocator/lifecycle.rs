@@ -183,9 +183,24 @@ impl Allocator {
     }
 
     /// A change seen by the watch (already applied to `table`).
+    /// Which watch events [`Allocator::on_watch_event`] acts on: those about the key
+    /// it returns (our lease's), and, when the flag is set, every deletion. Any other
+    /// event changes nothing, so a driver may skip telling it.
+    pub fn watch_interest(&mut self) -> (Option<&str>, bool) {
+        let deletions = self.phase == Phase::Backoff && self.lease.is_none();
+        match self.lease.as_ref().map(|l| l.key) {
+            Some(key) => (Some(self.own_full_key(key)), deletions),
+            None => (None, deletions),
+        }
+    }
+
     pub fn on_watch_event(&mut self, event: &WatchEvent, table: &LeaseTable, now: Timestamp) {
-        if let Some(lease) = self.lease.clone() {
-            if event.key() == self.full_key(&lease.key) {
+        let ours = match self.lease.as_ref().map(|l| l.key) {
+            Some(key) => self.is_own_full_key(event.key(), key),
+            None => false,
+        };
+        if let Some(lease) = self.lease.clone().filter(|_| ours) {
+            {
                 match event {
                     WatchEvent::Delete { .. } => self.vanished(&lease, table, now),
                     WatchEvent::Put(entry) if entry.create_revision != lease.create_revision => {

@@ -209,6 +209,8 @@ pub struct Allocator {
     prefer: Option<LeaseKey>,
     conflicts: u32,
     recent_conflicts: BTreeSet<LeaseKey>,
+    /// Our lease's key and its store key, written out once (see `is_own_full_key`).
+    own_key: Option<(LeaseKey, String)>,
     retries: u32,
     /// When (on our clock) the last create or renewal was sent: the store's TTL runs
     /// from a moment after it.

@@ -27,6 +27,21 @@ pub enum NodeConfigError {
 }
 
 impl NodeConfig {
+    /// The empty lease table of a node with this config: its prefix, and leases outside
+    /// its networks skipped.
+    pub fn lease_table(&self) -> crate::lease_table::LeaseTable {
+        let prefix = crate::store::subnets_prefix(&self.prefix);
+        let mut table = crate::lease_table::LeaseTable::new(&prefix);
+        if let ipnet::IpNet::V4(v4) = self.alloc.v4_space.network() {
+            let v6 = self.alloc.v6_space.and_then(|s| match s.network() {
+                ipnet::IpNet::V6(n) => Some(n),
+                ipnet::IpNet::V4(_) => None,
+            });
+            table = table.within(v4, v6);
+        }
+        table
+    }
+
     /// The settings of a node with `public_ip` (and `public_ipv6`) on `network`: the
     /// allocator's IPv4 space and, when the config enables IPv6, its IPv6 space, the
     /// backend type recorded in the lease, and flannel's defaults for the rest (TTL,

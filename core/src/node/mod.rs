@@ -33,9 +33,10 @@ use crate::allocator::{AllocEvent, Allocator, LossReason};
 use crate::forward::{ForwardTable, Peer};
 use crate::lease::{Lease, Skipped};
 use crate::lease_table::{LeaseTable, TableChange};
-use crate::router::{RouteChange, RouteTable};
+use crate::router::{RouteChange, RouteTable, Routes};
 use crate::store::{subnets_prefix, Revision, StoreError};
 pub use crate::store::{StoreOp, StoreOutput};
+use crate::subnet::SubnetSpace;
 use crate::time::Timestamp;
 use crate::timer::TimerTable;
 
@@ -80,9 +81,17 @@ pub struct Node {
     table: LeaseTable,
     routes: RouteTable,
     allocator: Allocator,
+    /// The networks, for the forwarding table.
+    spaces: (SubnetSpace, Option<SubnetSpace>),
+    /// The forwarding table as last built; rebuilt from the routes when `forward_stale`,
+    /// at the next poll (a node of a large cluster hears many changes between two
+    /// packets, and keeps no second copy of its routes).
     forward: Arc<ForwardTable>,
-    /// The forwarding table changed since it was last polled.
+    forward_stale: bool,
+    /// The routes changed since the forwarding table was last polled.
     forward_dirty: bool,
+    /// Whether route changes are reported as [`NodeEvent::Route`].
+    route_events: bool,
     next_op: OpId,
     listing_op: Option<OpId>,
     alloc_op: Option<OpId>,
@@ -111,27 +120,20 @@ impl Node {
     pub fn new(config: NodeConfig, seed: u64, now: Timestamp) -> Self {
         let subnets_prefix = subnets_prefix(&config.prefix);
         let (retry_min, retry_max) = (config.alloc.retry_min, config.alloc.retry_max);
-        let v4 = match config.alloc.v4_space.network() {
-            IpNet::V4(n) => Some(n),
-            IpNet::V6(_) => None,
-        };
-        let v6 = config.alloc.v6_space.and_then(|s| match s.network() {
-            IpNet::V6(n) => Some(n),
-            IpNet::V4(_) => None,
-        });
-        let mut table = LeaseTable::new(&subnets_prefix);
-        if let Some(v4) = v4 {
-            table = table.within(v4, v6);
-        }
-        let forward = ForwardTable::new(Some(config.alloc.v4_space), config.alloc.v6_space);
+        let table = config.lease_table();
+        let spaces = (config.alloc.v4_space, config.alloc.v6_space);
+        let forward = ForwardTable::new(Some(spaces.0), spaces.1);
         let mut rng = ChaCha8Rng::seed_from_u64(seed);
         rng.set_stream(1);
         let mut node = Node {
             table,
             routes: RouteTable::of_node(config.alloc.public_ip),
             allocator: Allocator::new(config.alloc, &subnets_prefix, seed),
+            spaces,
             forward: Arc::new(forward),
+            forward_stale: false,
             forward_dirty: true,
+            route_events: true,
             subnets_prefix,
             next_op: 0,
             listing_op: None,
@@ -163,9 +165,18 @@ impl Node {
         self.allocator.is_stopped()
     }
 
+    /// Whether to report route changes as [`NodeEvent::Route`] (on by default). A
+    /// driver that programs nothing from them (the simulator when it does not trace
+    /// them) turns them off and saves working them out for every lease change; the
+    /// routes themselves, [`Node::routes`] and the forwarding table are the same either
+    /// way.
+    pub fn set_route_events(&mut self, on: bool) {
+        self.route_events = on;
+    }
+
     /// The routes to every peer.
-    pub fn routes(&self) -> &RouteTable {
-        &self.routes
+    pub fn routes(&self) -> Routes<'_> {
+        self.routes.of(&self.table)
     }
 
     /// Every lease the node knows of.
@@ -181,13 +192,54 @@ impl Node {
 
     /// The forwarding table as it is now, whether or not it was polled.
     pub fn forward_table(&self) -> Arc<ForwardTable> {
-        self.forward.clone()
+        if self.forward_stale {
+            Arc::new(self.build_forward_table())
+        } else {
+            self.forward.clone()
+        }
+    }
+
+    fn build_forward_table(&self) -> ForwardTable {
+        let mut table = ForwardTable::new(Some(self.spaces.0), self.spaces.1);
+        let (v4, v6) = match self.allocator.lease().map(|l| l.key) {
+            Some(k) => (Some(IpNet::V4(k.ipv4)), k.ipv6.map(IpNet::V6)),
+            None => (None, None),
+        };
+        table.set_own(v4, v6);
+        for route in self.routes().routes() {
+            table.insert(Peer {
+                subnet: route.subnet,
+                public_ip: route.public_ip,
+            });
+        }
+        table
     }
 
     /// A new forwarding table to hand to the datapath, when it changed since the last
     /// call (the first call always returns one). Poll again after every `handle_*` call.
     pub fn poll_forward_table(&mut self) -> Option<Arc<ForwardTable>> {
+        if std::mem::take(&mut self.forward_stale) {
+            self.forward = Arc::new(self.build_forward_table());
+        }
         std::mem::take(&mut self.forward_dirty).then(|| self.forward.clone())
+    }
+
+    /// The routes may have changed: the forwarding table is rebuilt at the next poll.
+    fn routes_changed(&mut self) {
+        self.forward_stale = true;
+        self.forward_dirty = true;
+    }
+
+    /// The route changes that one lease-table change causes, reported (when route
+    /// events are on) and into the forwarding table.
+    fn table_changed(&mut self, change: &TableChange) {
+        if self.route_events {
+            let mut changes = Vec::new();
+            self.routes.apply(change, &mut changes);
+            self.emit_routes(changes);
+        } else {
+            self.routes_changed();
+        }
     }
 
     fn push_op(&mut self, op: StoreOp) -> OpId {
@@ -201,19 +253,11 @@ impl Node {
         if changes.is_empty() {
             return;
         }
-        let forward = Arc::make_mut(&mut self.forward);
-        for change in &changes {
-            match change {
-                RouteChange::Add(r) => forward.insert(Peer {
-                    subnet: r.subnet,
-                    public_ip: r.public_ip,
-                }),
-                RouteChange::Remove(r) => forward.remove(&r.subnet),
-            }
+        self.routes_changed();
+        if self.route_events {
+            self.events
+                .extend(changes.into_iter().map(NodeEvent::Route));
         }
-        self.forward_dirty = true;
-        self.events
-            .extend(changes.into_iter().map(NodeEvent::Route));
     }
 
     fn set_own(&mut self, own: Option<&Lease>) {
@@ -222,9 +266,8 @@ impl Node {
             Some(k) => (Some(IpNet::V4(k.ipv4)), k.ipv6.map(IpNet::V6)),
             None => (None, None),
         };
-        if self.forward.own() != (v4, v6) {
-            Arc::make_mut(&mut self.forward).set_own(v4, v6);
-            self.forward_dirty = true;
+        if self.forward.own() != (v4, v6) || self.forward_stale {
+            self.routes_changed();
         }
     }
 
@@ -244,12 +287,13 @@ impl Node {
             let mut changes = Vec::new();
             match &event {
                 AllocEvent::Acquired { lease, .. } => {
-                    self.routes.set_own(Some(lease.key), &mut changes);
+                    self.routes
+                        .set_own(Some(lease.key), &self.table, &mut changes);
                     let lease = lease.clone();
                     self.set_own(Some(&lease));
                 }
                 AllocEvent::Lost { key, reason } => {
-                    self.routes.set_own(None, &mut changes);
+                    self.routes.set_own(None, &self.table, &mut changes);
                     self.set_own(None);
                     if *reason == LossReason::Taken {
                         if let Some(lease) = self.table.get(key).cloned() {

@@ -15,6 +15,7 @@
 //!   nodes of a cluster do not all re-list at the same instant after an outage.
 
 use super::{Node, NodeEvent, OpId};
+use crate::lease_table::{LeaseTable, TableChange, WatchBatch};
 use crate::store::{Listing, Revision, StoreError, StoreOp, StoreOutput, WatchEvent};
 use crate::time::Timestamp;
 use crate::timer::{backoff, Timer};
@@ -91,6 +92,17 @@ impl Node {
             self.listing_op = None;
             match result {
                 Ok(StoreOutput::Listing(listing)) => self.apply_listing(&listing, now),
+                Ok(StoreOutput::Leases(table)) if table.decodes_like(&self.table) => {
+                    self.adopt_listing(table, now)
+                }
+                Ok(StoreOutput::Leases(_)) => {
+                    let error = StoreError::Backend(
+                        "a listing was answered with a lease table for another prefix or network"
+                            .into(),
+                    );
+                    self.relist_on_retry = true;
+                    self.store_failed(error, now);
+                }
                 Ok(StoreOutput::Entry(_)) => {
                     let error = StoreError::Backend("a listing was answered with an entry".into());
                     self.relist_on_retry = true;
@@ -105,7 +117,7 @@ impl Node {
             self.alloc_op = None;
             let result = match result {
                 Ok(StoreOutput::Entry(entry)) => Ok(entry),
-                Ok(StoreOutput::Listing(_)) => Err(StoreError::Backend(
+                Ok(StoreOutput::Listing(_) | StoreOutput::Leases(_)) => Err(StoreError::Backend(
                     "a create or renew was answered with a listing".into(),
                 )),
                 Err(e) => Err(e),
@@ -126,12 +138,44 @@ impl Node {
             self.routes.apply(change, &mut route_changes);
         }
         self.emit_routes(route_changes);
+        self.synced(listing.revision, now);
+    }
+
+    /// A listing that came already decoded (see [`StoreOutput::Leases`]): the node takes
+    /// the table as its own, and reports what differs from the one it had as a fresh
+    /// decoding would.
+    fn adopt_listing(&mut self, table: LeaseTable, now: Timestamp) {
+        self.store_retries = 0;
+        self.relist_on_retry = false;
+        let old = std::mem::replace(&mut self.table, table);
+        for (key, error) in self.table.skipped() {
+            if !old.skipped().any(|(k, e)| k == key && e == error) {
+                let skipped = crate::lease::Skipped {
+                    key: key.clone(),
+                    error: error.clone(),
+                };
+                self.events.push_back(NodeEvent::Skipped(skipped));
+            }
+        }
+        if self.route_events {
+            let mut route_changes = Vec::new();
+            for change in diff(&old, &self.table) {
+                self.routes.apply(&change, &mut route_changes);
+            }
+            self.emit_routes(route_changes);
+        } else {
+            self.routes_changed();
+        }
+        self.synced(self.table.revision(), now);
+    }
+
+    fn synced(&mut self, revision: Revision, now: Timestamp) {
         self.events.push_back(NodeEvent::Synced {
-            revision: listing.revision,
+            revision,
             leases: self.table.len(),
         });
         match self.watch {
-            WatchState::Idle | WatchState::Held { .. } => self.start_watch(listing.revision + 1),
+            WatchState::Idle | WatchState::Held { .. } => self.start_watch(revision + 1),
             // The running watch goes on from where it is: nothing is missed.
             WatchState::Running { .. } => {}
         }
@@ -152,16 +196,68 @@ impl Node {
         }
         self.store_retries = 0;
         for event in events {
-            let (change, skipped) = self.table.apply(event);
-            self.events
-                .extend(skipped.into_iter().map(NodeEvent::Skipped));
-            if let Some(change) = change {
-                let mut route_changes = Vec::new();
-                self.routes.apply(&change, &mut route_changes);
-                self.emit_routes(route_changes);
+            self.apply_event(event, now);
+        }
+    }
+
+    fn apply_event(&mut self, event: &WatchEvent, now: Timestamp) {
+        let (change, skipped) = self.table.apply(event);
+        self.events
+            .extend(skipped.into_iter().map(NodeEvent::Skipped));
+        if let Some(change) = change {
+            self.table_changed(&change);
+        }
+        self.allocator.on_watch_event(event, &self.table, now);
+        self.pump();
+    }
+
+    /// [`Node::handle_watch_events`] for a batch that may carry the lease tables its
+    /// events lead to ([`crate::lease_table::LeaseLog`]): when the batch starts from the
+    /// very table the node holds, the node takes the batch's tables instead of applying
+    /// each event to its own, and decides about each event as it would have. Otherwise
+    /// it applies the events. Poll everything again afterwards.
+    pub fn handle_watch_batch(&mut self, id: OpId, batch: &WatchBatch, now: Timestamp) {
+        self.observe_clock(now);
+        if !self.is_current_watch(id) {
+            return;
+        }
+        self.store_retries = 0;
+        match &batch.shared {
+            Some(shared) if shared.base.is_same(&self.table) => {
+                // Nothing in it for our own decisions: the routes change, and that is
+                // all the steps one by one would do.
+                if !shared.concerns(self.allocator.watch_interest()) {
+                    if let Some(last) = shared.steps.last() {
+                        self.table = last.table.clone();
+                        if shared.steps.iter().any(|s| s.change.is_some()) {
+                            self.routes_changed();
+                        }
+                        if self.route_events {
+                            for step in &shared.steps {
+                                if let Some(change) = &step.change {
+                                    self.table_changed(change);
+                                }
+                            }
+                        }
+                    }
+                    return;
+                }
+                for step in &shared.steps {
+                    self.table = step.table.clone();
+                    self.events
+                        .extend(step.skipped.iter().cloned().map(NodeEvent::Skipped));
+                    if let Some(change) = &step.change {
+                        self.table_changed(change);
+                    }
+                    self.allocator.on_watch_event(&step.event, &self.table, now);
+                    self.pump();
+                }
             }
-            self.allocator.on_watch_event(event, &self.table, now);
-            self.pump();
+            _ => {
+                for event in batch.events() {
+                    self.apply_event(event, now);
+                }
+            }
         }
     }
 
@@ -182,4 +278,25 @@ impl Node {
         }
         self.pump();
     }
+}
+
+/// The changes from `old` to `new`, as [`LeaseTable::replace`] reports them: the leases
+/// added or changed, then those gone, each in key order.
+fn diff(old: &LeaseTable, new: &LeaseTable) -> Vec<TableChange> {
+    let mut changes: Vec<TableChange> = new
+        .leases()
+        .filter_map(|lease| {
+            let before = old.get(&lease.key);
+            (before != Some(lease)).then(|| TableChange::Upsert {
+                old: before.cloned(),
+                new: lease.clone(),
+            })
+        })
+        .collect();
+    changes.extend(
+        old.leases()
+            .filter(|l| new.get(&l.key).is_none())
+            .map(|l| TableChange::Remove { lease: l.clone() }),
+    );
+    changes
 }

@@ -294,6 +294,14 @@ pub trait StoreCalls {
 pub enum StoreOutput {
     /// The result of a `List`.
     Listing(Listing),
+    /// The result of a `List`, already decoded into the lease table a node would make
+    /// of it (same prefix and networks, see
+    /// [`LeaseTable::decodes_like`](crate::lease_table::LeaseTable::decodes_like)): a
+    /// driver that serves many nodes from one store ([`LeaseLog`]) decodes each listing
+    /// once, and the nodes share the one table.
+    ///
+    /// [`LeaseLog`]: crate::lease_table::LeaseLog
+    Leases(crate::lease_table::LeaseTable),
     /// The result of a `Create` or `Renew`.
     Entry(Entry),
 }

@@ -23,6 +23,17 @@ pub(crate) struct LiveLease {
     pub v6: Option<(Ipv6Net, Ipv6Addr)>,
 }
 
+/// One route the live leases make, see [`World::live_routes`].
+#[derive(Debug, Clone, Copy)]
+pub struct LiveRoute {
+    /// The route: subnet and public IP.
+    pub route: (IpNet, IpAddr),
+    /// The IPv4 subnet of the lease it comes from.
+    pub lease: Ipv4Net,
+    /// The public IPv4 address that lease records.
+    pub ip: Ipv4Addr,
+}
+
 /// A subnet of either family: two overlap when one contains the other.
 trait Subnet: Ord + Copy {
     fn covers(&self, other: &Self) -> bool;
@@ -157,35 +168,51 @@ impl World {
             && node.leases().revision() == self.store.revision()
     }
 
+    /// Every route the live leases make, in the order a node lists its routes (IPv4
+    /// first, each family by subnet), each with the IPv4 subnet and address of the
+    /// lease it comes from: what [`World::route_mismatch_with`] compares a node with.
+    pub fn live_routes(&self) -> Vec<LiveRoute> {
+        let v4 = self.live.iter().map(|(n, l)| LiveRoute {
+            route: (IpNet::V4(*n), IpAddr::V4(l.ip)),
+            lease: *n,
+            ip: l.ip,
+        });
+        let v6 = self.live6.values().filter_map(|v4| {
+            let l = self.live.get(v4)?;
+            let (n, ip6) = l.v6?;
+            Some(LiveRoute {
+                route: (IpNet::V6(n), IpAddr::V6(ip6)),
+                lease: *v4,
+                ip: l.ip,
+            })
+        });
+        v4.chain(v6).collect()
+    }
+
     /// For a caught-up host: the difference between its routes and the live peer
     /// leases, described; `None` when they agree.
     pub fn route_mismatch(&self, h: usize) -> Option<String> {
+        self.route_mismatch_with(h, &self.live_routes())
+    }
+
+    /// [`World::route_mismatch`] against `live`, the [`World::live_routes`] of now (a
+    /// check of every node makes it once).
+    pub fn route_mismatch_with(&self, h: usize, live: &[LiveRoute]) -> Option<String> {
         let node = self.hosts[h].node()?;
         let own = node.lease().map(|l| l.key.ipv4);
-        let routes: Vec<(IpNet, IpAddr)> = node
-            .routes()
-            .routes()
-            .map(|r| (r.subnet, r.public_ip))
-            .collect();
         // A node never routes to itself: not its lease, nor any recording its address.
         let ip = self.hosts[h].ip;
-        let peers = || {
-            self.live
-                .iter()
-                .filter(move |(n, l)| Some(**n) != own && l.ip != ip)
-        };
-        let mut v6: Vec<(IpNet, IpAddr)> = peers()
-            .filter_map(|(_, l)| l.v6)
-            .map(|(n, ip)| (IpNet::V6(n), IpAddr::V6(ip)))
-            .collect();
-        v6.sort();
-        let want: Vec<(IpNet, IpAddr)> = peers()
-            .map(|(n, l)| (IpNet::V4(*n), IpAddr::V4(l.ip)))
-            .chain(v6)
-            .collect();
-        if routes == want {
+        let want = live
+            .iter()
+            .filter(|r| Some(r.lease) != own && r.ip != ip)
+            .map(|r| r.route);
+        // Compared as they come (the common case, in a large cluster, is that they
+        // agree); only a mismatch is worth collecting.
+        if node.routes().peers().eq(want.clone()) {
             return None;
         }
+        let routes: Vec<(IpNet, IpAddr)> = node.routes().peers().collect();
+        let want: Vec<(IpNet, IpAddr)> = want.collect();
         let extra: Vec<String> = routes
             .iter()
             .filter(|r| !want.contains(r))
@@ -208,6 +235,9 @@ impl World {
 
     pub(crate) fn check_invariants(&mut self) {
         let touched = std::mem::take(&mut self.touched);
+        if !self.cfg.check_routes {
+            return;
+        }
         for h in touched {
             if self.caught_up(h) {
                 if let Some(m) = self.route_mismatch(h) {
@@ -245,6 +275,7 @@ mod tests {
             trace: true,
             trace_routes: true,
             check: true,
+            check_routes: true,
             full_containers: true,
         })
     }

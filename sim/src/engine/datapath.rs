@@ -127,7 +127,7 @@ impl World {
 
     /// A container of `h` sent `packet`: ask the core where it goes.
     fn tun_outbound(&mut self, h: usize, mut packet: Vec<u8>) {
-        let Some(run) = self.hosts[h].running() else {
+        let Some(run) = self.hosts[h].running_table() else {
             return;
         };
         match run.table.route_outbound(&mut packet, &run.drops) {
@@ -164,7 +164,7 @@ impl World {
         let Some(&h) = self.by_ip.get(&to) else {
             return;
         };
-        let Some(run) = self.hosts[h].running() else {
+        let Some(run) = self.hosts[h].running_table() else {
             return;
         };
         if run

@@ -140,6 +140,17 @@ impl Host {
         }
     }
 
+    /// The running part, if up, its forwarding table brought up to date first: the
+    /// node builds it only when asked, so that a node hearing of many leases between
+    /// two packets builds it once.
+    pub(crate) fn running_table(&mut self) -> Option<&Running> {
+        let run = self.running_mut()?;
+        if let Some(table) = run.node.poll_forward_table() {
+            run.table = table;
+        }
+        Some(run)
+    }
+
     /// The running part, if up.
     pub fn running(&self) -> Option<&Running> {
         match &self.state {
@@ -211,6 +222,7 @@ impl World {
         alloc.retry_max = self.cfg.retry_max;
         alloc.previous = host.subnet_file;
         let mut node = Node::new(config, seed, host.node_now(self.now));
+        node.set_route_events(self.cfg.trace_routes);
         let table = node.poll_forward_table().unwrap_or_default();
         host.exited = false;
         host.watch = None;
@@ -260,9 +272,6 @@ impl World {
         let Some(run) = self.hosts[h].running_mut() else {
             return;
         };
-        if let Some(table) = run.node.poll_forward_table() {
-            run.table = table;
-        }
         let node = &mut run.node;
         let mut ops = Vec::new();
         while let Some(op) = node.poll_store_op() {

@@ -18,11 +18,12 @@ use std::time::Duration;
 
 use ipnet::Ipv4Net;
 use weft_core::config::NetworkConfig;
+use weft_core::lease_table::{LeaseLog, WatchBatch};
+use weft_core::node::NodeConfig;
 use weft_core::node::{OpId, StoreOp, StoreOutput};
-use weft_core::store::{
-    subnets_prefix, Revision, StoreError, StoreModel, WatchEvent, DEFAULT_PREFIX,
-};
+use weft_core::store::{subnets_prefix, Revision, StoreError, StoreModel, DEFAULT_PREFIX};
 
+pub use check::LiveRoute;
 pub use datapath::Guest;
 pub use host::{Host, HostState, Running};
 pub use probe::{Ping, Transfer};
@@ -80,6 +81,10 @@ pub struct WorldConfig {
     pub trace_routes: bool,
     /// Check the invariants after every event.
     pub check: bool,
+    /// Among them, that every caught-up node routes to exactly the live leases: this
+    /// one costs a walk of the node's routes, so a run of thousands of nodes checks it
+    /// at its `converged` expectations instead.
+    pub check_routes: bool,
     /// Containers are smoltcp interfaces (true) or light echo responders.
     pub full_containers: bool,
 }
@@ -141,7 +146,7 @@ pub(crate) enum Ev {
         host: usize,
         inc: u32,
         id: OpId,
-        batch: Result<Vec<WatchEvent>, StoreError>,
+        batch: Result<std::sync::Arc<WatchBatch>, StoreError>,
     },
     WatchFlush,
     StoreExpiry,
@@ -164,6 +169,28 @@ pub(crate) enum Ev {
     TransferDeadline(usize),
 }
 
+/// The shared lease history of a world whose nodes report no route changes; `None`
+/// when they do (their traces then come from each node's own decoding, as in the
+/// daemon) or when the network runs no node.
+fn lease_log(cfg: &WorldConfig) -> Option<LeaseLog> {
+    if cfg.trace_routes {
+        return None;
+    }
+    let ip = std::net::Ipv4Addr::UNSPECIFIED;
+    let config = NodeConfig::for_network(
+        DEFAULT_PREFIX,
+        &cfg.network,
+        ip,
+        Some(std::net::Ipv6Addr::UNSPECIFIED),
+    )
+    .ok()?;
+    Some(LeaseLog::new(
+        config.lease_table(),
+        0,
+        weft_core::store::DEFAULT_HISTORY_LIMIT,
+    ))
+}
+
 /// See the module docs.
 #[derive(Debug)]
 pub struct World {
@@ -172,6 +199,9 @@ pub struct World {
     pub(crate) queue: EventQueue<Ev>,
     /// The store every node talks to: the core's model, its time the virtual clock.
     pub store: StoreModel,
+    /// The store's leases decoded once for every node (when nodes report no route
+    /// changes): their listings and watch batches share its tables.
+    pub(crate) lease_log: Option<LeaseLog>,
     /// An injected store outage is under way: every operation and watch fails.
     pub store_down: bool,
     pub(crate) subnets_prefix: String,
@@ -222,6 +252,7 @@ impl World {
             now: SimTime::ZERO,
             queue: EventQueue::default(),
             store: StoreModel::new(SimTime::ZERO.to_timestamp(0)),
+            lease_log: lease_log(&cfg),
             store_down: false,
             subnets_prefix: subnets_prefix(DEFAULT_PREFIX),
             hosts: Vec::new(),

@@ -8,9 +8,13 @@
 //! asked for it, and its batches carry that id back to the node, which alone decides
 //! whether a batch belongs to its current watch.
 
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
 use weft_core::lease::{LeaseAttrs, LeaseKey};
-use weft_core::node::{OpId, StoreOp};
-use weft_core::store::{Revision, StoreError, WatchEvent};
+use weft_core::lease_table::{LeaseLog, LeaseTable, WatchBatch};
+use weft_core::node::{OpId, StoreOp, StoreOutput};
+use weft_core::store::{Revision, StoreError};
 
 use super::{Ev, World, STORE_TIMEOUT};
 use crate::time::SimTime;
@@ -38,6 +42,8 @@ impl World {
         self.stats.store_ops += 1;
         let result = if self.store_down {
             Err(outage())
+        } else if let Some(table) = self.shared_listing(&op) {
+            Ok(StoreOutput::Leases(table))
         } else {
             match op.call(&mut self.store) {
                 Some(result) => result,
@@ -63,6 +69,44 @@ impl World {
                 result,
             },
         );
+    }
+
+    /// A listing answered from the shared lease history, when there is one.
+    fn shared_listing(&mut self, op: &StoreOp) -> Option<LeaseTable> {
+        let StoreOp::List { prefix } = op else {
+            return None;
+        };
+        if *prefix != self.subnets_prefix {
+            return None;
+        }
+        self.follow_log();
+        self.lease_log.as_ref()?.listing(self.store.revision())
+    }
+
+    /// Brings the shared lease history up to the store's latest change.
+    pub(crate) fn follow_log(&mut self) {
+        let Some(log) = &mut self.lease_log else {
+            return;
+        };
+        let next = log.current().revision() + 1;
+        if next > self.store.revision() {
+            return;
+        }
+        match self.store.events_since(&self.subnets_prefix, next) {
+            Ok(events) => log.follow(&events),
+            Err(_) => {
+                // The history went past the log (a compaction): start it again from a
+                // listing, decoded once.
+                let listing = self.store.list(&self.subnets_prefix);
+                let mut table = log.current().clone();
+                table.replace(&listing);
+                *log = LeaseLog::new(
+                    table,
+                    listing.revision,
+                    weft_core::store::DEFAULT_HISTORY_LIMIT,
+                );
+            }
+        }
     }
 
     /// A node's watch `id` from `from` reaches the store: it replaces the node's running
@@ -135,8 +179,11 @@ impl World {
     /// Sends every running watch what it has not seen yet (or its failure).
     pub(crate) fn watch_flush(&mut self) {
         self.flush_pending = false;
+        self.follow_log();
         let revision = self.store.revision();
         let at = self.now + self.latency();
+        // One batch for all the watches at the same point.
+        let mut batches: BTreeMap<Revision, Arc<WatchBatch>> = BTreeMap::new();
         for host in 0..self.hosts.len() {
             let Some(inc) = self.hosts[host].running_incarnation() else {
                 continue;
@@ -149,8 +196,25 @@ impl World {
             }
             let events = if self.store_down {
                 Err(outage())
+            } else if let Some(b) = batches.get(&cursor.next) {
+                Ok(b.clone())
             } else {
-                self.store.events_since(&self.subnets_prefix, cursor.next)
+                let shared = self
+                    .lease_log
+                    .as_ref()
+                    .and_then(|log| log.batch_since(cursor.next));
+                let batch = match shared {
+                    Some(b) => Ok(b),
+                    None => self
+                        .store
+                        .events_since(&self.subnets_prefix, cursor.next)
+                        .map(WatchBatch::from),
+                };
+                batch.map(|b| {
+                    let b = Arc::new(b);
+                    batches.insert(cursor.next, b.clone());
+                    b
+                })
             };
             let batch = match events {
                 Ok(events) if events.is_empty() => {
@@ -191,6 +255,7 @@ impl World {
                 self.request_flush();
             }
         }
+        self.follow_log();
         // The checker reads the store like a client, so it waits out an outage (in
         // which nothing but expiries can happen) and catches up afterwards.
         if revision >= self.live_next && !self.store_down {
@@ -212,7 +277,7 @@ impl World {
         host: usize,
         inc: u32,
         id: OpId,
-        batch: Result<Vec<WatchEvent>, StoreError>,
+        batch: Result<Arc<WatchBatch>, StoreError>,
     ) {
         if !self.hosts[host].is_incarnation(inc) {
             return;
@@ -227,7 +292,7 @@ impl World {
             return;
         };
         match batch {
-            Ok(events) => node.handle_watch_events(id, &events, now),
+            Ok(batch) => node.handle_watch_batch(id, &batch, now),
             Err(e) => node.handle_watch_error(id, e, now),
         }
         self.dirty.push(host);

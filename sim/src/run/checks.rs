@@ -82,7 +82,42 @@ pub(super) fn expect(w: &mut World, e: &Expect) {
                 Err(format!("{node} should have exited but has not"))
             }
         }
+        Expect::AllLeased { .. } => {
+            let mut held: Vec<(ipnet::Ipv4Net, usize)> = Vec::new();
+            let mut problems = Vec::new();
+            for (h, host) in w.hosts.iter().enumerate() {
+                match host.lease_key() {
+                    Some(k) => held.push((k.ipv4, h)),
+                    None if host.is_up() => problems.push(format!("{} holds no lease", host.name)),
+                    None => problems.push(format!("{} is down", host.name)),
+                }
+            }
+            held.sort();
+            for pair in held.windows(2) {
+                let ((a, ha), (b, hb)) = (pair[0], pair[1]);
+                if a.contains(&b.network()) {
+                    let (na, nb) = (&w.hosts[ha].name, &w.hosts[hb].name);
+                    problems.push(format!("{na} holds {a} and {nb} holds {b}: they overlap"));
+                }
+            }
+            if problems.is_empty() {
+                Ok(format!(
+                    "all {} nodes hold a lease, no two overlapping",
+                    held.len()
+                ))
+            } else {
+                let more = problems.len().saturating_sub(5);
+                problems.truncate(5);
+                let more = if more > 0 {
+                    format!(" and {more} more")
+                } else {
+                    String::new()
+                };
+                Err(format!("not all leased: {}{more}", problems.join("; ")))
+            }
+        }
         Expect::Converged { .. } => {
+            let live = w.live_routes();
             let mut problems = Vec::new();
             for h in 0..w.hosts.len() {
                 if !w.hosts[h].is_up() {
@@ -90,7 +125,7 @@ pub(super) fn expect(w: &mut World, e: &Expect) {
                 }
                 if !w.caught_up(h) {
                     problems.push(format!("{} has not caught up", w.hosts[h].name));
-                } else if let Some(m) = w.route_mismatch(h) {
+                } else if let Some(m) = w.route_mismatch_with(h, &live) {
                     problems.push(m);
                 }
             }

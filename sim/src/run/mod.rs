@@ -140,6 +140,7 @@ fn run_with(
         trace: true,
         trace_routes: scenario.trace_routes,
         check: true,
+        check_routes: scenario.check_routes_every_event,
         full_containers: true,
     });
     if let Some(limit) = scenario.store.history_limit {

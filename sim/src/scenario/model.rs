@@ -84,6 +84,12 @@ pub struct Scenario {
     /// only leases, steps and checks (for large scenarios).
     #[serde(default = "yes")]
     pub trace_routes: bool,
+    /// Whether the invariant "a caught-up node routes to exactly the live leases" is
+    /// checked after every event (default), or only by `converged` expectations: the
+    /// check walks the node's routes, which for thousands of nodes costs more than the
+    /// run itself.
+    #[serde(default = "yes")]
+    pub check_routes_every_event: bool,
     /// The overlay network and lease timing.
     pub network: NetworkSection,
     /// The store's behaviour.
@@ -92,9 +98,13 @@ pub struct Scenario {
     /// The faults of every link at the start.
     #[serde(default)]
     pub underlay: Option<Spanned<FaultFields>>,
-    /// The nodes.
-    #[serde(rename = "node")]
+    /// The nodes (with those of the node groups, once parsed).
+    #[serde(default, rename = "node")]
     pub nodes: Vec<Spanned<NodeSection>>,
+    /// Groups of alike nodes, for large clusters; parsing turns each into its nodes and
+    /// their start and restart steps.
+    #[serde(default, rename = "node_group")]
+    pub node_groups: Vec<Spanned<NodeGroup>>,
     /// Timed actions.
     #[serde(default, rename = "step")]
     pub steps: Vec<Spanned<Step>>,
@@ -213,6 +223,57 @@ pub struct NodeSection {
     /// Whether it starts at time 0 (default) or waits for a `start` step.
     #[serde(default = "yes")]
     pub start: bool,
+}
+
+/// `[[node_group]]`: `count` nodes named `name` and a number (`n0000`...), their public
+/// IPs counting up from `first_ip`, started in waves and perhaps restarted in waves.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeGroup {
+    /// The names' prefix.
+    pub name: String,
+    /// How many nodes.
+    pub count: usize,
+    /// The first node's public IP.
+    pub first_ip: Ipv4Addr,
+    /// Each node's containers.
+    #[serde(default)]
+    pub containers: Option<Containers>,
+    /// When they start (default: all at time 0).
+    #[serde(default)]
+    pub start: Option<Waves>,
+    /// A rolling restart: the first `count` nodes stop and start again, wave by wave.
+    #[serde(default)]
+    pub restart: Option<Waves>,
+}
+
+/// Nodes taken in order, in `waves` equal waves, the first at `at`, the others evenly
+/// spread until `at + over`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Waves {
+    /// The first wave.
+    pub at: Dur,
+    /// From the first wave to the last.
+    #[serde(default)]
+    pub over: Dur,
+    /// How many waves.
+    pub waves: usize,
+    /// How many of the group's nodes (default all).
+    #[serde(default)]
+    pub count: Option<usize>,
+}
+
+impl Waves {
+    /// When node `i` of `n` goes.
+    pub fn time_of(&self, i: usize, n: usize) -> Duration {
+        let waves = self.waves.clamp(1, n.max(1));
+        let wave = i * waves / n.max(1);
+        if waves == 1 {
+            return self.at.0;
+        }
+        self.at.0 + self.over.0 * wave as u32 / (waves - 1) as u32
+    }
 }
 
 fn yes() -> bool {
@@ -441,6 +502,8 @@ pub enum Expect {
     Stopped { at: Dur, node: String },
     /// Every running node's routes equal the live peer leases.
     Converged { at: Dur },
+    /// Every node runs and holds a lease, no two of them overlapping.
+    AllLeased { at: Dur },
 }
 
 impl Expect {
@@ -452,7 +515,8 @@ impl Expect {
             | Expect::Routes { at, .. }
             | Expect::Error { at, .. }
             | Expect::Stopped { at, .. }
-            | Expect::Converged { at } => at.0,
+            | Expect::Converged { at }
+            | Expect::AllLeased { at } => at.0,
         }
     }
 }

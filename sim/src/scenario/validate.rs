@@ -191,7 +191,7 @@ pub(super) fn check(s: &Scenario) -> Result<(), Failure> {
             | Expect::Routes { node, .. }
             | Expect::Error { node, .. }
             | Expect::Stopped { node, .. } => names.node(node).map_err(|m| (span, m))?,
-            Expect::Leases { .. } | Expect::Converged { .. } => {}
+            Expect::Leases { .. } | Expect::Converged { .. } | Expect::AllLeased { .. } => {}
         }
     }
     Ok(())

@@ -56,7 +56,33 @@ impl LabWorld {
                 (format!("{node} stopped"), result)
             }
             Expect::Converged { .. } => ("converged".to_string(), self.converged()),
+            Expect::AllLeased { .. } => ("all leased".to_string(), self.all_leased()),
         }
+    }
+
+    /// Every node runs and holds a lease, no two of them overlapping.
+    fn all_leased(&self) -> Result<String, LabError> {
+        let mut held: Vec<(Ipv4Net, String)> = Vec::new();
+        for report in self.running.status().nodes {
+            let lease = report
+                .status
+                .filter(|s| s.state == NodeState::Running)
+                .and_then(|s| s.lease.map(|l| l.subnet));
+            match lease {
+                Some(subnet) => held.push((subnet, report.name)),
+                None => return failed(format!("{} holds no lease", report.name)),
+            }
+        }
+        held.sort();
+        for pair in held.windows(2) {
+            if pair[0].0.contains(&pair[1].0.network()) {
+                return failed(format!(
+                    "{} holds {} and {} holds {}: they overlap",
+                    pair[0].1, pair[0].0, pair[1].1, pair[1].0
+                ));
+            }
+        }
+        Ok(format!(" ({} nodes)", held.len()))
     }
 
     fn holds(&self, node: &str, want: &SubnetExpect) -> Result<String, LabError> {

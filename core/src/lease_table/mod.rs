@@ -5,9 +5,13 @@
 //! and the router (which peers to route to) read it. Lookups are logarithmic, so that an
 //! acquisition does not cost a listing of the whole store as it does in flannel.
 
-use std::collections::{BTreeMap, BTreeSet};
-use std::net::Ipv4Addr;
+mod log;
 
+use std::collections::BTreeSet;
+use std::net::Ipv4Addr;
+use std::sync::Arc;
+
+use imbl::{OrdMap, OrdSet};
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 
 use crate::lease::{Lease, LeaseError, LeaseKey, Skipped};
@@ -30,18 +34,62 @@ pub enum TableChange {
     },
 }
 
-/// Every valid lease under the subnets prefix, indexed by subnet and by public IP.
-#[derive(Debug, Clone, Default)]
-pub struct LeaseTable {
-    subnets_prefix: String,
-    leases: BTreeMap<LeaseKey, Lease>,
-    v6_taken: BTreeSet<Ipv6Net>,
-    by_public_ip: BTreeMap<Ipv4Addr, BTreeSet<LeaseKey>>,
+pub use log::{LeaseLog, WatchBatch};
+
+/// What the table holds, in persistent maps: a clone is cheap and shares everything with
+/// the original until one of them changes, and then only the changed paths are copied.
+/// This is what lets a simulator's thousands of nodes share one lease history
+/// ([`LeaseLog`]) instead of each holding a copy.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+struct Contents {
+    leases: OrdMap<LeaseKey, Held>,
+    /// How many leases have an IPv6 subnet and a public IPv6 address (an IPv6 route).
+    v6_routable: usize,
+    /// The IPv6 subnet of every lease that has one.
+    v6: OrdMap<Ipv6Net, LeaseKey>,
+    by_public_ip: OrdMap<Ipv4Addr, OrdSet<LeaseKey>>,
     /// Keys that name a subnet but whose value is not a lease: the subnet is occupied in
     /// the store (a create would fail), yet no peer can be routed to.
-    unusable: BTreeMap<LeaseKey, LeaseError>,
+    unusable: OrdMap<LeaseKey, LeaseError>,
     /// Every entry skipped so far, by full store key, so each is reported once.
-    skipped: BTreeMap<String, LeaseError>,
+    skipped: OrdMap<String, LeaseError>,
+}
+
+/// A lease as the table holds it: shared, with the addresses every peer's route
+/// decisions read kept beside the key, so that walking the table touches no lease.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Held {
+    public_ip: Ipv4Addr,
+    public_ipv6: Option<std::net::Ipv6Addr>,
+    lease: Arc<Lease>,
+}
+
+impl Held {
+    fn new(lease: Lease) -> Self {
+        Held {
+            public_ip: lease.attrs.public_ip,
+            public_ipv6: lease.attrs.public_ipv6,
+            lease: Arc::new(lease),
+        }
+    }
+
+    fn v6_routable(&self) -> bool {
+        self.lease.key.ipv6.is_some() && self.public_ipv6.is_some()
+    }
+}
+
+impl std::ops::Deref for Held {
+    type Target = Lease;
+    fn deref(&self) -> &Lease {
+        &self.lease
+    }
+}
+
+/// Every valid lease under the subnets prefix, indexed by subnet and by public IP.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LeaseTable {
+    subnets_prefix: Arc<str>,
+    contents: Arc<Contents>,
     revision: Revision,
     synced: bool,
     /// The overlay networks; leases outside them are skipped (when set).
@@ -52,7 +100,7 @@ impl LeaseTable {
     /// An empty, unsynced table for the leases under `subnets_prefix`.
     pub fn new(subnets_prefix: &str) -> Self {
         LeaseTable {
-            subnets_prefix: subnets_prefix.to_string(),
+            subnets_prefix: subnets_prefix.into(),
             ..Default::default()
         }
     }
@@ -63,6 +111,25 @@ impl LeaseTable {
     pub fn within(mut self, v4: Ipv4Net, v6: Option<Ipv6Net>) -> Self {
         self.networks = Some((v4, v6));
         self
+    }
+
+    /// Whether `other` is this very table: the same contents (one shared copy), at the
+    /// same revision. A table derived from `other` by the same changes is equal in
+    /// content but not the same; see [`LeaseLog`].
+    pub fn is_same(&self, other: &LeaseTable) -> bool {
+        Arc::ptr_eq(&self.contents, &other.contents)
+            && self.revision == other.revision
+            && self.synced == other.synced
+    }
+
+    /// Whether `other` decodes the same store entries the same way (the same prefix
+    /// and networks), so that one can stand for the other's listing.
+    pub fn decodes_like(&self, other: &LeaseTable) -> bool {
+        self.subnets_prefix == other.subnets_prefix && self.networks == other.networks
+    }
+
+    fn contents_mut(&mut self) -> &mut Contents {
+        Arc::make_mut(&mut self.contents)
     }
 
     /// Decodes an entry as a lease of this table's networks.
@@ -97,84 +164,127 @@ impl LeaseTable {
 
     /// The number of valid leases.
     pub fn len(&self) -> usize {
-        self.leases.len()
+        self.contents.leases.len()
     }
 
     /// Whether there are no valid leases.
     pub fn is_empty(&self) -> bool {
-        self.leases.is_empty()
+        self.contents.leases.is_empty()
+    }
+
+    /// Every valid lease's key, public IPv4 address and public IPv6 address, by key:
+    /// [`LeaseTable::leases`] for those who need only these.
+    pub fn addresses(
+        &self,
+    ) -> impl Iterator<Item = (&LeaseKey, Ipv4Addr, Option<std::net::Ipv6Addr>)> {
+        self.contents
+            .leases
+            .iter()
+            .map(|(k, h)| (k, h.public_ip, h.public_ipv6))
+    }
+
+    /// How many leases have both an IPv6 subnet and a public IPv6 address.
+    pub fn v6_routable(&self) -> usize {
+        self.contents.v6_routable
     }
 
     /// Every valid lease, by key.
     pub fn leases(&self) -> impl Iterator<Item = &Lease> {
-        self.leases.values()
+        self.contents.leases.values().map(|l| &**l)
+    }
+
+    /// The valid leases from the first whose key is `from` or after it, by key.
+    pub fn leases_from(&self, from: LeaseKey) -> impl Iterator<Item = &Lease> {
+        self.contents.leases.range(from..).map(|(_, l)| &**l)
+    }
+
+    /// The valid leases up to the last whose key is `to`, by key, last first.
+    pub fn leases_back_from(&self, to: LeaseKey) -> impl Iterator<Item = &Lease> {
+        self.contents.leases.range(..=to).rev().map(|(_, l)| &**l)
+    }
+
+    /// Every valid lease with an IPv6 subnet, by that subnet.
+    pub fn leases_by_v6(&self) -> impl Iterator<Item = &Lease> {
+        let c = &self.contents;
+        c.v6.values().filter_map(|k| c.leases.get(k).map(|l| &**l))
+    }
+
+    /// The lease whose IPv6 subnet is `subnet`.
+    pub fn get_v6(&self, subnet: &Ipv6Net) -> Option<&Lease> {
+        let c = &self.contents;
+        c.v6.get(subnet).and_then(|k| c.leases.get(k)).map(|l| &**l)
     }
 
     /// The lease with this exact key.
     pub fn get(&self, key: &LeaseKey) -> Option<&Lease> {
-        self.leases.get(key)
+        self.contents.leases.get(key).map(|l| &**l)
     }
 
     /// The entries skipped so far (bad keys or values), by store key.
-    pub fn skipped(&self) -> &BTreeMap<String, LeaseError> {
-        &self.skipped
+    pub fn skipped(&self) -> impl Iterator<Item = (&String, &LeaseError)> {
+        self.contents.skipped.iter()
     }
 
     /// Whether some lease (valid or not) occupies this IPv4 subnet.
     pub fn is_v4_taken(&self, subnet: Ipv4Net) -> bool {
         let probe = LeaseKey::v4(subnet);
         let hit = |k: Option<&LeaseKey>| k.is_some_and(|k| k.ipv4 == subnet);
-        hit(self.leases.range(probe..).next().map(|(k, _)| k))
-            || hit(self.unusable.range(probe..).next().map(|(k, _)| k))
+        let c = &self.contents;
+        hit(c.leases.range(probe..).next().map(|(k, _)| k))
+            || hit(c.unusable.range(probe..).next().map(|(k, _)| k))
     }
 
     /// Whether some lease occupies this IPv6 subnet.
     pub fn is_v6_taken(&self, subnet: Ipv6Net) -> bool {
-        self.v6_taken.contains(&subnet)
+        self.contents.v6.contains_key(&subnet)
     }
 
     /// The IPv4 subnets of all occupied keys within `[min, max]`, in order.
     pub fn v4_taken_in(&self, min: Ipv4Net, max: Ipv4Net) -> BTreeSet<Ipv4Net> {
         let lo = LeaseKey::v4(min);
         let in_range = |k: &&LeaseKey| k.ipv4 <= max;
-        self.leases
+        let c = &self.contents;
+        c.leases
             .range(lo..)
             .map(|(k, _)| k)
             .take_while(in_range)
-            .chain(
-                self.unusable
-                    .range(lo..)
-                    .map(|(k, _)| k)
-                    .take_while(in_range),
-            )
+            .chain(c.unusable.range(lo..).map(|(k, _)| k).take_while(in_range))
             .map(|k| k.ipv4)
             .collect()
     }
 
     /// The IPv6 subnets taken within `[min, max]`, in order.
     pub fn v6_taken_in(&self, min: Ipv6Net, max: Ipv6Net) -> BTreeSet<Ipv6Net> {
-        self.v6_taken.range(min..=max).copied().collect()
+        self.contents.v6.range(min..=max).map(|(n, _)| *n).collect()
     }
 
     /// The leases that record `ip` as their public IP, lowest subnet first.
     pub fn by_public_ip(&self, ip: Ipv4Addr) -> impl Iterator<Item = &Lease> {
-        self.by_public_ip
+        let c = &self.contents;
+        c.by_public_ip
             .get(&ip)
             .into_iter()
             .flatten()
-            .filter_map(|k| self.leases.get(k))
+            .filter_map(|k| c.leases.get(k).map(|l| &**l))
     }
 
     fn insert(&mut self, lease: Lease) -> Option<Lease> {
-        self.unusable.remove(&lease.key);
+        let c = self.contents_mut();
+        c.unusable.remove(&lease.key);
         if let Some(v6) = lease.key.ipv6 {
-            self.v6_taken.insert(v6);
+            c.v6.insert(v6, lease.key);
         }
-        self.by_public_ip
+        c.by_public_ip
             .entry(lease.attrs.public_ip)
             .or_default()
             .insert(lease.key);
-        let old = self.leases.insert(lease.key, lease);
+        let held = Held::new(lease);
+        c.v6_routable += usize::from(held.v6_routable());
+        let old = c.leases.insert(held.lease.key, held);
+        if let Some(old) = &old {
+            c.v6_routable -= usize::from(old.v6_routable());
+        }
+        let old = old.map(|h| Arc::unwrap_or_clone(h.lease));
         if let Some(old) = &old {
             self.unindex_ip(old);
         }
@@ -182,31 +292,46 @@ impl LeaseTable {
     }
 
     fn unindex_ip(&mut self, old: &Lease) {
-        let current_ip = self.leases.get(&old.key).map(|l| l.attrs.public_ip);
+        let current_ip = self.get(&old.key).map(|l| l.attrs.public_ip);
         if current_ip == Some(old.attrs.public_ip) {
             return;
         }
-        if let Some(keys) = self.by_public_ip.get_mut(&old.attrs.public_ip) {
+        let c = self.contents_mut();
+        if let Some(keys) = c.by_public_ip.get_mut(&old.attrs.public_ip) {
             keys.remove(&old.key);
             if keys.is_empty() {
-                self.by_public_ip.remove(&old.attrs.public_ip);
+                c.by_public_ip.remove(&old.attrs.public_ip);
             }
         }
     }
 
     fn remove(&mut self, key: &LeaseKey) -> Option<Lease> {
-        self.unusable.remove(key);
-        let old = self.leases.remove(key)?;
+        if !self.contents.unusable.contains_key(key) && !self.contents.leases.contains_key(key) {
+            return None;
+        }
+        let c = self.contents_mut();
+        c.unusable.remove(key);
+        let old = c.leases.remove(key)?;
+        c.v6_routable -= usize::from(old.v6_routable());
+        let old = Arc::unwrap_or_clone(old.lease);
         if let Some(v6) = key.ipv6 {
-            self.v6_taken.remove(&v6);
+            c.v6.remove(&v6);
         }
         self.unindex_ip(&old);
         Some(old)
     }
 
+    fn unskip(&mut self, key: &str) {
+        if self.contents.skipped.contains_key(key) {
+            self.contents_mut().skipped.remove(key);
+        }
+    }
+
     fn note_skipped(&mut self, key: &str, error: LeaseError, out: &mut Vec<Skipped>) {
-        if self.skipped.get(key) != Some(&error) {
-            self.skipped.insert(key.to_string(), error.clone());
+        if self.contents.skipped.get(key) != Some(&error) {
+            self.contents_mut()
+                .skipped
+                .insert(key.to_string(), error.clone());
             out.push(Skipped {
                 key: key.to_string(),
                 error,
@@ -215,24 +340,28 @@ impl LeaseTable {
     }
 
     fn parse_key(&self, full: &str) -> Option<Result<LeaseKey, LeaseError>> {
-        let name = full.strip_prefix(&self.subnets_prefix)?;
+        let name = full.strip_prefix(&*self.subnets_prefix)?;
         Some(name.parse())
     }
 
     /// Replaces the whole table with a listing. Returns the changes against what the
     /// table held before, and the entries newly skipped as invalid.
     pub fn replace(&mut self, listing: &Listing) -> (Vec<TableChange>, Vec<Skipped>) {
-        let mut before = std::mem::take(&mut self.leases);
-        self.v6_taken.clear();
-        self.by_public_ip.clear();
-        self.unusable.clear();
+        let before_skipped = std::mem::take(&mut self.contents_mut().skipped);
+        let mut before = std::mem::take(&mut self.contents_mut().leases);
+        *self.contents_mut() = Contents {
+            skipped: before_skipped,
+            ..Contents::default()
+        };
         let mut changes = Vec::new();
         let mut skipped = Vec::new();
         let mut seen_bad = BTreeSet::new();
         for entry in &listing.entries {
             match self.decode(entry) {
                 Ok(lease) => {
-                    let old = before.remove(&lease.key);
+                    let old = before
+                        .remove(&lease.key)
+                        .map(|h| Arc::unwrap_or_clone(h.lease));
                     if old.as_ref() != Some(&lease) {
                         changes.push(TableChange::Upsert {
                             old,
@@ -243,19 +372,23 @@ impl LeaseTable {
                 }
                 Err(error) => {
                     if let Some(Ok(key)) = self.parse_key(&entry.key) {
-                        self.unusable.insert(key, error.clone());
+                        self.contents_mut().unusable.insert(key, error.clone());
                     }
                     seen_bad.insert(entry.key.clone());
                     self.note_skipped(&entry.key, error, &mut skipped);
                 }
             }
         }
-        self.skipped.retain(|k, _| seen_bad.contains(k));
-        changes.extend(
-            before
-                .into_values()
-                .map(|lease| TableChange::Remove { lease }),
-        );
+        if self.contents.skipped.keys().any(|k| !seen_bad.contains(k)) {
+            let c = self.contents_mut();
+            c.skipped = std::mem::take(&mut c.skipped)
+                .into_iter()
+                .filter(|(k, _)| seen_bad.contains(k))
+                .collect();
+        }
+        changes.extend(before.into_iter().map(|(_, h)| TableChange::Remove {
+            lease: Arc::unwrap_or_clone(h.lease),
+        }));
         self.revision = listing.revision;
         self.synced = true;
         (changes, skipped)
@@ -276,7 +409,7 @@ impl LeaseTable {
                 if matches!(event, WatchEvent::Put(_)) {
                     self.note_skipped(event.key(), error, &mut skipped);
                 } else {
-                    self.skipped.remove(event.key());
+                    self.unskip(event.key());
                 }
                 return (None, skipped);
             }
@@ -284,7 +417,7 @@ impl LeaseTable {
         let change = match event {
             WatchEvent::Put(entry) => match self.decode(entry) {
                 Ok(lease) => {
-                    self.skipped.remove(&entry.key);
+                    self.unskip(&entry.key);
                     let old = self.insert(lease.clone());
                     (old.as_ref() != Some(&lease))
                         .then_some(TableChange::Upsert { old, new: lease })
@@ -292,12 +425,12 @@ impl LeaseTable {
                 Err(error) => {
                     self.note_skipped(&entry.key, error.clone(), &mut skipped);
                     let old = self.remove(&key);
-                    self.unusable.insert(key, error);
+                    self.contents_mut().unusable.insert(key, error);
                     old.map(|lease| TableChange::Remove { lease })
                 }
             },
             WatchEvent::Delete { key: full, .. } => {
-                self.skipped.remove(full);
+                self.unskip(full);
                 self.remove(&key).map(|lease| TableChange::Remove { lease })
             }
         };
