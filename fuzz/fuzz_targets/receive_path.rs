@@ -498,7 +498,8 @@ fuzz_target!(|input: Input| {
 
         let verdict = table.accept_inbound(from, &pkt, &drops);
         if verdict == Inbound::Deliver {
-            let (src, dst, _) = parsed.expect("only a well-formed packet is delivered");
+            let (src, dst, _) = parsed
+                .unwrap_or_else(|| panic!("only a well-formed packet is delivered: {pkt:02x?}"));
             assert!(is_own(dst), "delivered to {dst}, not our subnet {own:?}");
             assert!(
                 peers
@@ -521,7 +522,8 @@ fuzz_target!(|input: Input| {
         let mut out = pkt.clone();
         match table.route_outbound(&mut out, &drops) {
             Outbound::Send { peer } => {
-                let (_, dst, ttl) = parsed.expect("only a well-formed packet is sent");
+                let (_, dst, ttl) = parsed
+                    .unwrap_or_else(|| panic!("only a well-formed packet is sent: {pkt:02x?}"));
                 assert!(!is_own(dst));
                 assert!(
                     peers
@@ -533,17 +535,22 @@ fuzz_target!(|input: Input| {
                 assert_eq!(after, ttl - 1);
             }
             Outbound::Local => {
-                let (_, dst, _) = parsed.expect("only a well-formed packet is local");
+                let (_, dst, _) = parsed
+                    .unwrap_or_else(|| panic!("only a well-formed packet is local: {pkt:02x?}"));
                 assert!(is_own(dst));
                 assert_eq!(out, pkt);
             }
             Outbound::Unreachable => {
-                let (_, dst, _) = parsed.expect("only a well-formed packet is unroutable");
+                let (_, dst, _) = parsed.unwrap_or_else(|| {
+                    panic!("only a well-formed packet is unroutable: {pkt:02x?}")
+                });
                 assert!(
                     !peers
                         .iter()
                         .any(|(n, _, inside)| n.contains(&dst) && *inside),
-                    "{dst} is unreachable, yet a lease routes it"
+                    "{dst} is unreachable, yet a lease routes it: {peers:?}; node's leases {:?}, skipped {:?}, routes {:?}, lookup {:?}, table {:?}",
+                    case.node.leases().leases().map(|l| (l.key, l.attrs.public_ip)).collect::<Vec<_>>(),
+                    case.node.leases().skipped(), case.node.routes(), table.lookup(dst), table
                 );
                 assert_eq!(out, pkt);
             }

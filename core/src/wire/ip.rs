@@ -30,8 +30,8 @@ pub fn parse(packet: &[u8]) -> Result<IpHeader, WireError> {
         Some(4) => {
             let p = Ipv4Packet::new_checked(packet).map_err(map)?;
             // smoltcp checks that the header fits, not that it is one: an IHL below 5
-            // (a "header" of 0 to 16 bytes, found by the receive_path fuzz target) is no
-            // IPv4 packet, and a kernel drops it (RFC 791: at least five words).
+            // (a "header" of 0 to 16 bytes) is no IPv4 packet, and a kernel drops it
+            // (RFC 791: at least five words).
             if p.header_len() < 20 {
                 return Err(WireError::Malformed);
             }
