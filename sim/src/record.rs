@@ -119,6 +119,11 @@ impl EventFile {
         };
         let mut in_scenario = false;
         for (i, line) in text.lines().enumerate() {
+            // A file that went through an editor or a mail client may end its lines with
+            // CRs: they are not part of the line, however many (`lines` strips one, so
+            // keeping the rest would change the text at each render and parse, as the
+            // event_file fuzz target found).
+            let line = line.trim_end_matches('\r');
             let bad = |what: &str| format!("line {}: {what}: {line:?}", i + 1);
             if in_scenario {
                 if line == SCENARIO_END {
@@ -350,6 +355,18 @@ mod tests {
                 file.decisions
             );
         }
+    }
+
+    #[test]
+    fn carriage_returns_end_lines_and_a_rendered_file_parses_back_equal() {
+        let text = file_with_decision("1.000000s step s").replace('\n', "\r\r\n");
+        let file = EventFile::parse(&text).expect("parses");
+        assert_eq!(file.scenario, "name = \"x\"\n");
+        assert_eq!(file.scenario_path, "x");
+        assert_eq!(EventFile::parse(&file.render()), Ok(file));
+        let bare = EventFile::parse("path x\r\n--- scenario\n\r\r\r\n--- end of scenario\n")
+            .expect("parses");
+        assert_eq!(EventFile::parse(&bare.render()), Ok(bare));
     }
 
     #[test]

@@ -102,53 +102,87 @@ pub async fn open_with_clock(url: &str, clock: Clock) -> Result<Box<dyn Store>, 
     open_with(url, &options).await
 }
 
+/// A store URL, read: which backend [`open`] opens, and where. Reading one opens
+/// nothing, so a bad URL is refused at once, naming it and the forms expected.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StoreUrl {
+    /// `memory:` (or `memory://`).
+    Memory,
+    /// `sled:PATH` (or `sled://PATH`).
+    Sled {
+        /// The directory.
+        path: String,
+    },
+    /// `etcd://HOST:PORT[,HOST:PORT...]`.
+    Etcd {
+        /// The `HOST:PORT` endpoints, in the order given.
+        endpoints: Vec<String>,
+    },
+}
+
+impl StoreUrl {
+    /// Reads `url` (see the crate docs for the forms).
+    pub fn parse(url: &str) -> Result<StoreUrl, OpenError> {
+        if url == "memory:" || url == "memory://" {
+            return Ok(StoreUrl::Memory);
+        }
+        if let Some(path) = url.strip_prefix("sled:") {
+            let path = path.strip_prefix("//").unwrap_or(path);
+            if path.is_empty() {
+                return Err(OpenError::MissingPath {
+                    url: url.to_string(),
+                });
+            }
+            return Ok(StoreUrl::Sled {
+                path: path.to_string(),
+            });
+        }
+        if url.starts_with("etcd://") {
+            let endpoints = etcd::parse_url(url).map_err(|reason| OpenError::BadEtcdUrl {
+                url: url.to_string(),
+                reason,
+            })?;
+            return Ok(StoreUrl::Etcd { endpoints });
+        }
+        Err(OpenError::Unsupported {
+            url: url.to_string(),
+        })
+    }
+}
+
 /// [`open`], with the options the URL cannot carry: a clock, etcd's TLS files and
 /// credentials.
 pub async fn open_with(url: &str, options: &StoreOptions) -> Result<Box<dyn Store>, OpenError> {
     let clock = options.clock.clone();
-    if url == "memory:" || url == "memory://" {
-        return Ok(Box::new(MemoryStore::new(clock)));
-    }
-    if let Some(path) = url.strip_prefix("sled:") {
-        let path = path.strip_prefix("//").unwrap_or(path);
-        if path.is_empty() {
-            return Err(OpenError::MissingPath {
-                url: url.to_string(),
-            });
-        }
-        let store_error = |error| OpenError::Store {
-            url: url.to_string(),
-            error,
-        };
-        // Opening replays sled's log: blocking work, kept off the async workers.
-        let path = path.to_string();
-        let store = tokio::task::spawn_blocking(move || SledStore::open(path, clock))
-            .await
-            .map_err(|e| store_error(StoreError::Backend(format!("opening task failed: {e}"))))?
-            .map_err(store_error)?;
-        return Ok(Box::new(store));
-    }
-    if url.starts_with("etcd://") {
-        let endpoints = etcd::parse_url(url).map_err(|reason| OpenError::BadEtcdUrl {
-            url: url.to_string(),
-            reason,
-        })?;
-        if clock.is_manual() {
-            return Err(OpenError::ManualClockOnEtcd {
-                url: url.to_string(),
-            });
-        }
-        let store = EtcdStore::connect(&endpoints, &options.etcd)
-            .await
-            .map_err(|error| OpenError::Store {
+    match StoreUrl::parse(url)? {
+        StoreUrl::Memory => Ok(Box::new(MemoryStore::new(clock))),
+        StoreUrl::Sled { path } => {
+            let store_error = |error| OpenError::Store {
                 url: url.to_string(),
                 error,
-            })?;
-        return Ok(Box::new(store));
+            };
+            // Opening replays sled's log: blocking work, kept off the async workers.
+            let store = tokio::task::spawn_blocking(move || SledStore::open(path, clock))
+                .await
+                .map_err(|e| store_error(StoreError::Backend(format!("opening task failed: {e}"))))?
+                .map_err(store_error)?;
+            Ok(Box::new(store))
+        }
+        StoreUrl::Etcd { endpoints } => {
+            if clock.is_manual() {
+                return Err(OpenError::ManualClockOnEtcd {
+                    url: url.to_string(),
+                });
+            }
+            let store = EtcdStore::connect(&endpoints, &options.etcd)
+                .await
+                .map_err(|error| OpenError::Store {
+                    url: url.to_string(),
+                    error,
+                })?;
+            Ok(Box::new(store))
+        }
     }
-    Err(OpenError::Unsupported {
-        url: url.to_string(),
-    })
 }
 
 /// A store call in flight: what [`StoreOp::call`](weft_core::store::StoreOp::call) gives

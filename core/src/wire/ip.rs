@@ -29,6 +29,12 @@ pub fn parse(packet: &[u8]) -> Result<IpHeader, WireError> {
     match packet.first().map(|b| b >> 4) {
         Some(4) => {
             let p = Ipv4Packet::new_checked(packet).map_err(map)?;
+            // smoltcp checks that the header fits, not that it is one: an IHL below 5
+            // (a "header" of 0 to 16 bytes) is no IPv4 packet, and a kernel drops it
+            // (RFC 791: at least five words).
+            if p.header_len() < 20 {
+                return Err(WireError::Malformed);
+            }
             if !p.verify_checksum() {
                 return Err(WireError::Checksum);
             }
@@ -114,5 +120,27 @@ mod tests {
         assert_eq!(parse(&pkt), Err(WireError::Checksum));
         let full = v4([10, 5, 1, 2], [10, 5, 2, 3], 64, b"some payload");
         assert!(parse(&full[..full.len() - 3]).is_err(), "truncated");
+    }
+
+    #[test]
+    fn an_ipv4_header_shorter_than_five_words_is_malformed_even_with_a_valid_checksum() {
+        for ihl in 0..5u8 {
+            let mut pkt = v4([10, 5, 1, 2], [10, 5, 2, 3], 64, b"payload");
+            pkt[0] = 0x40 | ihl;
+            // The checksum over the IHL's words, as a sender of such a packet would fill it.
+            let len = usize::from(ihl) * 4;
+            pkt[10..12].fill(0);
+            let mut sum: u32 = pkt[..len]
+                .chunks(2)
+                .map(|w| u32::from(u16::from_be_bytes([w[0], w[1]])))
+                .sum();
+            while sum > 0xffff {
+                sum = (sum & 0xffff) + (sum >> 16);
+            }
+            if len > 10 {
+                pkt[10..12].copy_from_slice(&(!(sum as u16)).to_be_bytes());
+            }
+            assert_eq!(parse(&pkt), Err(WireError::Malformed), "IHL {ihl}");
+        }
     }
 }

@@ -62,7 +62,10 @@ impl EtcdOptions {
 }
 
 /// The `host:port` endpoints of an `etcd://HOST:PORT[,HOST:PORT...]` URL, or what is wrong
-/// with it.
+/// with it. HOST is a DNS name, an IPv4 address or a bracketed IPv6 address, PORT a
+/// number from 1 to 65535: what is accepted here is what the connection will dial, so a
+/// URL such as `etcd://http://192.0.2.1:2379` is refused now rather than failing later
+/// as a lookup of the host `http`.
 pub fn parse_url(url: &str) -> Result<Vec<String>, String> {
     let rest = url
         .strip_prefix("etcd://")
@@ -70,15 +73,54 @@ pub fn parse_url(url: &str) -> Result<Vec<String>, String> {
     let mut endpoints = Vec::new();
     for part in rest.split(',') {
         let part = part.trim().trim_end_matches('/');
+        let not_host_port = |why: &str| format!("endpoint {part:?} is not HOST:PORT ({why})");
+        if part.contains("://") {
+            return Err(not_host_port(
+                "no scheme: the URL's own etcd:// is the only one",
+            ));
+        }
         let (host, port) = part
             .rsplit_once(':')
-            .ok_or_else(|| format!("endpoint {part:?} is not HOST:PORT"))?;
-        if host.is_empty() || port.parse::<u16>().map_or(true, |p| p == 0) {
-            return Err(format!("endpoint {part:?} is not HOST:PORT"));
-        }
-        endpoints.push(part.to_string());
+            .ok_or_else(|| not_host_port("no port"))?;
+        let port = parse_port(port).ok_or_else(|| not_host_port("the port is not 1 to 65535"))?;
+        check_host(host).map_err(not_host_port)?;
+        endpoints.push(format!("{host}:{port}"));
     }
     Ok(endpoints)
+}
+
+fn parse_port(text: &str) -> Option<u16> {
+    let digits = !text.is_empty() && text.bytes().all(|b| b.is_ascii_digit());
+    digits
+        .then(|| text.parse::<u16>().ok())
+        .flatten()
+        .filter(|p| *p != 0)
+}
+
+/// Whether `host` is a bracketed IPv6 address, an IPv4 address or a DNS name.
+fn check_host(host: &str) -> Result<(), &'static str> {
+    if let Some(inner) = host.strip_prefix('[') {
+        let inner = inner.strip_suffix(']').ok_or("an unclosed [")?;
+        return inner
+            .parse::<std::net::Ipv6Addr>()
+            .map(|_| ())
+            .map_err(|_| "not an IPv6 address between [ and ]");
+    }
+    if host.parse::<std::net::Ipv4Addr>().is_ok() {
+        return Ok(());
+    }
+    if host.parse::<std::net::Ipv6Addr>().is_ok() {
+        return Err("an IPv6 address goes between [ and ]");
+    }
+    let label_ok = |l: &str| {
+        (1..=63).contains(&l.len())
+            && l.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    };
+    if host.is_empty() || host.len() > 253 || !host.split('.').all(label_ok) {
+        return Err("the host is not a DNS name or an IP address");
+    }
+    Ok(())
 }
 
 fn read(flag: &str, path: &Path) -> Result<Vec<u8>, StoreError> {
@@ -176,6 +218,10 @@ mod tests {
             ["127.0.0.1:2379"]
         );
         assert_eq!(parse_url("etcd://a:1,b:2/").expect("two"), ["a:1", "b:2"]);
+        assert_eq!(
+            parse_url("etcd://[::1]:02379, etcd-0.etcd_svc.local:2379").expect("two"),
+            ["[::1]:2379", "etcd-0.etcd_svc.local:2379"]
+        );
         for bad in [
             "etcd://",
             "etcd://a",
@@ -183,6 +229,14 @@ mod tests {
             "etcd://:1",
             "etcd://a:1,",
             "http://a:1",
+            "etcd://http://192.0.2.254:2379",
+            "etcd://::1:2379",
+            "etcd://a:+1",
+            "etcd://a:65536",
+            "etcd://us@a:1",
+            "etcd://a b:1",
+            "etcd://[::1:2379",
+            "etcd://a..b:1",
         ] {
             assert!(parse_url(bad).is_err(), "{bad}");
         }

@@ -19,6 +19,8 @@
 //!   [`StoreError`] (see [`error`]).
 
 mod connect;
+#[doc(hidden)]
+pub mod decode;
 mod error;
 mod lease_id;
 mod ops;
@@ -37,6 +39,7 @@ use weft_core::store::{Entry, Listing, Revision, Store, StoreError, Watch};
 use weft_core::Timestamp;
 
 pub use self::connect::{parse_url, EtcdOptions};
+use self::decode::revision;
 use self::error::{map_error, never_sent};
 use crate::clock::wall_now;
 
@@ -244,29 +247,12 @@ impl EtcdStore {
     /// Turns etcd key-values into entries, resolving their leases' expiries.
     pub(super) async fn entries(&self, kvs: &[KeyValue]) -> Result<Vec<Entry>, StoreError> {
         let expiries = self.expiries(kvs.iter().map(KeyValue::lease)).await?;
+        let now = wall_now();
         Ok(kvs
             .iter()
-            .map(|kv| to_entry(kv, expiries.get(&kv.lease()).copied()))
+            .map(|kv| decode::to_entry(&kv.into(), expiries.get(&kv.lease()).copied(), now))
             .collect())
     }
-}
-
-/// An entry from an etcd key-value. A key that is not UTF-8 is shown lossily: it is not a
-/// subnet key either way, and the lease table skips it.
-fn to_entry(kv: &KeyValue, expires_at: Option<Timestamp>) -> Entry {
-    Entry {
-        key: String::from_utf8_lossy(kv.key()).into_owned(),
-        value: kv.value().to_vec(),
-        create_revision: revision(kv.create_revision()),
-        mod_revision: revision(kv.mod_revision()),
-        // A key with a lease whose expiry could not be had still expires: say "now"
-        // rather than make it look like a reservation.
-        expires_at: (kv.lease() != 0).then(|| expires_at.unwrap_or_else(wall_now)),
-    }
-}
-
-fn revision(r: i64) -> Revision {
-    Revision::try_from(r).unwrap_or(0)
 }
 
 #[async_trait]

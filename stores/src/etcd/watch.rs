@@ -18,10 +18,12 @@
 use std::time::Duration;
 
 use async_trait::async_trait;
-use etcd_client::{EventType, WatchOptions, WatchStream};
+use etcd_client::{WatchOptions, WatchStream};
 use weft_core::store::{Revision, StoreError, Watch, WatchEvent};
 
-use super::{revision, EtcdStore};
+use super::decode::{self, revision, RawEventKind, RawKv};
+use super::EtcdStore;
+use crate::clock::wall_now;
 
 /// How long to wait before opening a broken stream again.
 const REOPEN_DELAY: Duration = Duration::from_millis(100);
@@ -106,33 +108,17 @@ impl EtcdWatch {
         &mut self,
         response: &etcd_client::WatchResponse,
     ) -> Result<Vec<WatchEvent>, StoreError> {
-        let fresh: Vec<_> = response
+        let raw: Vec<(RawEventKind, RawKv)> = response
             .events()
             .iter()
-            .filter_map(|e| Some((e.event_type(), e.kv()?)))
-            .filter(|(_, kv)| revision(kv.mod_revision()) >= self.next)
+            .filter_map(|e| Some((e.event_type().into(), e.kv()?.into())))
             .collect();
-        let puts: Vec<_> = fresh
-            .iter()
-            .filter(|(t, _)| *t == EventType::Put)
-            .map(|(_, kv)| (*kv).clone())
-            .collect();
-        let mut entries = self.store.entries(&puts).await?.into_iter();
-        let mut events = Vec::with_capacity(fresh.len());
-        for (kind, kv) in fresh {
-            let event = match kind {
-                EventType::Put => match entries.next() {
-                    Some(entry) => WatchEvent::Put(entry),
-                    None => continue,
-                },
-                EventType::Delete => WatchEvent::Delete {
-                    key: String::from_utf8_lossy(kv.key()).into_owned(),
-                    revision: revision(kv.mod_revision()),
-                },
-            };
-            self.next = event.revision() + 1;
-            events.push(event);
-        }
+        let expiries = self
+            .store
+            .expiries(decode::leases_wanted(self.next, &raw))
+            .await?;
+        let (events, next) = decode::watch_events(self.next, &raw, &expiries, wall_now());
+        self.next = next;
         Ok(events)
     }
 }

@@ -17,6 +17,8 @@
 //! Only one process may have the directory open: a second one fails at once with
 //! [`StoreError::Locked`].
 
+#[doc(hidden)]
+pub mod codec;
 mod record;
 mod tx;
 mod watch;
