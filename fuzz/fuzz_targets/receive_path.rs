@@ -155,7 +155,7 @@ impl Case {
     }
 
     fn value(&self, spec: &LeaseSpec) -> Vec<u8> {
-        let mut attrs = LeaseAttrs::new(v4_pool(spec.holder), "udp");
+        let mut attrs = LeaseAttrs::new(v4_pool(spec.holder), weft_core::config::BackendType::Udp);
         match &spec.value {
             Value::Udp => {}
             Value::Vxlan(mac) => {
@@ -550,7 +550,7 @@ fuzz_target!(|input: Input| {
                         .any(|(n, _, inside)| n.contains(&dst) && *inside),
                     "{dst} is unreachable, yet a lease routes it: {peers:?}; node's leases {:?}, skipped {:?}, routes {:?}, lookup {:?}, table {:?}",
                     case.node.leases().leases().map(|l| (l.key, l.attrs.public_ip)).collect::<Vec<_>>(),
-                    case.node.leases().skipped(), case.node.routes(), table.lookup(dst), table
+                    case.node.leases().skipped().collect::<Vec<_>>(), case.node.routes(), table.lookup(dst), table
                 );
                 assert_eq!(out, pkt);
             }
