@@ -106,7 +106,9 @@ impl RouteTable {
     }
 
     /// Sets (or clears) our own lease, whose subnets are never routes; `table` is the
-    /// lease table the routes come from. Appends the routes that go away.
+    /// lease table the routes come from. Appends the routes that go away, and the
+    /// routes of the lease we held before if a peer holds it now (a lease of ours left
+    /// in the table, our own public IP, stays no route).
     pub fn set_own(
         &mut self,
         own: Option<LeaseKey>,
@@ -121,9 +123,12 @@ impl RouteTable {
                 out.extend(routes_of(lease).map(RouteChange::Remove));
             }
         }
-        self.own = own;
-        // A lease we used to hold and that a peer now holds is announced by the node
-        // (see `Node::pump`); dropping ours never invents a route by itself.
+        let before = std::mem::replace(&mut self.own, own);
+        if let Some(lease) = before.and_then(|k| table.get(&k)) {
+            if self.is_route(lease) {
+                out.extend(routes_of(lease).map(RouteChange::Add));
+            }
+        }
     }
 
     /// Appends the route changes that one lease-table change causes.
@@ -322,6 +327,31 @@ mod tests {
         assert!(routes.lookup("10.4.255.255".parse().unwrap()).is_none());
         assert!(routes.is_peer("192.0.2.3".parse().unwrap()));
         assert!(!routes.is_peer("192.0.2.2".parse().unwrap()));
+    }
+
+    #[test]
+    fn a_peer_on_the_subnet_we_leave_becomes_a_route() {
+        let mut table = LeaseTable::new(PREFIX);
+        let mut t = RouteTable::new();
+        let mut out = Vec::new();
+        let old = LeaseKey::v4("10.5.1.0/24".parse().unwrap());
+        t.set_own(Some(old), &table, &mut out);
+        // While we hold 10.5.1.0/24 in our mind, a peer's lease of it arrives (ours was
+        // lost in the store and the peer took it): no route yet.
+        let change = put(&mut table, "10.5.1.0/24", [192, 0, 2, 9], 1);
+        t.apply(&change, &mut out);
+        assert!(out.is_empty(), "{out:?}");
+        // We move to another subnet: the peer's lease is a route now.
+        t.set_own(
+            Some(LeaseKey::v4("10.5.2.0/24".parse().unwrap())),
+            &table,
+            &mut out,
+        );
+        assert!(
+            matches!(&out[..], [RouteChange::Add(r)] if r.public_ip == IpAddr::from([192, 0, 2, 9])),
+            "{out:?}"
+        );
+        assert_eq!(t.of(&table).len(), 1);
     }
 
     #[test]

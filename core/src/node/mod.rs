@@ -29,7 +29,7 @@ use ipnet::IpNet;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
-use crate::allocator::{AllocEvent, Allocator, LossReason};
+use crate::allocator::{AllocEvent, Allocator};
 use crate::forward::{ForwardTable, Peer};
 use crate::lease::{Lease, Skipped};
 use crate::lease_table::{LeaseTable, TableChange};
@@ -292,18 +292,10 @@ impl Node {
                     let lease = lease.clone();
                     self.set_own(Some(&lease));
                 }
-                AllocEvent::Lost { key, reason } => {
+                AllocEvent::Lost { .. } => {
+                    // A peer that took the subnet becomes a route here (see `set_own`).
                     self.routes.set_own(None, &self.table, &mut changes);
                     self.set_own(None);
-                    if *reason == LossReason::Taken {
-                        if let Some(lease) = self.table.get(key).cloned() {
-                            let change = TableChange::Upsert {
-                                old: None,
-                                new: lease,
-                            };
-                            self.routes.apply(&change, &mut changes);
-                        }
-                    }
                 }
                 _ => {}
             }
