@@ -333,10 +333,7 @@ impl Search<'_> {
             return false;
         };
         let end = at.as_secs() + 1;
-        let current =
-            crate::scenario::parse(self.path, &toml::to_string(&self.doc).unwrap_or_default())
-                .map(|s| s.duration.get_ref().0);
-        if current.is_ok_and(|d| d <= Duration::from_secs(end)) {
+        if self.duration() <= Duration::from_secs(end) {
             return false;
         }
         let mut doc = self.doc.clone();

@@ -113,9 +113,14 @@ pub fn metrics(status: &NodeStatus) -> String {
     metrics_at(status, weft_stores::clock::wall_now().as_millis())
 }
 
+/// A count as a gauge's value (saturating: gauges are signed).
+fn level(value: u64) -> i64 {
+    i64::try_from(value).unwrap_or(i64::MAX)
+}
+
 fn gauge(value: u64) -> Gauge {
     let g = Gauge::default();
-    g.set(i64::try_from(value).unwrap_or(i64::MAX));
+    g.set(level(value));
     g
 }
 
@@ -263,9 +268,7 @@ fn datapath_metrics(registry: &mut Registry, status: &NodeStatus, backend: &str)
     }
     for (name, value) in &status.levels {
         let family = Family::<Backend, Gauge>::default();
-        family
-            .get_or_create(&labels())
-            .set(i64::try_from(*value).unwrap_or(i64::MAX));
+        family.get_or_create(&labels()).set(level(*value));
         registry.register(
             format!("datapath_{name}"),
             format!("The backend's {name}"),
