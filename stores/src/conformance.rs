@@ -9,8 +9,9 @@
 //!
 //! Checks assume nothing about other keys or revisions in the store: each uses its own
 //! key prefix, and asserts that revisions increase, never by how much, so that a shared
-//! etcd can run them side by side. Time is never read: the backend's `advance` is the
-//! only way it moves, and waits for expiry are for the `Delete` event, bounded by
+//! etcd can run them side by side. Time is read only to check what a store says about it
+//! (an expiry no earlier than the TTL asked for): the backend's `advance` is the only
+//! way it moves, and waits for expiry are for the `Delete` event, bounded by
 //! [`TestBackend::patience`] in real time.
 
 use std::net::Ipv4Addr;
@@ -20,6 +21,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use weft_core::lease::{decode_all, LeaseAttrs};
 use weft_core::store::{Entry, Revision, Store, StoreError, Watch, WatchEvent};
+use weft_core::Timestamp;
 
 use crate::clock::wall_now;
 
@@ -31,6 +33,9 @@ pub trait TestBackend: Send + Sync + 'static {
 
     /// Lets `d` pass in the store's time base: a manual clock moves, a real one sleeps.
     async fn advance(&self, d: Duration);
+
+    /// The time now in the store's time base, as its expiries are given.
+    fn now(&self) -> Timestamp;
 
     /// Drops the store's history before `revision`, as etcd's compaction does.
     async fn compact(&self, revision: Revision) -> Result<(), StoreError>;
@@ -75,6 +80,7 @@ macro_rules! conformance_tests {
             watch_replays_history_from_any_revision,
             compacted_watch_resyncs_from_listing,
             ttl_expiry_deletes_with_an_event,
+            ttl_runs_from_the_request,
             reservations_never_expire,
             renew_extends_ttl,
             renew_without_ttl_makes_a_reservation,
@@ -498,6 +504,33 @@ pub async fn reservations_never_expire<B: TestBackend>(b: &B) {
     assert_eq!(s.list(&p).await.expect("list").entries.len(), 2);
 }
 
+/// A lease lives at least the TTL asked for, counted from when the request was made: an
+/// expiry a store rounds must round later, never earlier, so that a renewal made at
+/// once always finds the lease alive.
+pub async fn ttl_runs_from_the_request<B: TestBackend>(b: &B) {
+    let s = b.store();
+    let p = prefix("ttl_from_request");
+    let ttl = b.short_ttl();
+    let key = format!("{p}lease");
+    let before = b.now();
+    let e = s.create(&key, b"v", Some(ttl)).await.expect("create");
+    let expires_at = e.expires_at.expect("a lease with a TTL has an expiry");
+    assert!(
+        expires_at >= before + ttl,
+        "created at {before:?} or later with a TTL of {ttl:?}, it expires at {expires_at:?}"
+    );
+    let before = b.now();
+    let renewed = s
+        .renew(&key, e.create_revision, b"v2", Some(ttl))
+        .await
+        .expect("a renewal at once finds the lease alive");
+    let expires_at = renewed.expires_at.expect("a renewed lease has an expiry");
+    assert!(
+        expires_at >= before + ttl,
+        "renewed at {before:?} or later with a TTL of {ttl:?}, it expires at {expires_at:?}"
+    );
+}
+
 /// renew restarts the TTL from now, keeping the incarnation; the lease then expires on
 /// the new schedule.
 pub async fn renew_extends_ttl<B: TestBackend>(b: &B) {
@@ -587,8 +620,11 @@ pub async fn renew_after_the_ttl_before_the_deletion_is_not_found<B: TestBackend
     let key = format!("{p}lease");
     let e = s.create(&key, b"v", Some(ttl)).await.expect("create");
     let mut w = s.watch(&p, e.mod_revision + 1).await.expect("watch");
-    // Just past the expiry, and no longer: the deletion may well not have happened yet.
-    b.advance(ttl).await;
+    // Just past the expiry the store gave, and no longer: the deletion may well not
+    // have happened yet.
+    let expires_at = e.expires_at.expect("a lease with a TTL has an expiry");
+    b.advance(expires_at.saturating_since(b.now()) + Duration::from_millis(1))
+        .await;
     let renewed = s
         .renew(&key, e.create_revision, b"v2", Some(ttl * 30))
         .await;

@@ -31,6 +31,10 @@ impl TestBackend for Memory {
         }
     }
 
+    fn now(&self) -> Timestamp {
+        self.store.now()
+    }
+
     async fn compact(&self, revision: Revision) -> Result<(), StoreError> {
         self.store.compact(revision)
     }

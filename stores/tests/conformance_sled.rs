@@ -7,6 +7,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use tempfile::TempDir;
 use weft_core::store::{Revision, Store, StoreError};
+use weft_core::Timestamp;
 use weft_stores::conformance::TestBackend;
 use weft_stores::{Clock, SledStore};
 
@@ -24,6 +25,10 @@ impl TestBackend for Sled {
 
     async fn advance(&self, d: Duration) {
         tokio::time::sleep(d).await;
+    }
+
+    fn now(&self) -> Timestamp {
+        weft_stores::clock::wall_now()
     }
 
     async fn compact(&self, revision: Revision) -> Result<(), StoreError> {

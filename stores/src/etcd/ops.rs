@@ -93,17 +93,23 @@ impl EtcdStore {
         })
     }
 
-    /// Grants a lease of `ttl` (whole seconds, rounded up, at least the server's minimum)
-    /// whose ID records its expiry. Returns the ID and that expiry.
+    /// Grants a lease of at least `ttl` (whole seconds, rounded up, at least the
+    /// server's minimum) whose ID records its expiry. Returns the ID and that expiry.
+    ///
+    /// The ID holds the expiry in whole seconds, rounded down, and etcd counts the TTL
+    /// from when it receives the grant. So etcd is asked for one second more than the
+    /// TTL and the ID records that later expiry, rounded down: it is then past the TTL
+    /// asked for, counted from before the request, and not past etcd's own.
     async fn grant(&self, ttl: Duration) -> Result<(i64, Timestamp), StoreError> {
         let asked = ttl.as_secs() + u64::from(ttl.subsec_nanos() > 0);
         let mut secs = asked.max(self.inner.min_ttl.load(Ordering::Relaxed));
         for _ in 0..GRANT_ATTEMPTS {
-            let expires = wall_now() + Duration::from_secs(secs);
+            let granted = secs + 1;
+            let expires = wall_now() + Duration::from_secs(granted);
             let id = lease_id::encode(expires, rand::random()).ok_or_else(|| {
                 StoreError::Invalid(format!("a TTL of {secs} s expires out of range"))
             })?;
-            let ttl_arg = i64::try_from(secs).unwrap_or(i64::MAX);
+            let ttl_arg = i64::try_from(granted).unwrap_or(i64::MAX);
             let result = self
                 .call(|mut c| async move {
                     let opts = LeaseGrantOptions::new().with_id(id);
@@ -111,7 +117,7 @@ impl EtcdStore {
                 })
                 .await;
             match result {
-                Ok(resp) if u64::try_from(resp.ttl()).unwrap_or(0) > secs => {
+                Ok(resp) if u64::try_from(resp.ttl()).unwrap_or(0) > granted => {
                     // Below the server's minimum: the ID would record too early an
                     // expiry. Learn the minimum and grant again.
                     secs = u64::try_from(resp.ttl()).unwrap_or(secs);
