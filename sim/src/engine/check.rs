@@ -88,17 +88,30 @@ impl World {
                     return;
                 }
                 let listing = self.store.list(&self.subnets_prefix);
-                self.live.clear();
+                let before = std::mem::take(&mut self.live);
                 self.live6.clear();
                 self.live_next = listing.revision + 1;
-                listing.entries.into_iter().map(WatchEvent::Put).collect()
+                let events: Vec<_> = listing.entries.into_iter().map(WatchEvent::Put).collect();
+                self.follow_events(events);
+                if self.live != before {
+                    self.routes_revision = listing.revision;
+                }
+                self.live_next = self.live_next.max(self.store.revision() + 1);
+                return;
             }
         };
+        self.follow_events(events);
+        self.live_next = self.live_next.max(self.store.revision() + 1);
+    }
+
+    fn follow_events(&mut self, events: Vec<WatchEvent>) {
         for event in events {
             self.live_next = self.live_next.max(event.revision() + 1);
             let Some(key) = self.lease_key_of(event.key()) else {
                 continue;
             };
+            let before = self.live.get(&key.ipv4).copied();
+            let revision = event.revision();
             match event {
                 WatchEvent::Put(entry) => {
                     let Ok(attrs) = LeaseAttrs::decode(&entry.key, &entry.value) else {
@@ -128,8 +141,10 @@ impl World {
                 }
                 WatchEvent::Delete { .. } => self.forget_live(&key.ipv4),
             }
+            if self.live.get(&key.ipv4).copied() != before {
+                self.routes_revision = revision;
+            }
         }
-        self.live_next = self.live_next.max(self.store.revision() + 1);
     }
 
     fn forget_live(&mut self, v4: &Ipv4Net) {
@@ -156,16 +171,20 @@ impl World {
         self.held.insert(key.ipv4, h);
     }
 
-    /// Whether host `h` has seen every change the store made and has nothing in flight.
+    /// Whether host `h` has caught up with the store: its view is synced, its watch runs
+    /// (no retry pending), and it has seen every change the store made to the live
+    /// leases' routes. Changes that leave every route as it was (a renewal, which comes
+    /// every few minutes in a large cluster) may still be on their way: a check that
+    /// waited for those would fail whenever one is in flight at its instant.
     pub fn caught_up(&self, h: usize) -> bool {
         let host = &self.hosts[h];
         let Some(node) = host.node() else {
             return false;
         };
         !self.store_down
-            && host.in_flight.is_empty()
+            && node.is_watching()
             && node.leases().is_synced()
-            && node.leases().revision() == self.store.revision()
+            && node.leases().revision() >= self.routes_revision
     }
 
     /// Every route the live leases make, in the order a node lists its routes (IPv4

@@ -221,6 +221,8 @@ pub struct World {
     /// The IPv6 subnets of those leases, to check them for overlaps too.
     pub(crate) live6: BTreeMap<ipnet::Ipv6Net, Ipv4Net>,
     pub(crate) live_next: Revision,
+    /// The store revision of the last change to the live leases' routes.
+    pub(crate) routes_revision: Revision,
     /// Subnets held by running nodes.
     pub(crate) held: BTreeMap<Ipv4Net, usize>,
     /// Pings started so far.
@@ -266,6 +268,7 @@ impl World {
             live: BTreeMap::new(),
             live6: BTreeMap::new(),
             live_next: 1,
+            routes_revision: 0,
             held: BTreeMap::new(),
             pings: Vec::new(),
             transfers: Vec::new(),
