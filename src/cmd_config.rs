@@ -61,6 +61,9 @@ pub fn describe(config: &NetworkConfig) -> String {
 fn devices(config: &NetworkConfig) -> String {
     let b = &config.backend;
     match b.kind {
+        BackendType::Udp if config.enable_ipv6 => {
+            "none: the udp backend carries IPv4 only, and `weft daemon` refuses EnableIPv6 with it".to_string()
+        }
         BackendType::Udp => format!(
             "a TUN device (weft0, --tun-name) and a UDP socket on port {}; routes to the network through the TUN device",
             b.port
@@ -72,8 +75,13 @@ fn devices(config: &NetworkConfig) -> String {
             } else {
                 ""
             };
+            let v6 = if config.enable_ipv6 {
+                format!("; for IPv6 a second device flannel-v6.{vni} (MTU 20 bytes less) with the IPv6 subnet address /128, and the same per peer")
+            } else {
+                String::new()
+            };
             format!(
-                "a vxlan device flannel.{vni} (VNI {vni}, UDP port {}, nolearning) with this node's subnet address /32; per peer a neighbour, an FDB entry and a route{direct}",
+                "a vxlan device flannel.{vni} (VNI {vni}, UDP port {}, nolearning) with this node's subnet address /32; per peer a neighbour, an FDB entry and a route{direct}{v6}",
                 b.port
             )
         }

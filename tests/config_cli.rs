@@ -62,6 +62,22 @@ fn flannel_documented_examples_are_accepted_with_a_summary() {
         text.contains("flannel.4096 (VNI 4096, UDP port 4789") && text.contains("DirectRouting"),
         "{text}"
     );
+    let out = check(
+        r#"{"Network":"10.244.0.0/16","EnableIPv6":true,"IPv6Network":"fc00::/48","Backend":{"Type":"vxlan"}}"#,
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("second device flannel-v6.1 (MTU 20 bytes less)"),
+        "{text}"
+    );
+    let out = check(
+        r#"{"Network":"10.244.0.0/16","EnableIPv6":true,"IPv6Network":"fc00::/48","Backend":{"Type":"udp"}}"#,
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("devices: none: the udp backend carries IPv4 only"),
+        "{text}"
+    );
     let out = check(r#"{"Network":"10.244.0.0/16","Backend":{"Type":"host-gw"}}"#);
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(

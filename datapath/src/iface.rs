@@ -1,7 +1,7 @@
 //! Choosing the external interface: flannel's `--iface`, `--iface-regex`, or the
 //! interface of the default route.
 
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 
 use regex::Regex;
 
@@ -15,6 +15,9 @@ pub struct ExternalInterface {
     pub link: Link,
     /// Its IPv4 address: the node's public IP unless overridden.
     pub ip: Ipv4Addr,
+    /// Its first global IPv6 address, if it has one: the node's public IPv6 address
+    /// unless overridden (flannel's `ExtV6Addr`).
+    pub ipv6: Option<Ipv6Addr>,
 }
 
 /// How to pick the interface.
@@ -31,7 +34,19 @@ pub struct IfaceSelector {
 
 async fn with_ip(nl: &Netlink, link: Link) -> Result<Option<ExternalInterface>, DatapathError> {
     let ip = nl.ipv4_addresses(link.index).await?.into_iter().next();
-    Ok(ip.map(|ip| ExternalInterface { link, ip }))
+    match ip {
+        Some(ip) => Ok(Some(external(nl, link, ip).await?)),
+        None => Ok(None),
+    }
+}
+
+async fn external(
+    nl: &Netlink,
+    link: Link,
+    ip: Ipv4Addr,
+) -> Result<ExternalInterface, DatapathError> {
+    let ipv6 = nl.ipv6_addresses(link.index).await?.into_iter().next();
+    Ok(ExternalInterface { link, ip, ipv6 })
 }
 
 impl IfaceSelector {
@@ -44,10 +59,7 @@ impl IfaceSelector {
             if let Ok(ip) = want.parse::<Ipv4Addr>() {
                 for link in &links {
                     if nl.ipv4_addresses(link.index).await?.contains(&ip) {
-                        return Ok(ExternalInterface {
-                            link: link.clone(),
-                            ip,
-                        });
+                        return external(nl, link.clone(), ip).await;
                     }
                 }
             } else if let Some(link) = links.iter().find(|l| &l.name == want) {
@@ -66,17 +78,11 @@ impl IfaceSelector {
                 let ips = nl.ipv4_addresses(link.index).await?;
                 if re.is_match(&link.name) {
                     if let Some(ip) = ips.first() {
-                        return Ok(ExternalInterface {
-                            link: link.clone(),
-                            ip: *ip,
-                        });
+                        return external(nl, link.clone(), *ip).await;
                     }
                 }
                 if let Some(ip) = ips.iter().find(|ip| re.is_match(&ip.to_string())) {
-                    return Ok(ExternalInterface {
-                        link: link.clone(),
-                        ip: *ip,
-                    });
+                    return external(nl, link.clone(), *ip).await;
                 }
             }
         }

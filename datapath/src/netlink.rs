@@ -1,18 +1,18 @@
 //! Links, addresses and routes over netlink, in one network namespace; neighbours, FDB
-//! entries ([`Mac`]), vxlan devices ([`VxlanDevice`]) and gateway routes ([`Ipv4Route`]).
+//! entries ([`Mac`]), vxlan devices ([`VxlanDevice`]) and gateway routes ([`GatewayRoute`]).
 
 mod neigh;
 mod routes;
 
 pub use neigh::{BadMac, Mac};
-pub use routes::{Ipv4Route, VxlanDevice};
+pub use routes::{GatewayRoute, VxlanDevice};
 
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::os::fd::AsRawFd;
 use std::path::Path;
 
 use futures::TryStreamExt;
-use ipnet::Ipv4Net;
+use ipnet::{Ipv4Net, Ipv6Net};
 use rtnetlink::packet_route::address::AddressAttribute;
 use rtnetlink::packet_route::link::{LinkAttribute, LinkMessage};
 use rtnetlink::packet_route::route::{RouteAttribute, RouteMessage};
@@ -214,6 +214,39 @@ impl Netlink {
                 })
             })
             .collect())
+    }
+
+    /// The global IPv6 addresses of a link, each with its prefix length
+    /// (`2001:db8::1/64`); link-local ones are left out.
+    pub async fn ipv6_prefixes(&self, index: u32) -> Result<Vec<Ipv6Net>, DatapathError> {
+        let msgs: Vec<_> = self
+            .handle
+            .address()
+            .get()
+            .set_link_index_filter(index)
+            .execute()
+            .try_collect()
+            .await
+            .map_err(|e| DatapathError::netlink("list addresses", e))?;
+        Ok(msgs
+            .iter()
+            .flat_map(|m| {
+                m.attributes.iter().filter_map(|a| match a {
+                    AddressAttribute::Address(IpAddr::V6(ip))
+                        if (ip.segments()[0] & 0xffc0) != 0xfe80 =>
+                    {
+                        Ipv6Net::new(*ip, m.header.prefix_len).ok()
+                    }
+                    _ => None,
+                })
+            })
+            .collect())
+    }
+
+    /// The global IPv6 addresses of a link.
+    pub async fn ipv6_addresses(&self, index: u32) -> Result<Vec<Ipv6Addr>, DatapathError> {
+        let prefixes = self.ipv6_prefixes(index).await?;
+        Ok(prefixes.iter().map(Ipv6Net::addr).collect())
     }
 
     /// The IPv4 addresses of a link.

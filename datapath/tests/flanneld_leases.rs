@@ -36,10 +36,22 @@ fn stored_value(
     public_ipv6: Option<Ipv6Addr>,
     backend_data: Option<RawJson>,
 ) -> String {
+    stored_value_v6(config, public_ipv6, backend_data, None)
+}
+
+/// [`stored_value`], with `BackendV6Data` too; returns the value (the key is checked
+/// to be flannel's dual-stack form when the node has an IPv6 subnet).
+fn stored_value_v6(
+    config: &str,
+    public_ipv6: Option<Ipv6Addr>,
+    backend_data: Option<RawJson>,
+    backend_v6_data: Option<RawJson>,
+) -> String {
     let network = NetworkConfig::parse(config).expect("config");
     let mut node_config =
         NodeConfig::for_network(PREFIX, &network, PUBLIC_IP, public_ipv6).expect("node config");
     node_config.alloc.backend_data = backend_data;
+    node_config.alloc.backend_v6_data = backend_v6_data;
     let now = Timestamp::from_millis(1_700_000_000_000);
     let mut store = StoreModel::new(now);
     let mut node = Node::new(node_config, 1, now);
@@ -52,6 +64,16 @@ fn stored_value(
         while let Some(event) = node.poll_event() {
             if let NodeEvent::Lease(AllocEvent::Acquired { lease, .. }) = event {
                 let key = format!("{}{}", subnets_prefix(PREFIX), lease.key);
+                if let Some(v6) = lease.key.ipv6 {
+                    let want = format!(
+                        "{}-{}&{}-{}",
+                        lease.key.ipv4.network(),
+                        lease.key.ipv4.prefix_len(),
+                        v6.network(),
+                        v6.prefix_len()
+                    );
+                    assert!(key.ends_with(&format!("/subnets/{want}")), "{key}");
+                }
                 let entry = store.get(&key).expect("get").expect("the lease is stored");
                 return String::from_utf8(entry.value.clone()).expect("utf-8");
             }
@@ -89,6 +111,14 @@ fn vxlan_lease_is_flanneld_s() {
         Some(data),
     );
     assert_eq!(got, fixture("vxlan"));
+    let ip6: Ipv6Addr = "2001:db8::2".parse().unwrap();
+    let dual = stored_value_v6(
+        r#"{"Network":"10.5.0.0/16","EnableIPv6":true,"IPv6Network":"fc00::/48","Backend":{"Type":"vxlan"}}"#,
+        Some(ip6),
+        Some(plan::lease_data(1, plan::vtep_mac(PUBLIC_IP, 1))),
+        Some(plan::lease_data(1, plan::vtep_mac_v6(ip6, 1))),
+    );
+    assert_eq!(dual, fixture("vxlan-dual-stack"));
 }
 
 #[test]
@@ -109,7 +139,14 @@ fn host_gw_lease_is_flanneld_s() {
 
 #[test]
 fn flanneld_s_and_older_weft_s_values_both_read_and_flanneld_s_round_trip() {
-    for name in ["udp", "alloc", "vxlan", "host-gw", "host-gw-dual-stack"] {
+    for name in [
+        "udp",
+        "alloc",
+        "vxlan",
+        "host-gw",
+        "host-gw-dual-stack",
+        "vxlan-dual-stack",
+    ] {
         let text = fixture(name);
         let attrs = LeaseAttrs::decode(name, text.as_bytes()).expect(name);
         assert_eq!(attrs.public_ip, PUBLIC_IP, "{name}");

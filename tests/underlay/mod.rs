@@ -14,6 +14,7 @@
 
 mod containers;
 pub mod proxy;
+mod v6;
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::PathBuf;

@@ -53,6 +53,9 @@ pub struct AllocatorConfig {
     pub backend_type: Option<String>,
     /// The backend data recorded in the lease.
     pub backend_data: Option<RawJson>,
+    /// The IPv6 backend data recorded in the lease (flannel's `BackendV6Data`: vxlan's
+    /// second device's VNI and VTEP MAC).
+    pub backend_v6_data: Option<RawJson>,
     /// The TTL of a new or renewed lease.
     pub lease_ttl: Duration,
     /// Renew this long before expiry (at most half the TTL).
@@ -75,6 +78,7 @@ impl AllocatorConfig {
             public_ipv6: None,
             backend_type: backend.lease_type().map(str::to_string),
             backend_data: None,
+            backend_v6_data: None,
             lease_ttl: DEFAULT_LEASE_TTL,
             renew_margin: DEFAULT_RENEW_MARGIN,
             previous: None,
@@ -89,7 +93,7 @@ impl AllocatorConfig {
             public_ipv6: self.public_ipv6,
             backend_type: self.backend_type.clone(),
             backend_data: self.backend_data.clone(),
-            backend_v6_data: None,
+            backend_v6_data: self.backend_v6_data.clone(),
         }
     }
 }

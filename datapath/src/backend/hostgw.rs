@@ -1,6 +1,8 @@
 //! flannel's host-gw backend: a plain route `subnet via PublicIP` over the underlay
-//! interface per remote host-gw lease; nothing is encapsulated, so the MTU is the
-//! underlay's and every peer must be on the underlay interface's own network.
+//! interface per remote host-gw lease (and `IPv6 subnet via PublicIPv6` for a lease
+//! with both, each family handled alike and on its own); nothing is encapsulated, so
+//! the MTU is the underlay's and every peer must be on the underlay interface's own
+//! network.
 //!
 //! A peer that is not (its public IP on no network the interface is directly on) cannot
 //! be routed this way: flannel's route add fails and it logs and skips the peer; we say
@@ -12,12 +14,12 @@
 //! A clean stop removes the routes it added.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use ipnet::Ipv4Net;
+use ipnet::IpNet;
 use tokio::sync::Mutex;
 use tokio::task::JoinHandle;
 use weft_core::config::BackendType;
@@ -27,7 +29,7 @@ use weft_core::router::RouteChange;
 use super::peers::{directly_connected, show, PeerChange, PeerFilter};
 use super::{Backend, BackendSetup, Counter, CounterKind};
 use crate::iface::ExternalInterface;
-use crate::netlink::{Ipv4Route, Netlink};
+use crate::netlink::{GatewayRoute, Netlink};
 use crate::DatapathError;
 
 /// How often the routes are checked against the kernel's (flannel: 10 s).
@@ -38,13 +40,15 @@ pub const CHECK_EVERY: Duration = Duration::from_secs(10);
 struct Routes {
     netlink: Netlink,
     external: ExternalInterface,
-    network: Ipv4Net,
-    /// Each remote subnet and its peer's public IP.
-    wanted: BTreeMap<Ipv4Net, Ipv4Addr>,
+    /// The overlay networks (IPv4, IPv6 or both): a gateway route into one of them
+    /// that no lease wants is stale.
+    overlay: Vec<IpNet>,
+    /// Each remote subnet and its peer's public IP (of the subnet's family).
+    wanted: BTreeMap<IpNet, IpAddr>,
     /// The subnets whose route we added.
-    programmed: BTreeSet<Ipv4Net>,
+    programmed: BTreeSet<IpNet>,
     /// The subnets skipped because their peer is not directly connected.
-    unreachable: BTreeSet<Ipv4Net>,
+    unreachable: BTreeSet<IpNet>,
     filter: PeerFilter,
     unreachable_total: u64,
     restored_total: u64,
@@ -53,17 +57,17 @@ struct Routes {
 }
 
 impl Routes {
-    fn route(&self, subnet: Ipv4Net, via: Ipv4Addr) -> Ipv4Route {
-        Ipv4Route {
+    fn route(&self, subnet: IpNet, via: Option<IpAddr>) -> GatewayRoute {
+        GatewayRoute {
             dst: subnet,
-            gateway: Some(via),
+            gateway: via,
             oif: self.external.link.index,
             onlink: false,
         }
     }
 
     /// Whether `via` can be a gateway; a newly unreachable peer is logged and counted.
-    fn reachable(&mut self, networks: &[Ipv4Net], subnet: Ipv4Net, via: Ipv4Addr) -> bool {
+    fn reachable(&mut self, networks: &[IpNet], subnet: IpNet, via: IpAddr) -> bool {
         if directly_connected(networks, via) {
             self.unreachable.remove(&subnet);
             return true;
@@ -79,15 +83,27 @@ impl Routes {
         false
     }
 
+    /// The networks of both families the underlay interface is directly on.
+    async fn underlay_networks(&self) -> Result<Vec<IpNet>, DatapathError> {
+        let link = self.external.link.index;
+        let v4 = self.netlink.ipv4_networks(link).await?;
+        let v6 = self.netlink.ipv6_networks(link).await?;
+        Ok(v4
+            .into_iter()
+            .map(IpNet::V4)
+            .chain(v6.into_iter().map(IpNet::V6))
+            .collect())
+    }
+
     /// Brings `subnet`'s route in line with its lease.
-    async fn sync(&mut self, subnet: Ipv4Net) -> Result<(), DatapathError> {
+    async fn sync(&mut self, subnet: IpNet) -> Result<(), DatapathError> {
         let wanted = self.wanted.get(&subnet).copied();
-        let networks = self.netlink.ipv4_networks(self.external.link.index).await?;
+        let networks = self.underlay_networks().await?;
         let result = match wanted {
             Some(via) if self.reachable(&networks, subnet, via) => {
                 let r = self
                     .netlink
-                    .replace_ipv4_route(&self.route(subnet, via))
+                    .replace_gateway_route(&self.route(subnet, Some(via)))
                     .await;
                 if r.is_ok() {
                     self.programmed.insert(subnet);
@@ -106,15 +122,13 @@ impl Routes {
     }
 
     /// Removes the route to `subnet` if we added it.
-    async fn remove(&mut self, subnet: Ipv4Net) -> Result<(), DatapathError> {
+    async fn remove(&mut self, subnet: IpNet) -> Result<(), DatapathError> {
         if !self.programmed.remove(&subnet) {
             return Ok(());
         }
-        let route = Ipv4Route {
-            gateway: None,
-            ..self.route(subnet, Ipv4Addr::UNSPECIFIED)
-        };
-        self.netlink.del_ipv4_route(&route).await?;
+        self.netlink
+            .del_gateway_route(&self.route(subnet, None))
+            .await?;
         tracing::info!(%subnet, "host-gw route removed");
         Ok(())
     }
@@ -122,9 +136,9 @@ impl Routes {
     /// The periodic check: restores what is missing, removes what is stale.
     async fn check(&mut self) -> Result<(), DatapathError> {
         let link = self.external.link.index;
-        let networks = self.netlink.ipv4_networks(link).await?;
-        let kernel = self.netlink.ipv4_main_routes().await?;
-        let wanted: Vec<(Ipv4Net, Ipv4Addr)> = self.wanted.iter().map(|(s, v)| (*s, *v)).collect();
+        let networks = self.underlay_networks().await?;
+        let kernel = self.netlink.main_routes().await?;
+        let wanted: Vec<(IpNet, IpAddr)> = self.wanted.iter().map(|(s, v)| (*s, *v)).collect();
         let mut keep = BTreeSet::new();
         for (subnet, via) in wanted {
             if !self.reachable(&networks, subnet, via) {
@@ -132,20 +146,23 @@ impl Routes {
                 continue;
             }
             keep.insert(subnet);
-            let route = self.route(subnet, via);
+            let route = self.route(subnet, Some(via));
             if kernel.contains(&route) {
                 continue;
             }
-            self.netlink.replace_ipv4_route(&route).await?;
+            self.netlink.replace_gateway_route(&route).await?;
             self.restored_total += 1;
             self.programmed.insert(subnet);
             tracing::warn!(%subnet, %via, restored_total = self.restored_total, "host-gw route was missing or altered; restored");
         }
         for r in kernel {
             let ours = r.oif == link && r.gateway.is_some();
-            let in_overlay = self.network.contains(&r.dst) && r.dst != self.network;
+            let in_overlay = self
+                .overlay
+                .iter()
+                .any(|n| n.contains(&r.dst) && r.dst != *n);
             if ours && in_overlay && !keep.contains(&r.dst) {
-                self.netlink.del_ipv4_route(&r).await?;
+                self.netlink.del_gateway_route(&r).await?;
                 self.programmed.remove(&r.dst);
                 self.stale_total += 1;
                 tracing::warn!(subnet = %r.dst, via = ?r.gateway, stale_total = self.stale_total, "removed a stale host-gw route no lease wants");
@@ -164,9 +181,10 @@ pub struct HostGwBackend {
 
 impl HostGwBackend {
     /// A host-gw backend for `setup`. Like flannel, it refuses a public IP that is not
-    /// the interface's own (a node behind NAT cannot be a gateway).
+    /// the interface's own (a node behind NAT cannot be a gateway), and, with IPv6, an
+    /// interface without an IPv6 address.
     pub fn new(setup: BackendSetup) -> Result<HostGwBackend, DatapathError> {
-        let network = super::ipv4_network(&setup)?;
+        let overlay = super::overlay_networks(&setup)?;
         let netlink = setup.netlink.clone().ok_or_else(|| {
             DatapathError::Unsupported("the host-gw backend needs netlink".to_string())
         })?;
@@ -182,12 +200,19 @@ impl HostGwBackend {
                 setup.public_ip, external.ip, external.link.name
             )));
         }
-        tracing::info!(iface = %external.link.name, mtu = setup.mtu, "host-gw backend configured");
+        if setup.network.enable_ipv6 && external.ipv6.is_none() {
+            return Err(DatapathError::Unsupported(format!(
+                "the network config enables IPv6, but {} has no global IPv6 address to be \
+                 the peers' gateway",
+                external.link.name
+            )));
+        }
+        tracing::info!(iface = %external.link.name, mtu = setup.mtu, ipv6 = ?setup.public_ipv6, "host-gw backend configured");
         Ok(HostGwBackend {
             routes: Arc::new(Mutex::new(Routes {
                 netlink,
                 external,
-                network,
+                overlay,
                 wanted: BTreeMap::new(),
                 programmed: BTreeSet::new(),
                 unreachable: BTreeSet::new(),
@@ -272,7 +297,7 @@ impl Backend for HostGwBackend {
             let _ = task.await;
         }
         let mut r = self.routes.lock().await;
-        let subnets: Vec<Ipv4Net> = r.programmed.iter().copied().collect();
+        let subnets: Vec<IpNet> = r.programmed.iter().copied().collect();
         let mut result = Ok(());
         for subnet in subnets {
             if let Err(e) = r.remove(subnet).await {

@@ -19,12 +19,12 @@ pub mod udp;
 pub mod vxlan;
 
 use std::fmt;
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 use std::path::PathBuf;
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use ipnet::Ipv4Net;
+use ipnet::{IpNet, Ipv4Net};
 use weft_core::config::{BackendType, NetworkConfig};
 use weft_core::forward::ForwardTable;
 use weft_core::lease::{Lease, RawJson};
@@ -48,6 +48,9 @@ pub struct BackendSetup {
     pub mtu: u32,
     /// The node's public IP.
     pub public_ip: Ipv4Addr,
+    /// The node's public IPv6 address, when the config enables IPv6 (the flag's, or
+    /// the external interface's first global one).
+    pub public_ipv6: Option<Ipv6Addr>,
     /// The interface the overlay is carried over (its index, name, MTU and address),
     /// when one was chosen; the kernel backends need it.
     pub external: Option<ExternalInterface>,
@@ -110,6 +113,12 @@ pub trait Backend: Send + Sync + fmt::Debug {
         None
     }
 
+    /// What it advertises as `BackendV6Data` (vxlan: the IPv6 device's VTEP MAC);
+    /// `None` for none.
+    fn lease_v6_data(&self) -> Option<RawJson> {
+        None
+    }
+
     /// Our lease was acquired, or acquired again: bring the datapath up for it (started
     /// on the first lease, restarted when the subnet changed, untouched when the same).
     async fn lease_acquired(&mut self, lease: &Lease) -> Result<(), DatapathError>;
@@ -162,4 +171,27 @@ fn ipv4_network(setup: &BackendSetup) -> Result<Ipv4Net, DatapathError> {
             setup.network.backend.kind
         ))
     })
+}
+
+/// The overlay networks, IPv4 and IPv6 as the config enables them, for backends that
+/// route both families.
+fn overlay_networks(setup: &BackendSetup) -> Result<Vec<IpNet>, DatapathError> {
+    let v4 = setup
+        .network
+        .network
+        .filter(|_| setup.network.enable_ipv4)
+        .map(IpNet::V4);
+    let v6 = setup
+        .network
+        .ipv6_network
+        .filter(|_| setup.network.enable_ipv6)
+        .map(IpNet::V6);
+    let all: Vec<IpNet> = v4.into_iter().chain(v6).collect();
+    if all.is_empty() {
+        return Err(DatapathError::Unsupported(format!(
+            "the {} backend needs a Network or an IPv6Network",
+            setup.network.backend.kind
+        )));
+    }
+    Ok(all)
 }

@@ -3,13 +3,14 @@
 //!
 //! flannel ignores (with a warning) every lease of another backend type than its own,
 //! and so do we -- but once per lease rather than at every renewal, so that a mixed
-//! cluster does not flood the log. IPv6 routes are not programmed by these backends yet;
-//! that too is said once.
+//! cluster does not flood the log. Routes of both families are theirs: a dual-stack
+//! lease is two routes, its IPv4 subnet via `PublicIP` and its IPv6 subnet via
+//! `PublicIPv6` (with `BackendV6Data`), and each is programmed on its own.
 
 use std::collections::BTreeSet;
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::IpAddr;
 
-use ipnet::{IpNet, Ipv4Net};
+use ipnet::IpNet;
 use weft_core::config::BackendType;
 use weft_core::lease::RawJson;
 use weft_core::router::RouteChange;
@@ -20,16 +21,16 @@ pub(crate) enum PeerChange {
     /// Program (or re-program) the route to this peer.
     Up {
         /// The peer's subnet.
-        subnet: Ipv4Net,
-        /// Its public IP.
-        public_ip: Ipv4Addr,
+        subnet: IpNet,
+        /// Its public IP, of the subnet's family.
+        public_ip: IpAddr,
         /// Its backend data.
         data: Option<RawJson>,
     },
     /// Remove whatever was programmed for this subnet (nothing, if nothing was).
     Down {
         /// The subnet.
-        subnet: Ipv4Net,
+        subnet: IpNet,
     },
     /// Nothing to do.
     Ignore,
@@ -42,7 +43,7 @@ pub(crate) struct PeerFilter {
     ours: BackendType,
     /// Subnets held by a lease of another type, already logged.
     foreign: BTreeSet<IpNet>,
-    ipv6_logged: bool,
+    mixed_logged: bool,
     /// Foreign leases seen (each counted once while it stays foreign).
     pub(crate) foreign_total: u64,
 }
@@ -52,7 +53,7 @@ impl PeerFilter {
         PeerFilter {
             ours,
             foreign: BTreeSet::new(),
-            ipv6_logged: false,
+            mixed_logged: false,
             foreign_total: 0,
         }
     }
@@ -63,13 +64,16 @@ impl PeerFilter {
             RouteChange::Add(r) => (r, true),
             RouteChange::Remove(r) => (r, false),
         };
-        let (IpNet::V4(subnet), IpAddr::V4(public_ip)) = (route.subnet, route.public_ip) else {
-            if !self.ipv6_logged {
-                self.ipv6_logged = true;
-                tracing::warn!(subnet = %route.subnet, backend = self.ours.as_str(), "IPv6 routes are not programmed by this backend yet; ignoring them");
+        let (subnet, public_ip) = (route.subnet, route.public_ip);
+        if subnet.addr().is_ipv4() != public_ip.is_ipv4() {
+            // The core pairs each subnet with the address of its family; a route that
+            // does not cannot be a gateway route.
+            if !self.mixed_logged {
+                self.mixed_logged = true;
+                tracing::warn!(%subnet, via = %public_ip, backend = self.ours.as_str(), "a route whose gateway is of another family than its subnet; ignoring it");
             }
             return PeerChange::Ignore;
-        };
+        }
         if !added {
             self.foreign.remove(&route.subnet);
             return PeerChange::Down { subnet };
@@ -103,12 +107,12 @@ impl PeerFilter {
 /// without a router. flannel asks the kernel's route lookup for "no gateway"; the
 /// interface's prefixes give the same answer for a peer on the same L2 segment and need
 /// no lookup per peer.
-pub(crate) fn directly_connected(networks: &[Ipv4Net], ip: Ipv4Addr) -> bool {
+pub(crate) fn directly_connected(networks: &[IpNet], ip: IpAddr) -> bool {
     networks.iter().any(|n| n.contains(&ip))
 }
 
 /// The networks for a log line: `192.0.2.0/24, 198.51.100.0/24`.
-pub(crate) fn show(networks: &[Ipv4Net]) -> String {
+pub(crate) fn show(networks: &[IpNet]) -> String {
     let names: Vec<String> = networks.iter().map(ToString::to_string).collect();
     names.join(", ")
 }
@@ -131,7 +135,7 @@ mod tests {
     fn foreign_leases_are_down_and_counted_once() {
         let mut f = PeerFilter::new(BackendType::HostGw);
         let udp = route("10.5.3.0/24", "192.0.2.3", "udp");
-        let subnet: Ipv4Net = "10.5.3.0/24".parse().unwrap();
+        let subnet: IpNet = "10.5.3.0/24".parse().unwrap();
         for _ in 0..3 {
             assert_eq!(
                 f.classify(&RouteChange::Add(udp.clone())),
@@ -154,15 +158,29 @@ mod tests {
     }
 
     #[test]
-    fn ipv6_routes_are_ignored() {
+    fn ipv6_routes_are_peers_and_mixed_families_are_ignored() {
         let mut f = PeerFilter::new(BackendType::Vxlan);
         let r = route("fc00:0:0:1::/64", "2001:db8::1", "vxlan");
-        assert_eq!(f.classify(&RouteChange::Add(r)), PeerChange::Ignore);
+        assert_eq!(
+            f.classify(&RouteChange::Add(r)),
+            PeerChange::Up {
+                subnet: "fc00:0:0:1::/64".parse().unwrap(),
+                public_ip: "2001:db8::1".parse().unwrap(),
+                data: None,
+            }
+        );
+        let mixed = route("fc00:0:0:1::/64", "192.0.2.1", "vxlan");
+        assert_eq!(f.classify(&RouteChange::Add(mixed)), PeerChange::Ignore);
     }
 
     #[test]
     fn direct_means_on_one_of_the_networks() {
-        let nets: Vec<Ipv4Net> = vec!["192.0.2.0/24".parse().unwrap()];
+        let nets: Vec<IpNet> = vec![
+            "192.0.2.0/24".parse().unwrap(),
+            "2001:db8:1::/64".parse().unwrap(),
+        ];
+        assert!(directly_connected(&nets, "2001:db8:1::7".parse().unwrap()));
+        assert!(!directly_connected(&nets, "2001:db8:2::7".parse().unwrap()));
         assert!(directly_connected(&nets, "192.0.2.77".parse().unwrap()));
         assert!(!directly_connected(&nets, "198.51.100.3".parse().unwrap()));
         assert!(!directly_connected(&[], "192.0.2.77".parse().unwrap()));

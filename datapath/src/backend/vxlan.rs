@@ -21,14 +21,23 @@
 //! difference, so a changed MAC or public IP replaces the entries and a gone lease
 //! removes them. A clean stop deletes the device (and with it its neighbours, FDB
 //! entries and routes) and the direct routes.
+//!
+//! With IPv6 (`EnableIPv6`), a second device does the same for the IPv6 subnets, as
+//! flannel's does: `flannel-v6.<VNI>`, bound to the underlay interface's IPv6 address,
+//! its address our IPv6 subnet's network address as a /128, its MAC [`plan::vtep_mac_v6`]
+//! (advertised in the lease's `BackendV6Data`), and per remote lease the neighbour, FDB
+//! entry (to its `PublicIPv6`) and onlink route of its IPv6 subnet. Its MTU is 20 bytes
+//! less than the IPv4 device's: flannel gives both the underlay's minus 50, which an IPv6
+//! outer header (40 bytes, not 20) overflows on a full-sized packet; minus 70 fits.
+//! IPv6-only (`EnableIPv4: false`) has the second device alone.
 
 pub mod plan;
 
 use std::collections::BTreeMap;
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::IpAddr;
 
 use async_trait::async_trait;
-use ipnet::Ipv4Net;
+use ipnet::IpNet;
 use weft_core::config::BackendType;
 use weft_core::lease::{Lease, RawJson};
 use weft_core::router::RouteChange;
@@ -36,22 +45,37 @@ use weft_core::router::RouteChange;
 use super::peers::{directly_connected, PeerChange, PeerFilter};
 use super::{Backend, BackendSetup, Counter, CounterKind, DeviceStats};
 use crate::iface::ExternalInterface;
-use crate::netlink::{Ipv4Route, Netlink, VxlanDevice};
+use crate::netlink::{GatewayRoute, Netlink, VxlanDevice};
 use crate::DatapathError;
 use plan::{Op, Peer};
+
+/// What an IPv6 outer header adds over an IPv4 one.
+const IPV6_EXTRA_OVERHEAD: u32 = 20;
 
 /// A remote vxlan lease, as its route says.
 #[derive(Debug, Clone)]
 struct Wanted {
-    public_ip: Ipv4Addr,
+    public_ip: IpAddr,
     data: Option<RawJson>,
 }
 
-/// The device of the current lease.
+/// The device of the current lease, for one family.
 #[derive(Debug, Clone, Copy)]
 struct Running {
-    subnet: Ipv4Net,
+    subnet: IpNet,
     index: u32,
+}
+
+/// One family's device: what to create, and what runs.
+#[derive(Debug, Clone)]
+struct Device {
+    spec: VxlanDevice,
+    running: Option<Running>,
+}
+
+/// Which of [`VxlanBackend::devices`] carries a subnet of this family.
+fn family(ip: IpAddr) -> usize {
+    usize::from(ip.is_ipv6())
 }
 
 /// See the module docs.
@@ -59,18 +83,19 @@ struct Running {
 pub struct VxlanBackend {
     netlink: Netlink,
     external: ExternalInterface,
-    device: VxlanDevice,
+    /// The IPv4 device (`flannel.<VNI>`) and the IPv6 one (`flannel-v6.<VNI>`), each
+    /// when its family is enabled.
+    devices: [Option<Device>; 2],
     direct_routing: bool,
-    running: Option<Running>,
-    wanted: BTreeMap<Ipv4Net, Wanted>,
-    programmed: BTreeMap<Ipv4Net, Peer>,
+    wanted: BTreeMap<IpNet, Wanted>,
+    programmed: BTreeMap<IpNet, Peer>,
     filter: PeerFilter,
     bad_data: u64,
     errors: u64,
 }
 
 impl VxlanBackend {
-    /// A vxlan backend for `setup`; the device is created with the first lease.
+    /// A vxlan backend for `setup`; the devices are created with the first lease.
     pub fn new(setup: BackendSetup) -> Result<VxlanBackend, DatapathError> {
         let netlink = setup.netlink.clone().ok_or_else(|| {
             DatapathError::Unsupported("the vxlan backend needs netlink".to_string())
@@ -80,33 +105,65 @@ impl VxlanBackend {
                 "the vxlan backend needs the external interface (--iface)".to_string(),
             )
         })?;
-        super::ipv4_network(&setup)?;
+        let overlay = super::overlay_networks(&setup)?;
         let backend = &setup.network.backend;
         let vni = backend.vni.unwrap_or(weft_core::config::DEFAULT_VXLAN_VNI);
         let options = backend.vxlan.unwrap_or_default();
-        let device = VxlanDevice {
-            name: format!("flannel.{vni}"),
+        let spec = |name: String, local: IpAddr, mac, mtu| VxlanDevice {
+            name,
             vni,
             port: backend.port,
             underlay: external.link.index,
-            local: external.ip,
-            mac: plan::vtep_mac(setup.public_ip, vni),
-            mtu: setup.mtu,
+            local,
+            mac,
+            mtu,
             learning: options.learning,
             gbp: options.gbp,
         };
-        tracing::info!(
-            device = %device.name, vni, port = device.port, mtu = device.mtu,
-            vtep_mac = %device.mac, underlay = %external.link.name, local = %device.local,
-            gbp = options.gbp, learning = options.learning, direct_routing = options.direct_routing,
-            "vxlan backend configured"
-        );
+        let v4 = overlay.iter().any(|n| matches!(n, IpNet::V4(_))).then(|| {
+            spec(
+                format!("flannel.{vni}"),
+                IpAddr::V4(external.ip),
+                plan::vtep_mac(setup.public_ip, vni),
+                setup.mtu,
+            )
+        });
+        let v6 = match overlay.iter().any(|n| matches!(n, IpNet::V6(_))) {
+            false => None,
+            true => {
+                let local = external.ipv6.ok_or_else(|| {
+                    DatapathError::Unsupported(format!(
+                        "the network config enables IPv6, but {} has no global IPv6 address \
+                         for flannel-v6.{vni} to send from",
+                        external.link.name
+                    ))
+                })?;
+                let public = setup.public_ipv6.unwrap_or(local);
+                Some(spec(
+                    format!("flannel-v6.{vni}"),
+                    IpAddr::V6(local),
+                    plan::vtep_mac_v6(public, vni),
+                    setup.mtu.saturating_sub(IPV6_EXTRA_OVERHEAD),
+                ))
+            }
+        };
+        for d in v4.iter().chain(&v6) {
+            tracing::info!(
+                device = %d.name, vni, port = d.port, mtu = d.mtu,
+                vtep_mac = %d.mac, underlay = %external.link.name, local = %d.local,
+                gbp = options.gbp, learning = options.learning, direct_routing = options.direct_routing,
+                "vxlan backend configured"
+            );
+        }
+        let device = |spec| Device {
+            spec,
+            running: None,
+        };
         Ok(VxlanBackend {
             netlink,
             external,
-            device,
+            devices: [v4.map(device), v6.map(device)],
             direct_routing: options.direct_routing,
-            running: None,
             wanted: BTreeMap::new(),
             programmed: BTreeMap::new(),
             filter: PeerFilter::new(BackendType::Vxlan),
@@ -115,24 +172,37 @@ impl VxlanBackend {
         })
     }
 
-    /// (Re)creates the device for `subnet`: one left by an earlier run (or by flanneld)
-    /// goes first, so that its VNI, port, MAC and addresses are surely ours.
-    async fn create_device(&mut self, subnet: Ipv4Net) -> Result<Running, DatapathError> {
-        let nl = &self.netlink;
-        if let Some(old) = nl.link(&self.device.name).await? {
-            tracing::info!(device = %self.device.name, "replacing an existing device of that name");
+    /// The running device that carries `subnet`'s family.
+    fn running_for(&self, subnet: IpNet) -> Option<Running> {
+        self.devices[family(subnet.addr())]
+            .as_ref()
+            .and_then(|d| d.running)
+    }
+
+    /// (Re)creates the device `spec` for `subnet`: one left by an earlier run (or by
+    /// flanneld) goes first, so that its VNI, port, MAC and addresses are surely ours.
+    async fn create_device(
+        nl: &Netlink,
+        spec: &VxlanDevice,
+        subnet: IpNet,
+    ) -> Result<Running, DatapathError> {
+        if let Some(old) = nl.link(&spec.name).await? {
+            tracing::info!(device = %spec.name, "replacing an existing device of that name");
             nl.del_link(old.index).await?;
         }
-        let link = nl.add_vxlan(&self.device).await?;
+        let link = nl.add_vxlan(spec).await?;
+        let host = match subnet {
+            IpNet::V4(_) => 32,
+            IpNet::V6(_) => 128,
+        };
         let configured = async {
-            nl.add_address(link.index, IpAddr::V4(subnet.network()), 32)
-                .await?;
+            nl.add_address(link.index, subnet.network(), host).await?;
             nl.set_up(link.index, None).await?;
             // udev or systemd-networkd may give a new device a MAC of their choosing
             // (flannel issue 1795); the VTEP MAC peers know must win.
-            if nl.link_mac(link.index).await? != Some(self.device.mac) {
-                tracing::warn!(device = %self.device.name, "the device's MAC was changed behind our back; setting it again");
-                nl.set_mac(link.index, self.device.mac).await?;
+            if nl.link_mac(link.index).await? != Some(spec.mac) {
+                tracing::warn!(device = %spec.name, "the device's MAC was changed behind our back; setting it again");
+                nl.set_mac(link.index, spec.mac).await?;
             }
             Ok::<_, DatapathError>(())
         }
@@ -141,7 +211,7 @@ impl VxlanBackend {
             let _ = nl.del_link(link.index).await;
             return Err(e);
         }
-        tracing::info!(device = %self.device.name, addr = %subnet.network(), vtep_mac = %self.device.mac, "vxlan device up");
+        tracing::info!(device = %spec.name, addr = %subnet.network(), vtep_mac = %spec.mac, "vxlan device up");
         Ok(Running {
             subnet,
             index: link.index,
@@ -149,17 +219,20 @@ impl VxlanBackend {
     }
 
     /// What `subnet` should be programmed as, from its lease (`None`: nothing).
-    async fn desired(&mut self, subnet: Ipv4Net) -> Result<Option<Peer>, DatapathError> {
+    async fn desired(&mut self, subnet: IpNet) -> Result<Option<Peer>, DatapathError> {
         let Some(w) = self.wanted.get(&subnet) else {
             return Ok(None);
         };
         // Our own lease may be announced as a route before the node knows it is ours
         // (a restart finds it in the first listing); it is never a peer.
-        if self.running.is_some_and(|r| r.subnet == subnet) {
+        if self.running_for(subnet).is_some_and(|r| r.subnet == subnet) {
             return Ok(None);
         }
         if self.direct_routing {
-            let networks = self.netlink.ipv4_networks(self.external.link.index).await?;
+            let networks = self
+                .netlink
+                .networks(self.external.link.index, w.public_ip)
+                .await?;
             if directly_connected(&networks, w.public_ip) {
                 return Ok(Some(Peer::Direct {
                     public_ip: w.public_ip,
@@ -180,8 +253,8 @@ impl VxlanBackend {
     }
 
     /// Brings `subnet`'s entries in line with its lease.
-    async fn sync(&mut self, subnet: Ipv4Net) -> Result<(), DatapathError> {
-        let Some(running) = self.running else {
+    async fn sync(&mut self, subnet: IpNet) -> Result<(), DatapathError> {
+        let Some(running) = self.running_for(subnet) else {
             return Ok(());
         };
         let new = self.desired(subnet).await?;
@@ -219,7 +292,7 @@ impl VxlanBackend {
     async fn apply(
         &self,
         dev: u32,
-        subnet: Ipv4Net,
+        subnet: IpNet,
         old: Option<Peer>,
         op: Op,
     ) -> Result<(), DatapathError> {
@@ -229,7 +302,7 @@ impl VxlanBackend {
         match op {
             Op::DelRoute => match old {
                 Some(peer) => {
-                    nl.del_ipv4_route(&route_for(subnet, peer, dev, underlay))
+                    nl.del_gateway_route(&route_for(subnet, peer, dev, underlay))
                         .await
                 }
                 None => Ok(()),
@@ -239,7 +312,7 @@ impl VxlanBackend {
             Op::SetNeighbour(mac) => nl.replace_neighbour(dev, gw, mac).await,
             Op::SetFdb(mac, ip) => nl.replace_fdb(dev, mac, ip).await,
             Op::SetRoute(peer) => {
-                nl.replace_ipv4_route(&route_for(subnet, peer, dev, underlay))
+                nl.replace_gateway_route(&route_for(subnet, peer, dev, underlay))
                     .await
             }
         }
@@ -247,15 +320,15 @@ impl VxlanBackend {
 }
 
 /// The kernel route for `subnet` reached as `peer`.
-fn route_for(subnet: Ipv4Net, peer: Peer, vxlan: u32, underlay: u32) -> Ipv4Route {
+fn route_for(subnet: IpNet, peer: Peer, vxlan: u32, underlay: u32) -> GatewayRoute {
     match peer {
-        Peer::Encap { .. } => Ipv4Route {
+        Peer::Encap { .. } => GatewayRoute {
             dst: subnet,
             gateway: Some(subnet.network()),
             oif: vxlan,
             onlink: true,
         },
-        Peer::Direct { public_ip } => Ipv4Route {
+        Peer::Direct { public_ip } => GatewayRoute {
             dst: subnet,
             gateway: Some(public_ip),
             oif: underlay,
@@ -271,23 +344,52 @@ impl Backend for VxlanBackend {
     }
 
     fn lease_data(&self) -> Option<RawJson> {
-        Some(plan::lease_data(self.device.vni, self.device.mac))
+        let d = self.devices[0].as_ref()?;
+        Some(plan::lease_data(d.spec.vni, d.spec.mac))
+    }
+
+    fn lease_v6_data(&self) -> Option<RawJson> {
+        let d = self.devices[1].as_ref()?;
+        Some(plan::lease_data(d.spec.vni, d.spec.mac))
     }
 
     async fn lease_acquired(&mut self, lease: &Lease) -> Result<(), DatapathError> {
-        if self.running.is_some_and(|r| r.subnet == lease.key.ipv4) {
-            return Ok(());
-        }
-        self.running = Some(self.create_device(lease.key.ipv4).await?);
-        // Entries on the old device went with it; direct routes stay and are replaced.
-        self.programmed
-            .retain(|_, p| matches!(p, Peer::Direct { .. }));
-        // A peer that cannot be programmed is no reason to stop the node: it is
-        // logged and counted, and tried again at its next change.
-        let subnets: Vec<Ipv4Net> = self.wanted.keys().copied().collect();
-        for subnet in subnets {
-            if let Err(e) = self.sync(subnet).await {
-                tracing::warn!(%subnet, error = %e, "cannot program a vxlan peer");
+        let subnets = [
+            Some(IpNet::V4(lease.key.ipv4)),
+            lease.key.ipv6.map(IpNet::V6),
+        ];
+        for (i, subnet) in subnets.into_iter().enumerate() {
+            let Some(device) = self.devices[i].as_ref() else {
+                continue;
+            };
+            let Some(subnet) = subnet else {
+                return Err(DatapathError::Unsupported(format!(
+                    "{} needs an IPv6 subnet, and the lease {} has none",
+                    device.spec.name, lease.key
+                )));
+            };
+            if device.running.is_some_and(|r| r.subnet == subnet) {
+                continue;
+            }
+            let running = Self::create_device(&self.netlink, &device.spec, subnet).await?;
+            if let Some(d) = self.devices[i].as_mut() {
+                d.running = Some(running);
+            }
+            // Entries on the old device went with it; direct routes stay and are replaced.
+            self.programmed
+                .retain(|s, p| family(s.addr()) != i || matches!(p, Peer::Direct { .. }));
+            // A peer that cannot be programmed is no reason to stop the node: it is
+            // logged and counted, and tried again at its next change.
+            let subnets: Vec<IpNet> = self
+                .wanted
+                .keys()
+                .filter(|s| family(s.addr()) == i)
+                .copied()
+                .collect();
+            for subnet in subnets {
+                if let Err(e) = self.sync(subnet).await {
+                    tracing::warn!(%subnet, error = %e, "cannot program a vxlan peer");
+                }
             }
         }
         Ok(())
@@ -332,8 +434,13 @@ impl Backend for VxlanBackend {
     }
 
     async fn device(&self) -> Option<DeviceStats> {
-        self.running.as_ref()?;
-        let link = self.netlink.link(&self.device.name).await.ok()??;
+        // The IPv4 device when there is one (flannel's `flannel.<VNI>`), else the IPv6 one.
+        let d = self
+            .devices
+            .iter()
+            .flatten()
+            .find(|d| d.running.is_some())?;
+        let link = self.netlink.link(&d.spec.name).await.ok()??;
         Some(DeviceStats {
             name: link.name,
             stats: link.stats?,
@@ -350,14 +457,16 @@ impl Backend for VxlanBackend {
                     0,
                     self.external.link.index,
                 );
-                if let Err(e) = self.netlink.del_ipv4_route(&route).await {
+                if let Err(e) = self.netlink.del_gateway_route(&route).await {
                     result = Err(e);
                 }
             }
         }
-        if let Some(running) = self.running.take() {
-            self.netlink.del_link(running.index).await?;
-            tracing::info!(device = %self.device.name, "vxlan backend down: device, neighbours, FDB entries and routes removed");
+        for d in self.devices.iter_mut().flatten() {
+            if let Some(running) = d.running.take() {
+                self.netlink.del_link(running.index).await?;
+                tracing::info!(device = %d.spec.name, "vxlan device down: its neighbours, FDB entries and routes removed with it");
+            }
         }
         result
     }

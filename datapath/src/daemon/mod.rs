@@ -228,6 +228,12 @@ async fn start_and_run(
         .public_ip
         .or(external.as_ref().map(|e| e.ip))
         .ok_or(DaemonError::NoPublicIp)?;
+    // flannel takes the interface's IPv6 address when none is given.
+    let public_ipv6 = if config.enable_ipv6 {
+        setup.public_ipv6.or(external.as_ref().and_then(|e| e.ipv6))
+    } else {
+        setup.public_ipv6
+    };
     let underlay_mtu = external.as_ref().map_or(1500, |e| e.link.mtu);
     let mtu = config.mtu(underlay_mtu);
     status.send_modify(|s| {
@@ -241,6 +247,7 @@ async fn start_and_run(
         network: config.clone(),
         mtu,
         public_ip,
+        public_ipv6,
         external: external.clone(),
         device_name: setup.tun_name.clone(),
     })
@@ -250,10 +257,10 @@ async fn start_and_run(
         cause,
     })?;
     let previous = subnet_file::read(&setup.subnet_file).and_then(|env| env.previous_key());
-    let mut node_config =
-        NodeConfig::for_network(&setup.prefix, config, public_ip, setup.public_ipv6)?;
+    let mut node_config = NodeConfig::for_network(&setup.prefix, config, public_ip, public_ipv6)?;
     let alloc = &mut node_config.alloc;
     alloc.backend_data = backend.lease_data();
+    alloc.backend_v6_data = backend.lease_v6_data();
     alloc.previous = previous;
     alloc.lease_ttl = setup.lease_ttl;
     alloc.renew_margin = setup.renew_margin;

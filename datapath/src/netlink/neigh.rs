@@ -2,7 +2,7 @@
 //! `ip neigh replace … nud permanent` and `bridge fdb append … self permanent` do.
 
 use std::fmt;
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::IpAddr;
 use std::str::FromStr;
 
 use rtnetlink::packet_route::neighbour::{
@@ -59,17 +59,25 @@ fn neighbour_message(family: AddressFamily, index: u32) -> NeighbourMessage {
     msg
 }
 
+/// The address family of `ip`, and `ip` as a neighbour address.
+fn family_of(ip: IpAddr) -> (AddressFamily, NeighbourAddress) {
+    match ip {
+        IpAddr::V4(a) => (AddressFamily::Inet, NeighbourAddress::Inet(a)),
+        IpAddr::V6(a) => (AddressFamily::Inet6, NeighbourAddress::Inet6(a)),
+    }
+}
+
 impl Netlink {
     /// Sets the permanent neighbour `ip -> mac` on link `index` (created or replaced).
     pub async fn replace_neighbour(
         &self,
         index: u32,
-        ip: Ipv4Addr,
+        ip: IpAddr,
         mac: Mac,
     ) -> Result<(), DatapathError> {
         self.handle
             .neighbours()
-            .add(index, IpAddr::V4(ip))
+            .add(index, ip)
             .link_layer_address(&mac.0)
             .state(NeighbourState::Permanent)
             .kind(RouteType::Unicast)
@@ -80,10 +88,10 @@ impl Netlink {
     }
 
     /// Removes the neighbour `ip` from link `index`; one already gone is fine.
-    pub async fn del_neighbour(&self, index: u32, ip: Ipv4Addr) -> Result<(), DatapathError> {
-        let mut msg = neighbour_message(AddressFamily::Inet, index);
-        msg.attributes
-            .push(NeighbourAttribute::Destination(NeighbourAddress::Inet(ip)));
+    pub async fn del_neighbour(&self, index: u32, ip: IpAddr) -> Result<(), DatapathError> {
+        let (family, dst) = family_of(ip);
+        let mut msg = neighbour_message(family, index);
+        msg.attributes.push(NeighbourAttribute::Destination(dst));
         match self.handle.neighbours().del(msg).execute().await {
             Err(e) if !gone(&e) => Err(DatapathError::netlink(format!("delete neighbour {ip}"), e)),
             _ => Ok(()),
@@ -96,12 +104,12 @@ impl Netlink {
         &self,
         index: u32,
         mac: Mac,
-        dst: Ipv4Addr,
+        dst: IpAddr,
     ) -> Result<(), DatapathError> {
         self.handle
             .neighbours()
             .add_bridge(index, &mac.0)
-            .destination(IpAddr::V4(dst))
+            .destination(dst)
             .flags(NeighbourFlags::Own)
             .state(NeighbourState::Permanent)
             .replace()
@@ -112,13 +120,13 @@ impl Netlink {
 
     /// Removes the FDB entry `mac -> dst` of the vxlan device `index`; one already gone
     /// is fine.
-    pub async fn del_fdb(&self, index: u32, mac: Mac, dst: Ipv4Addr) -> Result<(), DatapathError> {
+    pub async fn del_fdb(&self, index: u32, mac: Mac, dst: IpAddr) -> Result<(), DatapathError> {
         let mut msg = neighbour_message(AddressFamily::Bridge, index);
         msg.header.flags = NeighbourFlags::Own;
         msg.attributes
             .push(NeighbourAttribute::LinkLayerAddress(mac.0.to_vec()));
         msg.attributes
-            .push(NeighbourAttribute::Destination(NeighbourAddress::Inet(dst)));
+            .push(NeighbourAttribute::Destination(family_of(dst).1));
         match self.handle.neighbours().del(msg).execute().await {
             Err(e) if !gone(&e) => Err(DatapathError::netlink(
                 format!("delete fdb entry {mac} -> {dst}"),

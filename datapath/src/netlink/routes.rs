@@ -1,10 +1,11 @@
 //! What the kernel backends program beyond links and addresses: a vxlan device, routes
-//! via a gateway (optionally `onlink`), and the networks an interface is directly on.
+//! via a gateway (optionally `onlink`), and the networks an interface is directly on,
+//! for either IP family.
 
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use futures::TryStreamExt;
-use ipnet::Ipv4Net;
+use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use rtnetlink::packet_route::link::LinkAttribute;
 use rtnetlink::packet_route::route::{
     RouteAddress, RouteAttribute, RouteFlags, RouteHeader, RouteMessage, RouteProtocol, RouteScope,
@@ -26,8 +27,9 @@ pub struct VxlanDevice {
     pub port: u16,
     /// The underlay link it sends through.
     pub underlay: u32,
-    /// The source address of encapsulated packets.
-    pub local: Ipv4Addr,
+    /// The source address of encapsulated packets (an IPv6 one for flannel's
+    /// `flannel-v6.<VNI>`).
+    pub local: IpAddr,
     /// Its MAC address: the VTEP MAC peers put in their neighbour and FDB entries.
     pub mac: Mac,
     /// Its MTU.
@@ -38,41 +40,56 @@ pub struct VxlanDevice {
     pub gbp: bool,
 }
 
-/// An IPv4 route of the main table, as far as the backends care.
+/// A route of the main table (IPv4 or IPv6), as far as the backends care.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-pub struct Ipv4Route {
+pub struct GatewayRoute {
     /// The destination.
-    pub dst: Ipv4Net,
-    /// The gateway, if any.
-    pub gateway: Option<Ipv4Addr>,
+    pub dst: IpNet,
+    /// The gateway, if any, of the destination's family.
+    pub gateway: Option<IpAddr>,
     /// The output link.
     pub oif: u32,
     /// Whether the gateway is taken as on the link without a covering route.
     pub onlink: bool,
 }
 
-impl Ipv4Route {
+impl GatewayRoute {
     fn message(&self) -> RouteMessage {
-        let mut b = RouteMessageBuilder::<Ipv4Addr>::new()
-            .destination_prefix(self.dst.network(), self.dst.prefix_len())
-            .output_interface(self.oif);
-        if let Some(gw) = self.gateway {
-            b = b.gateway(gw);
-        }
+        let mut msg = match self.dst {
+            IpNet::V4(dst) => {
+                let mut b = RouteMessageBuilder::<Ipv4Addr>::new()
+                    .destination_prefix(dst.network(), dst.prefix_len())
+                    .output_interface(self.oif);
+                if let Some(IpAddr::V4(gw)) = self.gateway {
+                    b = b.gateway(gw);
+                }
+                b.build()
+            }
+            IpNet::V6(dst) => {
+                let mut b = RouteMessageBuilder::<Ipv6Addr>::new()
+                    .destination_prefix(dst.network(), dst.prefix_len())
+                    .output_interface(self.oif);
+                if let Some(IpAddr::V6(gw)) = self.gateway {
+                    b = b.gateway(gw);
+                }
+                b.build()
+            }
+        };
         if self.onlink {
-            b = b.onlink();
+            msg.header.flags |= RouteFlags::Onlink;
         }
-        b.build()
+        msg
     }
 
-    fn of(msg: &RouteMessage) -> Option<Ipv4Route> {
-        let mut dst = Ipv4Addr::UNSPECIFIED;
-        let (mut gateway, mut oif) = (None, None);
+    fn of(msg: &RouteMessage) -> Option<GatewayRoute> {
+        let (mut dst, mut gateway, mut oif) = (None, None, None);
         let mut table = u32::from(msg.header.table);
         for attr in &msg.attributes {
             match attr {
-                RouteAttribute::Destination(RouteAddress::Inet(a)) => dst = *a,
-                RouteAttribute::Gateway(RouteAddress::Inet(a)) => gateway = Some(*a),
+                RouteAttribute::Destination(RouteAddress::Inet(a)) => dst = Some(IpAddr::V4(*a)),
+                RouteAttribute::Destination(RouteAddress::Inet6(a)) => dst = Some(IpAddr::V6(*a)),
+                RouteAttribute::Gateway(RouteAddress::Inet(a)) => gateway = Some(IpAddr::V4(*a)),
+                RouteAttribute::Gateway(RouteAddress::Inet6(a)) => gateway = Some(IpAddr::V6(*a)),
                 RouteAttribute::Oif(i) => oif = Some(*i),
                 RouteAttribute::Table(t) => table = *t,
                 _ => {}
@@ -81,8 +98,12 @@ impl Ipv4Route {
         if table != u32::from(RouteHeader::RT_TABLE_MAIN) {
             return None;
         }
-        Some(Ipv4Route {
-            dst: Ipv4Net::new(dst, msg.header.destination_prefix_length).ok()?,
+        let dst = dst.unwrap_or(match msg.header.address_family {
+            rtnetlink::packet_route::AddressFamily::Inet6 => IpAddr::V6(Ipv6Addr::UNSPECIFIED),
+            _ => IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+        });
+        Some(GatewayRoute {
+            dst: IpNet::new(dst, msg.header.destination_prefix_length).ok()?,
             gateway,
             oif: oif?,
             onlink: msg.header.flags.contains(RouteFlags::Onlink),
@@ -93,9 +114,12 @@ impl Ipv4Route {
 impl Netlink {
     /// Creates a vxlan device (down, without addresses) and returns it.
     pub async fn add_vxlan(&self, dev: &VxlanDevice) -> Result<Link, DatapathError> {
-        let mut msg = LinkVxlan::new(&dev.name, dev.vni)
-            .dev(dev.underlay)
-            .local(dev.local)
+        let msg = LinkVxlan::new(&dev.name, dev.vni).dev(dev.underlay);
+        let msg = match dev.local {
+            IpAddr::V4(a) => msg.local(a),
+            IpAddr::V6(a) => msg.local6(a),
+        };
+        let mut msg = msg
             .port(dev.port)
             .learning(dev.learning)
             .mtu(dev.mtu)
@@ -159,18 +183,53 @@ impl Netlink {
         Ok(prefixes.iter().map(Ipv4Net::trunc).collect())
     }
 
-    /// The IPv4 routes of the main table that have an output link.
-    pub async fn ipv4_main_routes(&self) -> Result<Vec<Ipv4Route>, DatapathError> {
-        Ok(self
+    /// The global IPv6 networks link `index` is directly on (its addresses with their
+    /// prefixes; link-local ones left out, since no peer is reached by them).
+    pub async fn ipv6_networks(&self, index: u32) -> Result<Vec<Ipv6Net>, DatapathError> {
+        let prefixes = self.ipv6_prefixes(index).await?;
+        Ok(prefixes.iter().map(Ipv6Net::trunc).collect())
+    }
+
+    /// The networks of `family`'s (that of `like`) link `index` is directly on.
+    pub async fn networks(&self, index: u32, like: IpAddr) -> Result<Vec<IpNet>, DatapathError> {
+        Ok(match like {
+            IpAddr::V4(_) => self
+                .ipv4_networks(index)
+                .await?
+                .into_iter()
+                .map(IpNet::V4)
+                .collect(),
+            IpAddr::V6(_) => self
+                .ipv6_networks(index)
+                .await?
+                .into_iter()
+                .map(IpNet::V6)
+                .collect(),
+        })
+    }
+
+    /// The routes of the main table, of both families, that have an output link.
+    pub async fn main_routes(&self) -> Result<Vec<GatewayRoute>, DatapathError> {
+        let mut routes: Vec<GatewayRoute> = self
             .ipv4_routes()
             .await?
             .iter()
-            .filter_map(Ipv4Route::of)
-            .collect())
+            .filter_map(GatewayRoute::of)
+            .collect();
+        let v6: Vec<RouteMessage> = self
+            .handle
+            .route()
+            .get(RouteMessageBuilder::<Ipv6Addr>::new().build())
+            .execute()
+            .try_collect()
+            .await
+            .map_err(|e| DatapathError::netlink("list IPv6 routes", e))?;
+        routes.extend(v6.iter().filter_map(GatewayRoute::of));
+        Ok(routes)
     }
 
     /// Adds `route`, replacing the route to the same destination.
-    pub async fn replace_ipv4_route(&self, route: &Ipv4Route) -> Result<(), DatapathError> {
+    pub async fn replace_gateway_route(&self, route: &GatewayRoute) -> Result<(), DatapathError> {
         self.handle
             .route()
             .add(route.message())
@@ -181,7 +240,7 @@ impl Netlink {
     }
 
     /// Deletes `route`, whoever added it; one already gone is fine.
-    pub async fn del_ipv4_route(&self, route: &Ipv4Route) -> Result<(), DatapathError> {
+    pub async fn del_gateway_route(&self, route: &GatewayRoute) -> Result<(), DatapathError> {
         let mut msg = route.message();
         // The kernel deletes only a route of the protocol and scope named, unless
         // these are left unspecified, as `ip route del` does.

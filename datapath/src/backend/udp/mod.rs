@@ -340,9 +340,19 @@ pub struct UdpBackend {
 }
 
 impl UdpBackend {
-    /// A udp backend for `setup`; nothing is created before the first lease.
+    /// A udp backend for `setup`; nothing is created before the first lease. IPv6
+    /// (`EnableIPv6`) is refused: the TUN device and the socket carry IPv4 only, and a
+    /// node that leased an IPv6 subnet it cannot reach would advertise a route that
+    /// goes nowhere (flannel's udp backend is IPv4-only too).
     pub fn new(setup: BackendSetup) -> Result<UdpBackend, DatapathError> {
         let network = super::ipv4_network(&setup)?;
+        if setup.network.enable_ipv6 {
+            return Err(DatapathError::Unsupported(
+                "the udp backend carries IPv4 only; EnableIPv6 needs the vxlan or host-gw \
+                 backend"
+                    .to_string(),
+            ));
+        }
         let netlink = setup.netlink.clone().ok_or_else(|| {
             DatapathError::Unsupported("the udp backend needs netlink".to_string())
         })?;

@@ -2,7 +2,7 @@
 //! netlink operations that take one remote subnet from what is programmed to what is
 //! wanted. Nothing here touches the kernel, so all of it is unit-tested.
 
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use serde_json::Value;
 use weft_core::lease::RawJson;
@@ -26,8 +26,21 @@ pub fn vtep_mac(public_ip: Ipv4Addr, vni: u32) -> Mac {
     Mac([0x0e, vni.to_be_bytes()[3], a, b, c, d])
 }
 
+/// The VTEP MAC of the IPv6 device (`flannel-v6.<VNI>`) of the node with public IPv6
+/// address `public_ipv6`: as [`vtep_mac`], from the address's last four bytes
+/// (VNI 1, 2001:db8::c000:201: `0e:01:c0:00:02:01`). Stable for the same reasons;
+/// nodes whose public IPv6 addresses agree in their last 32 bits would share it, which
+/// one underlay prefix (a /64 or shorter per link) gives them only when they differ
+/// in the prefix alone, and that no single underlay network does.
+pub fn vtep_mac_v6(public_ipv6: Ipv6Addr, vni: u32) -> Mac {
+    let [.., a, b, c, d] = public_ipv6.octets();
+    Mac([0x0e, vni.to_be_bytes()[3], a, b, c, d])
+}
+
 /// Our lease's `BackendData`, byte for byte what flannel's `json.Marshal` writes for its
-/// `vxlanLeaseAttrs{VNI, VtepMAC}`: `{"VNI":1,"VtepMAC":"0e:01:c0:00:02:01"}`.
+/// `vxlanLeaseAttrs{VNI, VtepMAC}`: `{"VNI":1,"VtepMAC":"0e:01:c0:00:02:01"}`; its
+/// `BackendV6Data` has the same form, with the IPv6 device's MAC (flannel's
+/// `newSubnetAttrs`).
 pub fn lease_data(vni: u32, mac: Mac) -> RawJson {
     RawJson::new(&format!(r#"{{"VNI":{vni},"VtepMAC":"{mac}"}}"#))
         .expect("the format is valid JSON")
@@ -56,13 +69,13 @@ pub enum Peer {
     Encap {
         /// The peer's VTEP MAC.
         mac: Mac,
-        /// The peer's public IP.
-        public_ip: Ipv4Addr,
+        /// The peer's public IP (of the subnet's family).
+        public_ip: IpAddr,
     },
     /// `DirectRouting`: route `subnet via public_ip` over the underlay, nothing else.
     Direct {
         /// The peer's public IP.
-        public_ip: Ipv4Addr,
+        public_ip: IpAddr,
     },
 }
 
@@ -74,11 +87,11 @@ pub enum Op {
     /// Delete the neighbour `subnet.network`.
     DelNeighbour,
     /// Delete the FDB entry `mac -> ip`.
-    DelFdb(Mac, Ipv4Addr),
+    DelFdb(Mac, IpAddr),
     /// Set the neighbour `subnet.network -> mac`.
     SetNeighbour(Mac),
     /// Set the FDB entry `mac -> ip`.
-    SetFdb(Mac, Ipv4Addr),
+    SetFdb(Mac, IpAddr),
     /// Set (replace) the subnet's route for this peer.
     SetRoute(Peer),
 }
@@ -121,10 +134,19 @@ pub fn plan(old: Option<Peer>, new: Option<Peer>, fdb_shared: bool) -> Vec<Op> {
 mod tests {
     use super::*;
 
-    const IP1: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 1);
-    const IP2: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 2);
+    const IP1: IpAddr = IpAddr::V4(Ipv4Addr::new(192, 0, 2, 1));
+    const IP2: IpAddr = IpAddr::V4(Ipv4Addr::new(192, 0, 2, 2));
 
-    fn encap(mac_last: u8, public_ip: Ipv4Addr) -> Peer {
+    #[test]
+    fn the_v6_vtep_mac_is_derived_from_the_public_ipv6_and_vni() {
+        let ip: Ipv6Addr = "2001:db8:1::c000:203".parse().unwrap();
+        assert_eq!(vtep_mac_v6(ip, 1).to_string(), "0e:01:c0:00:02:03");
+        assert_eq!(vtep_mac_v6(ip, 1), vtep_mac_v6(ip, 1), "stable");
+        let other: Ipv6Addr = "2001:db8:1::2".parse().unwrap();
+        assert_eq!(vtep_mac_v6(other, 2).to_string(), "0e:02:00:00:00:02");
+    }
+
+    fn encap(mac_last: u8, public_ip: IpAddr) -> Peer {
         Peer::Encap {
             mac: Mac([0x0e, 1, 192, 0, 2, mac_last]),
             public_ip,

@@ -1,0 +1,274 @@
+//! The kernel backends with IPv6, on the real kernel: three hosts in namespaces on a
+//! dual-stack underlay, a real `weft daemon` process on each, one real etcd (see
+//! `underlay`). For host-gw and vxlan with dual stack: every container reaches every
+//! container on the other hosts over both families (ping, and a TCP transfer whose
+//! checksum must match), the kernel holds the IPv6 entries flannel would program
+//! (vxlan: the second device `flannel-v6.1`, its neighbours, FDB entries and routes;
+//! host-gw: `subnet via PublicIPv6`), and a stopped node's entries of both families
+//! leave its peers once its lease is deleted. Root only.
+
+#![allow(clippy::unwrap_used)]
+
+mod underlay;
+
+use std::net::IpAddr;
+use std::time::{Duration, Instant};
+
+use underlay::{can_run, wait_or_show, wait_until, Underlay};
+use weft_stores::testing::{etcd_or_skip, Etcd};
+
+const BYTES: u64 = 256 * 1024;
+
+fn dual_stack(backend: &str) -> String {
+    format!(
+        r#"{{"Network":"10.5.0.0/16","EnableIPv6":true,"IPv6Network":"fc00::/48","Backend":{{"Type":"{backend}"}}}}"#
+    )
+}
+
+/// Three dual-stack hosts running `config`, each with a dual-stack container.
+fn three_hosts(tag: &str, etcd: &Etcd, config: &str) -> Underlay {
+    let mut net = Underlay::new(tag, &["192.0.2.1", "192.0.2.2", "192.0.2.3"], etcd);
+    net.enable_ipv6();
+    net.set_config(config);
+    for i in 1..=3 {
+        net.start(i);
+        net.add_container(i);
+        net.add_container6(i);
+    }
+    net
+}
+
+/// Every container pings every container of the other `hosts` over both families,
+/// and sends each a TCP stream that arrives whole and unchanged.
+fn assert_mesh_both_families(net: &Underlay, hosts: &[usize]) {
+    for &a in hosts {
+        for &b in hosts.iter().filter(|b| **b != a) {
+            for to in [
+                IpAddr::V4(net.container_ip(b)),
+                IpAddr::V6(net.container_ip6(b)),
+            ] {
+                assert!(net.ping_ip(a, to), "c{a} cannot ping c{b} at {to}");
+                let [sent, got] = net.tcp_transfer(a, b, to, BYTES);
+                assert_eq!(got, sent, "c{a} -> c{b} at {to}: (bytes, checksum)");
+            }
+        }
+    }
+}
+
+fn etcd_get(etcd: &Etcd, key: &str) -> String {
+    let out = etcd.etcdctl(&["get", "--print-value-only", key]);
+    assert!(out.status.success(), "{out:?}");
+    String::from_utf8(out.stdout).unwrap().trim().to_string()
+}
+
+fn etcd_del(etcd: &Etcd, key: &str) {
+    let out = etcd.etcdctl(&["del", key]);
+    assert!(out.status.success(), "{out:?}");
+}
+
+/// Host `i`'s IPv6 route to `s`, as `ip -6 route` shows it ("" for none).
+fn route6_to(net: &Underlay, i: usize, s: ipnet::Ipv6Net) -> String {
+    let routes = net.ip(i, &["-6", "route", "show", &s.to_string()]);
+    routes.lines().next().unwrap_or_default().to_string()
+}
+
+/// Host `i`'s IPv4 route to `s` ("" for none).
+fn route_to(net: &Underlay, i: usize, s: ipnet::Ipv4Net) -> String {
+    let routes = net.ip(i, &["route", "show", &s.to_string()]);
+    routes.lines().next().unwrap_or_default().to_string()
+}
+
+#[test]
+fn host_gw_dual_stack_three_hosts_mesh_restore_and_lease_removal() {
+    let test = "host_gw_dual_stack_three_hosts_mesh_restore_and_lease_removal";
+    if !can_run(test) {
+        return;
+    }
+    let Some(etcd) = etcd_or_skip(test) else {
+        return;
+    };
+    let started = Instant::now();
+    let mut net = three_hosts("h6", &etcd, &dual_stack("host-gw"));
+    assert_mesh_both_families(&net, &[1, 2, 3]);
+    for i in 1..=3 {
+        for p in (1..=3).filter(|p| *p != i) {
+            let r = route6_to(&net, i, net.subnet6(p));
+            assert!(
+                r.contains(&format!("via 2001:db8:1::{p} dev eth0")),
+                "h{i} -> h{p}: {r:?}"
+            );
+        }
+        let value = etcd_get(&etcd, &net.lease_key_in(i, &etcd));
+        assert_eq!(
+            value,
+            format!(
+                r#"{{"PublicIP":"192.0.2.{i}","PublicIPv6":"2001:db8:1::{i}","BackendType":"host-gw"}}"#
+            )
+        );
+        let log = net.log(i);
+        assert!(!log.contains("IPv6 routes are not programmed"), "{log}");
+    }
+
+    // An IPv6 route deleted by hand comes back at the next check; meanwhile h3 stops
+    // and its lease is deleted: its routes of both families leave the peers.
+    let s2 = net.subnet6(2);
+    net.ip(1, &["-6", "route", "del", &s2.to_string()]);
+    let (s3, s3v6) = (net.hosts[2].subnet.unwrap(), net.subnet6(3));
+    let key3 = net.lease_key_in(3, &etcd);
+    net.stop(3);
+    etcd_del(&etcd, &key3);
+    for i in [1, 2] {
+        wait_until(&format!("h{i} forgets h3"), Duration::from_secs(10), || {
+            route_to(&net, i, s3).is_empty() && route6_to(&net, i, s3v6).is_empty()
+        });
+    }
+    wait_or_show(
+        "h1 restores its IPv6 route to h2",
+        Duration::from_secs(25),
+        || route6_to(&net, 1, s2).contains("via 2001:db8:1::2"),
+        || format!("{}\n{}", net.ip(1, &["-6", "route"]), net.log(1)),
+    );
+    assert!(net.ping_ip(1, IpAddr::V6(net.container_ip6(2))));
+    assert!(net.log(1).contains("restored_total=1"));
+    net.stop(1);
+    let routes = net.ip(1, &["-6", "route", "show"]);
+    assert!(
+        !routes
+            .lines()
+            .any(|l| l.starts_with("fc00:") && l.contains(" via ")),
+        "a clean stop removes the IPv6 routes: {routes}"
+    );
+    eprintln!("{test}: {:?}", started.elapsed());
+}
+
+/// Host `i`'s IPv6 neighbours, FDB entries and routes on `flannel-v6.1`, sorted lines.
+fn vxlan6_entries(net: &Underlay, i: usize) -> Vec<String> {
+    let mut out: Vec<String> = net
+        .ip(i, &["-6", "neigh", "show", "dev", "flannel-v6.1"])
+        .lines()
+        .chain(net.fdb(i, "flannel-v6.1").lines())
+        .chain(
+            net.ip(
+                i,
+                &[
+                    "-6",
+                    "route",
+                    "show",
+                    "root",
+                    "fc00::/48",
+                    "dev",
+                    "flannel-v6.1",
+                ],
+            )
+            .lines(),
+        )
+        .map(|l| l.trim().to_string())
+        // The kernel's own: link-local neighbours, multicast FDB entries, the prefix
+        // route of the device's /128.
+        .filter(|l| {
+            !l.is_empty()
+                && !l.starts_with("fe80")
+                && !l.starts_with("33:33")
+                && !l.contains("proto kernel")
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+#[test]
+fn vxlan_dual_stack_three_hosts_second_device_mesh_and_lease_removal() {
+    let test = "vxlan_dual_stack_three_hosts_second_device_mesh_and_lease_removal";
+    if !can_run(test) {
+        return;
+    }
+    let Some(etcd) = etcd_or_skip(test) else {
+        return;
+    };
+    let started = Instant::now();
+    let mut net = three_hosts("x6", &etcd, &dual_stack("vxlan"));
+    assert_mesh_both_families(&net, &[1, 2, 3]);
+    let mac6 = |p: usize| format!("0e:01:00:00:00:0{p}");
+    for i in 1..=3 {
+        let link = net.ip(i, &["-d", "link", "show", "flannel-v6.1"]);
+        for want in [
+            "vxlan id 1 ",
+            &format!("local 2001:db8:1::{i} dev eth0 "),
+            "dstport 8472 ",
+            "nolearning",
+            "mtu 1430 ",
+            &format!("link/ether {}", mac6(i)),
+        ] {
+            assert!(link.contains(want), "h{i}: no {want:?} in\n{link}");
+        }
+        let v4 = net.ip(i, &["link", "show", "flannel.1"]);
+        assert!(v4.contains("mtu 1450 "), "h{i}: {v4}");
+        let addr = net.ip(i, &["-6", "-o", "addr", "show", "dev", "flannel-v6.1"]);
+        let s6 = net.subnet6(i);
+        assert!(
+            addr.contains(&format!("inet6 {}/128 ", s6.network())),
+            "h{i}: {addr}"
+        );
+        let value = etcd_get(&etcd, &net.lease_key_in(i, &etcd));
+        assert_eq!(
+            value,
+            format!(
+                r#"{{"PublicIP":"192.0.2.{i}","PublicIPv6":"2001:db8:1::{i}","BackendType":"vxlan","BackendData":{{"VNI":1,"VtepMAC":"0e:01:c0:00:02:0{i}"}},"BackendV6Data":{{"VNI":1,"VtepMAC":"{}"}}}}"#,
+                mac6(i)
+            )
+        );
+        let neigh = net.ip(i, &["-6", "neigh", "show", "dev", "flannel-v6.1"]);
+        let fdb = net.fdb(i, "flannel-v6.1");
+        for p in (1..=3).filter(|p| *p != i) {
+            let s = net.subnet6(p);
+            assert!(
+                neigh.contains(&format!("{} lladdr {} PERMANENT", s.network(), mac6(p))),
+                "h{i}: {neigh}"
+            );
+            assert!(
+                fdb.contains(&format!("{} dst 2001:db8:1::{p} self permanent", mac6(p))),
+                "h{i}: {fdb}"
+            );
+            let route = route6_to(&net, i, s);
+            assert!(
+                route.contains(&format!("via {} dev flannel-v6.1", s.network()))
+                    && route.contains("onlink"),
+                "h{i}: {route}"
+            );
+        }
+        assert_eq!(
+            vxlan6_entries(&net, i).len(),
+            6,
+            "h{i}: {:?}",
+            vxlan6_entries(&net, i)
+        );
+    }
+
+    // h3 stops cleanly, then its lease is deleted: its entries leave the peers.
+    let (s3, s3v6) = (net.hosts[2].subnet.unwrap(), net.subnet6(3));
+    let key3 = net.lease_key_in(3, &etcd);
+    net.stop(3);
+    etcd_del(&etcd, &key3);
+    for i in [1, 2] {
+        wait_or_show(
+            &format!("h{i} forgets h3"),
+            Duration::from_secs(10),
+            || {
+                let e = vxlan6_entries(&net, i);
+                e.len() == 3
+                    && !e
+                        .iter()
+                        .any(|l| l.contains(&mac6(3)) || l.contains(&s3v6.network().to_string()))
+                    && route_to(&net, i, s3).is_empty()
+            },
+            || format!("{:?}\n{}", vxlan6_entries(&net, i), net.log(i)),
+        );
+    }
+    assert!(net.ping_ip(1, IpAddr::V6(net.container_ip6(2))));
+    net.stop(1);
+    assert!(
+        !net.ip(1, &["link", "show"]).contains("flannel"),
+        "a clean stop removes both devices"
+    );
+    eprintln!("{test}: {:?}", started.elapsed());
+}
