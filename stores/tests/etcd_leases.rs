@@ -86,9 +86,13 @@ async fn expiries_agree_with_etcd_and_across_clients() {
         .await
         .expect("ask etcd")
         .expect("a lease");
-    // Rounded down to the second, counted from before the grant; etcd counts from its
-    // own grant and reports whole seconds left: within two seconds, never later.
-    assert!(ours <= before + ttl, "{ours} after {}", before + ttl);
+    let after = wall_now();
+    // The TTL asked for counted from before the request, at the least; one second more
+    // than that counted from after it, rounded down, at the most (`EtcdStore::grant`).
+    // etcd counts from its own grant and reports whole seconds left: within two seconds.
+    assert!(ours >= before + ttl, "{ours} before {}", before + ttl);
+    let latest = after + ttl + Duration::from_secs(1);
+    assert!(ours <= latest, "{ours} after {latest}");
     assert!(
         ours.saturating_since(server) <= Duration::from_secs(2)
             && server.saturating_since(ours) <= Duration::from_secs(2),
