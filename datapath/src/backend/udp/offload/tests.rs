@@ -421,3 +421,70 @@ proptest! {
         prop_assert_eq!(u32::from(fold(sum(&data, 0))), r);
     }
 }
+
+/// n2's table: own 10.5.2.0/24; n1 (192.0.2.1) holds 10.5.1.0/24, n3 (192.0.2.3)
+/// 10.5.3.0/24.
+fn n2_table() -> weft_core::forward::ForwardTable {
+    use weft_core::forward::{ForwardTable, Peer};
+    use weft_core::subnet::SubnetSpace;
+    let net: ipnet::IpNet = "10.5.0.0/16".parse().expect("net");
+    let last = "10.5.255.0".parse().expect("last");
+    let space = SubnetSpace::new(net, 24, net.network(), last).expect("space");
+    let mut t = ForwardTable::new(Some(space), None);
+    for (subnet, public) in [("10.5.1.0/24", "192.0.2.1"), ("10.5.3.0/24", "192.0.2.3")] {
+        t.insert(Peer {
+            subnet: subnet.parse().expect("subnet"),
+            public_ip: public.parse().expect("public"),
+        });
+    }
+    t.set_own(Some("10.5.2.0/24".parse().expect("own")), None);
+    t
+}
+
+#[test]
+fn a_spoofed_segment_inside_a_gro_burst_is_dropped_and_counted_and_its_neighbours_coalesce() {
+    use super::super::batch::each_inbound;
+    use weft_core::forward::{DropReason, ThreadDrops};
+    let data = payload(5 * 1000);
+    let mut segs = wire_segments(false, 0, ACK, &data, 1000);
+    // The third comes from n1 but claims n3's subnet as its source, checksums intact.
+    let mut spoofed = segs[2].clone();
+    spoofed[12..16].copy_from_slice(&[10, 5, 3, 2]);
+    spoofed[10..12].copy_from_slice(&[0, 0]);
+    let c = !fold(sum(&spoofed[..20], 0));
+    spoofed[10..12].copy_from_slice(&c.to_be_bytes());
+    segs[2] = refix_tcp4(spoofed);
+    let gro = segs.concat();
+    let (table, drops) = (n2_table(), ThreadDrops::default());
+    let mut coalescer = Coalescer::default();
+    let mut writes = Vec::new();
+    let mut w = |b: &[u8], n: usize| {
+        writes.push((
+            VnetHdr::parse(b).expect("hdr"),
+            b[VNET_HDR_LEN..].to_vec(),
+            n,
+        ))
+    };
+    let n = each_inbound(
+        &table,
+        "192.0.2.1".parse().expect("n1"),
+        &gro,
+        1052,
+        &drops,
+        |p| coalescer.push(p, &mut w),
+    );
+    coalescer.flush(&mut w);
+    assert_eq!(n, 5);
+    assert_eq!(drops.snapshot().get(DropReason::SpoofedSource), 1);
+    // 0-1 and 3-4 delivered, each pair as one super-packet carrying its bytes.
+    assert_eq!(writes.iter().map(|w| w.2).collect::<Vec<_>>(), [2, 2]);
+    for ((hdr, pkt, _), range) in writes.iter().zip([0..2000, 3000..5000]) {
+        let mut out = vec![0u8; 2 * MAX_IP];
+        let s = segment(hdr, pkt, &mut out).expect("resegment");
+        let got: Vec<u8> = out[..s.len]
+            .chunks(s.segment)
+            .flat_map(|g| check_tcp(g, false).3)
+            .collect();
+        assert_eq!(got, data[range]);
+    }
+}
