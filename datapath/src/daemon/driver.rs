@@ -56,6 +56,8 @@ pub struct Driver {
     firewall_error: Option<NftError>,
     subnet_file: SubnetFileSettings,
     ready: bool,
+    /// The lease table has been listed once: a later listing is a re-list, logged.
+    listed: bool,
     status: watch::Sender<NodeStatus>,
 }
 
@@ -76,6 +78,7 @@ impl Driver {
             firewall_error: None,
             subnet_file,
             ready: false,
+            listed: false,
             status,
         }
     }
@@ -165,7 +168,16 @@ impl Driver {
                 tracing::warn!(key = %s.key, error = %s.error, skipped_total = total, "skipping an entry that is not a valid lease");
             }
             NodeEvent::Synced { revision, leases } => {
-                tracing::debug!(revision, leases, "lease table loaded");
+                if std::mem::replace(&mut self.listed, true) {
+                    // After a compaction, a store outage or a watch that was lost.
+                    tracing::info!(
+                        revision,
+                        leases,
+                        "lease table listed again; the watch resumes from it"
+                    );
+                } else {
+                    tracing::debug!(revision, leases, "lease table loaded");
+                }
                 self.status.send_modify(|s| s.count("synced", None));
             }
             NodeEvent::StoreFailed { error, retry_at } => {
