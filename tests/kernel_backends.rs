@@ -4,15 +4,21 @@
 //! the entries flannel would program, and that they follow the leases: a restarted node
 //! keeps its VTEP MAC, a deleted lease takes its entries with it, a route deleted by
 //! hand comes back, a peer off the underlay's network and a lease of another backend
-//! are skipped with a log. Root only.
+//! are skipped with a log; and that weft's vxlan interoperates with a VTEP it does not
+//! run (the kernel programmed by the test as flannel would, its lease in flannel's JSON),
+//! checked on the wire with tcpdump. Root only.
 
 #![allow(clippy::unwrap_used)]
 
 mod underlay;
 
+use std::io::{Read, Write};
+use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
 use std::time::{Duration, Instant};
 
-use underlay::{can_run, wait_or_show, wait_until, Underlay, PREFIX};
+use underlay::capture::{have_tcpdump, parse_vxlan};
+use underlay::{can_run, run, wait_or_show, wait_until, Underlay, PREFIX};
+use weft_datapath::netns;
 use weft_stores::testing::{etcd_or_skip, Etcd};
 
 const VXLAN: &str = r#"{"Network":"10.5.0.0/16","SubnetLen":24,"Backend":{"Type":"vxlan"}}"#;
@@ -349,4 +355,269 @@ fn host_gw_routes_restores_removes_stale_and_skips_a_peer_off_the_network() {
         "a clean stop removes the routes: {routes}"
     );
     eprintln!("{test}: {:?}", started.elapsed());
+}
+
+/// The leases in etcd as (subnet, PublicIP, VtepMAC), vxlan ones only.
+fn vxlan_leases(etcd: &Etcd) -> Vec<(ipnet::Ipv4Net, Ipv4Addr, String)> {
+    let out = etcd.etcdctl(&["get", "--prefix", &format!("{PREFIX}/subnets/")]);
+    assert!(out.status.success(), "{out:?}");
+    let text = String::from_utf8(out.stdout).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    let mut leases = Vec::new();
+    for kv in lines.chunks(2) {
+        let [key, value] = kv else {
+            panic!("etcdctl get: a key without a value: {text}")
+        };
+        let subnet = key.rsplit('/').next().unwrap().replace('-', "/");
+        let v: serde_json::Value = serde_json::from_str(value).unwrap();
+        if v["BackendType"] != "vxlan" {
+            continue;
+        }
+        leases.push((
+            subnet.parse().unwrap(),
+            v["PublicIP"].as_str().unwrap().parse().unwrap(),
+            v["BackendData"]["VtepMAC"].as_str().unwrap().to_string(),
+        ));
+    }
+    leases
+}
+
+/// Host `i` made a VXLAN peer that weft does not run, as flannel would program it, with
+/// `ip` and `bridge` only: its device, the subnet's network address on it, and for each
+/// other vxlan lease a permanent neighbour, a permanent FDB entry and an onlink route.
+/// Returns the device's MAC (the kernel's choice).
+fn kernel_vtep(net: &Underlay, i: usize, subnet: ipnet::Ipv4Net, etcd: &Etcd) -> String {
+    let local = net.hosts[i - 1].ip.to_string();
+    let dev = [
+        "link",
+        "add",
+        "flannel.1",
+        "type",
+        "vxlan",
+        "id",
+        "1",
+        "local",
+        &local,
+        "dev",
+        "eth0",
+        "dstport",
+        "8472",
+        "nolearning",
+    ];
+    net.ip(i, &dev);
+    net.ip(i, &["link", "set", "flannel.1", "mtu", "1450"]);
+    let addr = format!("{}/32", subnet.network());
+    net.ip(i, &["addr", "add", &addr, "dev", "flannel.1"]);
+    net.ip(i, &["link", "set", "flannel.1", "up"]);
+    let ns = net.hosts[i - 1].ns.clone();
+    for (s, public, mac) in vxlan_leases(etcd) {
+        if s == subnet {
+            continue;
+        }
+        let (gw, public) = (s.network().to_string(), public.to_string());
+        net.ip(
+            i,
+            &[
+                "neigh",
+                "replace",
+                &gw,
+                "lladdr",
+                &mac,
+                "dev",
+                "flannel.1",
+                "nud",
+                "permanent",
+            ],
+        );
+        run(
+            "ip",
+            &[
+                "netns",
+                "exec",
+                &ns,
+                "bridge",
+                "fdb",
+                "append",
+                &mac,
+                "dev",
+                "flannel.1",
+                "dst",
+                &public,
+                "self",
+                "permanent",
+            ],
+        );
+        net.ip(
+            i,
+            &[
+                "route",
+                "replace",
+                &s.to_string(),
+                "via",
+                &gw,
+                "dev",
+                "flannel.1",
+                "onlink",
+            ],
+        );
+    }
+    vtep_mac(net, i)
+}
+
+/// Writes a lease as flanneld does on etcd v3: the JSON of its vxlan backend, under an
+/// etcd lease with flannel's 24 h TTL.
+fn put_flannel_vxlan_lease(etcd: &Etcd, subnet: ipnet::Ipv4Net, public: Ipv4Addr, mac: &str) {
+    let out = etcd.etcdctl(&["lease", "grant", "86400"]);
+    assert!(out.status.success(), "{out:?}");
+    let granted = String::from_utf8(out.stdout).unwrap();
+    // "lease 694d8c6d3a6e1a0b granted with TTL(86400s)"
+    let id = granted.split_whitespace().nth(1).unwrap().to_string();
+    let key = format!(
+        "{PREFIX}/subnets/{}-{}",
+        subnet.network(),
+        subnet.prefix_len()
+    );
+    let value = format!(
+        r#"{{"PublicIP":"{public}","PublicIPv6":null,"BackendType":"vxlan","BackendData":{{"VNI":1,"VtepMAC":"{mac}"}}}}"#
+    );
+    let out = etcd.etcdctl(&["put", &format!("--lease={id}"), &key, &value]);
+    assert!(out.status.success(), "{out:?}");
+}
+
+/// Sends `size` bytes of a deterministic stream from container `from` to container
+/// `to` over TCP; asserts that they arrive whole and intact (FNV-1a of both ends).
+fn tcp_transfer(net: &Underlay, from: usize, to: usize, size: usize) {
+    fn fnv(hash: &mut u64, bytes: &[u8]) {
+        for b in bytes {
+            *hash ^= u64::from(*b);
+            *hash = hash.wrapping_mul(0x100000001b3);
+        }
+    }
+    let ns = |i: usize| netns::path(net.hosts[i - 1].container.as_ref().unwrap());
+    let listener = netns::in_netns(Some(&ns(to)), || TcpListener::bind("0.0.0.0:5001"))
+        .unwrap()
+        .unwrap();
+    let receiver = std::thread::spawn(move || {
+        let (mut conn, _) = listener.accept().unwrap();
+        conn.set_read_timeout(Some(Duration::from_secs(30)))
+            .unwrap();
+        let (mut total, mut hash, mut buf) = (0usize, 0xcbf29ce484222325u64, vec![0u8; 1 << 16]);
+        loop {
+            let n = conn.read(&mut buf).unwrap();
+            if n == 0 {
+                return (total, hash);
+            }
+            fnv(&mut hash, &buf[..n]);
+            total += n;
+        }
+    });
+    let addr = SocketAddr::from((net.container_ip(to), 5001));
+    let mut conn = netns::in_netns(Some(&ns(from)), move || {
+        TcpStream::connect_timeout(&addr, Duration::from_secs(10))
+    })
+    .unwrap()
+    .unwrap();
+    conn.set_write_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    let (mut state, mut hash, mut chunk) = (
+        0x9e3779b97f4a7c15u64,
+        0xcbf29ce484222325u64,
+        vec![0u8; 1 << 16],
+    );
+    let mut sent = 0;
+    while sent < size {
+        let n = chunk.len().min(size - sent);
+        for b in &mut chunk[..n] {
+            // xorshift64
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            *b = (state >> 24) as u8;
+        }
+        fnv(&mut hash, &chunk[..n]);
+        conn.write_all(&chunk[..n]).unwrap();
+        sent += n;
+    }
+    drop(conn);
+    let (received, received_hash) = receiver.join().unwrap();
+    assert_eq!(received, size, "c{from} -> c{to}: bytes lost");
+    assert_eq!(received_hash, hash, "c{from} -> c{to}: bytes changed");
+}
+
+#[test]
+fn vxlan_interop_with_a_kernel_vtep_weft_does_not_run() {
+    let test = "vxlan_interop_with_a_kernel_vtep_weft_does_not_run";
+    if !can_run(test) || !have_tcpdump(test) {
+        return;
+    }
+    let Some(etcd) = etcd_or_skip(test) else {
+        return;
+    };
+    let started = Instant::now();
+    let mut net = Underlay::new("ki", &["192.0.2.1", "192.0.2.2", "192.0.2.3"], &etcd);
+    net.set_config(VXLAN);
+    for i in [1, 2] {
+        net.start(i);
+        net.add_container(i);
+    }
+    // Host 3: the kernel alone, programmed from the weft leases, and its lease in etcd.
+    let s3: ipnet::Ipv4Net = "10.5.99.0/24".parse().unwrap();
+    let mac3 = kernel_vtep(&net, 3, s3, &etcd);
+    put_flannel_vxlan_lease(&etcd, s3, net.hosts[2].ip, &mac3);
+    net.hosts[2].subnet = Some(s3);
+    net.add_container(3);
+    for i in [1, 2] {
+        wait_or_show(
+            &format!("h{i} programs the kernel peer"),
+            Duration::from_secs(15),
+            || {
+                let neigh = net.ip(i, &["neigh", "show", "dev", "flannel.1"]);
+                neigh.contains(&format!("10.5.99.0 lladdr {mac3} PERMANENT"))
+                    && net
+                        .fdb(i, "flannel.1")
+                        .contains(&format!("{mac3} dst 192.0.2.3 self permanent"))
+                    && route_to(&net, i, s3).contains("via 10.5.99.0 dev flannel.1")
+            },
+            || format!("{}\n{}", vxlan_entries(&net, i).join("\n"), net.log(i)),
+        );
+    }
+    net.assert_mesh(&[1, 2, 3]);
+
+    // On the wire: what crosses host 3's underlay port is VXLAN, VNI 1, on UDP 8472,
+    // carrying the containers' packets, both ways and with both weft hosts.
+    let capture = net.capture(3, "ip and udp", 64, Duration::from_secs(20));
+    for (a, b) in [(3, 1), (2, 3)] {
+        assert!(net.ping(a, b), "c{a} cannot ping c{b} during the capture");
+    }
+    let (frames, log) = capture.finish();
+    let parsed: Vec<_> = frames
+        .iter()
+        .map(|f| parse_vxlan(f).unwrap_or_else(|e| panic!("not VXLAN ({e}): {f:02x?}\n{log}")))
+        .collect();
+    for f in &parsed {
+        assert_eq!(f.udp_dst, 8472, "{f:?}");
+        assert_eq!(f.flags, 0x08, "the I bit alone: {f:?}");
+        assert_eq!(f.vni, 1, "{f:?}");
+    }
+    let c = |i: usize| net.container_ip(i);
+    let h = |i: usize| net.hosts[i - 1].ip;
+    for (a, b) in [(3, 1), (1, 3), (2, 3), (3, 2)] {
+        assert!(
+            parsed.iter().any(|f| f.inner_src == c(a)
+                && f.inner_dst == c(b)
+                && f.outer_src == h(a)
+                && f.outer_dst == h(b)),
+            "no c{a} -> c{b} inside h{a} -> h{b} VXLAN in {parsed:#?}"
+        );
+    }
+
+    // Bulk traffic both ways between weft and the kernel peer.
+    const SIZE: usize = 16 * 1024 * 1024;
+    tcp_transfer(&net, 1, 3, SIZE);
+    tcp_transfer(&net, 3, 2, SIZE);
+    eprintln!(
+        "{test}: {:?} ({} frames captured)",
+        started.elapsed(),
+        parsed.len()
+    );
 }

@@ -27,14 +27,17 @@ pub enum Timer {
     AllocRetry = 2,
     /// Restart the watch, or the listing, after a store failure.
     WatchRetry = 3,
+    /// Ask the store whether it is back, while a retry waits on its failure.
+    StoreProbe = 4,
 }
 
-const COUNT: usize = 4;
+const COUNT: usize = 5;
 const ALL: [Timer; COUNT] = [
     Timer::Renew,
     Timer::Expiry,
     Timer::AllocRetry,
     Timer::WatchRetry,
+    Timer::StoreProbe,
 ];
 
 /// When each timer fires, if armed.

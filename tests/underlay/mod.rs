@@ -12,6 +12,7 @@
 
 #![allow(dead_code, clippy::unwrap_used)]
 
+pub mod capture;
 mod containers;
 pub mod proxy;
 mod v6;

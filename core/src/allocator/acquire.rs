@@ -31,6 +31,7 @@ impl Allocator {
             sent_at: None,
             deadline: None,
             wants_listing: true,
+            store_wait: None,
             ops: VecDeque::new(),
             events: VecDeque::new(),
             timers: TimerTable::default(),

@@ -54,6 +54,7 @@ impl Allocator {
         let Phase::Pending(pending) = self.phase else {
             return;
         };
+        self.store_wait = None;
         match (pending, result) {
             (Pending::Create(key, how), Ok(entry)) => {
                 let lease = self.hold(key, &entry, now);
@@ -82,6 +83,7 @@ impl Allocator {
                 // so that we reuse it rather than take a second subnet.
                 let retry_at = self.backoff(now);
                 self.timers.set(Timer::AllocRetry, retry_at);
+                self.store_wait = Some(Timer::AllocRetry);
                 self.phase = Phase::Backoff;
                 self.events.push_back(AllocEvent::AcquireFailed {
                     error: AllocError::Store(error),
@@ -113,6 +115,7 @@ impl Allocator {
                 }
                 self.phase = Phase::Holding;
                 self.timers.set(Timer::Renew, retry_at);
+                self.store_wait = Some(Timer::Renew);
                 self.events
                     .push_back(AllocEvent::RenewFailed { error, retry_at });
             }
@@ -125,6 +128,7 @@ impl Allocator {
         };
         self.timers.stop(Timer::Renew);
         self.timers.stop(Timer::Expiry);
+        self.store_wait = None;
         self.deadline = None;
         self.events.push_back(AllocEvent::Lost {
             key: lease.key,
@@ -228,6 +232,9 @@ impl Allocator {
 
     /// A timer of ours fired.
     pub fn handle_timer(&mut self, timer: Timer, table: &LeaseTable, now: Timestamp) {
+        if self.store_wait == Some(timer) {
+            self.store_wait = None;
+        }
         match timer {
             Timer::Renew if self.phase == Phase::Holding => self.renew(now),
             Timer::Expiry if self.lease.is_some() => {
@@ -237,6 +244,23 @@ impl Allocator {
                 self.start_acquiring(true, table, now);
             }
             _ => {}
+        }
+    }
+}
+
+impl Allocator {
+    /// When the retry it armed after a store failure is due, while it waits for one.
+    pub fn store_retry_at(&self) -> Option<Timestamp> {
+        self.store_wait.and_then(|t| self.timers.get(t))
+    }
+
+    /// The store answered again: a retry waiting on a store failure is due now (the
+    /// node fires it with the other due timers).
+    pub fn store_is_back(&mut self, now: Timestamp) {
+        if let Some(timer) = self.store_wait {
+            if self.timers.get(timer).is_some_and(|at| at > now) {
+                self.timers.set(timer, now);
+            }
         }
     }
 }

@@ -21,7 +21,7 @@ use crate::lease::{Lease, LeaseAttrs, LeaseKey, RawJson};
 use crate::store::{StoreError, StoreOp};
 use crate::subnet::SubnetSpace;
 use crate::time::Timestamp;
-use crate::timer::TimerTable;
+use crate::timer::{Timer, TimerTable};
 
 mod acquire;
 mod lifecycle;
@@ -225,6 +225,10 @@ pub struct Allocator {
     /// clock runs behind take an expiry for a deletion.
     deadline: Option<Timestamp>,
     wants_listing: bool,
+    /// The timer (a retry of the acquisition, or of the renewal) armed after the store
+    /// failed, while it waits: the node brings it forward when the store answers again
+    /// ([`Allocator::store_is_back`]).
+    store_wait: Option<Timer>,
     ops: VecDeque<StoreOp>,
     events: VecDeque<AllocEvent>,
     pub(crate) timers: TimerTable,

@@ -95,6 +95,10 @@ pub struct Node {
     next_op: OpId,
     listing_op: Option<OpId>,
     alloc_op: Option<OpId>,
+    /// The probe asking whether the store is back, while one is out.
+    probe_op: Option<OpId>,
+    /// What the probe lists: the network config's key, one small entry.
+    probe_prefix: String,
     watch: WatchState,
     /// The allocator has said something about our lease (acquired, or failed to): the
     /// first watch waits for this.
@@ -138,6 +142,8 @@ impl Node {
             next_op: 0,
             listing_op: None,
             alloc_op: None,
+            probe_op: None,
+            probe_prefix: crate::store::config_key(&config.prefix),
             watch: WatchState::Idle,
             lease_reported: false,
             relist_on_retry: false,
@@ -351,13 +357,16 @@ impl Node {
     pub fn handle_timeout(&mut self, now: Timestamp) {
         self.observe_clock(now);
         for timer in self.timers.take_expired(now) {
-            if timer == crate::timer::Timer::WatchRetry {
-                self.resume_store();
+            match timer {
+                crate::timer::Timer::WatchRetry => self.resume_store(),
+                crate::timer::Timer::StoreProbe => self.probe(now),
+                _ => {}
             }
         }
         for timer in self.allocator.timers.take_expired(now) {
             self.allocator.handle_timer(timer, &self.table, now);
         }
         self.pump();
+        self.schedule_probe(now);
     }
 }

@@ -13,12 +13,24 @@
 //!   bookkeeping of its own.
 //! - After a failure the node retries with exponential backoff and jitter, so that the
 //!   nodes of a cluster do not all re-list at the same instant after an outage.
+//! - While a retry waits on a store failure, the node asks the store every
+//!   [`PROBE_EVERY`] or so (jittered) whether it is back, with the cheapest question it
+//!   has (a listing of the one config key). The first answer brings every retry that
+//!   waits on the store forward to now: a node learns the store is back within about
+//!   two seconds, not at its next backoff step (up to 36 s), while the expensive
+//!   operations (the listing, the watch, the create) stay backed off until then.
+
+use std::time::Duration;
 
 use super::{Node, NodeEvent, OpId};
 use crate::lease_table::{LeaseTable, TableChange, WatchBatch};
 use crate::store::{Listing, Revision, StoreError, StoreOp, StoreOutput, WatchEvent};
 use crate::time::Timestamp;
 use crate::timer::{backoff, Timer};
+
+/// How often a node waiting on a store failure asks whether the store is back (plus up
+/// to a fifth of it in jitter).
+pub const PROBE_EVERY: Duration = Duration::from_millis(1500);
 
 /// Where the node's watch stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -62,6 +74,49 @@ impl Node {
             self.list();
         } else if self.watch == WatchState::Idle {
             self.start_watch(self.table.revision() + 1);
+        }
+    }
+
+    /// Whether some retry waits on a store failure past the next probe.
+    fn waits_on_store(&self, now: Timestamp) -> bool {
+        let later = now + PROBE_EVERY;
+        [
+            self.timers.get(Timer::WatchRetry),
+            self.allocator.store_retry_at(),
+        ]
+        .into_iter()
+        .flatten()
+        .any(|at| at > later)
+    }
+
+    /// Arms the probe while a retry waits on a store failure, disarms it otherwise.
+    pub(super) fn schedule_probe(&mut self, now: Timestamp) {
+        if !self.waits_on_store(now) {
+            self.timers.stop(Timer::StoreProbe);
+        } else if self.probe_op.is_none() && self.timers.get(Timer::StoreProbe).is_none() {
+            let delay = backoff(PROBE_EVERY, PROBE_EVERY, 0, &mut self.rng);
+            self.timers.set(Timer::StoreProbe, now + delay);
+        }
+    }
+
+    /// The probe timer fired: ask the store, if a retry still waits on it.
+    pub(super) fn probe(&mut self, now: Timestamp) {
+        if self.probe_op.is_none() && self.waits_on_store(now) {
+            let prefix = self.probe_prefix.clone();
+            self.probe_op = Some(self.push_op(StoreOp::List { prefix }));
+        }
+    }
+
+    /// The store answered the probe: every retry waiting on its failure goes now.
+    fn store_back(&mut self, now: Timestamp) {
+        self.store_retries = 0;
+        if self.timers.get(Timer::WatchRetry).is_some() {
+            self.timers.stop(Timer::WatchRetry);
+            self.resume_store();
+        }
+        self.allocator.store_is_back(now);
+        for timer in self.allocator.timers.take_expired(now) {
+            self.allocator.handle_timer(timer, &self.table, now);
         }
     }
 
@@ -123,8 +178,14 @@ impl Node {
                 Err(e) => Err(e),
             };
             self.allocator.handle_result(result, &self.table, now);
+        } else if self.probe_op == Some(id) {
+            self.probe_op = None;
+            if result.is_ok() {
+                self.store_back(now);
+            }
         }
         self.pump();
+        self.schedule_probe(now);
     }
 
     fn apply_listing(&mut self, listing: &Listing, now: Timestamp) {
@@ -277,6 +338,7 @@ impl Node {
             self.store_failed(error, now);
         }
         self.pump();
+        self.schedule_probe(now);
     }
 }
 

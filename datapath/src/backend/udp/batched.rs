@@ -13,6 +13,12 @@
 //!
 //! Where the kernel lacks UDP GSO or GRO, `quinn-udp` falls back to one datagram per
 //! send or receive, and the thread says so once in the log.
+//!
+//! With TUN offloads (`vnet_hdr`), each read brings a virtio header and possibly a TCP
+//! super-packet: [`offload::segment`] cuts it, straight into the outbound buffer, into
+//! the packets the kernel would have sent, and each of them is routed alone, so one
+//! super-packet usually leaves as one GSO send. Inbound, accepted datagrams go through an
+//! [`offload::Coalescer`], which writes runs of one flow's TCP segments as one super-packet.
 
 use std::io::{ErrorKind, IoSliceMut};
 use std::net::{Ipv4Addr, SocketAddr, UdpSocket};
@@ -25,13 +31,22 @@ use quinn_udp::{RecvMeta, Transmit, UdpSockRef, UdpSocketState};
 use weft_core::forward::Outbound;
 use weft_core::wire::icmp;
 
+use weft_core::forward::DropReason;
+
 use super::batch::{self, Run, Runs};
+use super::offload::{self, Coalescer, Segments, VnetHdr, VNET_HDR_LEN};
 use super::{add, count, Forwarder, MAX_PACKET};
 
 /// How many packets the TUN side reads, without blocking, before it sends what it has.
 const TUN_BATCH: usize = 64;
 /// The outbound buffer: several GSO sends' worth, so that a reset is rare.
-const TUN_BUFFER: usize = 4 * MAX_PACKET;
+const TUN_BUFFER: usize = 8 * MAX_PACKET;
+/// The room one read needs in the outbound buffer with offloads: a super-packet's
+/// segments repeat its headers (a 64 KiB one at an MSS of 536 needs about 75 KiB).
+const SEGMENTED_ROOM: usize = 2 * MAX_PACKET;
+/// One read from a TUN device with a virtio header: header and a super-packet, with room
+/// to spare, so that a read that fills it is known to be truncated.
+const VNET_READ: usize = VNET_HDR_LEN + 2 * MAX_PACKET;
 /// How many messages one `recvmmsg` asks for.
 const RECV_BATCH: usize = 8;
 /// One received message: up to 64 KiB of GRO-coalesced datagrams.
@@ -52,6 +67,16 @@ pub(super) fn socket_state(socket: &UdpSocket) -> std::io::Result<UdpSocketState
     Ok(state)
 }
 
+/// Segments one read from a TUN device with a virtio header into `out`.
+fn segment_read(read: &[u8], out: &mut [u8]) -> Result<Segments, offload::OffloadError> {
+    let hdr = VnetHdr::parse(read).ok_or(offload::OffloadError::Truncated)?;
+    if read.len() == VNET_READ {
+        // It filled the buffer: the kernel may have cut it short.
+        return Err(offload::OffloadError::Truncated);
+    }
+    offload::segment(&hdr, &read[VNET_HDR_LEN..], out)
+}
+
 /// Waits until `socket` is ready for `flags` or [`IDLE`] passed.
 fn wait(socket: &UdpSocket, flags: PollFlags) {
     let mut fds = [PollFd::new(socket.as_fd(), flags)];
@@ -60,24 +85,41 @@ fn wait(socket: &UdpSocket, flags: PollFlags) {
 }
 
 impl Forwarder {
-    /// TUN -> core -> UDP, batched, until the device goes away.
-    pub(super) fn tun_to_udp_batched(self, state: &UdpSocketState, port: u16, icmp_from: Ipv4Addr) {
+    /// TUN -> core -> UDP, batched, until the device goes away. `vnet_hdr`: the device
+    /// has TUN offloads (every read starts with a virtio header).
+    pub(super) fn tun_to_udp_batched(
+        self,
+        state: &UdpSocketState,
+        port: u16,
+        icmp_from: Ipv4Addr,
+        vnet_hdr: bool,
+    ) {
         if let Err(e) = self.tun.set_nonblock() {
             tracing::warn!(error = %e, "cannot make the TUN device non-blocking");
         }
         let mut buf = vec![0u8; TUN_BUFFER];
-        let mut reply = [0u8; 576];
+        // With offloads a read lands here and its segments in `buf`.
+        let mut read_buf = vec![0u8; if vnet_hdr { VNET_READ } else { 0 }];
+        let room = if vnet_hdr { SEGMENTED_ROOM } else { MAX_PACKET };
+        let mut reply = [0u8; VNET_HDR_LEN + 576];
+        // An ICMP error written back to the device needs an (empty) virtio header too.
+        let reply_at = if vnet_hdr { VNET_HDR_LEN } else { 0 };
         let mut table = Cache::new(self.table.clone());
         let mut runs = Runs::new(state.max_gso_segments());
+        let mut bad_logged = false;
         // Where the next packet is read to, and how many were read since the last wait.
         let (mut end, mut batch) = (0, 0);
         while !self.stopping() {
-            if batch == TUN_BATCH || end + MAX_PACKET > buf.len() {
+            if batch == TUN_BATCH || end + room > buf.len() {
                 self.send_run(state, &buf, runs.finish(), port);
                 runs = Runs::new(state.max_gso_segments());
                 (end, batch) = (0, 0);
             }
-            let slot = &mut buf[end..end + MAX_PACKET];
+            let slot = if vnet_hdr {
+                &mut read_buf[..]
+            } else {
+                &mut buf[end..end + MAX_PACKET]
+            };
             let read = if batch == 0 {
                 self.tun.recv_timeout(slot, IDLE)
             } else {
@@ -101,25 +143,52 @@ impl Forwarder {
                 }
             };
             batch += 1;
-            count(&self.counters.tun_rx);
-            let packet = &mut buf[end..end + n];
-            match table.load().route_outbound(packet, &self.drops) {
-                Outbound::Send { peer } => {
-                    if let Some(run) = runs.push(peer, end, n) {
-                        self.send_run(state, &buf, Some(run), port);
+            let segments = if vnet_hdr {
+                match segment_read(&read_buf[..n], &mut buf[end..]) {
+                    Ok(s) => s,
+                    Err(e) => {
+                        count(&self.counters.tun_rx);
+                        self.drops.count(DropReason::Malformed);
+                        if !bad_logged {
+                            bad_logged = true;
+                            tracing::warn!(error = %e, "a packet from the TUN device could not be segmented (logged once)");
+                        }
+                        continue;
                     }
-                    end += n;
                 }
-                Outbound::Unreachable => {
-                    if let Some(len) = icmp::net_unreachable_v4(packet, icmp_from, &mut reply) {
-                        if self.tun.send(&reply[..len]).is_ok() {
-                            count(&self.counters.icmp_tx);
+            } else {
+                Segments {
+                    segment: n,
+                    count: 1,
+                    len: n,
+                }
+            };
+            add(&self.counters.tun_rx, segments.count);
+            let table = table.load();
+            for i in 0..segments.count {
+                let start = end + i * segments.segment;
+                let len = segments.segment.min(segments.len - i * segments.segment);
+                let packet = &mut buf[start..start + len];
+                match table.route_outbound(packet, &self.drops) {
+                    Outbound::Send { peer } => {
+                        if let Some(run) = runs.push(peer, start, len) {
+                            self.send_run(state, &buf, Some(run), port);
                         }
                     }
+                    Outbound::Unreachable => {
+                        let out = &mut reply[reply_at..];
+                        if let Some(len) = icmp::net_unreachable_v4(packet, icmp_from, out) {
+                            reply[..reply_at].fill(0);
+                            if self.tun.send(&reply[..reply_at + len]).is_ok() {
+                                count(&self.counters.icmp_tx);
+                            }
+                        }
+                    }
+                    // As in the unbatched loop: nowhere to go, and already counted.
+                    Outbound::Local | Outbound::Drop(_) => {}
                 }
-                // As in the unbatched loop: nowhere to go, and already counted.
-                Outbound::Local | Outbound::Drop(_) => {}
             }
+            end += segments.len;
         }
     }
 
@@ -144,9 +213,15 @@ impl Forwarder {
         }
     }
 
-    /// UDP -> core -> TUN, batched, until the socket is shut down.
-    pub(super) fn udp_to_tun_batched(self, state: &UdpSocketState) {
+    /// UDP -> core -> TUN, batched, until the socket is shut down. `vnet_hdr`: the device
+    /// has TUN offloads, and accepted TCP segments are coalesced before they are written.
+    pub(super) fn udp_to_tun_batched(self, state: &UdpSocketState, vnet_hdr: bool) {
         let mut storage = vec![0u8; RECV_BATCH * GRO_BUFFER];
+        let mut coalescer = vnet_hdr.then(Coalescer::default);
+        let mut write = |b: &[u8], segments: usize| match self.tun.send(b) {
+            Ok(_) => add(&self.counters.tun_tx, segments),
+            Err(_) => add(&self.counters.errors, segments),
+        };
         let mut meta = [RecvMeta::default(); RECV_BATCH];
         let mut table = Cache::new(self.table.clone());
         while !self.stopping() {
@@ -184,12 +259,16 @@ impl Forwarder {
                     datagrams,
                     m.stride,
                     &self.drops,
-                    |p| match self.tun.send(p) {
-                        Ok(_) => count(&self.counters.tun_tx),
-                        Err(_) => count(&self.counters.errors),
+                    |p| match &mut coalescer {
+                        Some(c) => c.push(p, &mut write),
+                        None => write(p, 1),
                     },
                 );
                 add(&self.counters.udp_rx, received);
+            }
+            // Nothing waits past a wake-up: what was received is written before the next.
+            if let Some(c) = &mut coalescer {
+                c.flush(&mut write);
             }
         }
     }

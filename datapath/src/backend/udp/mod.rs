@@ -14,11 +14,16 @@
 //! By default the threads batch their syscalls ([`batched`]: recvmmsg with UDP GRO,
 //! sendmsg with UDP GSO, several TUN reads per wake-up); `WEFT_UDP_BATCH=0` in the
 //! environment keeps the one packet per syscall loops below, which
-//! `scripts/bench-datapath` measures beside the batched ones. TUN offloads and several
-//! queues are still to come.
+//! `scripts/bench-datapath` measures beside the batched ones. The batched threads also
+//! use TUN offloads ([`offload`], [`tun_offload`]): TCP super-packets read from the
+//! device are cut into ordinary flannel datagrams, and accepted TCP segments are joined
+//! again before they are written; `WEFT_UDP_OFFLOAD=0` turns that off. Several queues are
+//! still to come.
 
 mod batch;
 mod batched;
+mod offload;
+mod tun_offload;
 
 use std::net::UdpSocket;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4};
@@ -62,6 +67,10 @@ pub struct UdpConfig {
     pub port: u16,
     /// Batched syscalls (the default) or one packet per syscall (`WEFT_UDP_BATCH=0`).
     pub batched: bool,
+    /// TUN offloads (the default, with batching): a virtio header on the device, TSO
+    /// super-packets segmented here, received segments coalesced (`WEFT_UDP_OFFLOAD=0`:
+    /// off).
+    pub offload: bool,
 }
 
 /// Packet counts of the forwarding tasks (drops are counted by the node, by reason).
@@ -118,12 +127,14 @@ impl UdpDatapath {
         drops: &DropRegistry,
     ) -> Result<UdpDatapath, DatapathError> {
         let name = cfg.tun_name.clone();
+        let vnet_hdr = cfg.offload && cfg.batched;
         let device = netns::in_netns(ns, move || {
             let mut config = tun::Configuration::default();
             config.tun_name(&name).layer(tun::Layer::L3);
             // Addresses, MTU and routes are programmed over netlink, not by ioctl.
             config.platform_config(|p| {
                 p.ensure_root_privileges(false);
+                p.vnet_hdr(vnet_hdr);
             });
             tun::create(&config).map_err(|e| e.to_string())
         })?
@@ -149,6 +160,11 @@ impl UdpDatapath {
             return Err(e);
         }
 
+        let offloads = if vnet_hdr {
+            Some(tun_offload::enable(&device, &cfg.tun_name))
+        } else {
+            None
+        };
         let tun = Arc::new(device);
         let socket = Arc::new(socket);
         let stopping = Arc::new(AtomicBool::new(false));
@@ -183,11 +199,13 @@ impl UdpDatapath {
             vec![
                 spawn(
                     "weft-tun-to-udp",
-                    Box::new(move || outbound.tun_to_udp_batched(&state2, port, icmp_from)),
+                    Box::new(move || {
+                        outbound.tun_to_udp_batched(&state2, port, icmp_from, vnet_hdr)
+                    }),
                 )?,
                 spawn(
                     "weft-udp-to-tun",
-                    Box::new(move || inbound.udp_to_tun_batched(&state)),
+                    Box::new(move || inbound.udp_to_tun_batched(&state, vnet_hdr)),
                 )?,
             ]
         } else {
@@ -199,7 +217,7 @@ impl UdpDatapath {
                 spawn("weft-udp-to-tun", Box::new(move || inbound.udp_to_tun()))?,
             ]
         };
-        tracing::info!(tun = %cfg.tun_name, mtu = cfg.mtu, batched = cfg.batched, addr = %cfg.subnet.network(), route = %cfg.network, bind = %bind, "udp backend up");
+        tracing::info!(tun = %cfg.tun_name, mtu = cfg.mtu, batched = cfg.batched, offloads = ?offloads, addr = %cfg.subnet.network(), route = %cfg.network, bind = %bind, "udp backend up");
         Ok(UdpDatapath {
             netlink: netlink.clone(),
             tun_index: link.index,
@@ -367,6 +385,7 @@ impl UdpBackend {
                 public_ip: setup.public_ip,
                 port: setup.network.backend.port,
                 batched: std::env::var("WEFT_UDP_BATCH").map_or(true, |v| v != "0"),
+                offload: std::env::var("WEFT_UDP_OFFLOAD").map_or(true, |v| v != "0"),
             },
             table: Arc::new(ArcSwap::from_pointee(ForwardTable::default())),
             counters: Arc::new(Counters::default()),
