@@ -133,10 +133,22 @@ fn namespaces(prefix: &str) -> Vec<String> {
 
 #[test]
 fn a_dual_stack_vxlan_lab_reaches_every_container_over_ipv6_and_ipv4() {
-    if !can_run_lab("a_dual_stack_vxlan_lab_reaches_every_container_over_ipv6_and_ipv4") {
+    dual_stack_full_mesh("vxlan");
+}
+
+#[test]
+fn a_dual_stack_host_gw_lab_reaches_every_container_over_ipv6_and_ipv4() {
+    dual_stack_full_mesh("host-gw");
+}
+
+/// `weft lab up --backend BACKEND --dual-stack` with three nodes: the IPv6 network and
+/// subnets shown, every container pinging every other over IPv6 and IPv4, and nothing
+/// left once it is down.
+fn dual_stack_full_mesh(backend: &str) {
+    if !can_run_lab(&format!("dual-stack full mesh over {backend}")) {
         return;
     }
-    let lab = Lab::up(3, &["--backend", "vxlan", "--dual-stack"]);
+    let lab = Lab::up(3, &["--backend", backend, "--dual-stack"]);
     let status = lab.status();
     assert_eq!(
         status.ipv6_network,
