@@ -94,6 +94,12 @@ pub struct UpArgs {
     /// udp, vxlan, host-gw or alloc.
     #[arg(long, value_parser = ["udp", "vxlan", "host-gw", "alloc"])]
     backend: Option<String>,
+    /// Dual stack: IPv6 beside IPv4. Adds `"EnableIPv6": true` and, unless the config
+    /// has one, `"IPv6Network": "fc00::/48"` (in /64s) to the config; each node gets an
+    /// IPv6 underlay address in 2001:db8:0:2::/64 and each container an IPv6 address in
+    /// its node's IPv6 subnet. Needs vxlan or host-gw: udp carries IPv4 only.
+    #[arg(long)]
+    dual_stack: bool,
     /// Lease TTL in seconds.
     #[arg(long, default_value_t = 24 * 3600)]
     subnet_lease_ttl: u64,
@@ -113,6 +119,23 @@ fn with_backend(config: &str, kind: &str) -> Result<String> {
     Ok(value.to_string())
 }
 
+/// The IPv6 network a dual-stack lab gets unless its config has one.
+const DEFAULT_IPV6_NETWORK: &str = "fc00::/48";
+
+/// `config` with IPv6 enabled, keeping an `IPv6Network` it already has.
+fn with_ipv6(config: &str) -> Result<String> {
+    let mut value: serde_json::Value =
+        serde_json::from_str(config).context("the network config is not JSON")?;
+    let Some(object) = value.as_object_mut() else {
+        bail!("the network config is not a JSON object");
+    };
+    object.insert("EnableIPv6".into(), true.into());
+    object
+        .entry("IPv6Network")
+        .or_insert_with(|| DEFAULT_IPV6_NETWORK.into());
+    Ok(value.to_string())
+}
+
 async fn up(args: UpArgs) -> Result<()> {
     let config_text = match &args.net_config_path {
         Some(path) => Some(crate::cmd_config::load(path)?.0),
@@ -124,6 +147,12 @@ async fn up(args: UpArgs) -> Result<()> {
             kind,
         )?),
         None => config_text,
+    };
+    let config_text = match args.dual_stack {
+        true => Some(with_ipv6(
+            config_text.as_deref().unwrap_or(lab::spec::DEFAULT_CONFIG),
+        )?),
+        false => config_text,
     };
     let spec = LabSpec::generated(
         args.nodes,

@@ -76,7 +76,9 @@ enum Command {
     /// Print the manual page (roff): `weft man > weft.1; man ./weft.1`.
     Man,
     /// A single-host lab: N nodes in network namespaces with containers behind them,
-    /// real TUN devices and kernel routes, leases in an embedded sled store (root).
+    /// on the udp, vxlan or host-gw backend (real TUN or vxlan devices and kernel
+    /// routes), IPv4 or dual stack (`up --dual-stack`), leases in an embedded sled
+    /// store (root).
     #[command(subcommand)]
     Lab(lab::LabCommand),
 }

@@ -120,6 +120,106 @@ fn full_mesh_and_transfer(backend: &str) {
     lab.down();
 }
 
+/// The namespaces whose names start with `prefix`.
+fn namespaces(prefix: &str) -> Vec<String> {
+    std::fs::read_dir("/run/netns")
+        .map(|d| {
+            d.filter_map(|e| e.ok()?.file_name().into_string().ok())
+                .filter(|n| n.starts_with(prefix))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[test]
+fn a_dual_stack_vxlan_lab_reaches_every_container_over_ipv6_and_ipv4() {
+    dual_stack_full_mesh("vxlan");
+}
+
+#[test]
+fn a_dual_stack_host_gw_lab_reaches_every_container_over_ipv6_and_ipv4() {
+    dual_stack_full_mesh("host-gw");
+}
+
+/// `weft lab up --backend BACKEND --dual-stack` with three nodes: the IPv6 network and
+/// subnets shown, every container pinging every other over IPv6 and IPv4, and nothing
+/// left once it is down.
+fn dual_stack_full_mesh(backend: &str) {
+    if !can_run_lab(&format!("dual-stack full mesh over {backend}")) {
+        return;
+    }
+    let lab = Lab::up(3, &["--backend", backend, "--dual-stack"]);
+    let status = lab.status();
+    assert_eq!(
+        status.ipv6_network,
+        "fc00::/48".parse().ok(),
+        "the config enables IPv6"
+    );
+    let table = String::from_utf8_lossy(&lab.weft(&["status"]).stdout).to_string();
+    assert!(table.contains("and fc00::/48"), "{table}");
+    for node in &status.nodes {
+        let lease = node.status.as_ref().and_then(|s| s.lease.clone());
+        let subnet6 = lease.and_then(|l| l.ipv6_subnet);
+        let subnet6 = subnet6.unwrap_or_else(|| panic!("{}: no IPv6 subnet: {node:?}", node.name));
+        assert!(
+            table.contains(&format!("IPv6 subnet {subnet6}")),
+            "{subnet6} not shown:\n{table}"
+        );
+        let c = &node.containers[0];
+        assert!(
+            c.ipv6.is_some_and(|a| subnet6.contains(&a)),
+            "{} outside its node's {subnet6}",
+            c.name
+        );
+    }
+    // n1 routes both peers' IPv6 subnets.
+    lab.wait_status("n1", "routes to both peers' IPv6 subnets", |s| {
+        s.routes
+            .iter()
+            .filter(|r| r.subnet.addr().is_ipv6())
+            .count()
+            == 2
+    });
+    let containers = lab.containers();
+    assert_eq!(containers.len(), 3);
+    for from in &containers {
+        for to in containers.iter().filter(|c| *c != from) {
+            let (ip6, ip4) = (lab.container_ipv6(to), lab.container_ip(to));
+            assert!(lab.ping(from, ip6), "{from} cannot ping {to} at {ip6}");
+            assert!(lab.ping(from, ip4), "{from} cannot ping {to} at {ip4}");
+        }
+    }
+    let prefix = lab.prefix.clone();
+    assert!(!namespaces(&prefix).is_empty());
+    lab.down();
+    assert_eq!(namespaces(&prefix), Vec::<String>::new(), "the lab is gone");
+}
+
+#[test]
+fn a_dual_stack_lab_on_udp_is_refused_before_anything_is_built() {
+    // No root needed: the refusal comes before the lab checks for it.
+    let dir = tempfile::tempdir().unwrap();
+    let state_dir = dir.path().join("lab");
+    for backend in [&["--backend", "udp"][..], &[]] {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_weft"))
+            .args(["lab", "up", "--dual-stack", "--prefix", "wt-refused-"])
+            .args(backend)
+            .arg("--state-dir")
+            .arg(&state_dir)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{backend:?}: {stderr}");
+        assert!(
+            stderr.contains("the udp backend carries IPv4 only")
+                && stderr.contains("--backend vxlan or host-gw"),
+            "{backend:?}: {stderr}"
+        );
+        assert!(!state_dir.exists(), "nothing was built");
+        assert!(namespaces("wt-refused-").is_empty());
+    }
+}
+
 #[test]
 fn a_restarted_node_keeps_its_subnet_and_a_stopped_one_loses_its_routes() {
     if !can_run_lab("a_restarted_node_keeps_its_subnet_and_a_stopped_one_loses_its_routes") {

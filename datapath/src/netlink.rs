@@ -192,6 +192,32 @@ impl Netlink {
         }
     }
 
+    /// Adds an address without duplicate address detection (`ip addr add … nodad`): an
+    /// IPv6 address is usable at once instead of after a second or more of DAD, which
+    /// the lab's addresses, unique by construction, never need. An address already
+    /// there is fine.
+    pub async fn add_address_nodad(
+        &self,
+        index: u32,
+        addr: IpAddr,
+        prefix_len: u8,
+    ) -> Result<(), DatapathError> {
+        use rtnetlink::packet_route::address::{AddressFlags, AddressHeaderFlags};
+        let mut request = self.handle.address().add(index, addr, prefix_len);
+        let message = request.message_mut();
+        message.header.flags |= AddressHeaderFlags::Nodad;
+        message
+            .attributes
+            .push(AddressAttribute::Flags(AddressFlags::Nodad));
+        match request.execute().await {
+            Err(e) if !exists(&e) => Err(DatapathError::netlink(
+                format!("add {addr}/{prefix_len} nodad to link {index}"),
+                e,
+            )),
+            _ => Ok(()),
+        }
+    }
+
     /// The IPv4 addresses of a link, each with its prefix length (`192.0.2.1/24`).
     pub async fn ipv4_prefixes(&self, index: u32) -> Result<Vec<Ipv4Net>, DatapathError> {
         let msgs: Vec<_> = self

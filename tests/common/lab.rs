@@ -4,7 +4,7 @@
 
 #![allow(dead_code, clippy::unwrap_used)]
 
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -110,6 +110,22 @@ impl Lab {
         panic!("no container {name}");
     }
 
+    /// A container's IPv6 address (dual-stack labs).
+    pub fn container_ipv6(&self, name: &str) -> Ipv6Addr {
+        for node in self.state["nodes"].as_array().unwrap() {
+            for c in node["containers"].as_array().unwrap() {
+                if c["name"] == name {
+                    let ip = c["ipv6"].as_str();
+                    return ip
+                        .unwrap_or_else(|| panic!("{name}: no IPv6"))
+                        .parse()
+                        .unwrap();
+                }
+            }
+        }
+        panic!("no container {name}");
+    }
+
     /// All container names.
     pub fn containers(&self) -> Vec<String> {
         self.state["nodes"]
@@ -176,7 +192,8 @@ impl Lab {
 
     /// `ping -c 1` from a namespace, true on a reply (a few tries: ARP and the first
     /// datagram may take a moment).
-    pub fn ping(&self, from: &str, to: Ipv4Addr) -> bool {
+    pub fn ping(&self, from: &str, to: impl Into<IpAddr>) -> bool {
+        let to: IpAddr = to.into();
         (0..5).any(|_| {
             let out = self.weft(&[
                 "exec",

@@ -476,4 +476,35 @@ mod tests {
         assert_eq!((change, skipped.len()), (None, 1));
         assert_eq!(table.len(), 1);
     }
+
+    #[test]
+    fn a_flannel_ipv6_only_lease_is_skipped_never_routed_as_0_0_0_0_slash_0() {
+        // flanneld with EnableIPv4: false writes MakeSubnetKey(ip.IP4Net{}, sn6) and
+        // PublicIP 0.0.0.0. weft does not run IPv6-only yet; until it does, such a lease
+        // in a shared store must not become a route to every IPv4 address.
+        let (v4, v6) = (
+            "10.5.0.0/16".parse().expect("net"),
+            "fc00::/48".parse().ok(),
+        );
+        let mut table = LeaseTable::new("/n/subnets/").within(v4, v6);
+        let v6_only = Entry {
+            value: br#"{"PublicIP":"0.0.0.0","PublicIPv6":"2001:db8::7","BackendType":"vxlan"}"#
+                .to_vec(),
+            ..entry("0.0.0.0-0&fc00:0:0:5::-64", 2)
+        };
+        let listing = Listing {
+            entries: vec![entry("10.5.1.0-24&fc00:0:0:1::-64", 1), v6_only],
+            revision: 2,
+        };
+        let (_, skipped) = table.replace(&listing);
+        assert_eq!(table.len(), 1);
+        assert!(
+            matches!(&skipped[..], [Skipped { error: LeaseError::OutsideNetwork { key, .. }, .. }]
+                if key == "0.0.0.0-0&fc00:0:0:5::-64"),
+            "{skipped:?}"
+        );
+        assert!(table
+            .get_v6(&"fc00:0:0:5::/64".parse().expect("net"))
+            .is_none());
+    }
 }

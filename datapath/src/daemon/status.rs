@@ -10,7 +10,7 @@
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr};
 
-use ipnet::{IpNet, Ipv4Net};
+use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use serde::{Deserialize, Serialize};
 use weft_core::node::Node;
 
@@ -50,6 +50,9 @@ pub struct LeaseStatus {
     pub key: String,
     /// Its IPv4 subnet.
     pub subnet: Ipv4Net,
+    /// Its IPv6 subnet, for a dual-stack lease.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ipv6_subnet: Option<Ipv6Net>,
 }
 
 /// A route to a peer's subnet.
@@ -164,6 +167,7 @@ impl NodeStatus {
         let lease = node.lease().map(|l| LeaseStatus {
             key: l.key.to_string(),
             subnet: l.key.ipv4,
+            ipv6_subnet: l.key.ipv6,
         });
         let mut routes: Vec<RouteStatus> = node
             .routes()
@@ -285,6 +289,7 @@ mod tests {
         let held = LeaseStatus {
             key: "10.5.3.0-24".into(),
             subnet: "10.5.3.0/24".parse().unwrap_or_default(),
+            ipv6_subnet: None,
         };
         let mut s = NodeStatus {
             lease: Some(held.clone()),

@@ -3,11 +3,11 @@
 //! socket (`control.sock` in its state directory), one JSON [`Response`] back, each a
 //! single line. The status is the nodes' own [`NodeStatus`], typed end to end.
 
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use ipnet::Ipv4Net;
+use ipnet::{Ipv4Net, Ipv6Net};
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::UnixStream;
@@ -75,6 +75,9 @@ pub struct LabStatus {
     pub store: String,
     /// The overlay network, from the lab's network config.
     pub network: Option<Ipv4Net>,
+    /// The overlay's IPv6 network, when the config enables IPv6.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ipv6_network: Option<Ipv6Net>,
     /// The underlay the nodes' public addresses are on.
     pub underlay: Ipv4Net,
     /// The nodes, in creation order.
@@ -88,6 +91,9 @@ pub struct NodeReport {
     pub name: String,
     /// Its underlay address.
     pub public_ip: Ipv4Addr,
+    /// Its IPv6 underlay address (dual-stack labs).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub public_ipv6: Option<Ipv6Addr>,
     /// Its containers, once wired.
     pub containers: Vec<Container>,
     /// Its daemon's status (`None` when the lab did not answer).
@@ -186,13 +192,16 @@ mod tests {
             ready: true,
             store: "sled:/run/weft-lab/store".into(),
             network: "10.77.0.0/16".parse().ok(),
+            ipv6_network: "fc00::/48".parse().ok(),
             underlay: super::super::topology::UNDERLAY,
             nodes: vec![NodeReport {
                 name: "n1".into(),
                 public_ip: Ipv4Addr::new(192, 0, 2, 11),
+                public_ipv6: "2001:db8:0:2::b".parse().ok(),
                 containers: vec![Container {
                     name: "n1-c1".into(),
                     ip: Some(Ipv4Addr::new(10, 77, 3, 2)),
+                    ipv6: "fc00:0:0:3::2".parse().ok(),
                 }],
                 status: Some(NodeStatus::default()),
             }],

@@ -27,7 +27,7 @@ use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use ipnet::Ipv4Net;
+use ipnet::IpNet;
 use weft_core::store::StoreError;
 
 pub use control::{LabStatus, NodeReport, Request, Response};
@@ -112,7 +112,7 @@ pub enum LabError {
         /// The container.
         container: String,
         /// The subnet.
-        subnet: Ipv4Net,
+        subnet: IpNet,
     },
     /// No node or container of that name.
     #[error("no node or container {name:?} in the lab (have: {have})")]

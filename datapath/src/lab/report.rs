@@ -13,14 +13,18 @@ use crate::netns;
 /// The lab as a table: one line per node, then how each exited node ended.
 pub fn table(status: &LabStatus) -> String {
     let mut out = String::new();
-    let network = status
+    let mut network = status
         .network
         .map_or_else(|| "(unknown)".to_string(), |n| n.to_string());
+    let mut underlay = status.underlay.to_string();
+    if let Some(v6) = status.ipv6_network {
+        network = format!("{network} and {v6}");
+        underlay = format!("{underlay} and {}", super::topology::UNDERLAY6);
+    }
     let _ = writeln!(
         out,
-        "weft lab: {} nodes on overlay {network}, underlay {}; store {}",
+        "weft lab: {} nodes on overlay {network}, underlay {underlay}; store {}",
         status.nodes.len(),
-        status.underlay,
         status.store
     );
     if !status.live {
@@ -37,6 +41,11 @@ pub fn table(status: &LabStatus) -> String {
     );
     let mut ended = Vec::new();
     for n in &status.nodes {
+        // A stopped node keeps its last lease in the store.
+        let lease = n
+            .status
+            .as_ref()
+            .and_then(|s| s.lease.as_ref().or(s.last_lease.as_ref()));
         let (state, subnet, routes) = match &n.status {
             None => ("?".to_string(), "-".to_string(), "-".to_string()),
             Some(s) => {
@@ -46,11 +55,7 @@ pub fn table(status: &LabStatus) -> String {
                 let routes: Vec<String> = s.routes.iter().map(|r| r.subnet.to_string()).collect();
                 (
                     s.state.as_str().to_string(),
-                    // A stopped node keeps its last lease in the store.
-                    s.lease
-                        .as_ref()
-                        .or(s.last_lease.as_ref())
-                        .map_or_else(|| "-".to_string(), |l| l.subnet.to_string()),
+                    lease.map_or_else(|| "-".to_string(), |l| l.subnet.to_string()),
                     if routes.is_empty() {
                         "-".to_string()
                     } else {
@@ -62,9 +67,10 @@ pub fn table(status: &LabStatus) -> String {
         let containers: Vec<String> = n
             .containers
             .iter()
-            .map(|c| match c.ip {
-                Some(ip) => format!("{} {ip}", c.name),
-                None => c.name.clone(),
+            .map(|c| {
+                let ips = c.ip.map(|ip| format!(" {ip}")).unwrap_or_default();
+                let ips6 = c.ipv6.map(|ip| format!(" {ip}")).unwrap_or_default();
+                format!("{}{ips}{ips6}", c.name)
             })
             .collect();
         let _ = writeln!(
@@ -77,6 +83,13 @@ pub fn table(status: &LabStatus) -> String {
             routes,
             containers.join(", ")
         );
+        if let Some(ip6) = n.public_ipv6 {
+            // The IPv6 half of a dual-stack node, under its IPv4 one.
+            let subnet6 = lease
+                .and_then(|l| l.ipv6_subnet)
+                .map_or_else(|| "-".to_string(), |s| s.to_string());
+            let _ = writeln!(out, "{:<8} {ip6:<23} IPv6 subnet {subnet6}", "");
+        }
     }
     for line in ended {
         let _ = writeln!(out, "  {line}");
@@ -149,6 +162,7 @@ mod tests {
             Some(LeaseStatus {
                 key: key.into(),
                 subnet: subnet.parse().unwrap_or(UNDERLAY),
+                ipv6_subnet: None,
             })
         };
         let running = NodeStatus {
@@ -171,23 +185,28 @@ mod tests {
             ready: true,
             store: "sled:/tmp/s".into(),
             network: "10.77.0.0/16".parse().ok(),
+            ipv6_network: None,
             underlay: UNDERLAY,
             nodes: vec![
                 NodeReport {
                     name: "n1".into(),
                     public_ip: Ipv4Addr::new(192, 0, 2, 11),
+                    public_ipv6: None,
                     containers: vec![Container {
                         name: "n1-c1".into(),
                         ip: Some(Ipv4Addr::new(10, 77, 3, 2)),
+                        ipv6: None,
                     }],
                     status: live.then_some(running),
                 },
                 NodeReport {
                     name: "n2".into(),
                     public_ip: Ipv4Addr::new(192, 0, 2, 12),
+                    public_ipv6: None,
                     containers: vec![Container {
                         name: "n2-c1".into(),
                         ip: Some(Ipv4Addr::new(10, 77, 9, 2)),
+                        ipv6: None,
                     }],
                     status: live.then_some(exited),
                 },
@@ -216,6 +235,29 @@ mod tests {
             text.contains("n2 exited: our lease 10.77.9.0-24 was deleted"),
             "{text}"
         );
+    }
+
+    #[test]
+    fn a_dual_stack_table_shows_the_ipv6_network_and_each_nodes_ipv6_subnet() {
+        let mut status = lab(true);
+        status.ipv6_network = "fc00::/48".parse().ok();
+        let n1 = &mut status.nodes[0];
+        n1.public_ipv6 = "2001:db8:0:2::b".parse().ok();
+        n1.containers[0].ipv6 = "fc00:0:0:3::2".parse().ok();
+        if let Some(lease) = n1.status.as_mut().and_then(|s| s.lease.as_mut()) {
+            lease.ipv6_subnet = "fc00:0:0:3::/64".parse().ok();
+        }
+        let text = table(&status);
+        assert!(
+            text.contains("on overlay 10.77.0.0/16 and fc00::/48"),
+            "{text}"
+        );
+        assert!(text.contains("n1-c1 10.77.3.2 fc00:0:0:3::2"), "{text}");
+        let v6 = text
+            .lines()
+            .find(|l| l.contains("2001:db8:0:2::b"))
+            .unwrap_or_default();
+        assert!(v6.contains("IPv6 subnet fc00:0:0:3::/64"), "{text}");
     }
 
     #[test]

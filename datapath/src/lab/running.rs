@@ -48,6 +48,7 @@ impl Running {
         seed: u64,
     ) -> Result<Running, LabError> {
         state.network = Some(spec.network);
+        state.ipv6_network = spec.ipv6_network;
         state.save(dir)?;
         let store: Arc<dyn Store> =
             Arc::from(weft_stores::open(&state.store).await.map_err(|cause| {
@@ -135,12 +136,14 @@ impl Running {
     pub async fn build(&mut self) -> Result<(), LabError> {
         let (underlay, bridge) = topology::underlay(&mut self.state, &self.dir).await?;
         for (i, node) in self.spec.nodes.clone().iter().enumerate() {
-            let at = (i + 1, node.name.as_str(), node.ip);
+            let at = (i + 1, node.name.as_str(), node.ip, node.ipv6);
             let path = topology::node(&mut self.state, &self.dir, &underlay, bridge, at).await?;
             self.state.nodes.push(state::Node {
                 name: node.name.clone(),
                 public_ip: node.ip,
+                public_ipv6: node.ipv6,
                 subnet: None,
+                ipv6_subnet: None,
                 containers: Vec::new(),
             });
             self.state.save(&self.dir)?;
@@ -237,8 +240,9 @@ impl Running {
                 unwired.push(format!("{name}: {why}"));
                 continue;
             };
-            let subnet = lease.subnet;
+            let (subnet, subnet6) = (lease.subnet, lease.ipv6_subnet);
             self.state.nodes[k].subnet = Some(subnet.to_string());
+            self.state.nodes[k].ipv6_subnet = subnet6.map(|s| s.to_string());
             let path = self.paths[&name].clone();
             let mtu = status.mtu.unwrap_or(1472);
             for (j, cname) in wanted.iter().enumerate().skip(have) {
@@ -246,7 +250,7 @@ impl Running {
                     &mut self.state,
                     &self.dir,
                     (&name, &path),
-                    subnet,
+                    (subnet, subnet6),
                     mtu,
                     (j + 1, cname),
                 )
@@ -266,6 +270,7 @@ impl Running {
             ready: self.state.ready,
             store: self.state.store.clone(),
             network: Some(self.spec.network),
+            ipv6_network: self.spec.ipv6_network,
             underlay: topology::UNDERLAY,
             nodes: self
                 .state
@@ -274,6 +279,7 @@ impl Running {
                 .map(|n| NodeReport {
                     name: n.name.clone(),
                     public_ip: n.public_ip,
+                    public_ipv6: n.public_ipv6,
                     containers: n.containers.clone(),
                     status: self.nodes.status(&n.name),
                 })

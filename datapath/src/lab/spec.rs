@@ -2,11 +2,11 @@
 //! containers, the network config and the lease timing; from `weft lab up`'s counts or
 //! from a scenario file. Pure, so that planning is tested without root.
 
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 use std::time::Duration;
 
-use ipnet::Ipv4Net;
-use weft_core::config::NetworkConfig;
+use ipnet::{Ipv4Net, Ipv6Net};
+use weft_core::config::{BackendType, NetworkConfig};
 use weft_sim::scenario::Scenario;
 
 use super::{topology, LabError};
@@ -22,6 +22,9 @@ pub struct NodeSpec {
     pub name: String,
     /// Its underlay address, in [`topology::UNDERLAY`].
     pub ip: Ipv4Addr,
+    /// Its IPv6 underlay address, in [`topology::UNDERLAY6`], when the config enables
+    /// IPv6.
+    pub ipv6: Option<Ipv6Addr>,
     /// Its containers' short names (`c1`...), each becoming `{node}-{container}`.
     pub containers: Vec<String>,
     /// Whether its daemon starts with the lab.
@@ -39,6 +42,8 @@ pub struct LabSpec {
     pub config: NetworkConfig,
     /// The overlay's IPv4 network.
     pub network: Ipv4Net,
+    /// The overlay's IPv6 network, when the config enables IPv6.
+    pub ipv6_network: Option<Ipv6Net>,
     /// Lease TTL.
     pub lease_ttl: Duration,
     /// Renewal margin.
@@ -47,9 +52,18 @@ pub struct LabSpec {
     pub reservations: Vec<(Ipv4Net, Ipv4Addr)>,
 }
 
-/// Parses a lab's network config: flannel's rules, and an IPv4 network to give out.
+/// Parses a lab's network config: flannel's rules, an IPv4 network to give out, and a
+/// backend that carries what the config enables. Refused here, before anything is
+/// built, rather than by the first node's daemon in a half-built lab.
 fn parse_config(text: &str) -> Result<(NetworkConfig, Ipv4Net), LabError> {
     let config = NetworkConfig::parse(text).map_err(|e| LabError::Config(e.to_string()))?;
+    if config.enable_ipv6 && config.backend.kind == BackendType::Udp {
+        return Err(LabError::Config(
+            "the udp backend carries IPv4 only (as flannel's); a dual-stack lab needs \
+             --backend vxlan or host-gw"
+                .into(),
+        ));
+    }
     let network = config
         .network
         .ok_or_else(|| LabError::Config("the lab needs an IPv4 Network".into()))?;
@@ -75,11 +89,13 @@ impl LabSpec {
         let config_text = config_text.unwrap_or_else(|| DEFAULT_CONFIG.to_string());
         let (config, network) = parse_config(&config_text)?;
         let lease_ttl = lease_ttl.max(Duration::from_secs(1));
+        let ipv6_network = config.ipv6_network.filter(|_| config.enable_ipv6);
         Ok(LabSpec {
             nodes: (1..=nodes)
                 .map(|i| NodeSpec {
                     name: format!("n{i}"),
                     ip: topology::public_ip(i),
+                    ipv6: ipv6_network.map(|_| topology::public_ipv6(topology::public_ip(i))),
                     containers: (1..=containers).map(|j| format!("c{j}")).collect(),
                     start: true,
                 })
@@ -87,6 +103,7 @@ impl LabSpec {
             config_text,
             config,
             network,
+            ipv6_network,
             lease_ttl,
             renew_margin: Duration::from_secs(60 * 60).min(lease_ttl / 2),
             reservations: Vec::new(),
@@ -99,6 +116,7 @@ impl LabSpec {
     pub fn from_scenario(scenario: &Scenario) -> Result<LabSpec, LabError> {
         let config_text = scenario.network.config_json().map_err(LabError::Config)?;
         let (config, network) = parse_config(&config_text)?;
+        let ipv6_network = config.ipv6_network.filter(|_| config.enable_ipv6);
         Ok(LabSpec {
             nodes: scenario
                 .nodes
@@ -108,6 +126,7 @@ impl LabSpec {
                     NodeSpec {
                         name: n.name.clone(),
                         ip: n.ip,
+                        ipv6: ipv6_network.map(|_| topology::public_ipv6(n.ip)),
                         containers: n.container_names(),
                         start: n.start,
                     }
@@ -116,6 +135,7 @@ impl LabSpec {
             config_text,
             config,
             network,
+            ipv6_network,
             lease_ttl: scenario.network.lease_ttl.0,
             renew_margin: scenario.network.renew_margin.0,
             reservations: scenario
@@ -158,6 +178,31 @@ mod tests {
         assert_eq!(spec.network.to_string(), "10.77.0.0/16");
         assert_eq!(spec.config.subnet_len, 20);
         assert!(spec.nodes[0].containers.is_empty());
+    }
+
+    #[test]
+    fn a_dual_stack_lab_gives_its_nodes_ipv6_underlay_addresses_and_udp_is_refused() {
+        let dual = r#"{"Network":"10.5.0.0/16","EnableIPv6":true,"IPv6Network":"fc00::/48","Backend":{"Type":"vxlan"}}"#;
+        let spec =
+            LabSpec::generated(2, 1, Some(dual.into()), Duration::from_secs(60)).expect("valid");
+        assert_eq!(
+            spec.ipv6_network.map(|n| n.to_string()).as_deref(),
+            Some("fc00::/48")
+        );
+        assert_eq!(
+            spec.nodes[1].ipv6.map(|a| a.to_string()).as_deref(),
+            Some("2001:db8:0:2::c")
+        );
+        let v4 = LabSpec::generated(1, 1, None, Duration::from_secs(60)).expect("valid");
+        assert_eq!((v4.ipv6_network, v4.nodes[0].ipv6), (None, None));
+
+        let udp = dual.replace("vxlan", "udp");
+        let err = LabSpec::generated(2, 1, Some(udp), Duration::from_secs(60))
+            .expect_err("udp carries IPv4 only");
+        assert!(
+            err.to_string().contains("udp backend carries IPv4 only"),
+            "{err}"
+        );
     }
 
     #[test]

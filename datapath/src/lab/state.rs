@@ -1,10 +1,10 @@
 //! What a running lab is made of, kept in a file so that `status`, `exec` and `down`
 //! (from another shell, or after a crash of `up`) know what exists.
 
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 use std::path::{Path, PathBuf};
 
-use ipnet::Ipv4Net;
+use ipnet::{Ipv4Net, Ipv6Net};
 use serde::{Deserialize, Serialize};
 
 use super::LabError;
@@ -19,6 +19,9 @@ pub struct Container {
     pub name: String,
     /// Its address in the node's subnet.
     pub ip: Option<Ipv4Addr>,
+    /// Its address in the node's IPv6 subnet (dual-stack labs).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ipv6: Option<Ipv6Addr>,
 }
 
 /// One node: a namespace on the underlay bridge running a weft node.
@@ -28,8 +31,14 @@ pub struct Node {
     pub name: String,
     /// Its underlay (public) address.
     pub public_ip: Ipv4Addr,
+    /// Its IPv6 underlay address (dual-stack labs).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub public_ipv6: Option<Ipv6Addr>,
     /// Its leased subnet, once known.
     pub subnet: Option<String>,
+    /// Its leased IPv6 subnet, once known (dual-stack labs).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ipv6_subnet: Option<String>,
     /// Its containers.
     pub containers: Vec<Container>,
 }
@@ -45,6 +54,9 @@ pub struct LabState {
     pub store: String,
     /// The overlay network of the lab's config (absent in the files of older labs).
     pub network: Option<Ipv4Net>,
+    /// The overlay's IPv6 network, when the config enables IPv6.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ipv6_network: Option<Ipv6Net>,
     /// Every namespace made so far, in creation order (deleted in reverse).
     pub namespaces: Vec<String>,
     /// The nodes.
@@ -117,14 +129,18 @@ mod tests {
             prefix: "wt-".into(),
             store: "sled:/run/x/store".into(),
             network: "10.5.0.0/16".parse().ok(),
+            ipv6_network: None,
             namespaces: vec!["wt-underlay".into(), "wt-n1".into(), "wt-n1-c1".into()],
             nodes: vec![Node {
                 name: "n1".into(),
                 public_ip: Ipv4Addr::new(192, 0, 2, 11),
+                public_ipv6: None,
                 subnet: Some("10.5.3.0/24".into()),
+                ipv6_subnet: None,
                 containers: vec![Container {
                     name: "n1-c1".into(),
                     ip: Some(Ipv4Addr::new(10, 5, 3, 2)),
+                    ipv6: None,
                 }],
             }],
             ready: true,

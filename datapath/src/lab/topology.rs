@@ -1,17 +1,19 @@
 //! Building the lab's namespaces and links over netlink: an underlay bridge joining the
 //! nodes, and behind each node a `cni0` bridge with its containers, wired as the CNI
 //! bridge plugin would wire them (gateway = the subnet's first address on the bridge,
-//! one veth per container, a default route via the gateway). The addressing is pure and
-//! tested; the building needs root.
+//! one veth per container, a default route via the gateway). A dual-stack lab gives
+//! each node an IPv6 underlay address too, and each container an IPv6 address in its
+//! node's IPv6 subnet, numbered the same way. The addressing is pure and tested; the
+//! building needs root.
 
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::{Path, PathBuf};
 
-use ipnet::Ipv4Net;
+use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 
 use super::state::{Container, LabState};
 use super::LabError;
-use crate::netlink::Netlink;
+use crate::netlink::{GatewayRoute, Netlink};
 use crate::netns;
 use crate::DatapathError;
 
@@ -20,6 +22,22 @@ pub const UNDERLAY: Ipv4Net = match Ipv4Net::new(Ipv4Addr::new(192, 0, 2, 0), 24
     Ok(net) => net,
     Err(_) => panic!("a /24 is a valid prefix"),
 };
+
+/// The underlay's IPv6 network in a dual-stack lab (in the documentation prefix, the
+/// IPv6 counterpart of TEST-NET-1).
+pub const UNDERLAY6: Ipv6Net =
+    match Ipv6Net::new(Ipv6Addr::new(0x2001, 0xdb8, 0, 2, 0, 0, 0, 0), 64) {
+        Ok(net) => net,
+        Err(_) => panic!("a /64 is a valid prefix"),
+    };
+
+/// A node's IPv6 underlay address, beside its IPv4 one `ip`: the same host number in
+/// [`UNDERLAY6`] (`192.0.2.11` -> `2001:db8:0:2::b`).
+pub fn public_ipv6(ip: Ipv4Addr) -> Ipv6Addr {
+    let host = u16::from(ip.octets()[3]);
+    let s = UNDERLAY6.network().segments();
+    Ipv6Addr::new(s[0], s[1], s[2], s[3], 0, 0, 0, host)
+}
 
 /// The most nodes `weft lab up` makes: their addresses stay below the broadcast one.
 pub const MAX_NODES: u8 = 200;
@@ -40,10 +58,29 @@ fn nth(subnet: Ipv4Net, n: u32) -> Ipv4Addr {
     Ipv4Addr::from(u32::from(subnet.network()).saturating_add(n))
 }
 
+/// The `n`-th address of an IPv6 `subnet`.
+fn nth6(subnet: Ipv6Net, n: u32) -> Ipv6Addr {
+    Ipv6Addr::from(u128::from(subnet.network()).saturating_add(u128::from(n)))
+}
+
 /// The gateway of a node's containers: the first address of its subnet, on `cni0`, as
 /// the CNI bridge plugin puts it.
 pub fn gateway(subnet: Ipv4Net) -> Ipv4Addr {
     nth(subnet, 1)
+}
+
+/// The IPv6 gateway of a node's containers: the first address of its IPv6 subnet.
+pub fn gateway6(subnet: Ipv6Net) -> Ipv6Addr {
+    nth6(subnet, 1)
+}
+
+/// The IPv6 address of a node's `j`-th container (from 1), numbered as the IPv4 one;
+/// `None` when the subnet has no room for it.
+pub fn container_ipv6(subnet: Ipv6Net, j: usize) -> Option<Ipv6Addr> {
+    let n = u32::try_from(j).ok()?.checked_add(1)?;
+    let bits = 128 - u32::from(subnet.prefix_len());
+    let fits = bits >= 64 || u128::from(n) < (1u128 << bits);
+    fits.then(|| nth6(subnet, n))
 }
 
 /// The address of a node's `j`-th container (from 1): the gateway's successors; `None`
@@ -93,13 +130,14 @@ pub async fn underlay(lab: &mut LabState, dir: &Path) -> Result<(Netlink, u32), 
 }
 
 /// Node `short` (the `index`-th, from 1): a namespace with `eth0` on the underlay bridge
-/// at `ip`, and IP forwarding on. Returns its namespace path.
+/// at `ip` (and `ipv6`, in [`UNDERLAY6`]), and IP forwarding on. Returns its namespace
+/// path.
 pub async fn node(
     lab: &mut LabState,
     dir: &Path,
     underlay: &Netlink,
     bridge: u32,
-    (index, short, ip): (usize, &str, Ipv4Addr),
+    (index, short, ip, ipv6): (usize, &str, Ipv4Addr, Option<Ipv6Addr>),
 ) -> Result<PathBuf, LabError> {
     let (_, path) = new_namespace(lab, dir, short).await?;
     let built = async {
@@ -113,11 +151,19 @@ pub async fn node(
         nl.rename(eth.index, "eth0").await?;
         nl.add_address(eth.index, IpAddr::V4(ip), UNDERLAY.prefix_len())
             .await?;
+        if let Some(ipv6) = ipv6 {
+            nl.add_address_nodad(eth.index, IpAddr::V6(ipv6), UNDERLAY6.prefix_len())
+                .await?;
+        }
         nl.set_up(eth.index, None).await?;
-        netns::in_netns(Some(&path), || {
-            std::fs::write("/proc/sys/net/ipv4/ip_forward", "1")
+        netns::in_netns(Some(&path), move || {
+            std::fs::write("/proc/sys/net/ipv4/ip_forward", "1")?;
+            if ipv6.is_some() {
+                std::fs::write("/proc/sys/net/ipv6/conf/all/forwarding", "1")?;
+            }
+            Ok(())
         })?
-        .map_err(|e| DatapathError::Io {
+        .map_err(|e: std::io::Error| DatapathError::Io {
             what: "enabling IP forwarding".into(),
             cause: e,
         })
@@ -129,20 +175,30 @@ pub async fn node(
 }
 
 /// Container `name` (the node's `j`-th, from 1) of node `node_short`, behind the node's
-/// `cni0` bridge, named `{node_short}-{name}`.
+/// `cni0` bridge, named `{node_short}-{name}`; in `subnet6` too when the node has one.
 pub async fn container(
     lab: &mut LabState,
     dir: &Path,
     (node_short, node_ns): (&str, &Path),
-    subnet: Ipv4Net,
+    (subnet, subnet6): (Ipv4Net, Option<Ipv6Net>),
     mtu: u32,
     (j, name): (usize, &str),
 ) -> Result<Container, LabError> {
     let short = format!("{node_short}-{name}");
     let ip = container_ip(subnet, j).ok_or_else(|| LabError::NoRoom {
         container: short.clone(),
-        subnet,
+        subnet: IpNet::V4(subnet),
     })?;
+    let ipv6 = match subnet6 {
+        Some(s) => Some((
+            s,
+            container_ipv6(s, j).ok_or_else(|| LabError::NoRoom {
+                container: short.clone(),
+                subnet: IpNet::V6(s),
+            })?,
+        )),
+        None => None,
+    };
     let (_, path) = new_namespace(lab, dir, &short).await?;
     let built = async {
         let node_nl = Netlink::open(Some(node_ns))?;
@@ -167,7 +223,23 @@ pub async fn container(
             .await?;
         nl.set_up(eth.index, Some(mtu)).await?;
         nl.replace_route(Ipv4Net::default(), eth.index, Some(gateway))
-            .await
+            .await?;
+        if let Some((s, ip6)) = ipv6 {
+            let gateway6 = gateway6(s);
+            node_nl
+                .add_address_nodad(bridge.index, IpAddr::V6(gateway6), s.prefix_len())
+                .await?;
+            nl.add_address_nodad(eth.index, IpAddr::V6(ip6), s.prefix_len())
+                .await?;
+            nl.replace_gateway_route(&GatewayRoute {
+                dst: IpNet::V6(Ipv6Net::default()),
+                gateway: Some(IpAddr::V6(gateway6)),
+                oif: eth.index,
+                onlink: false,
+            })
+            .await?;
+        }
+        Ok(())
     };
     built
         .await
@@ -175,6 +247,7 @@ pub async fn container(
     Ok(Container {
         name: short,
         ip: Some(ip),
+        ipv6: ipv6.map(|(_, a)| a),
     })
 }
 
@@ -226,6 +299,24 @@ mod tests {
             Some(Ipv4Addr::new(10, 5, 34, 254))
         );
         assert_eq!(container_ip(subnet, 254), None, "the broadcast address");
+    }
+
+    #[test]
+    fn a_dual_stack_lab_numbers_ipv6_as_it_numbers_ipv4() {
+        assert_eq!(
+            public_ipv6(public_ip(1)),
+            "2001:db8:0:2::b"
+                .parse::<Ipv6Addr>()
+                .unwrap_or(Ipv6Addr::UNSPECIFIED)
+        );
+        assert!(UNDERLAY6.contains(&public_ipv6(public_ip(MAX_NODES))));
+        let s: Ipv6Net = "fc00:0:0:3::/64".parse().unwrap_or_default();
+        let at = |t: &str| t.parse::<Ipv6Addr>().ok();
+        assert_eq!(Some(gateway6(s)), at("fc00:0:0:3::1"));
+        assert_eq!(container_ipv6(s, 1), at("fc00:0:0:3::2"));
+        let tiny: Ipv6Net = "fc00::10/126".parse().unwrap_or_default();
+        assert_eq!(container_ipv6(tiny, 2), at("fc00::13"));
+        assert_eq!(container_ipv6(tiny, 3), None);
     }
 
     #[test]

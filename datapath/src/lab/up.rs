@@ -147,6 +147,7 @@ pub async fn status(dir: &Path) -> Result<Option<LabStatus>, LabError> {
         ready: state.ready,
         store: state.store.clone(),
         network: state.network,
+        ipv6_network: state.ipv6_network,
         underlay: topology::UNDERLAY,
         nodes: state
             .nodes
@@ -154,6 +155,7 @@ pub async fn status(dir: &Path) -> Result<Option<LabStatus>, LabError> {
             .map(|n| NodeReport {
                 name: n.name.clone(),
                 public_ip: n.public_ip,
+                public_ipv6: n.public_ipv6,
                 containers: n.containers.clone(),
                 status: None,
             })
