@@ -14,7 +14,7 @@
 //! - After a failure the node retries with exponential backoff and jitter, so that the
 //!   nodes of a cluster do not all re-list at the same instant after an outage.
 
-use super::{Node, NodeEvent, OpId};
+use super::{moves_routes, Node, NodeEvent, OpId};
 use crate::lease_table::{LeaseTable, TableChange, WatchBatch};
 use crate::store::{Listing, Revision, StoreError, StoreOp, StoreOutput, WatchEvent};
 use crate::time::Timestamp;
@@ -229,7 +229,11 @@ impl Node {
                 if !shared.concerns(self.allocator.watch_interest()) {
                     if let Some(last) = shared.steps.last() {
                         self.table = last.table.clone();
-                        if shared.steps.iter().any(|s| s.change.is_some()) {
+                        if shared
+                            .steps
+                            .iter()
+                            .any(|s| s.change.as_ref().is_some_and(moves_routes))
+                        {
                             self.routes_changed();
                         }
                         if self.route_events {
