@@ -266,14 +266,6 @@ impl LinkFaults {
     }
 }
 
-#[derive(Debug)]
-struct Link {
-    /// This link's own rules when its faults were set apart from the others'; `None`:
-    /// the underlay's default rules.
-    rules: Option<Vec<Rule>>,
-    rng: ChaCha8Rng,
-}
-
 type LinkIndex = KeyMap<u64, u32>;
 
 fn link_key(from: Ipv4Addr, to: Ipv4Addr) -> u64 {
@@ -293,7 +285,11 @@ pub struct Underlay {
     /// a link per pair of nodes. It maps to a slot of `links`, so that the map stays
     /// small enough to sit in cache while the links' random streams do not.
     index: LinkIndex,
-    links: Vec<Link>,
+    links: Vec<ChaCha8Rng>,
+    /// The rules of the links (by slot) whose faults were set apart from the others';
+    /// every other link follows `default_rules`. Kept apart from the random streams, so
+    /// that a datagram on an ordinary link reads no more than its stream.
+    own_rules: KeyMap<u32, Vec<Rule>>,
     /// Directed pairs that cannot talk.
     blocked: BTreeSet<(Ipv4Addr, Ipv4Addr)>,
 }
@@ -308,6 +304,7 @@ impl Underlay {
             overrides: BTreeMap::new(),
             index: LinkIndex::default(),
             links: Vec::new(),
+            own_rules: KeyMap::default(),
             blocked: BTreeSet::new(),
         }
     }
@@ -325,13 +322,11 @@ impl Underlay {
                 self.default_rules = faults.rules();
                 self.default = faults;
                 self.overrides.clear();
-                for l in &mut self.links {
-                    l.rules = None;
-                }
+                self.own_rules.clear();
             }
             Some(pair) => {
                 if let Some(&slot) = self.index.get(&link_key(pair.0, pair.1)) {
-                    self.links[slot as usize].rules = Some(faults.rules());
+                    self.own_rules.insert(slot, faults.rules());
                 }
                 self.overrides.insert(pair, faults);
             }
@@ -362,20 +357,23 @@ impl Underlay {
         let slot = match self.index.entry(index) {
             std::collections::hash_map::Entry::Occupied(e) => *e.get(),
             std::collections::hash_map::Entry::Vacant(e) => {
-                let rules = self.overrides.get(&(p.from, p.to)).map(LinkFaults::rules);
                 let slot = self.links.len() as u32;
-                self.links.push(Link {
-                    rules,
-                    rng: rng::stream(self.seed, "link", index),
-                });
+                self.links.push(rng::stream(self.seed, "link", index));
+                if let Some(faults) = self.overrides.get(&(p.from, p.to)) {
+                    self.own_rules.insert(slot, faults.rules());
+                }
                 *e.insert(slot)
             }
         };
-        let link = &mut self.links[slot as usize];
-        let rules = link.rules.as_deref().unwrap_or(&self.default_rules);
+        let rng = &mut self.links[slot as usize];
+        let rules = if self.own_rules.is_empty() {
+            &self.default_rules
+        } else {
+            self.own_rules.get(&slot).unwrap_or(&self.default_rules)
+        };
         let mut marks = Marks::default();
         for rule in rules {
-            match rule.on_packet(p, &mut link.rng, &mut marks) {
+            match rule.on_packet(p, rng, &mut marks) {
                 Verdict::Pass => {}
                 Verdict::Drop(cause) => return Fate::Drop(cause),
                 Verdict::Deliver(delay) => {
