@@ -14,6 +14,7 @@
 
 pub mod container;
 pub mod engine;
+pub mod hash;
 pub mod light;
 pub mod queue;
 pub mod record;

@@ -17,7 +17,8 @@ pub struct LightContainer {
     out: Vec<Vec<u8>>,
 }
 
-fn echo(src: Ipv4Addr, dst: Ipv4Addr, icmp: &Icmpv4Repr<'_>) -> Vec<u8> {
+/// Writes an echo packet into `buf` (whatever it held before), sized to fit.
+fn echo_into(mut buf: Vec<u8>, src: Ipv4Addr, dst: Ipv4Addr, icmp: &Icmpv4Repr<'_>) -> Vec<u8> {
     let caps = ChecksumCapabilities::default();
     let ip = Ipv4Repr {
         src_addr: src,
@@ -26,7 +27,8 @@ fn echo(src: Ipv4Addr, dst: Ipv4Addr, icmp: &Icmpv4Repr<'_>) -> Vec<u8> {
         payload_len: icmp.buffer_len(),
         hop_limit: 64,
     };
-    let mut buf = vec![0; ip.buffer_len() + icmp.buffer_len()];
+    buf.clear();
+    buf.resize(ip.buffer_len() + icmp.buffer_len(), 0);
     let mut packet = Ipv4Packet::new_unchecked(&mut buf[..]);
     ip.emit(&mut packet, &caps);
     icmp.emit(
@@ -53,13 +55,14 @@ impl LightContainer {
             seq_no: seq,
             data: &data,
         };
-        self.out.push(echo(self.addr, dst, &repr));
+        self.out.push(echo_into(Vec::new(), self.addr, dst, &repr));
     }
 
-    /// A packet from the node: answers echo requests, reports echo replies.
-    pub fn receive(&mut self, packet: &[u8], events: &mut Vec<AppEvent>) {
+    /// A packet from the node: answers echo requests (in the request's own buffer),
+    /// reports echo replies.
+    pub fn receive(&mut self, packet: Vec<u8>, events: &mut Vec<AppEvent>) {
         let caps = ChecksumCapabilities::default();
-        let Ok(ip) = Ipv4Packet::new_checked(packet) else {
+        let Ok(ip) = Ipv4Packet::new_checked(&packet[..]) else {
             return;
         };
         let Ok(ip_repr) = Ipv4Repr::parse(&ip, &caps) else {
@@ -77,12 +80,26 @@ impl LightContainer {
                 seq_no,
                 data,
             }) => {
+                // The request's data, out of the buffer the reply is written into.
+                let mut short = [0u8; 64];
+                let long;
+                let data: &[u8] = match short.get_mut(..data.len()) {
+                    Some(s) => {
+                        s.copy_from_slice(data);
+                        s
+                    }
+                    None => {
+                        long = data.to_vec();
+                        &long
+                    }
+                };
                 let reply = Icmpv4Repr::EchoReply {
                     ident,
                     seq_no,
                     data,
                 };
-                self.out.push(echo(self.addr, ip_repr.src_addr, &reply));
+                let to = ip_repr.src_addr;
+                self.out.push(echo_into(packet, self.addr, to, &reply));
             }
             Ok(Icmpv4Repr::EchoReply {
                 seq_no,

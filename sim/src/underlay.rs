@@ -6,7 +6,7 @@
 //! Every link (a directed pair of public IPs) draws from its own random stream, so a
 //! fault on one link never shifts the draws of another.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::net::Ipv4Addr;
 use std::time::Duration;
@@ -14,6 +14,7 @@ use std::time::Duration;
 use rand::Rng;
 use rand_chacha::ChaCha8Rng;
 
+use crate::hash::KeyMap;
 use crate::rng;
 
 /// Why the underlay dropped a datagram.
@@ -265,10 +266,10 @@ impl LinkFaults {
     }
 }
 
-#[derive(Debug)]
-struct Link {
-    rules: Vec<Rule>,
-    rng: ChaCha8Rng,
+type LinkIndex = KeyMap<u64, u32>;
+
+fn link_key(from: Ipv4Addr, to: Ipv4Addr) -> u64 {
+    (u64::from(u32::from(from)) << 32) | u64::from(u32::from(to))
 }
 
 /// Every link's faults and random stream, and the partitions.
@@ -276,11 +277,19 @@ struct Link {
 pub struct Underlay {
     seed: u64,
     default: LinkFaults,
+    /// The rules of `default`, which every link without an override follows.
+    default_rules: Vec<Rule>,
     overrides: BTreeMap<(Ipv4Addr, Ipv4Addr), LinkFaults>,
     /// Looked up for every datagram and never walked in an order that matters (a
     /// change of faults reaches every link alike), so a hash map: a busy underlay has
-    /// a link per pair of nodes.
-    links: HashMap<(Ipv4Addr, Ipv4Addr), Link>,
+    /// a link per pair of nodes. It maps to a slot of `links`, so that the map stays
+    /// small enough to sit in cache while the links' random streams do not.
+    index: LinkIndex,
+    links: Vec<ChaCha8Rng>,
+    /// The rules of the links (by slot) whose faults were set apart from the others';
+    /// every other link follows `default_rules`. Kept apart from the random streams, so
+    /// that a datagram on an ordinary link reads no more than its stream.
+    own_rules: KeyMap<u32, Vec<Rule>>,
     /// Directed pairs that cannot talk.
     blocked: BTreeSet<(Ipv4Addr, Ipv4Addr)>,
 }
@@ -290,9 +299,12 @@ impl Underlay {
     pub fn new(seed: u64, default: LinkFaults) -> Self {
         Underlay {
             seed,
+            default_rules: default.rules(),
             default,
             overrides: BTreeMap::new(),
-            links: HashMap::new(),
+            index: LinkIndex::default(),
+            links: Vec::new(),
+            own_rules: KeyMap::default(),
             blocked: BTreeSet::new(),
         }
     }
@@ -307,15 +319,14 @@ impl Underlay {
     pub fn set_faults(&mut self, link: Option<(Ipv4Addr, Ipv4Addr)>, faults: LinkFaults) {
         match link {
             None => {
+                self.default_rules = faults.rules();
                 self.default = faults;
                 self.overrides.clear();
-                for l in self.links.values_mut() {
-                    l.rules = self.default.rules();
-                }
+                self.own_rules.clear();
             }
             Some(pair) => {
-                if let Some(l) = self.links.get_mut(&pair) {
-                    l.rules = faults.rules();
+                if let Some(&slot) = self.index.get(&link_key(pair.0, pair.1)) {
+                    self.own_rules.insert(slot, faults.rules());
                 }
                 self.overrides.insert(pair, faults);
             }
@@ -339,24 +350,30 @@ impl Underlay {
 
     /// Runs a datagram through its link's rule chain.
     pub fn decide(&mut self, p: &PacketInfo) -> Fate {
-        if self.blocked.contains(&(p.from, p.to)) {
+        if !self.blocked.is_empty() && self.blocked.contains(&(p.from, p.to)) {
             return Fate::Drop(DropCause::Partition);
         }
-        let key = (p.from, p.to);
-        let link = match self.links.entry(key) {
-            std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+        let index = link_key(p.from, p.to);
+        let slot = match self.index.entry(index) {
+            std::collections::hash_map::Entry::Occupied(e) => *e.get(),
             std::collections::hash_map::Entry::Vacant(e) => {
-                let index = (u64::from(u32::from(p.from)) << 32) | u64::from(u32::from(p.to));
-                let faults = self.overrides.get(&key).unwrap_or(&self.default);
-                e.insert(Link {
-                    rules: faults.rules(),
-                    rng: rng::stream(self.seed, "link", index),
-                })
+                let slot = self.links.len() as u32;
+                self.links.push(rng::stream(self.seed, "link", index));
+                if let Some(faults) = self.overrides.get(&(p.from, p.to)) {
+                    self.own_rules.insert(slot, faults.rules());
+                }
+                *e.insert(slot)
             }
         };
+        let rng = &mut self.links[slot as usize];
+        let rules = if self.own_rules.is_empty() {
+            &self.default_rules
+        } else {
+            self.own_rules.get(&slot).unwrap_or(&self.default_rules)
+        };
         let mut marks = Marks::default();
-        for rule in &link.rules {
-            match rule.on_packet(p, &mut link.rng, &mut marks) {
+        for rule in rules {
+            match rule.on_packet(p, rng, &mut marks) {
                 Verdict::Pass => {}
                 Verdict::Drop(cause) => return Fate::Drop(cause),
                 Verdict::Deliver(delay) => {

@@ -74,6 +74,19 @@ pub enum NodeEvent {
     },
 }
 
+/// Whether a lease-table change can change a route: a renewal (the same subnets and
+/// attributes, a later expiry) cannot, and then the forwarding table is left as it is,
+/// as it is when route events are on and the renewal makes none.
+fn moves_routes(change: &TableChange) -> bool {
+    match change {
+        TableChange::Upsert {
+            old: Some(old),
+            new,
+        } => old.key != new.key || old.attrs != new.attrs,
+        TableChange::Upsert { old: None, .. } | TableChange::Remove { .. } => true,
+    }
+}
+
 /// See the module docs.
 #[derive(Debug)]
 pub struct Node {
@@ -243,7 +256,7 @@ impl Node {
             let mut changes = Vec::new();
             self.routes.apply(change, &mut changes);
             self.emit_routes(changes);
-        } else {
+        } else if moves_routes(change) {
             self.routes_changed();
         }
     }

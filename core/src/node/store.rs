@@ -22,7 +22,7 @@
 
 use std::time::Duration;
 
-use super::{Node, NodeEvent, OpId};
+use super::{moves_routes, Node, NodeEvent, OpId};
 use crate::lease_table::{LeaseTable, TableChange, WatchBatch};
 use crate::store::{Listing, Revision, StoreError, StoreOp, StoreOutput, WatchEvent};
 use crate::time::Timestamp;
@@ -290,7 +290,11 @@ impl Node {
                 if !shared.concerns(self.allocator.watch_interest()) {
                     if let Some(last) = shared.steps.last() {
                         self.table = last.table.clone();
-                        if shared.steps.iter().any(|s| s.change.is_some()) {
+                        if shared
+                            .steps
+                            .iter()
+                            .any(|s| s.change.as_ref().is_some_and(moves_routes))
+                        {
                             self.routes_changed();
                         }
                         if self.route_events {

@@ -88,11 +88,12 @@ impl World {
     pub(crate) fn poll_guests(&mut self, h: usize) {
         let now = self.now;
         let mut wake: Option<SimTime> = None;
+        // Polled after every packet a container gets: the lists are the world's, reused.
+        let mut out = std::mem::take(&mut self.scratch_packets);
+        let mut app = std::mem::take(&mut self.scratch_app);
         for _round in 0..32 {
-            let mut out = Vec::new();
-            let mut app = Vec::new();
             let Some(run) = self.hosts[h].running_mut() else {
-                return;
+                break;
             };
             wake = None;
             for g in &mut run.guests {
@@ -105,15 +106,22 @@ impl World {
                     Guest::Light(c) => c.drain(&mut out),
                 }
             }
-            for e in app {
+            for e in app.drain(..) {
                 self.app_event(h, e);
             }
             if out.is_empty() {
                 break;
             }
-            for packet in out {
+            for packet in out.drain(..) {
                 self.tun_outbound(h, packet);
             }
+        }
+        out.clear();
+        app.clear();
+        self.scratch_packets = out;
+        self.scratch_app = app;
+        if !self.hosts[h].is_up() {
+            return;
         }
         let host = &mut self.hosts[h];
         if let Some(at) = wake {
@@ -197,14 +205,15 @@ impl World {
             ));
             return;
         }
-        let mut app = Vec::new();
+        let mut app = std::mem::take(&mut self.scratch_app);
         match guest {
             Guest::Full(c) => c.receive(packet),
-            Guest::Light(c) => c.receive(&packet, &mut app),
+            Guest::Light(c) => c.receive(packet, &mut app),
         }
-        for e in app {
+        for e in app.drain(..) {
             self.app_event(h, e);
         }
+        self.scratch_app = app;
         self.guests_dirty.push(h);
     }
 

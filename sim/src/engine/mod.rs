@@ -28,6 +28,7 @@ pub use datapath::Guest;
 pub use host::{Host, HostState, Running};
 pub use probe::{Ping, Transfer};
 
+use crate::hash::KeyMap;
 use crate::queue::EventQueue;
 use crate::record::{Decision, Replay};
 use crate::rng;
@@ -208,7 +209,8 @@ pub struct World {
     /// The hosts, in the order they were added.
     pub hosts: Vec<Host>,
     pub(crate) by_name: BTreeMap<String, usize>,
-    pub(crate) by_ip: BTreeMap<Ipv4Addr, usize>,
+    /// Looked up for every datagram, never iterated.
+    pub(crate) by_ip: KeyMap<Ipv4Addr, usize>,
     /// The underlay's links and partitions.
     pub underlay: Underlay,
     pub(crate) cfg: WorldConfig,
@@ -223,6 +225,11 @@ pub struct World {
     pub(crate) live_next: Revision,
     /// The store revision of the last change to the live leases' routes.
     pub(crate) routes_revision: Revision,
+    /// Bumped whenever `live` or `live6` may have changed.
+    pub(crate) live_version: u64,
+    /// [`World::live_routes`] as of `live_version`: checking a node after every event
+    /// it hears compares it against the same routes many times over.
+    pub(crate) live_routes_cache: Option<(u64, Vec<check::LiveRoute>)>,
     /// Subnets held by running nodes.
     pub(crate) held: BTreeMap<Ipv4Net, usize>,
     /// Pings started so far.
@@ -241,6 +248,11 @@ pub struct World {
     pub(crate) guests_dirty: Vec<usize>,
     /// Hosts whose node was fed something by the current event.
     pub(crate) touched: Vec<usize>,
+    /// What containers sent and reported during one poll, kept for the next.
+    pub(crate) scratch_packets: Vec<Vec<u8>>,
+    pub(crate) scratch_app: Vec<crate::container::AppEvent>,
+    /// An empty list of hosts with room, swapped in for `dirty` and `guests_dirty`.
+    spare: Vec<usize>,
 }
 
 impl World {
@@ -259,7 +271,7 @@ impl World {
             subnets_prefix: subnets_prefix(DEFAULT_PREFIX),
             hosts: Vec::new(),
             by_name: BTreeMap::new(),
-            by_ip: BTreeMap::new(),
+            by_ip: KeyMap::default(),
             underlay: Underlay::new(rng::derive(seed, "underlay", 0), cfg.faults.clone()),
             cfg,
             expiry_at: None,
@@ -269,6 +281,8 @@ impl World {
             live6: BTreeMap::new(),
             live_next: 1,
             routes_revision: 0,
+            live_version: 0,
+            live_routes_cache: None,
             held: BTreeMap::new(),
             pings: Vec::new(),
             transfers: Vec::new(),
@@ -280,6 +294,9 @@ impl World {
             same_instant: 0,
             guests_dirty: Vec::new(),
             touched: Vec::new(),
+            scratch_packets: Vec::new(),
+            scratch_app: Vec::new(),
+            spare: Vec::new(),
         }
     }
 
@@ -503,17 +520,25 @@ impl World {
     /// what the event touched, check the invariants.
     fn after_event(&mut self) {
         self.store_housekeeping();
-        // In the order the hosts were touched, so that traces read naturally.
+        // In the order the hosts were touched, so that traces read naturally. The lists
+        // are swapped with spares rather than taken, so that an event allocates nothing.
         while !self.dirty.is_empty() || !self.guests_dirty.is_empty() {
-            for h in std::mem::take(&mut self.dirty) {
+            let mut dirty = std::mem::replace(&mut self.dirty, std::mem::take(&mut self.spare));
+            for &h in &dirty {
                 if self.cfg.check && !self.touched.contains(&h) {
                     self.touched.push(h);
                 }
                 self.sync_host(h);
             }
-            for h in std::mem::take(&mut self.guests_dirty) {
+            dirty.clear();
+            self.spare = dirty;
+            let mut guests =
+                std::mem::replace(&mut self.guests_dirty, std::mem::take(&mut self.spare));
+            for &h in &guests {
                 self.poll_guests(h);
             }
+            guests.clear();
+            self.spare = guests;
         }
         if self.cfg.check {
             self.check_invariants();
