@@ -130,6 +130,9 @@ fn is_transient_message(message: &str) -> bool {
         "too many requests",
         "server stopped",
         "not capable",
+        // tonic's status for a connection that broke under a request (a member killed
+        // mid-call): the request may or may not have been applied, as after a timeout.
+        "transport error",
     ]
     .iter()
     .any(|m| message.contains(m))
@@ -148,6 +151,9 @@ mod tests {
             "get /k",
             &status(Code::Unknown, "etcdserver: leader changed"),
         );
+        assert!(e.is_transient(), "{e}");
+        // A member killed under the call (seen in CI: a broken pipe).
+        let e = map_error("put /k", &status(Code::Unknown, "transport error"));
         assert!(e.is_transient(), "{e}");
         let e = map_error(
             "get /k",
