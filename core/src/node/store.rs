@@ -77,23 +77,26 @@ impl Node {
         }
     }
 
-    /// Whether some retry waits on a store failure past the next probe.
-    fn waits_on_store(&self, now: Timestamp) -> bool {
-        let later = now + PROBE_EVERY;
+    /// Whether some retry waits on a store failure past `at`.
+    fn waits_on_store(&self, at: Timestamp) -> bool {
         [
             self.timers.get(Timer::WatchRetry),
             self.allocator.store_retry_at(),
         ]
         .into_iter()
         .flatten()
-        .any(|at| at > later)
+        .any(|retry| retry > at)
     }
 
-    /// Arms the probe while a retry waits on a store failure, disarms it otherwise.
+    /// Arms the probe while a retry waits on a store failure past the next probe,
+    /// disarms it once none waits.
     pub(super) fn schedule_probe(&mut self, now: Timestamp) {
         if !self.waits_on_store(now) {
             self.timers.stop(Timer::StoreProbe);
-        } else if self.probe_op.is_none() && self.timers.get(Timer::StoreProbe).is_none() {
+        } else if self.probe_op.is_none()
+            && self.timers.get(Timer::StoreProbe).is_none()
+            && self.waits_on_store(now + PROBE_EVERY)
+        {
             let delay = backoff(PROBE_EVERY, PROBE_EVERY, 0, &mut self.rng);
             self.timers.set(Timer::StoreProbe, now + delay);
         }
