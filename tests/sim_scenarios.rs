@@ -50,6 +50,7 @@ scenarios! {
     create_answer_lost => "15-create-answer-lost.toml",
     delete_while_cut_off => "16-delete-while-cut-off.toml",
     dual_stack => "17-dual-stack.toml",
+    subnet_range_and_compaction => "19-subnet-range-and-compaction.toml",
 }
 
 /// Scenarios too large for a snapshot of their whole trace (tens of thousands of

@@ -122,6 +122,20 @@ impl World {
                         continue;
                     };
                     self.forget_live(&key.ipv4);
+                    if entry.expires_at.is_some() {
+                        // Written by a node (an operator's reservation has no TTL).
+                        if let Some(problem) = self.outside_range(&key) {
+                            self.fail(format!("invariant: a node wrote {problem}"));
+                        }
+                        if let Some((other, _)) =
+                            self.live.iter().find(|(_, l)| l.ip == attrs.public_ip)
+                        {
+                            self.fail(format!(
+                                "invariant: live leases {other} and {} both record public IP {}",
+                                key.ipv4, attrs.public_ip
+                            ));
+                        }
+                    }
                     if let Some((other, _)) = overlapping(&self.live, key.ipv4) {
                         self.fail(format!(
                             "invariant: live leases {other} and {} overlap in the store",
@@ -149,6 +163,41 @@ impl World {
                 self.routes_revision = revision;
             }
         }
+    }
+
+    /// What is wrong with a lease `key` a node wrote, if its subnet is not one the
+    /// network's config allows: of `SubnetLen`, on its boundary, within `Network` and
+    /// between `SubnetMin` and `SubnetMax` (IPv6 alike). Checked here from the config's
+    /// numbers, not with the allocator's own `SubnetSpace`.
+    fn outside_range(&self, key: &LeaseKey) -> Option<String> {
+        let cfg = &self.cfg.network;
+        let v4 = key.ipv4;
+        let first = u32::from(v4.network());
+        let ok = cfg.network.is_some_and(|n| n.contains(&v4))
+            && v4.prefix_len() == cfg.subnet_len
+            && v4.trunc() == v4
+            && (u32::from(cfg.subnet_min)..=u32::from(cfg.subnet_max)).contains(&first);
+        if !ok {
+            let network = cfg
+                .network
+                .map_or("no IPv4 network".into(), |n| n.to_string());
+            return Some(format!(
+                "{v4}, not a /{} of {network} within [{}, {}]",
+                cfg.subnet_len, cfg.subnet_min, cfg.subnet_max
+            ));
+        }
+        let v6 = key.ipv6?;
+        let first = u128::from(v6.network());
+        let ok = cfg.ipv6_network.is_some_and(|n| n.contains(&v6))
+            && v6.prefix_len() == cfg.ipv6_subnet_len
+            && v6.trunc() == v6
+            && cfg
+                .ipv6_subnet_min
+                .is_none_or(|min| first >= u128::from(min))
+            && cfg
+                .ipv6_subnet_max
+                .is_none_or(|max| first <= u128::from(max));
+        (!ok).then(|| format!("{v6}, outside the IPv6 network's subnets"))
     }
 
     fn forget_live(&mut self, v4: &Ipv4Net) {
