@@ -12,7 +12,7 @@ use std::os::fd::AsRawFd;
 use std::path::Path;
 
 use futures::TryStreamExt;
-use ipnet::{Ipv4Net, Ipv6Net};
+use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use rtnetlink::packet_route::address::AddressAttribute;
 use rtnetlink::packet_route::link::{LinkAttribute, LinkMessage};
 use rtnetlink::packet_route::route::{RouteAttribute, RouteMessage};
@@ -218,8 +218,8 @@ impl Netlink {
         }
     }
 
-    /// The IPv4 addresses of a link, each with its prefix length (`192.0.2.1/24`).
-    pub async fn ipv4_prefixes(&self, index: u32) -> Result<Vec<Ipv4Net>, DatapathError> {
+    /// Every address of a link, each with its prefix length.
+    async fn prefixes(&self, index: u32) -> Result<Vec<IpNet>, DatapathError> {
         let msgs: Vec<_> = self
             .handle
             .address()
@@ -233,11 +233,21 @@ impl Netlink {
             .iter()
             .flat_map(|m| {
                 m.attributes.iter().filter_map(|a| match a {
-                    AddressAttribute::Address(IpAddr::V4(ip)) => {
-                        Ipv4Net::new(*ip, m.header.prefix_len).ok()
-                    }
+                    AddressAttribute::Address(ip) => IpNet::new(*ip, m.header.prefix_len).ok(),
                     _ => None,
                 })
+            })
+            .collect())
+    }
+
+    /// The IPv4 addresses of a link, each with its prefix length (`192.0.2.1/24`).
+    pub async fn ipv4_prefixes(&self, index: u32) -> Result<Vec<Ipv4Net>, DatapathError> {
+        let prefixes = self.prefixes(index).await?;
+        Ok(prefixes
+            .into_iter()
+            .filter_map(|p| match p {
+                IpNet::V4(p) => Some(p),
+                IpNet::V6(_) => None,
             })
             .collect())
     }
@@ -245,26 +255,12 @@ impl Netlink {
     /// The global IPv6 addresses of a link, each with its prefix length
     /// (`2001:db8::1/64`); link-local ones are left out.
     pub async fn ipv6_prefixes(&self, index: u32) -> Result<Vec<Ipv6Net>, DatapathError> {
-        let msgs: Vec<_> = self
-            .handle
-            .address()
-            .get()
-            .set_link_index_filter(index)
-            .execute()
-            .try_collect()
-            .await
-            .map_err(|e| DatapathError::netlink("list addresses", e))?;
-        Ok(msgs
-            .iter()
-            .flat_map(|m| {
-                m.attributes.iter().filter_map(|a| match a {
-                    AddressAttribute::Address(IpAddr::V6(ip))
-                        if (ip.segments()[0] & 0xffc0) != 0xfe80 =>
-                    {
-                        Ipv6Net::new(*ip, m.header.prefix_len).ok()
-                    }
-                    _ => None,
-                })
+        let prefixes = self.prefixes(index).await?;
+        Ok(prefixes
+            .into_iter()
+            .filter_map(|p| match p {
+                IpNet::V6(p) if (p.addr().segments()[0] & 0xffc0) != 0xfe80 => Some(p),
+                _ => None,
             })
             .collect())
     }
