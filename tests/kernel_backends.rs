@@ -12,13 +12,11 @@
 
 mod underlay;
 
-use std::io::{Read, Write};
-use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+use std::net::Ipv4Addr;
 use std::time::{Duration, Instant};
 
 use underlay::capture::{have_tcpdump, parse_vxlan};
 use underlay::{can_run, run, wait_or_show, wait_until, Underlay, PREFIX};
-use weft_datapath::netns;
 use weft_stores::testing::{etcd_or_skip, Etcd};
 
 const VXLAN: &str = r#"{"Network":"10.5.0.0/16","SubnetLen":24,"Backend":{"Type":"vxlan"}}"#;
@@ -484,66 +482,6 @@ fn put_flannel_vxlan_lease(etcd: &Etcd, subnet: ipnet::Ipv4Net, public: Ipv4Addr
     assert!(out.status.success(), "{out:?}");
 }
 
-/// Sends `size` bytes of a deterministic stream from container `from` to container
-/// `to` over TCP; asserts that they arrive whole and intact (FNV-1a of both ends).
-fn tcp_transfer(net: &Underlay, from: usize, to: usize, size: usize) {
-    fn fnv(hash: &mut u64, bytes: &[u8]) {
-        for b in bytes {
-            *hash ^= u64::from(*b);
-            *hash = hash.wrapping_mul(0x100000001b3);
-        }
-    }
-    let ns = |i: usize| netns::path(net.hosts[i - 1].container.as_ref().unwrap());
-    let listener = netns::in_netns(Some(&ns(to)), || TcpListener::bind("0.0.0.0:5001"))
-        .unwrap()
-        .unwrap();
-    let receiver = std::thread::spawn(move || {
-        let (mut conn, _) = listener.accept().unwrap();
-        conn.set_read_timeout(Some(Duration::from_secs(30)))
-            .unwrap();
-        let (mut total, mut hash, mut buf) = (0usize, 0xcbf29ce484222325u64, vec![0u8; 1 << 16]);
-        loop {
-            let n = conn.read(&mut buf).unwrap();
-            if n == 0 {
-                return (total, hash);
-            }
-            fnv(&mut hash, &buf[..n]);
-            total += n;
-        }
-    });
-    let addr = SocketAddr::from((net.container_ip(to), 5001));
-    let mut conn = netns::in_netns(Some(&ns(from)), move || {
-        TcpStream::connect_timeout(&addr, Duration::from_secs(10))
-    })
-    .unwrap()
-    .unwrap();
-    conn.set_write_timeout(Some(Duration::from_secs(30)))
-        .unwrap();
-    let (mut state, mut hash, mut chunk) = (
-        0x9e3779b97f4a7c15u64,
-        0xcbf29ce484222325u64,
-        vec![0u8; 1 << 16],
-    );
-    let mut sent = 0;
-    while sent < size {
-        let n = chunk.len().min(size - sent);
-        for b in &mut chunk[..n] {
-            // xorshift64
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            *b = (state >> 24) as u8;
-        }
-        fnv(&mut hash, &chunk[..n]);
-        conn.write_all(&chunk[..n]).unwrap();
-        sent += n;
-    }
-    drop(conn);
-    let (received, received_hash) = receiver.join().unwrap();
-    assert_eq!(received, size, "c{from} -> c{to}: bytes lost");
-    assert_eq!(received_hash, hash, "c{from} -> c{to}: bytes changed");
-}
-
 #[test]
 fn vxlan_interop_with_a_kernel_vtep_weft_does_not_run() {
     let test = "vxlan_interop_with_a_kernel_vtep_weft_does_not_run";
@@ -612,9 +550,14 @@ fn vxlan_interop_with_a_kernel_vtep_weft_does_not_run() {
     }
 
     // Bulk traffic both ways between weft and the kernel peer.
-    const SIZE: usize = 16 * 1024 * 1024;
-    tcp_transfer(&net, 1, 3, SIZE);
-    tcp_transfer(&net, 3, 2, SIZE);
+    const SIZE: u64 = 16 * 1024 * 1024;
+    for (a, b) in [(1, 3), (3, 2)] {
+        let [sent, got] = net.tcp_transfer(a, b, net.container_ip(b).into(), SIZE);
+        assert_eq!(
+            sent, got,
+            "c{a} -> c{b}: (bytes, checksum) sent and received"
+        );
+    }
     eprintln!(
         "{test}: {:?} ({} frames captured)",
         started.elapsed(),

@@ -102,27 +102,49 @@ pub struct Underlay {
     pub dir: tempfile::TempDir,
     pub hosts: Vec<Host>,
     namespaces: Vec<String>,
-    relays: Vec<proxy::Relay>,
+    /// Each host's relays (by host index, 0-based), one per etcd member.
+    relays: Vec<(usize, proxy::Relay)>,
     store: String,
-    etcd_port: u16,
+    etcd_ports: Vec<u16>,
+    /// `--subnet-lease-ttl` of the daemons started from now on, in seconds.
+    pub lease_ttl: u32,
 }
 
 impl Underlay {
     /// The underlay namespace and one host per address in `ips` (192.0.2.x or
     /// 198.51.100.x), each with a relay to `etcd`.
     pub fn new(tag: &str, ips: &[&str], etcd: &Etcd) -> Underlay {
+        Underlay::with_members(tag, ips, etcd, 1)
+    }
+
+    /// [`Underlay::new`] for a cluster: each host relays to every one of the first
+    /// `members` members of `etcd`, and the daemons' store URL names them all.
+    pub fn with_members(tag: &str, ips: &[&str], etcd: &Etcd, members: usize) -> Underlay {
         let k = SERIAL.fetch_add(1, Ordering::Relaxed);
         let prefix = format!("wk{}{tag}{k}-", std::process::id());
-        let endpoint = etcd.endpoint(0);
-        let etcd_port: u16 = endpoint.rsplit(':').next().unwrap().parse().unwrap();
+        let etcd_ports: Vec<u16> = (0..members)
+            .map(|i| {
+                etcd.endpoint(i)
+                    .rsplit(':')
+                    .next()
+                    .unwrap()
+                    .parse()
+                    .unwrap()
+            })
+            .collect();
+        let endpoints: Vec<String> = etcd_ports
+            .iter()
+            .map(|p| format!("127.0.0.1:{p}"))
+            .collect();
         let mut net = Underlay {
             prefix,
             dir: tempfile::tempdir().unwrap(),
             hosts: Vec::new(),
             namespaces: Vec::new(),
             relays: Vec::new(),
-            store: format!("etcd://127.0.0.1:{etcd_port}"),
-            etcd_port,
+            store: format!("etcd://{}", endpoints.join(",")),
+            etcd_ports,
+            lease_ttl: 600,
         };
         let ul = net.add_ns("ul");
         for (br, addr) in [("br0", "192.0.2.254/24"), ("br1", "198.51.100.254/24")] {
@@ -192,12 +214,6 @@ impl Underlay {
                 "net.ipv4.ip_forward=1",
             ],
         );
-        let target = SocketAddr::from((Ipv4Addr::LOCALHOST, self.etcd_port));
-        self.relays.push(proxy::Relay::start(
-            &netns::path(&ns),
-            self.etcd_port,
-            target,
-        ));
         self.hosts.push(Host {
             env: self.dir.path().join(format!("h{i}.env")),
             log: PathBuf::new(),
@@ -208,6 +224,37 @@ impl Underlay {
             subnet: None,
             container: None,
         });
+        self.connect_store(i);
+    }
+
+    /// Host `i`'s relays to etcd (1-based), started.
+    pub fn connect_store(&mut self, i: usize) {
+        let ns = netns::path(&self.hosts[i - 1].ns);
+        for &port in &self.etcd_ports {
+            let target = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
+            let relay = proxy::Relay::start(&ns, port, target);
+            self.relays.push((i - 1, relay));
+        }
+    }
+
+    /// Cuts host `i` off etcd (1-based): its relays stop and their connections break.
+    pub fn disconnect_store(&mut self, i: usize) {
+        self.relays.retain(|(h, _)| *h != i - 1);
+    }
+
+    /// Whether host `i`'s daemon process is still running.
+    pub fn is_running(&mut self, i: usize) -> bool {
+        let h = &mut self.hosts[i - 1];
+        h.daemon
+            .as_mut()
+            .is_some_and(|c| c.try_wait().unwrap().is_none())
+    }
+
+    /// Kills host `i`'s daemon with SIGKILL by its PID, and reaps it.
+    pub fn kill_9(&mut self, i: usize) {
+        let mut child = self.hosts[i - 1].daemon.take().unwrap();
+        kill(Pid::from_raw(child.id() as i32), Signal::SIGKILL).unwrap();
+        child.wait().unwrap();
     }
 
     /// A namespace standing in for the world outside the overlay: on the underlay's
@@ -277,6 +324,7 @@ impl Underlay {
     /// [`Underlay::start_with`], with variables in the daemon's environment.
     pub fn start_env(&mut self, i: usize, flags: &[&str], env: &[(&str, &str)]) -> ipnet::Ipv4Net {
         let store = self.store.clone();
+        let ttl = self.lease_ttl.to_string();
         let dir = self.dir.path().to_path_buf();
         let h = &mut self.hosts[i - 1];
         assert!(h.daemon.is_none(), "h{i} already runs");
@@ -297,7 +345,7 @@ impl Underlay {
                 "--iface",
                 "eth0",
                 "--subnet-lease-ttl",
-                "600",
+                &ttl,
             ])
             .args(flags)
             .arg("--subnet-file")

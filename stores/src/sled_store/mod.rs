@@ -105,6 +105,7 @@ impl SledStore {
             }
             return Err(backend(&format!("locking {shown}"), e));
         }
+        remove_unfinished_snapshots(&path.join(DB_DIR));
         let db = open_db(&path.join(DB_DIR), &shown)?;
         let trees = Trees::open(&db).map_err(|e| backend(&format!("opening {shown}"), e))?;
         match trees.meta.get(FORMAT_KEY) {
@@ -339,6 +340,37 @@ impl SledStore {
                 .map_err(|e| backend("compacting the event log", e))?;
         }
         Ok(())
+    }
+}
+
+/// Removes the snapshot files sled began and never finished (`snap.<lsn>.generating`).
+///
+/// sled writes a snapshot under that name and renames it when it is complete; one that
+/// stops half way (the disk full, a kill -9, a power cut) leaves the file behind, and
+/// sled 0.34 then reads it as the newest snapshot at its next start and refuses the
+/// database as corrupt, though the complete snapshot beside it and the log are intact.
+/// Such a file is only ever written by a running sled, and this process holds the
+/// store's lock: none is running. Best effort: what cannot be removed is left to sled.
+fn remove_unfinished_snapshots(dir: &Path) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        if name.starts_with("snap.") && name.ends_with(".generating") {
+            match std::fs::remove_file(entry.path()) {
+                Ok(()) => tracing::warn!(
+                    file = %entry.path().display(),
+                    "removed a sled snapshot left unfinished by an interrupted write"
+                ),
+                Err(e) => tracing::warn!(
+                    file = %entry.path().display(),
+                    error = %e,
+                    "cannot remove an unfinished sled snapshot"
+                ),
+            }
+        }
     }
 }
 
