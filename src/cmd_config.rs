@@ -43,14 +43,17 @@ pub fn describe(config: &NetworkConfig) -> String {
         BackendType::Udp,
         BackendType::Vxlan,
         BackendType::HostGw,
+        BackendType::Wireguard,
         BackendType::Alloc,
     ] {
         let mark = if kind == config.backend.kind { "*" } else { "" };
-        out += &format!(
-            " {}{mark} {}",
-            kind.as_str(),
+        // The backend's own `MTU` option replaces the underlay's, as in flannel.
+        let mtu = if kind == config.backend.kind {
+            config.mtu(TYPICAL_UNDERLAY_MTU)
+        } else {
             TYPICAL_UNDERLAY_MTU - kind.overhead()
-        );
+        };
+        out += &format!(" {}{mark} {mtu}", kind.as_str());
     }
     out.push('\n');
     out += &format!("devices: {}\n", devices(config));
@@ -87,6 +90,25 @@ fn devices(config: &NetworkConfig) -> String {
         }
         BackendType::HostGw => {
             "none; per peer a route `subnet via its public IP` on the external interface (peers must share its network)".to_string()
+        }
+        BackendType::Wireguard if config.enable_ipv6 => {
+            "none: weft's wireguard backend carries IPv4 only for now, and `weft daemon` refuses EnableIPv6 with it".to_string()
+        }
+        BackendType::Wireguard => {
+            let wg = b.wireguard.as_ref();
+            let keepalive = match wg.map_or(0, |w| w.persistent_keepalive) {
+                0 => "no persistent keepalive".to_string(),
+                s => format!("a keepalive every {s} s"),
+            };
+            let psk = if wg.is_some_and(|w| w.psk.is_some()) {
+                "with the PSK"
+            } else {
+                "no PSK"
+            };
+            format!(
+                "a TUN device (weft0, --tun-name) and a UDP socket on port {} speaking WireGuard (userspace); the private key in /run/flannel/wgkey (WIREGUARD_KEY_FILE), made on first start; per peer a WireGuard session to its public IP and the port its lease gives, {keepalive}, {psk}; routes to the network through the TUN device",
+                b.port
+            )
         }
         BackendType::Alloc => "none (leases only)".to_string(),
     }

@@ -91,8 +91,8 @@ pub struct UpArgs {
     #[arg(long)]
     net_config_path: Option<PathBuf>,
     /// The backend, replacing the config's `Backend.Type` (and its options):
-    /// udp, vxlan, host-gw or alloc.
-    #[arg(long, value_parser = ["udp", "vxlan", "host-gw", "alloc"])]
+    /// udp, vxlan, host-gw, wireguard or alloc.
+    #[arg(long, value_parser = ["udp", "vxlan", "host-gw", "wireguard", "alloc"])]
     backend: Option<String>,
     /// Dual stack: IPv6 beside IPv4. Adds `"EnableIPv6": true` and, unless the config
     /// has one, `"IPv6Network": "fc00::/48"` (in /64s) to the config; each node gets an

@@ -27,6 +27,33 @@ fn check(json: &str) -> std::process::Output {
 }
 
 #[test]
+fn wireguard_reports_its_mtu_and_what_it_creates() {
+    let out = check(r#"{"Network":"10.5.0.0/16","Backend":{"Type":"wireguard"}}"#);
+    assert!(out.status.success(), "{out:?}");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("wireguard* 1420"), "{text}");
+    assert!(
+        text.contains("UDP socket on port 51820 speaking WireGuard")
+            && text.contains("/run/flannel/wgkey (WIREGUARD_KEY_FILE)")
+            && text.contains("no persistent keepalive, no PSK"),
+        "{text}"
+    );
+    // flannel's `MTU` is the underlay's.
+    let out = check(
+        r#"{"Network":"10.5.0.0/16","Backend":{"Type":"wireguard","MTU":9000,"ListenPort":4000,"PersistentKeepaliveInterval":25}}"#,
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("wireguard* 8920"), "{text}");
+    assert!(
+        text.contains("port 4000") && text.contains("a keepalive every 25 s"),
+        "{text}"
+    );
+    let out = check(r#"{"Network":"10.5.0.0/16","Backend":{"Type":"wireguard","Mode":"x"}}"#);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("Backend.Mode"));
+}
+
+#[test]
 fn flannel_documented_examples_are_accepted_with_a_summary() {
     let out =
         check(r#"{"Network":"10.5.0.0/16","SubnetLen":24,"Backend":{"Type":"udp","Port":8285}}"#);

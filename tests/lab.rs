@@ -42,6 +42,11 @@ fn three_host_gw_nodes_full_mesh_ping_and_a_100_mb_tcp_transfer() {
     full_mesh_and_transfer("host-gw");
 }
 
+#[test]
+fn three_wireguard_nodes_full_mesh_ping_and_a_100_mb_tcp_transfer() {
+    full_mesh_and_transfer("wireguard");
+}
+
 /// `weft lab up --backend BACKEND` with three nodes: every container pings every other,
 /// and 100 MB cross the overlay intact.
 fn full_mesh_and_transfer(backend: &str) {
@@ -53,7 +58,7 @@ fn full_mesh_and_transfer(backend: &str) {
     assert_eq!(status.backend.as_deref(), Some(backend), "{status:?}");
     // The device the backend forwards through, as flannel names it.
     let device = match backend {
-        "udp" => Some("weft0"),
+        "udp" | "wireguard" => Some("weft0"),
         "vxlan" => Some("flannel.1"),
         _ => None,
     };

@@ -21,6 +21,7 @@ pub mod subnet;
 pub mod subnet_env;
 pub mod time;
 pub mod timer;
+pub mod wg_key;
 pub mod wire;
 
 pub use config::NetworkConfig;

@@ -59,6 +59,9 @@ pub enum DatapathError {
     /// The config asks for something this datapath cannot do.
     #[error("{0}")]
     Unsupported(String),
+    /// The wireguard key file cannot be used.
+    #[error(transparent)]
+    KeyFile(#[from] backend::wireguard::key::KeyFileError),
 }
 
 impl DatapathError {

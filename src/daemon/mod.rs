@@ -234,6 +234,8 @@ pub async fn run(args: DaemonArgs) -> Result<()> {
         public_ip: args.public_ip,
         public_ipv6: args.public_ipv6,
         subnet_file: args.subnet_file,
+        // flannel has no flag for it, only the variable.
+        wg_key_file: weft_datapath::backend::wireguard::key::key_file_from_env(),
         firewall: FirewallSettings {
             ip_masq: args.ip_masq,
             fully_random: !args.ip_masq_fully_random_disable,

@@ -248,7 +248,7 @@ pub(super) fn bool_of(field: &'static str, v: &Value) -> Result<Option<bool>, Co
     }
 }
 
-fn string_of(field: &'static str, v: &Value) -> Result<Option<String>, ConfigError> {
+pub(super) fn string_of(field: &'static str, v: &Value) -> Result<Option<String>, ConfigError> {
     match v {
         Value::Null => Ok(None),
         Value::String(s) => Ok(Some(s.clone())),

@@ -35,13 +35,12 @@ use decode::{json_error, json_type, Fields, Members};
 pub use error::ConfigError;
 
 /// The backends weft implements, as listed in error messages.
-const SUPPORTED: &str = "alloc, udp, vxlan, host-gw";
+const SUPPORTED: &str = "alloc, udp, vxlan, host-gw, wireguard";
 
 /// Backend types flannel has (or had) that weft does not implement.
-const FLANNEL_ONLY_BACKENDS: [&str; 8] = [
+const FLANNEL_ONLY_BACKENDS: [&str; 7] = [
     "ipip",
     "ipsec",
-    "wireguard",
     "extension",
     "aws-vpc",
     "gce",
@@ -59,6 +58,12 @@ pub const DEFAULT_VXLAN_VNI: u32 = 1;
 const MAX_VNI: u32 = (1 << 24) - 1;
 /// The smallest vxlan `MTU` that leaves an overlay MTU of 68, IPv4's minimum.
 const MIN_VXLAN_MTU: u32 = 68 + 50;
+/// flannel's wireguard `ListenPort`.
+pub const DEFAULT_WIREGUARD_PORT: u16 = 51820;
+/// flannel's wireguard `ListenPortV6`.
+pub const DEFAULT_WIREGUARD_PORT_V6: u16 = 51821;
+/// The smallest wireguard `MTU` that leaves an overlay MTU of 68, IPv4's minimum.
+const MIN_WIREGUARD_MTU: u32 = 68 + 80;
 
 /// The backends weft knows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -71,15 +76,18 @@ pub enum BackendType {
     Vxlan,
     /// Plain routes via peers' public IPs.
     HostGw,
+    /// WireGuard, in userspace over a TUN device (flannel's runs the kernel's).
+    Wireguard,
 }
 
 impl BackendType {
     /// Every backend weft implements.
-    pub const ALL: [BackendType; 4] = [
+    pub const ALL: [BackendType; 5] = [
         BackendType::Alloc,
         BackendType::Udp,
         BackendType::Vxlan,
         BackendType::HostGw,
+        BackendType::Wireguard,
     ];
 
     /// The name used in configs and lease values.
@@ -89,6 +97,7 @@ impl BackendType {
             BackendType::Udp => "udp",
             BackendType::Vxlan => "vxlan",
             BackendType::HostGw => "host-gw",
+            BackendType::Wireguard => "wireguard",
         }
     }
 
@@ -105,7 +114,9 @@ impl BackendType {
     pub fn lease_type(self) -> Option<&'static str> {
         match self {
             BackendType::Alloc | BackendType::Udp => None,
-            BackendType::Vxlan | BackendType::HostGw => Some(self.as_str()),
+            BackendType::Vxlan | BackendType::HostGw | BackendType::Wireguard => {
+                Some(self.as_str())
+            }
         }
     }
 
@@ -115,6 +126,9 @@ impl BackendType {
             BackendType::Alloc | BackendType::HostGw => 0,
             BackendType::Udp => 28,
             BackendType::Vxlan => 50,
+            // flannel's `overhead`: an IPv6 header (40), UDP (8), the data message's
+            // type, index and counter (16) and the tag (16), whatever the family.
+            BackendType::Wireguard => 80,
         }
     }
 }
@@ -137,6 +151,9 @@ pub struct BackendConfig {
     pub vni: Option<u32>,
     /// The other options of the vxlan backend; `None` for the other backends.
     pub vxlan: Option<VxlanOptions>,
+    /// The options of the wireguard backend; `None` for the other backends (its
+    /// `ListenPort` is also [`BackendConfig::port`]).
+    pub wireguard: Option<WireguardOptions>,
     /// The whole object as written, for backend options weft does not interpret here;
     /// an empty object when the config has no `Backend`.
     pub raw: serde_json::Value,
@@ -158,6 +175,55 @@ pub struct VxlanOptions {
     /// `DirectRouting`: peers on the underlay interface's own network get a plain route
     /// via their public IP, without encapsulation.
     pub direct_routing: bool,
+}
+
+/// The wireguard backend's options, as flannel's `RegisterNetwork` reads them
+/// (`pkg/backend/wireguard/wireguard.go`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WireguardOptions {
+    /// `ListenPort` (default 51820): the UDP port of the IPv4 device.
+    pub listen_port: u16,
+    /// `ListenPortV6` (default 51821): the UDP port of the IPv6 device in `separate`
+    /// mode.
+    pub listen_port_v6: u16,
+    /// `PSK`: a preshared key every node shares, base64 of 32 bytes as `wg genpsk`
+    /// prints it; `None` for none.
+    pub psk: Option<[u8; 32]>,
+    /// `PersistentKeepaliveInterval`, in seconds (flannel multiplies the number by a
+    /// second); 0 is off, the default.
+    pub persistent_keepalive: u16,
+    /// `MTU`: the MTU of the packets on the underlay, replacing the external
+    /// interface's; the overlay gets 80 bytes less. `None`: the interface's.
+    pub mtu: Option<u32>,
+    /// `Mode`: `separate` (the default), `auto`, `ipv4` or `ipv6`.
+    pub mode: WireguardMode,
+}
+
+/// flannel's wireguard `Mode`: which devices carry which family.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum WireguardMode {
+    /// One device per family, each on its own port (flannel's default).
+    #[default]
+    Separate,
+    /// One device for both families, each peer reached over the family flannel's
+    /// `selectMode` picks.
+    Auto,
+    /// One device, every peer reached over IPv4.
+    Ipv4,
+    /// One device, every peer reached over IPv6.
+    Ipv6,
+}
+
+impl WireguardMode {
+    /// The name flannel's config uses.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            WireguardMode::Separate => "separate",
+            WireguardMode::Auto => "auto",
+            WireguardMode::Ipv4 => "ipv4",
+            WireguardMode::Ipv6 => "ipv6",
+        }
+    }
 }
 
 /// A validated network config.
@@ -229,12 +295,14 @@ impl NetworkConfig {
     }
 
     /// The overlay MTU over an underlay of `underlay_mtu` bytes (`FLANNEL_MTU`). The
-    /// vxlan backend's `MTU` option stands for the underlay's, as in flannel.
+    /// vxlan and wireguard backends' `MTU` option stands for the underlay's, as in
+    /// flannel.
     pub fn mtu(&self, underlay_mtu: u32) -> u32 {
         let underlay = self
             .backend
             .vxlan
             .and_then(|v| v.mtu)
+            .or(self.backend.wireguard.as_ref().and_then(|w| w.mtu))
             .unwrap_or(underlay_mtu);
         underlay.saturating_sub(self.backend.kind.overhead())
     }

@@ -6,10 +6,12 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use ipnet::IpNet;
 use serde_json::Value;
 
-use super::decode::{bool_of, int_of, Backend, Fields, Members};
+use super::decode::{bool_of, int_of, string_of, Backend, Fields, Members};
 use super::{
-    BackendConfig, BackendType, ConfigError, NetworkConfig, VxlanOptions, DEFAULT_UDP_PORT,
-    DEFAULT_VXLAN_PORT, DEFAULT_VXLAN_VNI, FLANNEL_ONLY_BACKENDS, MAX_VNI, MIN_VXLAN_MTU,
+    BackendConfig, BackendType, ConfigError, NetworkConfig, VxlanOptions, WireguardMode,
+    WireguardOptions, DEFAULT_UDP_PORT, DEFAULT_VXLAN_PORT, DEFAULT_VXLAN_VNI,
+    DEFAULT_WIREGUARD_PORT, DEFAULT_WIREGUARD_PORT_V6, FLANNEL_ONLY_BACKENDS, MAX_VNI,
+    MIN_VXLAN_MTU, MIN_WIREGUARD_MTU,
 };
 
 impl Fields {
@@ -74,6 +76,7 @@ impl Backend {
                 port: DEFAULT_UDP_PORT,
                 vni: None,
                 vxlan: None,
+                wireguard: None,
                 raw: Value::Object(serde_json::Map::new()),
             });
         };
@@ -91,8 +94,15 @@ impl Backend {
             );
         };
         let m = &backend.members;
+        let mut wireguard = None;
         let (port, vni, vxlan) = match kind {
             BackendType::Udp => (port(m, 1, DEFAULT_UDP_PORT)?, None, None),
+            BackendType::Wireguard => {
+                let options = wireguard_options(m)?;
+                let port = options.listen_port;
+                wireguard = Some(options);
+                (port, None, None)
+            }
             BackendType::Vxlan => {
                 let flag = |key, label| -> Result<bool, ConfigError> {
                     Ok(m.field(key, label, bool_of)?.unwrap_or(false))
@@ -122,9 +132,71 @@ impl Backend {
             port,
             vni,
             vxlan,
+            wireguard,
             raw: backend.raw,
         })
     }
+}
+
+/// What flannel's wireguard `RegisterNetwork` decodes, checked where flannel would
+/// fail later (a port of 0 no peer can know, a PSK `wgtypes.ParseKey` refuses, a mode
+/// it answers "no valid Mode configured" to).
+fn wireguard_options(m: &Members) -> Result<WireguardOptions, ConfigError> {
+    let listen_port = |key, label, default: u16| -> Result<u16, ConfigError> {
+        match m.field(key, label, int_of)? {
+            None => Ok(default),
+            Some(p) => Ok(in_range(label, p, 1, u32::from(u16::MAX))? as u16),
+        }
+    };
+    let psk = match m.field("PSK", "Backend.PSK", string_of)? {
+        None => None,
+        Some(s) if s.is_empty() => None,
+        Some(s) => Some(
+            crate::wg_key::parse(&s).map_err(|_| ConfigError::InvalidValue {
+                field: "Backend.PSK",
+                value: "(not shown: a secret)".to_string(),
+                expected: "a key as `wg genpsk` prints it: base64 of 32 bytes",
+            })?,
+        ),
+    };
+    let mode = match m.field("Mode", "Backend.Mode", string_of)? {
+        None => WireguardMode::Separate,
+        Some(name) => match name.as_str() {
+            "separate" => WireguardMode::Separate,
+            "auto" => WireguardMode::Auto,
+            "ipv4" => WireguardMode::Ipv4,
+            "ipv6" => WireguardMode::Ipv6,
+            _ => {
+                return Err(ConfigError::InvalidValue {
+                    field: "Backend.Mode",
+                    value: format!("{name:?}"),
+                    expected: "one of \"separate\", \"auto\", \"ipv4\", \"ipv6\"",
+                })
+            }
+        },
+    };
+    Ok(WireguardOptions {
+        listen_port: listen_port("ListenPort", "Backend.ListenPort", DEFAULT_WIREGUARD_PORT)?,
+        listen_port_v6: listen_port(
+            "ListenPortV6",
+            "Backend.ListenPortV6",
+            DEFAULT_WIREGUARD_PORT_V6,
+        )?,
+        psk,
+        persistent_keepalive: match m.field(
+            "PersistentKeepaliveInterval",
+            "Backend.PersistentKeepaliveInterval",
+            int_of,
+        )? {
+            None => 0,
+            Some(s) => in_range("Backend.PersistentKeepaliveInterval", s, 0, 65_535)? as u16,
+        },
+        mtu: m
+            .field("MTU", "Backend.MTU", int_of)?
+            .map(|mtu| in_range("Backend.MTU", mtu, MIN_WIREGUARD_MTU, 65_535))
+            .transpose()?,
+        mode,
+    })
 }
 
 /// `Backend.Port`: `default` when absent (or 0 where 0 is allowed), else in `[min, 65535]`.

@@ -121,6 +121,67 @@ fn vxlan_options_follow_flannel() {
 }
 
 #[test]
+fn wireguard_options_follow_flannel() {
+    let c = parse(r#"{"Network":"10.5.0.0/16","Backend":{"Type":"wireguard"}}"#);
+    let defaults = WireguardOptions {
+        listen_port: 51820,
+        listen_port_v6: 51821,
+        psk: None,
+        persistent_keepalive: 0,
+        mtu: None,
+        mode: WireguardMode::Separate,
+    };
+    assert_eq!(c.backend.wireguard, Some(defaults.clone()));
+    assert_eq!((c.backend.port, c.mtu(1500)), (51820, 1420));
+    assert_eq!(c.backend.kind.lease_type(), Some("wireguard"));
+    let psk = "KmUuK1E6Ij0vNf/J6ZXLdOw0kfyTqAyUOWGZqKmnrkQ=";
+    let c = parse(&format!(
+        r#"{{"Network":"10.5.0.0/16","Backend":{{"Type":"WireGuard","listenport":5000,"ListenPortV6":5001,"PSK":"{psk}","PersistentKeepaliveInterval":25,"MTU":9000,"Mode":"auto"}}}}"#
+    ));
+    assert_eq!(
+        c.backend.wireguard,
+        Some(WireguardOptions {
+            listen_port: 5000,
+            listen_port_v6: 5001,
+            psk: Some(crate::wg_key::parse(psk).unwrap()),
+            persistent_keepalive: 25,
+            mtu: Some(9000),
+            mode: WireguardMode::Auto,
+        })
+    );
+    // flannel's `MTU` is the underlay's: the overlay gets 80 less.
+    assert_eq!((c.backend.port, c.mtu(1500)), (5000, 8920));
+    // An empty PSK is none, as in flannel.
+    let c = parse(r#"{"Network":"10.5.0.0/16","Backend":{"Type":"wireguard","PSK":""}}"#);
+    assert_eq!(c.backend.wireguard, Some(defaults));
+}
+
+#[test]
+fn rejects_wireguard_options_that_cannot_work() {
+    let bad = [
+        (r#""ListenPort":0"#, "Backend.ListenPort"),
+        (r#""ListenPortV6":65536"#, "Backend.ListenPortV6"),
+        (r#""PSK":"not base64""#, "Backend.PSK"),
+        (r#""PSK":"AAAA""#, "Backend.PSK"),
+        (
+            r#""PersistentKeepaliveInterval":-1"#,
+            "Backend.PersistentKeepaliveInterval",
+        ),
+        (r#""MTU":100"#, "Backend.MTU"),
+        (r#""Mode":"both""#, "Backend.Mode"),
+        (r#""Mode":7"#, "Backend.Mode"),
+    ];
+    for (member, field) in bad {
+        let err = reject(
+            &format!(r#"{{"Network":"10.5.0.0/16","Backend":{{"Type":"wireguard",{member}}}}}"#),
+            field,
+        );
+        // A secret is never echoed in an error.
+        assert!(!err.to_string().contains("not base64"), "{err}");
+    }
+}
+
+#[test]
 fn rejects_vxlan_options_that_cannot_work() {
     for mtu in ["0", "117", "65536", "-1"] {
         let err = reject(
@@ -542,9 +603,9 @@ fn rejects_flannel_backends_weft_lacks() {
             "Backend.Type",
         );
         assert_eq!(err, ConfigError::UnsupportedBackend { kind: kind.into() });
-        assert!(err
-            .to_string()
-            .contains("is not supported by weft (supported: alloc, udp, vxlan, host-gw)"));
+        assert!(err.to_string().contains(
+            "is not supported by weft (supported: alloc, udp, vxlan, host-gw, wireguard)"
+        ));
     }
 }
 

@@ -11,12 +11,15 @@
 //! - `vxlan`: the kernel's vxlan device, a neighbour, an FDB entry and a route per peer
 //!   ([`vxlan`]).
 //! - `host-gw`: a route via each peer's public IP, re-checked periodically ([`hostgw`]).
+//! - `wireguard`: flannel's wireguard backend in userspace: the udp backend's TUN
+//!   device and forwarding table, each packet sealed for its peer ([`wireguard`]).
 
 pub mod alloc;
 pub mod hostgw;
 mod peers;
 pub mod udp;
 pub mod vxlan;
+pub mod wireguard;
 
 use std::fmt;
 use std::net::{Ipv4Addr, Ipv6Addr};
@@ -57,6 +60,9 @@ pub struct BackendSetup {
     /// The name of the device the backend creates, if it creates one (udp: the TUN
     /// device).
     pub device_name: String,
+    /// Where the wireguard backend keeps its private key (flannel: `/run/flannel/wgkey`,
+    /// `WIREGUARD_KEY_FILE`).
+    pub wg_key_file: PathBuf,
 }
 
 /// What a [`Counter`] counts, which decides its metric.
@@ -160,6 +166,7 @@ pub fn create(setup: BackendSetup) -> Result<Box<dyn Backend>, DatapathError> {
         BackendType::Udp => Ok(Box::new(udp::UdpBackend::new(setup)?)),
         BackendType::Vxlan => Ok(Box::new(vxlan::VxlanBackend::new(setup)?)),
         BackendType::HostGw => Ok(Box::new(hostgw::HostGwBackend::new(setup)?)),
+        BackendType::Wireguard => Ok(Box::new(wireguard::WireguardBackend::new(setup)?)),
     }
 }
 

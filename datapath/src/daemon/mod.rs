@@ -125,6 +125,8 @@ pub struct NodeSetup {
     pub renew_margin: Duration,
     /// The udp backend's TUN device name.
     pub tun_name: String,
+    /// The wireguard backend's key file.
+    pub wg_key_file: PathBuf,
     /// The node's seed (its randomness: jitter, the choice of a free subnet), from the
     /// caller, which alone reads the OS random source.
     pub seed: u64,
@@ -208,11 +210,12 @@ async fn start_and_run(
     let config = &setup.config;
     let kind = config.backend.kind;
     // The udp backend needs the interface (its MTU, its address); alloc only wants it.
-    let netlink = if kind == BackendType::Udp || setup.public_ip.is_none() {
-        Some(Netlink::open(setup.netns.as_deref()).map_err(DaemonError::Netlink)?)
-    } else {
-        Netlink::open(setup.netns.as_deref()).ok()
-    };
+    let netlink =
+        if matches!(kind, BackendType::Udp | BackendType::Wireguard) || setup.public_ip.is_none() {
+            Some(Netlink::open(setup.netns.as_deref()).map_err(DaemonError::Netlink)?)
+        } else {
+            Netlink::open(setup.netns.as_deref()).ok()
+        };
     let external = match &netlink {
         Some(nl) => match setup.iface.select(nl).await {
             Ok(ext) => Some(ext),
@@ -250,6 +253,7 @@ async fn start_and_run(
         public_ipv6,
         external: external.clone(),
         device_name: setup.tun_name.clone(),
+        wg_key_file: setup.wg_key_file.clone(),
     })
     .map_err(|cause| DaemonError::Backend {
         what: "creating",

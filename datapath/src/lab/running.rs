@@ -198,6 +198,7 @@ impl Running {
             public_ip: None,
             public_ipv6: None,
             subnet_file: self.dir.join(name).join("subnet.env"),
+            wg_key_file: self.dir.join(name).join("wgkey"),
             firewall: crate::nft::FirewallSettings::none(),
             lease_ttl: self.spec.lease_ttl,
             renew_margin: self.spec.renew_margin,

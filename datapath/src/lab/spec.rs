@@ -57,12 +57,17 @@ pub struct LabSpec {
 /// built, rather than by the first node's daemon in a half-built lab.
 fn parse_config(text: &str) -> Result<(NetworkConfig, Ipv4Net), LabError> {
     let config = NetworkConfig::parse(text).map_err(|e| LabError::Config(e.to_string()))?;
-    if config.enable_ipv6 && config.backend.kind == BackendType::Udp {
-        return Err(LabError::Config(
-            "the udp backend carries IPv4 only (as flannel's); a dual-stack lab needs \
-             --backend vxlan or host-gw"
-                .into(),
-        ));
+    if config.enable_ipv6
+        && matches!(
+            config.backend.kind,
+            BackendType::Udp | BackendType::Wireguard
+        )
+    {
+        return Err(LabError::Config(format!(
+            "the {} backend carries IPv4 only (udp as flannel's; weft's wireguard for now); \
+             a dual-stack lab needs --backend vxlan or host-gw",
+            config.backend.kind
+        )));
     }
     let network = config
         .network

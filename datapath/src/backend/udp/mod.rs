@@ -104,7 +104,7 @@ pub struct UdpDatapath {
     socket: Arc<UdpSocket>,
 }
 
-fn bind_socket(addr: SocketAddrV4) -> std::io::Result<UdpSocket> {
+pub(super) fn bind_socket(addr: SocketAddrV4) -> std::io::Result<UdpSocket> {
     let socket = Socket::new(Domain::IPV4, Type::DGRAM, Some(Protocol::UDP))?;
     // Best effort: the kernel caps it at net.core.rmem_max.
     let _ = socket.set_recv_buffer_size(SOCKET_BUFFER);
