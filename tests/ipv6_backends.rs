@@ -272,3 +272,109 @@ fn vxlan_dual_stack_three_hosts_second_device_mesh_and_lease_removal() {
     );
     eprintln!("{test}: {:?}", started.elapsed());
 }
+
+/// Host `i`'s kernel entries naming host `p`'s subnets, VTEP MACs or addresses (routes
+/// of both families; for vxlan also neighbours and FDB entries on both devices).
+fn entries_for(net: &Underlay, i: usize, p: usize) -> Vec<String> {
+    let (s4, s6) = (net.hosts[p - 1].subnet.unwrap(), net.subnet6(p));
+    let mut lines: Vec<String> = Vec::new();
+    lines.extend(
+        net.ip(i, &["route", "show", &s4.to_string()])
+            .lines()
+            .map(String::from),
+    );
+    lines.extend(
+        net.ip(i, &["-6", "route", "show", &s6.to_string()])
+            .lines()
+            .map(String::from),
+    );
+    for (dev, family) in [("flannel.1", "-4"), ("flannel-v6.1", "-6")] {
+        if net
+            .ip(i, &["-o", "link", "show"])
+            .contains(&format!(": {dev}:"))
+        {
+            let neigh = net.ip(i, &[family, "neigh", "show", "dev", dev]);
+            let want = [s4.network().to_string(), s6.network().to_string()];
+            lines.extend(
+                neigh
+                    .lines()
+                    .filter(|l| want.iter().any(|w| l.starts_with(&format!("{w} "))))
+                    .map(String::from),
+            );
+            let ip4 = net.hosts[p - 1].ip.to_string();
+            let ip6 = underlay::host_ipv6(net.hosts[p - 1].ip, p).to_string();
+            lines.extend(
+                net.fdb(i, dev)
+                    .lines()
+                    .filter(|l| {
+                        l.contains(&format!("dst {ip4} ")) || l.contains(&format!("dst {ip6} "))
+                    })
+                    .map(String::from),
+            );
+        }
+    }
+    lines.retain(|l| !l.trim().is_empty());
+    lines
+}
+
+/// A node stopped cleanly keeps its lease (flannel's behaviour, for a quick restart);
+/// when it does not come back, the lease's TTL ends it and the peers drop every entry
+/// for it of both families. Checked for host-gw and vxlan, with a 6 s TTL.
+#[test]
+fn a_stopped_nodes_entries_leave_its_peers_within_its_lease_ttl() {
+    let test = "a_stopped_nodes_entries_leave_its_peers_within_its_lease_ttl";
+    if !can_run(test) {
+        return;
+    }
+    let Some(etcd) = etcd_or_skip(test) else {
+        return;
+    };
+    const TTL: u32 = 6;
+    for (tag, backend) in [("tg", "host-gw"), ("tx", "vxlan")] {
+        let mut net = Underlay::new(tag, &["192.0.2.1", "192.0.2.2", "192.0.2.3"], &etcd);
+        net.lease_ttl = TTL;
+        net.enable_ipv6();
+        net.set_config(&dual_stack(backend));
+        for i in 1..=3 {
+            net.start(i);
+            net.add_container(i);
+            net.add_container6(i);
+        }
+        for i in [1, 2] {
+            let e = entries_for(&net, i, 3);
+            let want = if backend == "vxlan" { 6 } else { 2 };
+            assert_eq!(e.len(), want, "{backend}: h{i}'s entries for h3: {e:?}");
+        }
+        let key3 = net.lease_key_in(3, &etcd);
+        net.stop(3);
+        let stopped = Instant::now();
+        std::thread::sleep(Duration::from_secs(1));
+        assert!(
+            !etcd_get(&etcd, &key3).is_empty(),
+            "{backend}: a clean stop kept no lease"
+        );
+        assert!(
+            !entries_for(&net, 1, 3).is_empty(),
+            "{backend}: h1 dropped h3 while its lease lived"
+        );
+        // etcd grants one second more than the TTL (see the etcd store).
+        let patience = Duration::from_secs(u64::from(TTL) + 1 + 4);
+        for i in [1, 2] {
+            wait_or_show(
+                &format!("{backend}: h{i} forgets h3 once its lease expires"),
+                patience.saturating_sub(stopped.elapsed()),
+                || entries_for(&net, i, 3).is_empty(),
+                || format!("{:?}\n{}", entries_for(&net, i, 3), net.log(i)),
+            );
+        }
+        eprintln!(
+            "{backend}: h3's entries left its peers {} ms after its clean stop (TTL {TTL} s)",
+            stopped.elapsed().as_millis()
+        );
+        assert!(
+            etcd_get(&etcd, &key3).is_empty(),
+            "{backend}: h3's lease outlived its TTL"
+        );
+        assert_mesh_both_families(&net, &[1, 2]);
+    }
+}

@@ -17,6 +17,10 @@ mod containers;
 pub mod proxy;
 mod v6;
 
+// Used by some of the test binaries that include this module, not all.
+#[allow(unused_imports)]
+pub use v6::host_ipv6;
+
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
