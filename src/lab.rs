@@ -51,6 +51,11 @@ pub enum LabCommand {
         /// The prefix of the lab's namespace names.
         #[arg(long, default_value = state::DEFAULT_PREFIX)]
         prefix: String,
+        /// The backend, replacing the scenario config's `Backend.Type` (and its
+        /// options): udp, vxlan, host-gw, wireguard or alloc. A scenario may also name
+        /// one itself; the simulator runs only udp and alloc.
+        #[arg(long, value_parser = ["udp", "vxlan", "host-gw", "wireguard", "alloc"])]
+        backend: Option<String>,
     },
     /// Stop or start one node's daemon in a running lab (its namespace and containers
     /// stay; a stopped node keeps its lease until the TTL runs out).
@@ -188,12 +193,17 @@ async fn status(dir: &Path, json: bool) -> Result<()> {
     Ok(())
 }
 
-async fn play(dir: &Path, file: &Path, prefix: &str) -> Result<()> {
+async fn play(dir: &Path, file: &Path, prefix: &str, backend: Option<String>) -> Result<()> {
     let out = Box::new(|line: &str| println!("{line}"));
+    let replace_config = backend.map(|kind| {
+        Box::new(move |config: &str| with_backend(config, &kind).map_err(|e| format!("{e:#}")))
+            as lab::play::ConfigEdit
+    });
     let failures = lab::play::play(
         file,
         dir,
         prefix,
+        replace_config,
         rand::random(),
         shutdown_on_signals()?,
         out,
@@ -246,7 +256,8 @@ pub async fn run(command: LabCommand) -> Result<()> {
             dir,
             scenario,
             prefix,
-        } => play(&dir.state_dir, &scenario, &prefix).await,
+            backend,
+        } => play(&dir.state_dir, &scenario, &prefix, backend).await,
         LabCommand::Node { dir, action, name } => node(&dir.state_dir, &action, name).await,
     }
 }

@@ -450,32 +450,27 @@ fn a_packet_leaves_the_tun_as_flannels_udp_backend_sends_it() {
     lab.down();
 }
 
-#[test]
-fn the_simulators_three_node_scenario_also_passes_in_the_lab() {
-    if !can_run_lab("the_simulators_three_node_scenario_also_passes_in_the_lab") {
-        return;
-    }
-    // The very file tests/sim_scenarios.rs runs in the simulator.
-    let scenario = format!(
-        "{}/scenarios/01-join-and-ping.toml",
-        env!("CARGO_MANIFEST_DIR")
-    );
-    let dir = format!("/run/weft-test-play-{}", std::process::id());
-    let prefix = format!("wp{}-", std::process::id());
+/// `weft lab play SCENARIO EXTRA...` in a state directory and namespace prefix of its
+/// own; asserts that it succeeds with all six pings of scenario 01 and leaves no
+/// namespace behind. Returns its output and its log.
+fn play_three_node_scenario(scenario: &str, tag: &str, extra: &[&str]) -> (String, String) {
+    let dir = format!("/run/weft-test-play{tag}-{}", std::process::id());
+    let prefix = format!("wp{tag}{}-", std::process::id());
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_weft"))
         .args([
             "lab",
             "play",
-            &scenario,
+            scenario,
             "--state-dir",
             &dir,
             "--prefix",
             &prefix,
         ])
+        .args(extra)
         .env("NO_COLOR", "1")
         .output()
         .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
     assert!(
         out.status.success(),
         "{stdout}\n{}",
@@ -497,6 +492,72 @@ fn the_simulators_three_node_scenario_also_passes_in_the_lab() {
         !left.iter().any(|n: &String| n.starts_with(&prefix)),
         "left behind: {left:?}"
     );
+    (stdout, String::from_utf8_lossy(&out.stderr).to_string())
+}
+
+#[test]
+fn the_simulators_three_node_scenario_also_passes_in_the_lab() {
+    if !can_run_lab("the_simulators_three_node_scenario_also_passes_in_the_lab") {
+        return;
+    }
+    // The very file tests/sim_scenarios.rs runs in the simulator.
+    let scenario = format!(
+        "{}/scenarios/01-join-and-ping.toml",
+        env!("CARGO_MANIFEST_DIR")
+    );
+    let (stdout, _) = play_three_node_scenario(&scenario, "", &[]);
+    assert!(stdout.contains("on the udp backend"), "{stdout}");
+}
+
+#[test]
+fn a_scenario_plays_in_the_lab_on_the_backend_it_names_or_on_backend() {
+    if !can_run_lab("a_scenario_plays_in_the_lab_on_the_backend_it_names_or_on_backend") {
+        return;
+    }
+    let original = format!(
+        "{}/scenarios/01-join-and-ping.toml",
+        env!("CARGO_MANIFEST_DIR")
+    );
+    let text = std::fs::read_to_string(&original).unwrap();
+    let udp = r#"Backend = { Type = "udp" }"#;
+    assert!(text.contains(udp), "scenario 01 names udp");
+    let dir = tempfile::tempdir().unwrap();
+    let vxlan = dir.path().join("01-on-vxlan.toml");
+    std::fs::write(&vxlan, text.replace(udp, r#"Backend = { Type = "vxlan" }"#)).unwrap();
+
+    // The simulator refuses it, and says where it runs.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_weft"))
+        .args(["sim", "run", vxlan.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!out.status.success(), "{said}");
+    assert!(
+        said.contains("backend vxlan is not simulated") && said.contains("weft lab play"),
+        "{said}"
+    );
+
+    // The lab plays it on vxlan, and scenario 01 itself on host-gw by flag: every
+    // node's daemon starts on that backend.
+    for (file, tag, extra, kind) in [
+        (vxlan.to_str().unwrap(), "x", &[][..], "vxlan"),
+        (&original, "g", &["--backend", "host-gw"][..], "host-gw"),
+    ] {
+        let (stdout, log) = play_three_node_scenario(file, tag, extra);
+        assert!(
+            stdout.contains(&format!("on the {kind} backend")),
+            "{stdout}"
+        );
+        let starts = log
+            .lines()
+            .filter(|l| l.contains("starting node=") && l.contains(&format!("backend=\"{kind}\"")))
+            .count();
+        assert_eq!(starts, 3, "{log}");
+    }
 }
 
 #[test]

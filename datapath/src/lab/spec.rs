@@ -118,8 +118,15 @@ impl LabSpec {
     /// The lab a scenario describes: its nodes (addresses, containers, whether they
     /// start), config, lease timing and reservations. What the lab cannot build is
     /// refused before, by `walk::check` (see `play`).
-    pub fn from_scenario(scenario: &Scenario) -> Result<LabSpec, LabError> {
+    pub fn from_scenario(
+        scenario: &Scenario,
+        edit_config: Option<super::play::ConfigEdit>,
+    ) -> Result<LabSpec, LabError> {
         let config_text = scenario.network.config_json().map_err(LabError::Config)?;
+        let config_text = match edit_config {
+            Some(edit) => edit(&config_text).map_err(LabError::Config)?,
+            None => config_text,
+        };
         let (config, network) = parse_config(&config_text)?;
         let ipv6_network = config.ipv6_network.filter(|_| config.enable_ipv6);
         Ok(LabSpec {
@@ -244,7 +251,7 @@ containers = ["web", "db"]
 start = false
 "#;
         let scenario = weft_sim::scenario::parse("t.toml", text).expect("parses");
-        let spec = LabSpec::from_scenario(&scenario).expect("a lab");
+        let spec = LabSpec::from_scenario(&scenario, None).expect("a lab");
         assert_eq!(spec.network.to_string(), "10.9.0.0/16");
         assert_eq!(spec.lease_ttl, Duration::from_secs(60));
         assert_eq!(spec.renew_margin, Duration::from_secs(10));

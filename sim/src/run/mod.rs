@@ -105,7 +105,7 @@ fn run_with(
     seed: u64,
 ) -> Outcome {
     let replayed = matches!(decisions, Decisions::Replay(_));
-    let network = match scenario.network.network_config() {
+    let network = match scenario.network.simulated_config() {
         Ok(n) => n,
         Err(e) => {
             return Outcome {

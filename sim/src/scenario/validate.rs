@@ -33,16 +33,25 @@ impl NetworkSection {
         })
     }
 
-    /// The flannel network config, from a JSON string or a TOML table of the same fields.
+    /// The flannel network config, from a JSON string or a TOML table of the same fields;
+    /// any backend (`weft lab play` runs them all on the real kernel).
     pub fn network_config(&self) -> Result<NetworkConfig, String> {
         let json = self.config_json()?;
         let config = NetworkConfig::parse(&json).map_err(|e| format!("network config: {e}"))?;
         if config.ipv4_space().is_none() {
             return Err("network config: the simulator needs an IPv4 Network".into());
         }
+        Ok(config)
+    }
+
+    /// [`NetworkSection::network_config`], refusing a backend the simulator does not
+    /// model: its datapath is flannel's udp one (or none, for alloc).
+    pub fn simulated_config(&self) -> Result<NetworkConfig, String> {
+        let config = self.network_config()?;
         if !matches!(config.backend.kind, BackendType::Udp | BackendType::Alloc) {
             return Err(format!(
-                "network config: backend {} is not simulated (want udp or alloc)",
+                "network config: backend {} is not simulated (want udp or alloc); \
+                 weft lab play runs this scenario with it on the real kernel",
                 config.backend.kind
             ));
         }

@@ -42,6 +42,10 @@ fn needs_the_simulator(what: String) -> Refusal {
     }
 }
 
+/// A change to the scenario's network config (JSON) before the lab uses it, such as
+/// `--backend`; its error is the reason, shown as a config error.
+pub type ConfigEdit = Box<dyn FnOnce(&str) -> Result<String, String> + Send>;
+
 /// The lab as a world a scenario runs against.
 pub struct LabWorld {
     pub(super) rt: Handle,
@@ -314,6 +318,7 @@ pub async fn play(
     file: &Path,
     dir: &Path,
     prefix: &str,
+    edit_config: Option<ConfigEdit>,
     seed: u64,
     shutdown: watch::Receiver<bool>,
     mut out: Box<dyn FnMut(&str) + Send>,
@@ -321,13 +326,16 @@ pub async fn play(
     let (scenario, text) = weft_sim::scenario::load(file)?;
     let name = file.display().to_string();
     walk::check::<LabWorld>(&name, &scenario, &text)?;
-    let spec = LabSpec::from_scenario(&scenario)?;
+    let spec = LabSpec::from_scenario(&scenario, edit_config)?;
     check_prerequisites()?;
     let store = super::default_store(dir);
     let mut state = claim(dir, prefix, super::default_store_url(dir)).await?;
     // A scenario starts from an empty store.
     let _ = std::fs::remove_dir_all(&store);
-    out(&format!("playing {name}: {}", scenario.name));
+    out(&format!(
+        "playing {name}: {}, on the {} backend",
+        scenario.name, spec.config.backend.kind
+    ));
     let mut running = match Running::open(dir, spec, state.clone(), seed).await {
         Ok(running) => running,
         Err(e) => {

@@ -42,6 +42,7 @@ fn refusal(text: &str) -> (String, bool) {
         &file,
         &dir,
         "wt-refuse-",
+        None,
         1,
         shutdown,
         Box::new(|_| {}),
