@@ -18,7 +18,8 @@
 //! super-packet: [`offload::segment`] cuts it, straight into the outbound buffer, into
 //! the packets the kernel would have sent, and each of them is routed alone, so one
 //! super-packet usually leaves as one GSO send. Inbound, accepted datagrams go through an
-//! [`offload::Coalescer`], which writes runs of one flow's TCP segments as one super-packet.
+//! [`offload::Coalescer`], which joins each flow's TCP segments in a batch into one
+//! super-packet per flow.
 
 use std::io::{ErrorKind, IoSliceMut};
 use std::net::{Ipv4Addr, SocketAddr, UdpSocket};

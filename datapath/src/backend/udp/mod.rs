@@ -17,7 +17,7 @@
 //! `scripts/bench-datapath` measures beside the batched ones. The batched threads also
 //! use TUN offloads ([`offload`], [`tun_offload`]): TCP super-packets read from the
 //! device are cut into ordinary flannel datagrams, and accepted TCP segments are joined
-//! again before they are written; `WEFT_UDP_OFFLOAD=0` turns that off. Several queues are
+//! again, per flow, before they are written; `WEFT_UDP_OFFLOAD=0` turns that off. Several queues are
 //! still to come.
 
 mod batch;
