@@ -165,6 +165,9 @@ impl Forwarder {
                 }
             };
             add(&self.counters.tun_rx, segments.count);
+            if segments.count > 1 {
+                count(&self.counters.tso_reads);
+            }
             let table = table.load();
             for i in 0..segments.count {
                 let start = end + i * segments.segment;
@@ -220,7 +223,12 @@ impl Forwarder {
         let mut storage = vec![0u8; RECV_BATCH * GRO_BUFFER];
         let mut coalescer = vnet_hdr.then(Coalescer::default);
         let mut write = |b: &[u8], segments: usize| match self.tun.send(b) {
-            Ok(_) => add(&self.counters.tun_tx, segments),
+            Ok(_) => {
+                add(&self.counters.tun_tx, segments);
+                if segments > 1 {
+                    count(&self.counters.gro_writes);
+                }
+            }
             Err(_) => add(&self.counters.errors, segments),
         };
         let mut meta = [RecvMeta::default(); RECV_BATCH];

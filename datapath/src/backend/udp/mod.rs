@@ -88,6 +88,12 @@ pub struct Counters {
     pub icmp_tx: AtomicU64,
     /// Send or write errors.
     pub errors: AtomicU64,
+    /// TCP or UDP super-packets read from the TUN device (TUN offloads) and cut into
+    /// datagrams here.
+    pub tso_reads: AtomicU64,
+    /// Super-packets of several received TCP segments written to the TUN device in one
+    /// write (the per-flow coalescer).
+    pub gro_writes: AtomicU64,
 }
 
 /// The published forwarding table, swapped by the control plane, read by the threads.
@@ -439,10 +445,12 @@ impl Backend for UdpBackend {
             ("tun_tx", &c.tun_tx),
             ("icmp_tx", &c.icmp_tx),
             ("errors", &c.errors),
+            ("tso_reads", &c.tso_reads),
+            ("gro_writes", &c.gro_writes),
         ]
         .into_iter()
         .map(|(name, v)| {
-            let kind = if name == "errors" {
+            let kind = if matches!(name, "errors" | "tso_reads" | "gro_writes") {
                 CounterKind::Total
             } else {
                 CounterKind::Packets
