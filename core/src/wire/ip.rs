@@ -57,15 +57,25 @@ pub fn parse(packet: &[u8]) -> Result<IpHeader, WireError> {
     }
 }
 
-/// Decrements the TTL (hop limit) of a packet that [`parse`] accepted, fixing the IPv4
-/// header checksum. The caller has checked that the TTL is above 1.
+/// Decrements the TTL (hop limit) of a packet that [`parse`] accepted, updating the IPv4
+/// header checksum incrementally (RFC 1624). The caller has checked that the TTL is
+/// above 1; a TTL of 0 is left as it is.
 pub fn decrement_ttl(packet: &mut [u8]) -> Result<(), WireError> {
     match packet.first().map(|b| b >> 4) {
         Some(4) => {
             let mut p = Ipv4Packet::new_checked(packet).map_err(map)?;
             let ttl = p.hop_limit();
-            p.set_hop_limit(ttl.saturating_sub(1));
-            p.fill_checksum();
+            if ttl == 0 {
+                return Ok(());
+            }
+            p.set_hop_limit(ttl - 1);
+            let proto = u8::from(p.next_header());
+            let checksum = updated_checksum(
+                p.checksum(),
+                u16::from_be_bytes([ttl, proto]),
+                u16::from_be_bytes([ttl - 1, proto]),
+            );
+            p.set_checksum(checksum);
             Ok(())
         }
         Some(6) => {
@@ -76,6 +86,18 @@ pub fn decrement_ttl(packet: &mut [u8]) -> Result<(), WireError> {
         }
         _ => Err(WireError::Malformed),
     }
+}
+
+/// The header checksum `hc` after one 16-bit word of the header changed from `old` to
+/// `new`: RFC 1624's incremental update, `HC' = ~(~HC + ~m + m')`, instead of summing
+/// the whole header again. For a header whose checksum was valid it gives exactly what
+/// a full recomputation gives (the RFC's equation 3 never yields the 0xFFFF that
+/// equation 2 can).
+fn updated_checksum(hc: u16, old: u16, new: u16) -> u16 {
+    let mut s = u32::from(!hc) + u32::from(!old) + u32::from(new);
+    s = (s & 0xffff) + (s >> 16);
+    s = (s & 0xffff) + (s >> 16);
+    !(s as u16)
 }
 
 #[cfg(test)]
@@ -108,6 +130,29 @@ mod tests {
         decrement_ttl(&mut pkt).unwrap();
         let h = parse(&pkt).unwrap();
         assert_eq!(h.ttl, 63, "and the checksum still verifies");
+    }
+
+    proptest::proptest! {
+        /// The incremental update (RFC 1624) gives exactly the checksum a full
+        /// recomputation gives, on any header with a valid checksum.
+        #[test]
+        fn the_incremental_ttl_update_equals_a_full_recomputation(
+            src in proptest::prelude::any::<[u8; 4]>(),
+            dst in proptest::prelude::any::<[u8; 4]>(),
+            ttl in 1u8..=255,
+            id in proptest::prelude::any::<u16>(),
+            len in 0usize..40,
+        ) {
+            let mut pkt = v4(src, dst, ttl, &vec![7; len]);
+            pkt[4..6].copy_from_slice(&id.to_be_bytes());
+            Ipv4Packet::new_unchecked(&mut pkt[..]).fill_checksum();
+            let mut full = pkt.clone();
+            decrement_ttl(&mut pkt).unwrap();
+            let mut p = Ipv4Packet::new_unchecked(&mut full[..]);
+            p.set_hop_limit(ttl - 1);
+            p.fill_checksum();
+            proptest::prop_assert_eq!(pkt, full);
+        }
     }
 
     #[test]

@@ -18,7 +18,8 @@
 //! super-packet: [`offload::segment`] cuts it, straight into the outbound buffer, into
 //! the packets the kernel would have sent, and each of them is routed alone, so one
 //! super-packet usually leaves as one GSO send. Inbound, accepted datagrams go through an
-//! [`offload::Coalescer`], which writes runs of one flow's TCP segments as one super-packet.
+//! [`offload::Coalescer`], which joins each flow's TCP segments in a batch into one
+//! super-packet per flow.
 
 use std::io::{ErrorKind, IoSliceMut};
 use std::net::{Ipv4Addr, SocketAddr, UdpSocket};
@@ -164,6 +165,9 @@ impl Forwarder {
                 }
             };
             add(&self.counters.tun_rx, segments.count);
+            if segments.count > 1 {
+                count(&self.counters.tso_reads);
+            }
             let table = table.load();
             for i in 0..segments.count {
                 let start = end + i * segments.segment;
@@ -219,7 +223,12 @@ impl Forwarder {
         let mut storage = vec![0u8; RECV_BATCH * GRO_BUFFER];
         let mut coalescer = vnet_hdr.then(Coalescer::default);
         let mut write = |b: &[u8], segments: usize| match self.tun.send(b) {
-            Ok(_) => add(&self.counters.tun_tx, segments),
+            Ok(_) => {
+                add(&self.counters.tun_tx, segments);
+                if segments > 1 {
+                    count(&self.counters.gro_writes);
+                }
+            }
             Err(_) => add(&self.counters.errors, segments),
         };
         let mut meta = [RecvMeta::default(); RECV_BATCH];

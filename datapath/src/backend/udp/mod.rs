@@ -17,7 +17,7 @@
 //! `scripts/bench-datapath` measures beside the batched ones. The batched threads also
 //! use TUN offloads ([`offload`], [`tun_offload`]): TCP super-packets read from the
 //! device are cut into ordinary flannel datagrams, and accepted TCP segments are joined
-//! again before they are written; `WEFT_UDP_OFFLOAD=0` turns that off. Several queues are
+//! again, per flow, before they are written; `WEFT_UDP_OFFLOAD=0` turns that off. Several queues are
 //! still to come.
 
 mod batch;
@@ -88,6 +88,12 @@ pub struct Counters {
     pub icmp_tx: AtomicU64,
     /// Send or write errors.
     pub errors: AtomicU64,
+    /// TCP or UDP super-packets read from the TUN device (TUN offloads) and cut into
+    /// datagrams here.
+    pub tso_reads: AtomicU64,
+    /// Super-packets of several received TCP segments written to the TUN device in one
+    /// write (the per-flow coalescer).
+    pub gro_writes: AtomicU64,
 }
 
 /// The published forwarding table, swapped by the control plane, read by the threads.
@@ -439,10 +445,12 @@ impl Backend for UdpBackend {
             ("tun_tx", &c.tun_tx),
             ("icmp_tx", &c.icmp_tx),
             ("errors", &c.errors),
+            ("tso_reads", &c.tso_reads),
+            ("gro_writes", &c.gro_writes),
         ]
         .into_iter()
         .map(|(name, v)| {
-            let kind = if name == "errors" {
+            let kind = if matches!(name, "errors" | "tso_reads" | "gro_writes") {
                 CounterKind::Total
             } else {
                 CounterKind::Packets

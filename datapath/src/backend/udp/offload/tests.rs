@@ -322,34 +322,165 @@ fn a_corrupt_segment_in_a_burst_is_written_alone_and_its_neighbours_still_coales
     assert_eq!(writes[1].1, segs[2]);
 }
 
+/// `seg` (a wire segment) with source port `port`, its TCP checksum fixed.
+fn with_port(mut seg: Vec<u8>, v6: bool, port: u16) -> Vec<u8> {
+    let l4 = if v6 { 40 } else { 20 };
+    seg[l4..l4 + 2].copy_from_slice(&port.to_be_bytes());
+    seg[l4 + 16..l4 + 18].copy_from_slice(&[0, 0]);
+    let c = !fold(sum(&seg[l4..], pseudo(&seg, v6, 6, seg.len() - l4)));
+    seg[l4 + 16..l4 + 18].copy_from_slice(&c.to_be_bytes());
+    seg
+}
+
+/// The wire segments of flow `port` (`n` segments of 1000 bytes from `seq`, ACK only).
+fn flow(v6: bool, port: u16, seq: u32, n: usize) -> Vec<Vec<u8>> {
+    wire_segments(v6, seq, ACK, &payload(n * 1000), 1000)
+        .into_iter()
+        .map(|s| with_port(s, v6, port))
+        .collect()
+}
+
+/// Resegments a write as the kernel would: the packets it stands for.
+fn resegment(hdr: &VnetHdr, pkt: &[u8]) -> Vec<Vec<u8>> {
+    if hdr.gso_type == GSO_NONE {
+        return vec![pkt.to_vec()];
+    }
+    let mut out = vec![0u8; 2 * MAX_IP];
+    let s = segment(hdr, pkt, &mut out).expect("resegment");
+    out[..s.len].chunks(s.segment).map(<[u8]>::to_vec).collect()
+}
+
+/// The source port of a TCP packet.
+fn port_of(pkt: &[u8], v6: bool) -> u16 {
+    let l4 = if v6 { 40 } else { 20 };
+    u16::from_be_bytes([pkt[l4], pkt[l4 + 1]])
+}
+
 #[test]
-fn other_flows_gaps_psh_and_non_tcp_end_a_super_packet() {
-    let a = wire_segments(false, 0, ACK | PSH, &payload(4 * 1000), 1000);
-    let mut other_port = wire_segments(false, 4000, ACK, &payload(1000), 1000);
-    other_port[0][20] ^= 1; // source port
-    let other = refix_tcp4(other_port[0].clone());
-    let short = wire_segments(false, 3000, ACK, &payload(500), 1000);
-    let udp = {
-        let mut p = tcp_packet(false, 0, ACK, &payload(10));
-        p[9] = 17;
-        p
-    };
-    let psh_mid = wire_segments(false, 9000, ACK | PSH, &payload(1000), 1000);
-    let after_psh = wire_segments(false, 10000, ACK, &payload(1000), 1000);
+fn interleaved_flows_each_coalesce_into_their_own_super_packet_in_order() {
+    for v6 in [false, true] {
+        let (a, b, c) = (
+            flow(v6, 1001, 0, 6),
+            flow(v6, 1002, 5000, 6),
+            flow(v6, 1003, 9, 6),
+        );
+        // a b c a b c ...: what one GRO buffer holds when three streams share the hosts.
+        let mut burst = Vec::new();
+        for i in 0..6 {
+            burst.extend([a[i].clone(), b[i].clone(), c[i].clone()]);
+        }
+        let writes = coalesce(&burst);
+        assert_eq!(writes.len(), 3, "v6 {v6}: one write per flow");
+        for (hdr, pkt, n) in &writes {
+            assert_eq!((*n, hdr.gso_size), (6, 1000), "v6 {v6}");
+            let want = match port_of(pkt, v6) {
+                1001 => &a,
+                1002 => &b,
+                1003 => &c,
+                p => panic!("port {p}"),
+            };
+            // The kernel would cut it into exactly the segments that came, in order.
+            assert_eq!(&resegment(hdr, pkt), want, "v6 {v6}");
+        }
+    }
+}
+
+#[test]
+fn a_gap_psh_or_short_segment_ends_only_its_own_flows_super_packet() {
+    let a = flow(false, 1001, 0, 6);
+    let b = flow(false, 1002, 0, 4);
+    let mut psh = b[2].clone();
+    psh[33] |= PSH;
+    let psh = refix_tcp4(psh);
+    let short = with_port(
+        wire_segments(false, 4000, ACK, &payload(300), 1000).remove(0),
+        false,
+        1002,
+    );
     let writes = coalesce(&[
         a[0].clone(),
+        b[0].clone(),
         a[1].clone(),
-        other,
-        a[2].clone(),
-        short[0].clone(), // seq 3000, shorter: joins a[2] and closes it
-        a[3].clone(),     // seq 3000 again: cannot follow the short one
-        udp.clone(),
-        psh_mid[0].clone(),
-        after_psh[0].clone(),
+        b[1].clone(),
+        a[3].clone(), // a gap in a (2 is missing): a's 0-1 go out, 3 starts anew
+        psh,          // b's 2 with PSH: joins b and closes it, written at once
+        a[4].clone(),
+        b[3].clone(), // after PSH: starts anew
+        short,        // b's short last segment joins 3 and closes it
+        a[5].clone(),
     ]);
-    let counts: Vec<_> = writes.iter().map(|w| w.2).collect();
-    assert_eq!(counts, vec![2, 1, 2, 1, 1, 1, 1]);
-    assert_eq!(writes[4].1, udp);
+    let got: Vec<_> = writes.iter().map(|w| (port_of(&w.1, false), w.2)).collect();
+    assert_eq!(got, [(1001, 2), (1002, 3), (1002, 2), (1001, 3)]);
+    let b_bytes: Vec<u8> = writes
+        .iter()
+        .filter(|w| port_of(&w.1, false) == 1002)
+        .flat_map(|w| resegment(&w.0, &w.1))
+        .flat_map(|s| check_tcp(&s, false).3)
+        .collect();
+    assert_eq!(b_bytes, [&payload(4000)[..], &payload(300)[..]].concat());
+    let a_segs: Vec<_> = writes
+        .iter()
+        .filter(|w| port_of(&w.1, false) == 1001)
+        .flat_map(|w| resegment(&w.0, &w.1))
+        .collect();
+    assert_eq!(a_segs, [&a[..2], &a[3..]].concat());
+}
+
+#[test]
+fn a_packet_that_cannot_join_follows_its_flows_earlier_segments_and_others_wait() {
+    for v6 in [false, true] {
+        let a = flow(v6, 1001, 0, 3);
+        let b = flow(v6, 1002, 0, 3);
+        // A FIN of flow a: never coalesced, but written after a's first two.
+        let mut fin = a[2].clone();
+        fin[if v6 { 53 } else { 33 }] |= FIN;
+        let fin = with_port(fin, v6, 1001);
+        let udp = {
+            let mut p = tcp_packet(v6, 0, ACK, &payload(10));
+            p[if v6 { 6 } else { 9 }] = 17;
+            p
+        };
+        let writes = coalesce(&[
+            a[0].clone(),
+            b[0].clone(),
+            a[1].clone(),
+            b[1].clone(),
+            udp.clone(),
+            fin.clone(),
+            b[2].clone(),
+        ]);
+        let got: Vec<_> = writes.iter().map(|w| w.1.clone()).collect();
+        // Not TCP: alone at once; the FIN: after a's pending two; b: at the batch end.
+        assert_eq!(got[0], udp, "v6 {v6}");
+        assert_eq!(resegment(&writes[1].0, &writes[1].1), a[..2], "v6 {v6}");
+        assert_eq!(got[2], fin, "v6 {v6}");
+        assert_eq!(resegment(&writes[3].0, &writes[3].1), b, "v6 {v6}");
+        assert_eq!(writes.len(), 4, "v6 {v6}");
+    }
+}
+
+#[test]
+fn more_flows_than_rows_write_out_the_least_recently_used_and_lose_nothing() {
+    let flows: Vec<_> = (0..coalesce::FLOWS as u16 + 3)
+        .map(|i| flow(false, 2000 + i, 0, 3))
+        .collect();
+    let mut burst = Vec::new();
+    for i in 0..3 {
+        for f in &flows {
+            burst.push(f[i].clone());
+        }
+    }
+    let writes = coalesce(&burst);
+    // Every segment is delivered once, each flow's in order.
+    for (i, f) in flows.iter().enumerate() {
+        let segs: Vec<_> = writes
+            .iter()
+            .filter(|w| port_of(&w.1, false) == 2000 + i as u16)
+            .flat_map(|w| resegment(&w.0, &w.1))
+            .collect();
+        assert_eq!(&segs, f, "flow {i}");
+    }
+    assert_eq!(writes.iter().map(|w| w.2).sum::<usize>(), burst.len());
 }
 
 #[test]
@@ -410,7 +541,7 @@ proptest! {
 
     /// Our checksum agrees with a plain 16-bit-word reference on any bytes.
     #[test]
-    fn checksum_matches_a_reference(data in proptest::collection::vec(any::<u8>(), 0..3000)) {
+    fn checksum_matches_a_reference(data in proptest::collection::vec(any::<u8>(), 0..5000)) {
         let mut r: u32 = 0;
         for w in data.chunks(2) {
             r += u32::from(u16::from_be_bytes([w[0], *w.get(1).unwrap_or(&0)]));
@@ -419,6 +550,9 @@ proptest! {
             r = (r & 0xffff) + (r >> 16);
         }
         prop_assert_eq!(u32::from(fold(sum(&data, 0))), r);
+        // Pieces combine through `initial` at any even split.
+        let at = (data.len() / 2) & !1;
+        prop_assert_eq!(fold(sum(&data[at..], sum(&data[..at], 0))), fold(sum(&data, 0)));
     }
 }
 
@@ -487,4 +621,53 @@ fn a_spoofed_segment_inside_a_gro_burst_is_dropped_and_counted_and_its_neighbour
             .collect();
         assert_eq!(got, data[range]);
     }
+}
+
+#[test]
+fn a_spoofed_segment_in_a_burst_of_interleaved_flows_is_dropped_and_counted_alone() {
+    use super::super::batch::each_inbound;
+    use weft_core::forward::{DropReason, ThreadDrops};
+    let a = flow(false, 1001, 0, 5);
+    let b = flow(false, 1002, 0, 5);
+    let mut spoofed = a[2].clone();
+    spoofed[12..16].copy_from_slice(&[10, 5, 3, 2]);
+    spoofed[10..12].copy_from_slice(&[0, 0]);
+    let c = !fold(sum(&spoofed[..20], 0));
+    spoofed[10..12].copy_from_slice(&c.to_be_bytes());
+    let spoofed = refix_tcp4(spoofed);
+    let mut gro = Vec::new();
+    for i in 0..5 {
+        gro.extend_from_slice(if i == 2 { &spoofed } else { &a[i] });
+        gro.extend_from_slice(&b[i]);
+    }
+    let (table, drops) = (n2_table(), ThreadDrops::default());
+    let mut coalescer = Coalescer::default();
+    let mut writes = Vec::new();
+    let mut w = |p: &[u8], n: usize| {
+        writes.push((
+            VnetHdr::parse(p).expect("hdr"),
+            p[VNET_HDR_LEN..].to_vec(),
+            n,
+        ))
+    };
+    let from = "192.0.2.1".parse().expect("n1");
+    let n = each_inbound(&table, from, &gro, 1052, &drops, |p| {
+        coalescer.push(p, &mut w)
+    });
+    coalescer.flush(&mut w);
+    assert_eq!(n, 10);
+    assert_eq!(drops.snapshot().get(DropReason::SpoofedSource), 1);
+    assert_eq!(drops.snapshot().total(), 1, "nothing else dropped");
+    let segs = |port| -> Vec<Vec<u8>> {
+        writes
+            .iter()
+            .filter(|w| port_of(&w.1, false) == port)
+            .flat_map(|w| resegment(&w.0, &w.1))
+            .collect()
+    };
+    // a: everything but the spoofed one, in order; b: all five, in one write.
+    assert_eq!(segs(1001), [&a[..2], &a[3..]].concat());
+    assert_eq!(segs(1002), b);
+    let counts: Vec<_> = writes.iter().map(|w| (port_of(&w.1, false), w.2)).collect();
+    assert_eq!(counts, [(1001, 2), (1001, 2), (1002, 5)]);
 }
