@@ -125,6 +125,21 @@ fn dropped(net: &Underlay, i: usize, reason: &str) -> u64 {
     )
 }
 
+/// A counter once it stands still for 600 ms (more than two of the daemon's 250 ms
+/// samples), so that nothing counted before the call is counted after it.
+fn settled(read: impl Fn() -> u64) -> u64 {
+    let mut last = read();
+    for _ in 0..20 {
+        std::thread::sleep(Duration::from_millis(600));
+        let now = read();
+        if now == last {
+            return now;
+        }
+        last = now;
+    }
+    panic!("a counter still moves after 12 s: {last}");
+}
+
 /// A captured frame's IPv4 addresses, UDP ports and payload.
 struct Datagram {
     src: Ipv4Addr,
@@ -261,7 +276,16 @@ fn wireguard_mesh_encrypted_on_the_wire_restart_and_hostile_input() {
         assert!(net.ping(a, b), "after h1's restart c{a} cannot ping c{b}");
     }
 
-    // Hostile input on host 3's port, from the underlay.
+    // Hostile input on host 3's port, from the underlay. c3 listens on UDP port 9, where
+    // the forged message below would go if its bytes were taken for a packet.
+    let (c1, c3) = (net.container_ip(1), net.container_ip(3));
+    let c3_ns = netns::path(net.hosts[2].container.as_ref().unwrap());
+    let listener = netns::in_netns(Some(&c3_ns), || UdpSocket::bind("0.0.0.0:9"))
+        .unwrap()
+        .unwrap();
+    listener
+        .set_read_timeout(Some(Duration::from_secs(1)))
+        .unwrap();
     let tun_tx = |net: &Underlay| {
         metric(
             net,
@@ -276,7 +300,9 @@ fn wireguard_mesh_encrypted_on_the_wire_restart_and_hostile_input() {
         dropped(&net, 3, "wg_bad_auth"),
         dropped(&net, 3, "wg_unknown_index"),
     );
-    let delivered = tun_tx(&net);
+    // The daemon samples its counters every 250 ms: the pings above are counted once
+    // the count stands still.
+    let delivered = settled(|| tun_tx(&net));
     let mut state = 0x9e3779b97f4a7c15u64;
     let mut hostile: Vec<Vec<u8>> = (0..50)
         .map(|k| {
@@ -301,12 +327,13 @@ fn wireguard_mesh_encrypted_on_the_wire_restart_and_hostile_input() {
         .expect("a data message from h2 to h3");
     hostile.extend(replayed.iter().cloned());
     hostile.push(live.clone());
-    // A forged data message on that live session: a fresh counter, bytes of noise.
-    let mut forged = live.clone();
+    // A forged data message on that live session: a fresh counter, then in place of
+    // the ciphertext a plaintext packet for c3, and a tag of noise.
+    let mut forged = live[..16].to_vec();
     let counter = u64::from_le_bytes(forged[8..16].try_into().unwrap()) + 1000;
     forged[8..16].copy_from_slice(&counter.to_le_bytes());
-    let len = forged.len();
-    forged[16..len].copy_from_slice(&noise(&mut state, len - 16));
+    forged.extend(udp_packet(c1, c3, b"forged!!"));
+    forged.extend(noise(&mut state, 16));
     hostile.push(forged);
     // A valid handshake initiation for h3's key, from a key no lease names.
     let h3: [u8; 32] = weft_core::wg_key::parse(&keys[2]).unwrap();
@@ -354,21 +381,152 @@ fn wireguard_mesh_encrypted_on_the_wire_restart_and_hostile_input() {
         },
     );
     assert_eq!(
-        tun_tx(&net),
+        settled(|| tun_tx(&net)),
         delivered,
         "a hostile datagram reached the TUN device"
     );
+    let mut got = [0u8; 64];
+    if let Ok((n, from)) = listener.recv_from(&mut got) {
+        panic!("c3 got {:?} from {from}", &got[..n]);
+    }
     for (a, b) in [(1, 3), (3, 2)] {
         assert!(
             net.ping(a, b),
             "after the hostile input c{a} cannot ping c{b}"
         );
     }
+    // A peer with a valid session (a lease names its key) may send only from its own
+    // subnet: a packet it seals with another node's container as source is dropped after
+    // decryption, counted, and never written; one from its own subnet is delivered.
+    let spoof_before = dropped(&net, 3, "spoofed_source");
+    let mut peer = FakePeer::new(&net, &etcd, &keys[2]);
+    peer.send_sealed(&udp_packet(c1, c3, b"spoofed!"));
+    wait_or_show(
+        "h3 drops a sealed packet with a spoofed inner source",
+        Duration::from_secs(5),
+        || dropped(&net, 3, "spoofed_source") > spoof_before,
+        || format!("spoofed_source {}", dropped(&net, 3, "spoofed_source")),
+    );
+    peer.send_sealed(&udp_packet(Ipv4Addr::new(10, 5, 99, 7), c3, b"genuine!"));
+    // c3 gets the genuine one, and it is the first thing it gets.
+    let mut got = [0u8; 64];
+    let (n, from) = listener
+        .recv_from(&mut got)
+        .expect("c3 never got the fake peer's packet from its own subnet");
+    assert_eq!(
+        (&got[..n], from),
+        (&b"genuine!"[..], SocketAddr::from(([10, 5, 99, 7], 9))),
+        "c3 got a packet with a spoofed inner source"
+    );
+    assert_eq!(dropped(&net, 3, "spoofed_source"), spoof_before + 1);
     eprintln!(
         "{test}: {:?} ({} datagrams captured)",
         started.elapsed(),
         datagrams.len()
     );
+}
+
+/// An IPv4/UDP packet from `src` to `dst` (port 9 both ways, `payload`), its
+/// header checksum computed by hand.
+fn udp_packet(src: Ipv4Addr, dst: Ipv4Addr, payload: &[u8; 8]) -> Vec<u8> {
+    let mut p = vec![0u8; 36];
+    p[..12].copy_from_slice(&[0x45, 0, 0, 36, 0, 1, 0x40, 0, 64, 17, 0, 0]);
+    p[12..16].copy_from_slice(&src.octets());
+    p[16..20].copy_from_slice(&dst.octets());
+    let sum: u32 = p[..20]
+        .chunks(2)
+        .map(|w| u32::from(u16::from_be_bytes([w[0], w[1]])))
+        .sum();
+    let folded = (sum & 0xffff) + (sum >> 16);
+    let csum = !((folded & 0xffff) + (folded >> 16)) as u16;
+    p[10..12].copy_from_slice(&csum.to_be_bytes());
+    // UDP: ports 9, length 16, no checksum (allowed in IPv4).
+    p[20..28].copy_from_slice(&[0, 9, 0, 9, 0, 16, 0, 0]);
+    p[28..].copy_from_slice(payload);
+    p
+}
+
+/// A WireGuard peer the test plays itself, at the underlay router's address: a lease
+/// (10.5.99.0/24) names its key, so host 3 shakes hands with it.
+struct FakePeer {
+    socket: UdpSocket,
+    tunn: boringtun::noise::Tunn,
+    to: SocketAddr,
+}
+
+impl FakePeer {
+    fn new(net: &Underlay, etcd: &Etcd, h3_key: &str) -> FakePeer {
+        let secret = boringtun::x25519::StaticSecret::from([11u8; 32]);
+        let public = boringtun::x25519::PublicKey::from(&secret);
+        let value = format!(
+            r#"{{"PublicIP":"192.0.2.254","PublicIPv6":null,"BackendType":"wireguard","BackendData":{{"PublicKey":"{}","Port":{PORT}}}}}"#,
+            weft_core::wg_key::format(public.as_bytes())
+        );
+        let out = etcd.etcdctl(&["put", &format!("{PREFIX}/subnets/10.5.99.0-24"), &value]);
+        assert!(out.status.success(), "{out:?}");
+        let ul = netns::path(&format!("{}ul", net.prefix));
+        let socket = netns::in_netns(Some(&ul), || UdpSocket::bind(("192.0.2.254", PORT)))
+            .unwrap()
+            .unwrap();
+        socket
+            .set_read_timeout(Some(Duration::from_millis(500)))
+            .unwrap();
+        let h3: [u8; 32] = weft_core::wg_key::parse(h3_key).unwrap();
+        let tunn = boringtun::noise::Tunn::new(
+            secret,
+            boringtun::x25519::PublicKey::from(h3),
+            None,
+            None,
+            77,
+            None,
+        );
+        let mut peer = FakePeer {
+            socket,
+            tunn,
+            to: SocketAddr::from((net.hosts[2].ip, PORT)),
+        };
+        // Until host 3 has the lease's peer, its initiations go unanswered.
+        let mut buf = vec![0u8; 2048];
+        let mut out = vec![0u8; 2048];
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            assert!(
+                Instant::now() < deadline,
+                "h3 never answered the fake peer's handshake"
+            );
+            if let boringtun::noise::TunnResult::WriteToNetwork(d) =
+                peer.tunn.format_handshake_initiation(&mut out, true)
+            {
+                peer.socket.send_to(d, peer.to).unwrap();
+            }
+            let Ok((n, _)) = peer.socket.recv_from(&mut buf) else {
+                continue;
+            };
+            if buf[0] != 2 {
+                continue;
+            }
+            match peer.tunn.decapsulate(None, &buf[..n], &mut out) {
+                boringtun::noise::TunnResult::WriteToNetwork(d) => {
+                    // The keepalive that confirms the session.
+                    peer.socket.send_to(d, peer.to).unwrap();
+                    return peer;
+                }
+                boringtun::noise::TunnResult::Done => return peer,
+                other => panic!("the handshake response: {other:?}"),
+            }
+        }
+    }
+
+    fn send_sealed(&mut self, packet: &[u8]) {
+        let mut out = vec![0u8; packet.len() + 64];
+        match self.tunn.encapsulate(packet, &mut out) {
+            boringtun::noise::TunnResult::WriteToNetwork(d) => {
+                assert_eq!(d[0], 4, "not a data message");
+                self.socket.send_to(d, self.to).unwrap();
+            }
+            other => panic!("sealing: {other:?}"),
+        }
+    }
 }
 
 /// wireguard-go on a TUN device in host `i`'s namespace, in the foreground so that it is
