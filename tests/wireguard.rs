@@ -419,6 +419,74 @@ fn wireguard_mesh_encrypted_on_the_wire_restart_and_hostile_input() {
         "c3 got a packet with a spoofed inner source"
     );
     assert_eq!(dropped(&net, 3, "spoofed_source"), spoof_before + 1);
+    // Under load (more than 100 initiations a second, each with a valid MAC1 for h3's
+    // key), h3 answers with cookie replies (type 3) instead of doing the handshake's
+    // Diffie-Hellman, counts them, and forwarding goes on; the last reply opens for the
+    // initiator, whose next initiation then carries a MAC2.
+    let under_load = dropped(&net, 3, "wg_under_load");
+    let ul = netns::path(&format!("{}ul", net.prefix));
+    let flood = netns::in_netns(Some(&ul), || UdpSocket::bind("192.0.2.254:0"))
+        .unwrap()
+        .unwrap();
+    flood
+        .set_read_timeout(Some(Duration::from_millis(500)))
+        .unwrap();
+    let mut initiator = boringtun::noise::Tunn::new(
+        boringtun::x25519::StaticSecret::from([13u8; 32]),
+        boringtun::x25519::PublicKey::from(h3),
+        None,
+        None,
+        5,
+        None,
+    );
+    let to = SocketAddr::from((net.hosts[2].ip, PORT));
+    for _ in 0..300 {
+        if let boringtun::noise::TunnResult::WriteToNetwork(d) =
+            initiator.format_handshake_initiation(&mut buf, true)
+        {
+            flood.send_to(d, to).unwrap();
+        }
+    }
+    let (mut cookies, mut last) = (0, Vec::new());
+    let mut reply = [0u8; 256];
+    while let Ok((n, _)) = flood.recv_from(&mut reply) {
+        assert_eq!(
+            (reply[0], n),
+            (3, 64),
+            "not a cookie reply: {:02x?}",
+            &reply[..n]
+        );
+        cookies += 1;
+        last = reply[..n].to_vec();
+    }
+    assert!(cookies > 0, "no cookie reply to 300 initiations");
+    wait_or_show(
+        "h3 counts the initiations it answered with a cookie",
+        Duration::from_secs(5),
+        || dropped(&net, 3, "wg_under_load") >= under_load + cookies,
+        || {
+            format!(
+                "wg_under_load {}, {cookies} cookies",
+                dropped(&net, 3, "wg_under_load")
+            )
+        },
+    );
+    assert!(
+        matches!(
+            initiator.decapsulate(None, &last, &mut buf),
+            boringtun::noise::TunnResult::Done
+        ),
+        "the last cookie reply does not open for its initiator"
+    );
+    match initiator.format_handshake_initiation(&mut buf, true) {
+        boringtun::noise::TunnResult::WriteToNetwork(d) => {
+            assert_ne!(d[132..148], [0u8; 16], "no MAC2 after the cookie");
+        }
+        other => panic!("no initiation: {other:?}"),
+    }
+    for (a, b) in [(1, 3), (3, 2)] {
+        assert!(net.ping(a, b), "under load c{a} cannot ping c{b}");
+    }
     eprintln!(
         "{test}: {:?} ({} datagrams captured)",
         started.elapsed(),
