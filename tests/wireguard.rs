@@ -598,13 +598,14 @@ impl FakePeer {
 }
 
 /// wireguard-go on a TUN device in host `i`'s namespace, in the foreground so that it is
-/// stopped by its PID.
-struct WireguardGo(Child);
+/// stopped by its PID; killed, it leaves its control socket, which is removed too.
+struct WireguardGo(Child, std::path::PathBuf);
 
 impl Drop for WireguardGo {
     fn drop(&mut self) {
         let _ = self.0.kill();
         let _ = self.0.wait();
+        let _ = std::fs::remove_file(&self.1);
     }
 }
 
@@ -631,23 +632,29 @@ fn interop_with_wireguard_go_configured_from_the_leases() {
         net.add_container(i);
     }
     // Host 3: wireguard-go, its key from `wg genkey`, its lease written as flanneld's.
+    // Its control socket is /var/run/wireguard/DEVICE.sock, one directory for every
+    // namespace: the device is named for this process, so that runs side by side
+    // (other checkouts' tests) do not take each other's.
     let ns3 = net.hosts[2].ns.clone();
+    let dev = format!("wgo{}", std::process::id() % 1_000_000);
+    let dev = dev.as_str();
     let wg_go = WireguardGo(
         Command::new("ip")
-            .args(["netns", "exec", &ns3, "wireguard-go", "-f", "wg0"])
+            .args(["netns", "exec", &ns3, "wireguard-go", "-f", dev])
             .env("WG_PROCESS_FOREGROUND", "1")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
             .unwrap(),
+        format!("/var/run/wireguard/{dev}.sock").into(),
     );
     wait_or_show(
-        "wireguard-go creates wg0",
+        "wireguard-go creates its device",
         Duration::from_secs(10),
         || {
             Command::new("ip")
-                .args(["-n", &ns3, "link", "show", "wg0"])
+                .args(["-n", &ns3, "link", "show", dev])
                 .stdout(Stdio::null())
                 .stderr(Stdio::null())
                 .status()
@@ -676,7 +683,7 @@ fn interop_with_wireguard_go_configured_from_the_leases() {
     };
     wg(&[
         "set",
-        "wg0",
+        dev,
         "listen-port",
         "51820",
         "private-key",
@@ -694,7 +701,7 @@ fn interop_with_wireguard_go_configured_from_the_leases() {
         let allowed = net.hosts[i - 1].subnet.unwrap().to_string();
         wg(&[
             "set",
-            "wg0",
+            dev,
             "peer",
             &key,
             "endpoint",
@@ -707,13 +714,13 @@ fn interop_with_wireguard_go_configured_from_the_leases() {
     }
     net.ip(
         3,
-        &["addr", "add", &format!("{}/32", s3.network()), "dev", "wg0"],
+        &["addr", "add", &format!("{}/32", s3.network()), "dev", dev],
     );
-    net.ip(3, &["link", "set", "wg0", "mtu", "1420", "up"]);
-    net.ip(3, &["route", "add", "10.5.0.0/16", "dev", "wg0"]);
+    net.ip(3, &["link", "set", dev, "mtu", "1420", "up"]);
+    net.ip(3, &["route", "add", "10.5.0.0/16", "dev", dev]);
     net.add_container(3);
     net.assert_mesh(&[1, 2, 3]);
-    let shown = wg(&["show", "wg0", "latest-handshakes"]);
+    let shown = wg(&["show", dev, "latest-handshakes"]);
     assert_eq!(shown.lines().count(), 2, "{shown}");
     assert!(
         shown.lines().all(|l| !l.ends_with("\t0")),
