@@ -125,6 +125,21 @@ fn dropped(net: &Underlay, i: usize, reason: &str) -> u64 {
     )
 }
 
+/// A counter once it stands still for 600 ms (more than two of the daemon's 250 ms
+/// samples), so that nothing counted before the call is counted after it.
+fn settled(read: impl Fn() -> u64) -> u64 {
+    let mut last = read();
+    for _ in 0..20 {
+        std::thread::sleep(Duration::from_millis(600));
+        let now = read();
+        if now == last {
+            return now;
+        }
+        last = now;
+    }
+    panic!("a counter still moves after 12 s: {last}");
+}
+
 /// A captured frame's IPv4 addresses, UDP ports and payload.
 struct Datagram {
     src: Ipv4Addr,
@@ -261,7 +276,16 @@ fn wireguard_mesh_encrypted_on_the_wire_restart_and_hostile_input() {
         assert!(net.ping(a, b), "after h1's restart c{a} cannot ping c{b}");
     }
 
-    // Hostile input on host 3's port, from the underlay.
+    // Hostile input on host 3's port, from the underlay. c3 listens on UDP port 9, where
+    // the forged message below would go if its bytes were taken for a packet.
+    let (c1, c3) = (net.container_ip(1), net.container_ip(3));
+    let c3_ns = netns::path(net.hosts[2].container.as_ref().unwrap());
+    let listener = netns::in_netns(Some(&c3_ns), || UdpSocket::bind("0.0.0.0:9"))
+        .unwrap()
+        .unwrap();
+    listener
+        .set_read_timeout(Some(Duration::from_secs(1)))
+        .unwrap();
     let tun_tx = |net: &Underlay| {
         metric(
             net,
@@ -276,17 +300,9 @@ fn wireguard_mesh_encrypted_on_the_wire_restart_and_hostile_input() {
         dropped(&net, 3, "wg_bad_auth"),
         dropped(&net, 3, "wg_unknown_index"),
     );
-    // Packets of the pings above may still arrive (a try queued behind a handshake
-    // answered late): wait until host 3's TUN count has been still for a second.
-    let mut delivered = tun_tx(&net);
-    for _ in 0..10 {
-        std::thread::sleep(Duration::from_secs(1));
-        let now = tun_tx(&net);
-        if now == delivered {
-            break;
-        }
-        delivered = now;
-    }
+    // The daemon samples its counters every 250 ms: the pings above are counted once
+    // the count stands still.
+    let delivered = settled(|| tun_tx(&net));
     let mut state = 0x9e3779b97f4a7c15u64;
     let mut hostile: Vec<Vec<u8>> = (0..50)
         .map(|k| {
@@ -311,12 +327,13 @@ fn wireguard_mesh_encrypted_on_the_wire_restart_and_hostile_input() {
         .expect("a data message from h2 to h3");
     hostile.extend(replayed.iter().cloned());
     hostile.push(live.clone());
-    // A forged data message on that live session: a fresh counter, bytes of noise.
-    let mut forged = live.clone();
+    // A forged data message on that live session: a fresh counter, then in place of
+    // the ciphertext a plaintext packet for c3, and a tag of noise.
+    let mut forged = live[..16].to_vec();
     let counter = u64::from_le_bytes(forged[8..16].try_into().unwrap()) + 1000;
     forged[8..16].copy_from_slice(&counter.to_le_bytes());
-    let len = forged.len();
-    forged[16..len].copy_from_slice(&noise(&mut state, len - 16));
+    forged.extend(udp_packet(c1, c3, b"forged!!"));
+    forged.extend(noise(&mut state, 16));
     hostile.push(forged);
     // A valid handshake initiation for h3's key, from a key no lease names.
     let h3: [u8; 32] = weft_core::wg_key::parse(&keys[2]).unwrap();
@@ -364,15 +381,111 @@ fn wireguard_mesh_encrypted_on_the_wire_restart_and_hostile_input() {
         },
     );
     assert_eq!(
-        tun_tx(&net),
+        settled(|| tun_tx(&net)),
         delivered,
         "a hostile datagram reached the TUN device"
     );
+    let mut got = [0u8; 64];
+    if let Ok((n, from)) = listener.recv_from(&mut got) {
+        panic!("c3 got {:?} from {from}", &got[..n]);
+    }
     for (a, b) in [(1, 3), (3, 2)] {
         assert!(
             net.ping(a, b),
             "after the hostile input c{a} cannot ping c{b}"
         );
+    }
+    // A peer with a valid session (a lease names its key) may send only from its own
+    // subnet: a packet it seals with another node's container as source is dropped after
+    // decryption, counted, and never written; one from its own subnet is delivered.
+    let spoof_before = dropped(&net, 3, "spoofed_source");
+    let mut peer = FakePeer::new(&net, &etcd, &keys[2]);
+    peer.send_sealed(&udp_packet(c1, c3, b"spoofed!"));
+    wait_or_show(
+        "h3 drops a sealed packet with a spoofed inner source",
+        Duration::from_secs(5),
+        || dropped(&net, 3, "spoofed_source") > spoof_before,
+        || format!("spoofed_source {}", dropped(&net, 3, "spoofed_source")),
+    );
+    peer.send_sealed(&udp_packet(Ipv4Addr::new(10, 5, 99, 7), c3, b"genuine!"));
+    // c3 gets the genuine one, and it is the first thing it gets.
+    let mut got = [0u8; 64];
+    let (n, from) = listener
+        .recv_from(&mut got)
+        .expect("c3 never got the fake peer's packet from its own subnet");
+    assert_eq!(
+        (&got[..n], from),
+        (&b"genuine!"[..], SocketAddr::from(([10, 5, 99, 7], 9))),
+        "c3 got a packet with a spoofed inner source"
+    );
+    assert_eq!(dropped(&net, 3, "spoofed_source"), spoof_before + 1);
+    // Under load (more than 100 initiations a second, each with a valid MAC1 for h3's
+    // key), h3 answers with cookie replies (type 3) instead of doing the handshake's
+    // Diffie-Hellman, counts them, and forwarding goes on; the last reply opens for the
+    // initiator, whose next initiation then carries a MAC2.
+    let under_load = dropped(&net, 3, "wg_under_load");
+    let ul = netns::path(&format!("{}ul", net.prefix));
+    let flood = netns::in_netns(Some(&ul), || UdpSocket::bind("192.0.2.254:0"))
+        .unwrap()
+        .unwrap();
+    flood
+        .set_read_timeout(Some(Duration::from_millis(500)))
+        .unwrap();
+    let mut initiator = boringtun::noise::Tunn::new(
+        boringtun::x25519::StaticSecret::from([13u8; 32]),
+        boringtun::x25519::PublicKey::from(h3),
+        None,
+        None,
+        5,
+        None,
+    );
+    let to = SocketAddr::from((net.hosts[2].ip, PORT));
+    for _ in 0..300 {
+        if let boringtun::noise::TunnResult::WriteToNetwork(d) =
+            initiator.format_handshake_initiation(&mut buf, true)
+        {
+            flood.send_to(d, to).unwrap();
+        }
+    }
+    let (mut cookies, mut last) = (0, Vec::new());
+    let mut reply = [0u8; 256];
+    while let Ok((n, _)) = flood.recv_from(&mut reply) {
+        assert_eq!(
+            (reply[0], n),
+            (3, 64),
+            "not a cookie reply: {:02x?}",
+            &reply[..n]
+        );
+        cookies += 1;
+        last = reply[..n].to_vec();
+    }
+    assert!(cookies > 0, "no cookie reply to 300 initiations");
+    wait_or_show(
+        "h3 counts the initiations it answered with a cookie",
+        Duration::from_secs(5),
+        || dropped(&net, 3, "wg_under_load") >= under_load + cookies,
+        || {
+            format!(
+                "wg_under_load {}, {cookies} cookies",
+                dropped(&net, 3, "wg_under_load")
+            )
+        },
+    );
+    assert!(
+        matches!(
+            initiator.decapsulate(None, &last, &mut buf),
+            boringtun::noise::TunnResult::Done
+        ),
+        "the last cookie reply does not open for its initiator"
+    );
+    match initiator.format_handshake_initiation(&mut buf, true) {
+        boringtun::noise::TunnResult::WriteToNetwork(d) => {
+            assert_ne!(d[132..148], [0u8; 16], "no MAC2 after the cookie");
+        }
+        other => panic!("no initiation: {other:?}"),
+    }
+    for (a, b) in [(1, 3), (3, 2)] {
+        assert!(net.ping(a, b), "under load c{a} cannot ping c{b}");
     }
     eprintln!(
         "{test}: {:?} ({} datagrams captured)",
@@ -381,50 +494,167 @@ fn wireguard_mesh_encrypted_on_the_wire_restart_and_hostile_input() {
     );
 }
 
+/// An IPv4/UDP packet from `src` to `dst` (port 9 both ways, `payload`), its
+/// header checksum computed by hand.
+fn udp_packet(src: Ipv4Addr, dst: Ipv4Addr, payload: &[u8; 8]) -> Vec<u8> {
+    let mut p = vec![0u8; 36];
+    p[..12].copy_from_slice(&[0x45, 0, 0, 36, 0, 1, 0x40, 0, 64, 17, 0, 0]);
+    p[12..16].copy_from_slice(&src.octets());
+    p[16..20].copy_from_slice(&dst.octets());
+    let sum: u32 = p[..20]
+        .chunks(2)
+        .map(|w| u32::from(u16::from_be_bytes([w[0], w[1]])))
+        .sum();
+    let folded = (sum & 0xffff) + (sum >> 16);
+    let csum = !((folded & 0xffff) + (folded >> 16)) as u16;
+    p[10..12].copy_from_slice(&csum.to_be_bytes());
+    // UDP: ports 9, length 16, no checksum (allowed in IPv4).
+    p[20..28].copy_from_slice(&[0, 9, 0, 9, 0, 16, 0, 0]);
+    p[28..].copy_from_slice(payload);
+    p
+}
+
+/// A WireGuard peer the test plays itself, at the underlay router's address: a lease
+/// (10.5.99.0/24) names its key, so host 3 shakes hands with it.
+struct FakePeer {
+    socket: UdpSocket,
+    tunn: boringtun::noise::Tunn,
+    to: SocketAddr,
+}
+
+impl FakePeer {
+    fn new(net: &Underlay, etcd: &Etcd, h3_key: &str) -> FakePeer {
+        let secret = boringtun::x25519::StaticSecret::from([11u8; 32]);
+        let public = boringtun::x25519::PublicKey::from(&secret);
+        let value = format!(
+            r#"{{"PublicIP":"192.0.2.254","PublicIPv6":null,"BackendType":"wireguard","BackendData":{{"PublicKey":"{}","Port":{PORT}}}}}"#,
+            weft_core::wg_key::format(public.as_bytes())
+        );
+        let out = etcd.etcdctl(&["put", &format!("{PREFIX}/subnets/10.5.99.0-24"), &value]);
+        assert!(out.status.success(), "{out:?}");
+        let ul = netns::path(&format!("{}ul", net.prefix));
+        let socket = netns::in_netns(Some(&ul), || UdpSocket::bind(("192.0.2.254", PORT)))
+            .unwrap()
+            .unwrap();
+        socket
+            .set_read_timeout(Some(Duration::from_millis(500)))
+            .unwrap();
+        let h3: [u8; 32] = weft_core::wg_key::parse(h3_key).unwrap();
+        let tunn = boringtun::noise::Tunn::new(
+            secret,
+            boringtun::x25519::PublicKey::from(h3),
+            None,
+            None,
+            77,
+            None,
+        );
+        let mut peer = FakePeer {
+            socket,
+            tunn,
+            to: SocketAddr::from((net.hosts[2].ip, PORT)),
+        };
+        // Until host 3 has the lease's peer, its initiations go unanswered.
+        let mut buf = vec![0u8; 2048];
+        let mut out = vec![0u8; 2048];
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            assert!(
+                Instant::now() < deadline,
+                "h3 never answered the fake peer's handshake"
+            );
+            if let boringtun::noise::TunnResult::WriteToNetwork(d) =
+                peer.tunn.format_handshake_initiation(&mut out, true)
+            {
+                peer.socket.send_to(d, peer.to).unwrap();
+            }
+            let Ok((n, _)) = peer.socket.recv_from(&mut buf) else {
+                continue;
+            };
+            if buf[0] != 2 {
+                continue;
+            }
+            match peer.tunn.decapsulate(None, &buf[..n], &mut out) {
+                boringtun::noise::TunnResult::WriteToNetwork(d) => {
+                    // The keepalive that confirms the session.
+                    peer.socket.send_to(d, peer.to).unwrap();
+                    return peer;
+                }
+                boringtun::noise::TunnResult::Done => return peer,
+                other => panic!("the handshake response: {other:?}"),
+            }
+        }
+    }
+
+    fn send_sealed(&mut self, packet: &[u8]) {
+        let mut out = vec![0u8; packet.len() + 64];
+        match self.tunn.encapsulate(packet, &mut out) {
+            boringtun::noise::TunnResult::WriteToNetwork(d) => {
+                assert_eq!(d[0], 4, "not a data message");
+                self.socket.send_to(d, self.to).unwrap();
+            }
+            other => panic!("sealing: {other:?}"),
+        }
+    }
+}
+
 /// wireguard-go on a TUN device in host `i`'s namespace, in the foreground so that it is
-/// stopped by its PID.
-struct WireguardGo(Child);
+/// stopped by its PID; killed, it leaves its control socket, which is removed too.
+struct WireguardGo(Child, std::path::PathBuf);
 
 impl Drop for WireguardGo {
     fn drop(&mut self) {
         let _ = self.0.kill();
         let _ = self.0.wait();
+        let _ = std::fs::remove_file(&self.1);
     }
 }
 
 #[test]
 fn interop_with_wireguard_go_configured_from_the_leases() {
     let test = "interop_with_wireguard_go_configured_from_the_leases";
-    if !can_run(test) || !have_wireguard_tools(test) {
+    if !can_run(test) || !have_tcpdump(test) || !have_wireguard_tools(test) {
         return;
     }
     let Some(etcd) = etcd_or_skip(test) else {
         return;
     };
     let mut net = Underlay::new("wgo", &["192.0.2.1", "192.0.2.2", "192.0.2.3"], &etcd);
-    net.set_config(WIREGUARD);
+    // flannel's PSK and PersistentKeepaliveInterval: wireguard-go gets the same PSK (a
+    // handshake with a different one, or none, fails), and keepalives must flow while
+    // nothing else does.
+    let psk = run("wg", &["genpsk"]);
+    let psk = psk.trim();
+    net.set_config(&format!(
+        r#"{{"Network":"10.5.0.0/16","SubnetLen":24,"Backend":{{"Type":"wireguard","PSK":"{psk}","PersistentKeepaliveInterval":1}}}}"#
+    ));
     for i in [1, 2] {
         start(&mut net, i);
         net.add_container(i);
     }
     // Host 3: wireguard-go, its key from `wg genkey`, its lease written as flanneld's.
+    // Its control socket is /var/run/wireguard/DEVICE.sock, one directory for every
+    // namespace: the device is named for this process, so that runs side by side
+    // (other checkouts' tests) do not take each other's.
     let ns3 = net.hosts[2].ns.clone();
+    let dev = format!("wgo{}", std::process::id() % 1_000_000);
+    let dev = dev.as_str();
     let wg_go = WireguardGo(
         Command::new("ip")
-            .args(["netns", "exec", &ns3, "wireguard-go", "-f", "wg0"])
+            .args(["netns", "exec", &ns3, "wireguard-go", "-f", dev])
             .env("WG_PROCESS_FOREGROUND", "1")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
             .unwrap(),
+        format!("/var/run/wireguard/{dev}.sock").into(),
     );
     wait_or_show(
-        "wireguard-go creates wg0",
+        "wireguard-go creates its device",
         Duration::from_secs(10),
         || {
             Command::new("ip")
-                .args(["-n", &ns3, "link", "show", "wg0"])
+                .args(["-n", &ns3, "link", "show", dev])
                 .stdout(Stdio::null())
                 .stderr(Stdio::null())
                 .status()
@@ -436,6 +666,8 @@ fn interop_with_wireguard_go_configured_from_the_leases() {
     let public = wg_pubkey(&private);
     let key_path = net.dir.path().join("h3.wg-go.key");
     std::fs::write(&key_path, &private).unwrap();
+    let psk_path = net.dir.path().join("h3.wg-go.psk");
+    std::fs::write(&psk_path, psk).unwrap();
     let s3: ipnet::Ipv4Net = "10.5.99.0/24".parse().unwrap();
     let ip3 = net.hosts[2].ip;
     let value = format!(
@@ -451,7 +683,7 @@ fn interop_with_wireguard_go_configured_from_the_leases() {
     };
     wg(&[
         "set",
-        "wg0",
+        dev,
         "listen-port",
         "51820",
         "private-key",
@@ -469,28 +701,48 @@ fn interop_with_wireguard_go_configured_from_the_leases() {
         let allowed = net.hosts[i - 1].subnet.unwrap().to_string();
         wg(&[
             "set",
-            "wg0",
+            dev,
             "peer",
             &key,
             "endpoint",
             &endpoint,
             "allowed-ips",
             &allowed,
+            "preshared-key",
+            psk_path.to_str().unwrap(),
         ]);
     }
     net.ip(
         3,
-        &["addr", "add", &format!("{}/32", s3.network()), "dev", "wg0"],
+        &["addr", "add", &format!("{}/32", s3.network()), "dev", dev],
     );
-    net.ip(3, &["link", "set", "wg0", "mtu", "1420", "up"]);
-    net.ip(3, &["route", "add", "10.5.0.0/16", "dev", "wg0"]);
+    net.ip(3, &["link", "set", dev, "mtu", "1420", "up"]);
+    net.ip(3, &["route", "add", "10.5.0.0/16", "dev", dev]);
     net.add_container(3);
     net.assert_mesh(&[1, 2, 3]);
-    let shown = wg(&["show", "wg0", "latest-handshakes"]);
+    let shown = wg(&["show", dev, "latest-handshakes"]);
     assert_eq!(shown.lines().count(), 2, "{shown}");
     assert!(
         shown.lines().all(|l| !l.ends_with("\t0")),
         "a peer never shook hands: {shown}"
     );
+    // Idle: weft's nodes still send wireguard-go a keepalive (an empty data message,
+    // 32 bytes) every second; wireguard-go, configured without one, sends none.
+    let capture = net.capture(3, "ip and udp", 100, Duration::from_millis(4500));
+    std::thread::sleep(Duration::from_millis(4500));
+    let (frames, log) = capture.finish();
+    let datagrams: Vec<Datagram> = frames.iter().filter_map(|f| parse_udp(f)).collect();
+    for i in [1, 2] {
+        let keepalives = datagrams
+            .iter()
+            .filter(|d| d.src == net.hosts[i - 1].ip && d.dst == ip3)
+            .filter(|d| d.payload.len() == 32 && d.payload[0] == 4)
+            .count();
+        assert!(
+            keepalives >= 3,
+            "{keepalives} keepalives from h{i} in 4.5 s idle ({} datagrams)\n{log}",
+            datagrams.len()
+        );
+    }
     drop(wg_go);
 }

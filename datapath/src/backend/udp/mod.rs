@@ -20,10 +20,10 @@
 //! again, per flow, before they are written; `WEFT_UDP_OFFLOAD=0` turns that off. Several queues are
 //! still to come.
 
-mod batch;
+pub(crate) mod batch;
 mod batched;
-mod offload;
-mod tun_offload;
+pub(crate) mod offload;
+pub(crate) mod tun_offload;
 
 use std::net::UdpSocket;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4};

@@ -2,10 +2,12 @@
 //! UDP -> open -> the peer's allowed sources and ours -> TUN, plus a timer thread that
 //! drives every session's handshakes, rekeying and keepalives.
 //!
-//! One packet per syscall, buffers allocated once per thread; sealing and opening
-//! happen in place in those buffers (boringtun allocates only to queue the packets that
-//! wait for a handshake). Each peer's session sits behind its own lock, held for one
-//! packet: boringtun's `Tunn` takes `&mut self`, and the three threads share it.
+//! Here the loops of one packet per syscall (`WEFT_WG_BATCH=0`; the batched ones, the
+//! default, are in [`super::batched`]), buffers allocated once per thread; sealing and
+//! opening happen in place in those buffers (boringtun allocates only to queue the
+//! packets that wait for a handshake). Each peer's session sits behind its own lock,
+//! held for one packet and never across a syscall: boringtun's `Tunn` takes
+//! `&mut self`, and the three threads share it.
 
 use std::net::{Ipv4Addr, SocketAddr, UdpSocket};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -26,7 +28,7 @@ use super::peers::{Peer, PeerMap};
 /// The biggest IP packet.
 const MAX_PACKET: usize = 65_535;
 /// A sealed packet is 32 bytes longer; a handshake message at most 148 bytes.
-const MAX_DATAGRAM: usize = MAX_PACKET + 148;
+pub(super) const MAX_DATAGRAM: usize = MAX_PACKET + 148;
 /// How often the timer thread visits every session: boringtun's timers have a
 /// resolution of a quarter second at best.
 pub(super) const TICK: Duration = Duration::from_millis(100);
@@ -126,7 +128,7 @@ impl Counters {
     }
 }
 
-fn count(c: &AtomicU64) {
+pub(super) fn count(c: &AtomicU64) {
     c.fetch_add(1, Ordering::Relaxed);
 }
 
@@ -150,11 +152,11 @@ pub(super) struct Forwarder {
 }
 
 impl Forwarder {
-    fn stopping(&self) -> bool {
+    pub(super) fn stopping(&self) -> bool {
         self.stopping.load(Ordering::Relaxed)
     }
 
-    fn send(&self, datagram: &[u8], to: SocketAddr) {
+    pub(super) fn send(&self, datagram: &[u8], to: SocketAddr) {
         match self.socket.send_to(datagram, to) {
             Ok(_) => count(&self.counters.wg_tx),
             Err(_) => count(&self.counters.errors),
@@ -162,7 +164,7 @@ impl Forwarder {
     }
 
     /// Sends what a session call asks to send; `true` when it did.
-    fn sent(&self, result: TunnResult<'_>, peer: &Peer) -> bool {
+    pub(super) fn sent(&self, result: TunnResult<'_>, peer: &Peer) -> bool {
         match result {
             TunnResult::WriteToNetwork(datagram) => {
                 self.send(datagram, peer.endpoint);
@@ -265,9 +267,10 @@ impl Forwarder {
                 other => {
                     if self.sent(other, &peer) {
                         // A handshake answered: send what waited for it.
-                        let mut t = peer.tunn();
+                        // The session is locked for each packet, not across the send.
                         for _ in 0..256 {
-                            match t.decapsulate(None, &[], &mut out) {
+                            let next = peer.tunn().decapsulate(None, &[], &mut out);
+                            match next {
                                 TunnResult::WriteToNetwork(d) => self.send(d, peer.endpoint),
                                 _ => break,
                             }
@@ -281,7 +284,7 @@ impl Forwarder {
     /// The peer a datagram is for, after the checks that need no session: a MAC on
     /// handshake messages (a cookie reply is sent from here under load), the sender's key
     /// for an initiation, our index for the rest. `None`: dropped and counted.
-    fn peer_of(
+    pub(super) fn peer_of(
         &self,
         datagram: &[u8],
         from: SocketAddr,

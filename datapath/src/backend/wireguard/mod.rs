@@ -18,6 +18,7 @@
 //! Only IPv4 for now (`EnableIPv6` is refused, as by the udp backend); `Mode` is read
 //! but, with one family, every mode is one device on `ListenPort`.
 
+mod batched;
 mod forward;
 pub mod key;
 mod peers;
@@ -40,6 +41,7 @@ use weft_core::router::RouteChange;
 use weft_core::wg_key::LeaseData;
 
 use super::peers::{PeerChange, PeerFilter};
+use super::udp;
 use super::{Backend, BackendSetup, Counter, CounterKind, DeviceStats};
 use crate::netlink::Netlink;
 use crate::{netns, DatapathError};
@@ -67,6 +69,9 @@ pub struct WireguardBackend {
     filter: PeerFilter,
     counters: Arc<Counters>,
     drops: DropRegistry,
+    /// Batched syscalls and TUN offloads (the default) or one packet per syscall
+    /// (`WEFT_WG_BATCH=0`, for comparison).
+    batched: bool,
     running: Option<(LeaseKey, Running)>,
 }
 
@@ -140,6 +145,7 @@ impl WireguardBackend {
             filter: PeerFilter::new(BackendType::Wireguard),
             counters: Arc::new(Counters::default()),
             drops: DropRegistry::default(),
+            batched: std::env::var("WEFT_WG_BATCH").map_or(true, |v| v != "0"),
             running: None,
         })
     }
@@ -151,7 +157,7 @@ impl WireguardBackend {
 
     async fn start(&self, subnet: Ipv4Net) -> Result<Running, DatapathError> {
         let ns = self.netns.as_deref();
-        let device = open_tun(ns, &self.tun_name)?;
+        let device = open_tun(ns, &self.tun_name, self.batched)?;
         let bind = SocketAddrV4::new(self.public_ip, self.port);
         let socket = netns::in_netns(ns, move || super::udp::bind_socket(bind))?
             .map_err(|e| DatapathError::io(format!("bind the wireguard port {bind}"), e))?;
@@ -170,6 +176,9 @@ impl WireguardBackend {
             let _ = self.netlink.del_link(link.index).await;
             return Err(e);
         }
+        let offloads = self
+            .batched
+            .then(|| udp::tun_offload::enable(&device, &self.tun_name));
         let socket = Arc::new(socket);
         let stopping = Arc::new(AtomicBool::new(false));
         let forwarder = Forwarder {
@@ -190,15 +199,35 @@ impl WireguardBackend {
         let (out, inb, tick) = (forwarder.clone(), forwarder.clone(), forwarder);
         let (out_drops, in_drops) = (self.drops.register(), self.drops.register());
         let icmp_from = self.network.network();
-        let threads = vec![
-            spawn(
-                "weft-wg-tun-out",
-                Box::new(move || out.tun_to_udp(out_drops, icmp_from)),
-            )?,
-            spawn("weft-wg-udp-in", Box::new(move || inb.udp_to_tun(in_drops)))?,
-            spawn("weft-wg-timers", Box::new(move || tick.timers()))?,
-        ];
-        tracing::info!(tun = %self.tun_name, mtu = self.mtu, addr = %subnet.network(), route = %self.network, bind = %bind, "wireguard backend up");
+        let timers = spawn("weft-wg-timers", Box::new(move || tick.timers()))?;
+        let threads = if self.batched {
+            let state = Arc::new(
+                batched::socket_state(&socket)
+                    .map_err(|e| DatapathError::io("set up batched udp i/o", e))?,
+            );
+            let state2 = state.clone();
+            vec![
+                spawn(
+                    "weft-wg-tun-out",
+                    Box::new(move || out.tun_to_udp_batched(&state2, out_drops, icmp_from)),
+                )?,
+                spawn(
+                    "weft-wg-udp-in",
+                    Box::new(move || inb.udp_to_tun_batched(&state, in_drops)),
+                )?,
+                timers,
+            ]
+        } else {
+            vec![
+                spawn(
+                    "weft-wg-tun-out",
+                    Box::new(move || out.tun_to_udp(out_drops, icmp_from)),
+                )?,
+                spawn("weft-wg-udp-in", Box::new(move || inb.udp_to_tun(in_drops)))?,
+                timers,
+            ]
+        };
+        tracing::info!(tun = %self.tun_name, mtu = self.mtu, batched = self.batched, offloads = ?offloads, addr = %subnet.network(), route = %self.network, bind = %bind, "wireguard backend up");
         Ok(Running {
             tun_index: link.index,
             threads,
@@ -228,15 +257,16 @@ impl WireguardBackend {
     }
 }
 
-/// Opens the TUN device in the namespace `ns`, as the udp backend does (without its
-/// offloads: every packet is sealed on its own).
-fn open_tun(ns: Option<&Path>, name: &str) -> Result<tun::Device, DatapathError> {
+/// Opens the TUN device in the namespace `ns`, as the udp backend does; `vnet_hdr`:
+/// every read and write starts with a virtio header (the batched loops, with offloads).
+fn open_tun(ns: Option<&Path>, name: &str, vnet_hdr: bool) -> Result<tun::Device, DatapathError> {
     let owned = name.to_string();
     netns::in_netns(ns, move || {
         let mut config = tun::Configuration::default();
         config.tun_name(&owned).layer(tun::Layer::L3);
         config.platform_config(|p| {
             p.ensure_root_privileges(false);
+            p.vnet_hdr(vnet_hdr);
         });
         tun::create(&config).map_err(|e| e.to_string())
     })?
