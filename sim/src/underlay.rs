@@ -11,8 +11,9 @@ use std::fmt;
 use std::net::Ipv4Addr;
 use std::time::Duration;
 
-use rand::Rng;
-use rand_chacha::ChaCha8Rng;
+use rand::{Rng, RngCore};
+use rand_chacha::rand_core::block::BlockRngCore;
+use rand_chacha::ChaCha8Core;
 
 use crate::hash::KeyMap;
 use crate::rng;
@@ -202,7 +203,7 @@ enum Rule {
     },
 }
 
-fn uniform(rng: &mut ChaCha8Rng, max: Duration) -> Duration {
+fn uniform(rng: &mut impl Rng, max: Duration) -> Duration {
     let max = u64::try_from(max.as_micros()).unwrap_or(u64::MAX);
     if max == 0 {
         return Duration::ZERO;
@@ -211,7 +212,7 @@ fn uniform(rng: &mut ChaCha8Rng, max: Duration) -> Duration {
 }
 
 impl Rule {
-    fn on_packet(&self, p: &PacketInfo, rng: &mut ChaCha8Rng, marks: &mut Marks) -> Verdict {
+    fn on_packet(&self, p: &PacketInfo, rng: &mut impl Rng, marks: &mut Marks) -> Verdict {
         match *self {
             Rule::Mtu(mtu) if p.len + 28 > mtu => Verdict::Drop(DropCause::Mtu),
             Rule::Mtu(_) => Verdict::Pass,
@@ -266,7 +267,95 @@ impl LinkFaults {
     }
 }
 
-type LinkIndex = KeyMap<u64, u32>;
+/// Where a link's random stream is: its slot in [`Underlay::links`] and the next word
+/// of its block to draw. The word sits here, beside the key the lookup has just read,
+/// rather than in the block: a datagram then reads one cache line of its link's block
+/// where a `ChaCha8Rng` (whose position lies past its 256 bytes of words) costs two
+/// dependent misses -- a busy underlay has a link per pair of nodes, far more than fits
+/// in cache.
+#[derive(Debug, Clone, Copy)]
+struct LinkAt {
+    slot: u32,
+    word: u32,
+}
+
+type LinkIndex = KeyMap<u64, LinkAt>;
+
+/// A link's ChaCha8 generator and its current block of words: the state of a
+/// [`rand_chacha::ChaCha8Rng`] without its position, which [`LinkAt`] keeps.
+#[derive(Debug)]
+struct LinkBlock {
+    words: <ChaCha8Core as BlockRngCore>::Results,
+    core: ChaCha8Core,
+}
+
+impl LinkBlock {
+    /// The stream [`rng::stream`] gives for `(seed, "link", index)`, positioned (by
+    /// [`LinkStream::WORDS`]) before its first block, as a new `ChaCha8Rng` is.
+    fn new(seed: u64, index: u64) -> Self {
+        use rand::SeedableRng;
+        LinkBlock {
+            words: Default::default(),
+            core: ChaCha8Core::seed_from_u64(rng::derive(seed, "link", index)),
+        }
+    }
+}
+
+/// A link's random stream while a datagram draws from it: draws exactly the words, in
+/// exactly the order, that `ChaCha8Rng` (rand_core's `BlockRng`) would, so that the
+/// fates of a run do not depend on how the streams are stored.
+struct LinkStream<'a> {
+    block: &'a mut LinkBlock,
+    word: &'a mut u32,
+}
+
+impl LinkStream<'_> {
+    const WORDS: u32 = 64;
+
+    fn refill(&mut self, word: u32) {
+        self.block.core.generate(&mut self.block.words);
+        *self.word = word;
+    }
+
+    fn at(&self, i: u32) -> u32 {
+        self.block.words.as_ref()[i as usize]
+    }
+}
+
+impl RngCore for LinkStream<'_> {
+    fn next_u32(&mut self) -> u32 {
+        if *self.word >= Self::WORDS {
+            self.refill(0);
+        }
+        let value = self.at(*self.word);
+        *self.word += 1;
+        value
+    }
+
+    fn next_u64(&mut self) -> u64 {
+        let i = *self.word;
+        if i < Self::WORDS - 1 {
+            *self.word += 2;
+            (u64::from(self.at(i + 1)) << 32) | u64::from(self.at(i))
+        } else if i >= Self::WORDS {
+            self.refill(2);
+            (u64::from(self.at(1)) << 32) | u64::from(self.at(0))
+        } else {
+            // The last word of this block is the low half, the first of the next the high.
+            let low = u64::from(self.at(i));
+            self.refill(1);
+            (u64::from(self.at(0)) << 32) | low
+        }
+    }
+
+    fn fill_bytes(&mut self, dest: &mut [u8]) {
+        // BlockRng spends a whole word on each four bytes, and on a last partial chunk.
+        for chunk in dest.chunks_mut(4) {
+            let bytes = self.next_u32().to_le_bytes();
+            chunk.copy_from_slice(&bytes[..chunk.len()]);
+        }
+    }
+}
 
 fn link_key(from: Ipv4Addr, to: Ipv4Addr) -> u64 {
     (u64::from(u32::from(from)) << 32) | u64::from(u32::from(to))
@@ -285,7 +374,7 @@ pub struct Underlay {
     /// a link per pair of nodes. It maps to a slot of `links`, so that the map stays
     /// small enough to sit in cache while the links' random streams do not.
     index: LinkIndex,
-    links: Vec<ChaCha8Rng>,
+    links: Vec<LinkBlock>,
     /// The rules of the links (by slot) whose faults were set apart from the others';
     /// every other link follows `default_rules`. Kept apart from the random streams, so
     /// that a datagram on an ordinary link reads no more than its stream.
@@ -325,8 +414,8 @@ impl Underlay {
                 self.own_rules.clear();
             }
             Some(pair) => {
-                if let Some(&slot) = self.index.get(&link_key(pair.0, pair.1)) {
-                    self.own_rules.insert(slot, faults.rules());
+                if let Some(at) = self.index.get(&link_key(pair.0, pair.1)) {
+                    self.own_rules.insert(at.slot, faults.rules());
                 }
                 self.overrides.insert(pair, faults);
             }
@@ -354,18 +443,25 @@ impl Underlay {
             return Fate::Drop(DropCause::Partition);
         }
         let index = link_key(p.from, p.to);
-        let slot = match self.index.entry(index) {
-            std::collections::hash_map::Entry::Occupied(e) => *e.get(),
+        let at = match self.index.entry(index) {
+            std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
             std::collections::hash_map::Entry::Vacant(e) => {
                 let slot = self.links.len() as u32;
-                self.links.push(rng::stream(self.seed, "link", index));
+                self.links.push(LinkBlock::new(self.seed, index));
                 if let Some(faults) = self.overrides.get(&(p.from, p.to)) {
                     self.own_rules.insert(slot, faults.rules());
                 }
-                *e.insert(slot)
+                e.insert(LinkAt {
+                    slot,
+                    word: LinkStream::WORDS,
+                })
             }
         };
-        let rng = &mut self.links[slot as usize];
+        let slot = at.slot;
+        let rng = &mut LinkStream {
+            block: &mut self.links[slot as usize],
+            word: &mut at.word,
+        };
         let rules = if self.own_rules.is_empty() {
             &self.default_rules
         } else {
@@ -396,6 +492,39 @@ impl Underlay {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A link's stream draws what `rng::stream` does, whatever mix of draws a rule
+    /// chain makes, across many block boundaries (odd positions included).
+    #[test]
+    fn link_stream_draws_what_chacha8rng_draws() {
+        let mut reference = rng::stream(5, "link", 42);
+        let mut block = LinkBlock::new(5, 42);
+        let mut word = LinkStream::WORDS;
+        let mut pick = rng::stream(6, "pick", 0);
+        for _ in 0..20_000 {
+            let mut ours = LinkStream {
+                block: &mut block,
+                word: &mut word,
+            };
+            match pick.random_range(0..6) {
+                0 => assert_eq!(ours.next_u32(), reference.next_u32()),
+                1 => assert_eq!(ours.next_u64(), reference.next_u64()),
+                2 => assert_eq!(
+                    ours.random_range(0..=200u64),
+                    reference.random_range(0..=200u64)
+                ),
+                3 => assert_eq!(ours.random_bool(0.3), reference.random_bool(0.3)),
+                4 => assert_eq!(ours.random_range(0..8), reference.random_range(0..8)),
+                _ => {
+                    let n = pick.random_range(0..11);
+                    let (mut a, mut b) = ([0u8; 10], [0u8; 10]);
+                    ours.fill_bytes(&mut a[..n]);
+                    reference.fill_bytes(&mut b[..n]);
+                    assert_eq!(a, b);
+                }
+            }
+        }
+    }
 
     fn ip(i: u8) -> Ipv4Addr {
         Ipv4Addr::new(192, 0, 2, i)
