@@ -44,6 +44,9 @@ impl World {
                     format_args!("acquired {} ({}), {expiry}", subnets(&lease.key), how(h_)),
                 );
                 self.hosts[h].subnet_file = Some(lease.key);
+                if !self.hosts[h].held_ever.contains(&lease.key.ipv4) {
+                    self.hosts[h].held_ever.push(lease.key.ipv4);
+                }
                 self.hold(h, lease.key);
                 self.build_guests(h, lease.key);
             }
@@ -102,6 +105,7 @@ impl World {
                 }
             }
             NodeEvent::Skipped(s) => {
+                self.hosts[h].skipped += 1;
                 self.log(&name, format_args!("skipped {s:?}"));
             }
             NodeEvent::Synced { revision, leases } => {
