@@ -94,6 +94,9 @@ pub struct LeaseTable {
     synced: bool,
     /// The overlay networks; leases outside them are skipped (when set).
     networks: Option<(Ipv4Net, Option<Ipv6Net>)>,
+    /// The subnet lengths of those networks; leases of another length are skipped (when
+    /// set).
+    subnet_lens: Option<(u8, Option<u8>)>,
 }
 
 impl LeaseTable {
@@ -113,6 +116,16 @@ impl LeaseTable {
         self
     }
 
+    /// The same table, skipping (and reporting once) every lease whose IPv4 subnet is
+    /// not a /`v4` or whose IPv6 subnet is not a /`v6`: every node writes subnets of the
+    /// network's `SubnetLen`, and one of another size written by someone else (a /16
+    /// over the whole network, a /25 inside a peer's /24) would overlap the leases of
+    /// others and draw their traffic.
+    pub fn of_subnet_len(mut self, v4: u8, v6: Option<u8>) -> Self {
+        self.subnet_lens = Some((v4, v6));
+        self
+    }
+
     /// Whether `other` is this very table: the same contents (one shared copy), at the
     /// same revision. A table derived from `other` by the same changes is equal in
     /// content but not the same; see [`LeaseLog`].
@@ -125,7 +138,9 @@ impl LeaseTable {
     /// Whether `other` decodes the same store entries the same way (the same prefix
     /// and networks), so that one can stand for the other's listing.
     pub fn decodes_like(&self, other: &LeaseTable) -> bool {
-        self.subnets_prefix == other.subnets_prefix && self.networks == other.networks
+        self.subnets_prefix == other.subnets_prefix
+            && self.networks == other.networks
+            && self.subnet_lens == other.subnet_lens
     }
 
     fn contents_mut(&mut self) -> &mut Contents {
@@ -146,6 +161,20 @@ impl LeaseTable {
             if let (Some(v6), Some(key)) = (v6, lease.key.ipv6) {
                 if !v6.contains(&key) {
                     return Err(outside(IpNet::V6(v6)));
+                }
+            }
+        }
+        if let Some((v4, v6)) = self.subnet_lens {
+            let wrong = |want: u8| LeaseError::WrongSize {
+                key: lease.key.to_string(),
+                want,
+            };
+            if lease.key.ipv4.prefix_len() != v4 {
+                return Err(wrong(v4));
+            }
+            if let (Some(v6), Some(key)) = (v6, lease.key.ipv6) {
+                if key.prefix_len() != v6 {
+                    return Err(wrong(v6));
                 }
             }
         }
