@@ -21,6 +21,7 @@ fn reason(r: LossReason) -> &'static str {
         LossReason::Expired => "expired",
         LossReason::Deleted => "deleted by someone else",
         LossReason::Taken => "taken by someone else",
+        LossReason::Claimed => "renewed by another node with our public IP",
     }
 }
 
@@ -65,6 +66,14 @@ impl World {
             NodeEvent::Lease(AllocEvent::Lost { key, reason: r }) => {
                 self.hosts[h].previous = Some(key);
                 self.log(&name, format_args!("lost {}: {}", key.ipv4, reason(r)));
+                if r == LossReason::Claimed {
+                    let ip = self.hosts[h].ip;
+                    self.hosts[h].errors.push(format!(
+                        "lease {} {} ({ip}); exiting",
+                        key.ipv4,
+                        reason(r)
+                    ));
+                }
                 if self.held.get(&key.ipv4) == Some(&h) {
                     self.held.remove(&key.ipv4);
                 }
