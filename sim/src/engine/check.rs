@@ -5,7 +5,7 @@
 //! - a node that has caught up with the store routes to exactly the live peer leases;
 //! - (in `host.rs`) no packet reaches a container it was not addressed to.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
@@ -372,6 +372,27 @@ impl World {
             _ => None,
         };
         for &h in &touched {
+            if self.cfg.trace_routes {
+                if let Some(node) = self.hosts[h].node() {
+                    let announced = &self.hosts[h].announced;
+                    if !node.routes().peers().eq(announced.iter().copied())
+                        && node.routes().peers().collect::<BTreeSet<_>>() != *announced
+                    {
+                        let name = self.hosts[h].name.clone();
+                        let show = |v: Vec<(IpNet, IpAddr)>| {
+                            let v: Vec<String> =
+                                v.iter().map(|(n, ip)| format!("{n} via {ip}")).collect();
+                            v.join(", ")
+                        };
+                        let routes = show(node.routes().peers().collect());
+                        let said = show(announced.iter().copied().collect());
+                        self.fail(format!(
+                            "invariant: {name} routes [{routes}] but its route events announced [{said}]"
+                        ));
+                        return;
+                    }
+                }
+            }
             if self.caught_up(h) {
                 let routes = live.get_or_insert_with(|| self.live_routes());
                 if let Some(m) = self.route_mismatch_with(h, routes) {

@@ -65,6 +65,18 @@ impl World {
             }
             NodeEvent::Lease(AllocEvent::Lost { key, reason: r }) => {
                 self.hosts[h].previous = Some(key);
+                let since = self.hosts[h].store_trouble_at.max(self.outage_changed_at.0);
+                if r == LossReason::Expired
+                    && self.cfg.check
+                    && !self.store_down
+                    && self.now.as_duration() >= since.as_duration() + self.cfg.lease_ttl
+                {
+                    self.fail(format!(
+                        "invariant: {name} let its lease {} run out, though it could reach the store for a whole TTL (since {})",
+                        key.ipv4,
+                        since.to_string().trim()
+                    ));
+                }
                 self.log(&name, format_args!("lost {}: {}", key.ipv4, reason(r)));
                 if r == LossReason::Claimed {
                     let ip = self.hosts[h].ip;
@@ -102,6 +114,8 @@ impl World {
             NodeEvent::Route(change) => {
                 if routes {
                     match change {
+                        RouteChange::Add(r) if !self.announce(h, true, &r) => {}
+                        RouteChange::Remove(r) if !self.announce(h, false, &r) => {}
                         RouteChange::Add(r) => self.log(
                             &name,
                             format_args!("route + {} via {}", r.subnet, r.public_ip),
@@ -135,6 +149,50 @@ impl World {
                 self.hosts[h].errors.push(msg);
             }
         }
+    }
+}
+
+impl World {
+    /// Applies one route event to what host `h`'s node has announced; false (and the
+    /// run fails) when it adds a route it had announced already or removes one it never
+    /// announced: a datapath programmed from these events would go wrong. An add of a
+    /// subnet announced with another next hop replaces it.
+    fn announce(&mut self, h: usize, add: bool, r: &weft_core::router::Route) -> bool {
+        let route = (r.subnet, r.public_ip);
+        let announced = &mut self.hosts[h].announced;
+        let ok = if add {
+            // An add replaces the route to the same subnet (a new next hop), as `ip
+            // route replace` does.
+            let same: Vec<_> = announced
+                .range(
+                    (
+                        r.subnet,
+                        std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED),
+                    )..,
+                )
+                .take_while(|(n, _)| *n == r.subnet)
+                .copied()
+                .collect();
+            for old in &same {
+                announced.remove(old);
+            }
+            announced.insert(route) && !same.contains(&route)
+        } else {
+            announced.remove(&route)
+        };
+        if !ok {
+            let name = self.hosts[h].name.clone();
+            let what = if add {
+                "added again"
+            } else {
+                "removed, never added"
+            };
+            self.fail(format!(
+                "invariant: {name}'s route {} via {} {what}",
+                r.subnet, r.public_ip
+            ));
+        }
+        ok
     }
 }
 

@@ -83,6 +83,12 @@ pub struct Host {
     pub held_ever: Vec<ipnet::Ipv4Net>,
     /// The network config it last started with, an index into the world's networks.
     pub network: usize,
+    /// The routes its node has announced (route events applied in order), since its
+    /// last start: they must always equal the node's routes.
+    pub announced: std::collections::BTreeSet<(ipnet::IpNet, std::net::IpAddr)>,
+    /// The last time its way to the store was in doubt (a cut or heal of its link, a
+    /// jump of its clock, a start): a lease may run out only within a TTL of it.
+    pub store_trouble_at: SimTime,
 }
 
 impl Host {
@@ -113,6 +119,8 @@ impl Host {
             skipped: 0,
             held_ever: Vec::new(),
             network: 0,
+            announced: Default::default(),
+            store_trouble_at: SimTime::ZERO,
         }
     }
 
@@ -245,6 +253,8 @@ impl World {
         let table = node.poll_forward_table().unwrap_or_default();
         host.exited = false;
         host.skipped = 0;
+        host.announced.clear();
+        host.store_trouble_at = self.now;
         host.network = self.networks.len() - 1;
         host.watch = None;
         host.timeout_at = None;
@@ -429,6 +439,7 @@ impl World {
     /// The clock of `h` jumps by `by_ms`.
     pub fn clock_jump(&mut self, h: usize, by_ms: i64) {
         self.hosts[h].clock_offset_ms += by_ms;
+        self.hosts[h].store_trouble_at = self.now;
         let name = self.hosts[h].name.clone();
         let off = self.hosts[h].clock_offset_ms;
         self.note_step(format!(

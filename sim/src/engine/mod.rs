@@ -261,6 +261,9 @@ pub struct World {
     pub(crate) config_deleted: bool,
     /// Hosts whose start waits for the network config to be written.
     pub(crate) waiting_for_config: Vec<usize>,
+    /// The last time a store outage began or ended, and whether one is under way as
+    /// of the last event: see [`Host::store_trouble_at`].
+    pub(crate) outage_changed_at: (SimTime, bool),
 }
 
 impl World {
@@ -278,6 +281,7 @@ impl World {
             networks: vec![cfg.network.clone()],
             config_deleted: false,
             waiting_for_config: Vec::new(),
+            outage_changed_at: (SimTime::ZERO, false),
             store_down: false,
             subnets_prefix: subnets_prefix(DEFAULT_PREFIX),
             hosts: Vec::new(),
@@ -530,6 +534,9 @@ impl World {
     /// After every event: keep the store's expiry and watch machinery scheduled, poll
     /// what the event touched, check the invariants.
     fn after_event(&mut self) {
+        if self.outage_changed_at.1 != self.store_down {
+            self.outage_changed_at = (self.now, self.store_down);
+        }
         self.store_housekeeping();
         // In the order the hosts were touched, so that traces read naturally. The lists
         // are swapped with spares rather than taken, so that an event allocates nothing.
