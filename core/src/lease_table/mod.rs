@@ -507,6 +507,37 @@ mod tests {
     }
 
     #[test]
+    fn leases_of_another_size_are_skipped_never_routed_nor_taken_for_their_neighbours() {
+        let network: Ipv4Net = "10.5.0.0/16".parse().expect("net");
+        let mut table = LeaseTable::new("/n/subnets/")
+            .within(network, None)
+            .of_subnet_len(24, None);
+        let listing = Listing {
+            entries: vec![
+                entry("10.5.0.0-16", 1),
+                entry("10.5.1.0-24", 2),
+                entry("10.5.2.0-25", 3),
+            ],
+            revision: 3,
+        };
+        let (changes, skipped) = table.replace(&listing);
+        assert_eq!((changes.len(), table.len()), (1, 1), "{skipped:?}");
+        let keys: Vec<&str> = skipped
+            .iter()
+            .filter_map(|s| match &s.error {
+                LeaseError::WrongSize { key, want: 24 } => Some(key.as_str()),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(keys, ["10.5.0.0-16", "10.5.2.0-25"]);
+        // Neither makes the /24s it overlaps look taken.
+        assert!(!table.is_v4_taken("10.5.2.0/24".parse().expect("net")));
+        assert!(!table.is_v4_taken("10.5.0.0/24".parse().expect("net")));
+        let (change, skipped) = table.apply(&WatchEvent::Put(entry("10.5.8.0-23", 4)));
+        assert_eq!((change, skipped.len(), table.len()), (None, 1, 1));
+    }
+
+    #[test]
     fn a_flannel_ipv6_only_lease_is_skipped_never_routed_as_0_0_0_0_slash_0() {
         // flanneld with EnableIPv4: false writes MakeSubnetKey(ip.IP4Net{}, sn6) and
         // PublicIP 0.0.0.0. weft does not run IPv6-only yet; until it does, such a lease
