@@ -51,6 +51,11 @@ scenarios! {
     delete_while_cut_off => "16-delete-while-cut-off.toml",
     dual_stack => "17-dual-stack.toml",
     subnet_range_and_compaction => "19-subnet-range-and-compaction.toml",
+    spoofed_inner_source => "20-spoofed-inner-source.toml",
+    garbage_under_subnets => "21-garbage-under-subnets.toml",
+    public_ip_changes => "22-public-ip-changes.toml",
+    duplicate_public_ip => "23-duplicate-public-ip.toml",
+    network_config_changes => "24-network-config-changes.toml",
 }
 
 /// Scenarios too large for a snapshot of their whole trace (tens of thousands of

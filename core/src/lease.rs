@@ -35,6 +35,14 @@ pub enum LeaseError {
         /// serde's description of the problem.
         reason: String,
     },
+    /// The key names a subnet of another size than the network's subnets.
+    #[error("lease {key} is not of the network's subnet length /{want}")]
+    WrongSize {
+        /// The key (without the store prefix).
+        key: String,
+        /// The network's subnet length (of the family that is wrong).
+        want: u8,
+    },
     /// The key names a subnet outside the overlay network.
     #[error("lease {key} is outside the network {network}")]
     OutsideNetwork {

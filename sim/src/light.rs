@@ -18,7 +18,12 @@ pub struct LightContainer {
 }
 
 /// Writes an echo packet into `buf` (whatever it held before), sized to fit.
-fn echo_into(mut buf: Vec<u8>, src: Ipv4Addr, dst: Ipv4Addr, icmp: &Icmpv4Repr<'_>) -> Vec<u8> {
+pub(crate) fn echo_into(
+    mut buf: Vec<u8>,
+    src: Ipv4Addr,
+    dst: Ipv4Addr,
+    icmp: &Icmpv4Repr<'_>,
+) -> Vec<u8> {
     let caps = ChecksumCapabilities::default();
     let ip = Ipv4Repr {
         src_addr: src,

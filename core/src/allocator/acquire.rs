@@ -32,6 +32,7 @@ impl Allocator {
             deadline: None,
             wants_listing: true,
             store_wait: None,
+            unanswered_write: false,
             ops: VecDeque::new(),
             events: VecDeque::new(),
             timers: TimerTable::default(),

@@ -18,6 +18,7 @@ impl Allocator {
             mod_revision: entry.mod_revision,
         };
         self.lease = Some(lease.clone());
+        self.unanswered_write = false;
         self.prefer = Some(key);
         self.phase = Phase::Holding;
         self.retries = 0;
@@ -104,6 +105,7 @@ impl Allocator {
                 self.lose(LossReason::Taken, table, now);
             }
             (Pending::Renew, Err(error)) => {
+                self.unanswered_write |= error.is_transient();
                 // Back off, but never past half of what is left of the lease: a store
                 // that comes back a little before the deadline must still find a
                 // renewal coming (with 30 s of backoff, a lease was lost although the
@@ -135,7 +137,7 @@ impl Allocator {
             reason,
         });
         match reason {
-            LossReason::Deleted => {
+            LossReason::Deleted | LossReason::Claimed => {
                 self.phase = Phase::Stopped;
                 self.timers.stop(Timer::AllocRetry);
             }
@@ -160,6 +162,24 @@ impl Allocator {
             LossReason::Expired
         };
         self.lose(reason, table, now);
+    }
+
+    /// Whether `entry`, a later write of our lease that we did not make, records our
+    /// public IP: another node configured with our address renewed it as its own. A
+    /// write while our renewal is in flight, or after one went unanswered, may be ours
+    /// and is given the benefit of the doubt (a twin is caught at its next renewal).
+    fn claimed_by_twin(&mut self, lease: &Lease, entry: &Entry, ours: &[u8]) -> bool {
+        if entry.mod_revision <= lease.mod_revision || self.phase != Phase::Holding {
+            return false;
+        }
+        if std::mem::take(&mut self.unanswered_write) && entry.value == ours {
+            if let Some(l) = &mut self.lease {
+                l.mod_revision = entry.mod_revision;
+            }
+            return false;
+        }
+        crate::lease::LeaseAttrs::decode(&entry.key, &entry.value)
+            .is_ok_and(|attrs| attrs.public_ip == self.cfg.public_ip)
     }
 
     /// Our clock went back by at least `d` (we cannot tell how much real time passed
@@ -212,7 +232,9 @@ impl Allocator {
                     }
                     WatchEvent::Put(entry) => {
                         let ours = self.cfg.attrs().encode();
-                        if entry.value != ours && self.phase == Phase::Holding {
+                        if self.claimed_by_twin(&lease, entry, &ours) {
+                            self.lose(LossReason::Claimed, table, now);
+                        } else if entry.value != ours && self.phase == Phase::Holding {
                             // Someone overwrote our lease's value: write ours back.
                             self.renew(now);
                         }

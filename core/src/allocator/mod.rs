@@ -140,6 +140,12 @@ pub enum LossReason {
     /// Another incarnation of the key (someone else's lease) replaced it; the allocator
     /// acquires again.
     Taken,
+    /// Another node renewed it, recording our public IP: two nodes are configured with
+    /// one public IP, and by flannel's rule (reuse the lease that records our address)
+    /// the newcomer took ours. Both cannot use one subnet, nor can either take another
+    /// (the rule would hand it the same lease again): the allocator stops, as for a
+    /// deletion, and the newcomer keeps the lease.
+    Claimed,
 }
 
 /// What the allocator reports.
@@ -197,7 +203,7 @@ enum Phase {
     Holding,
     /// Waiting for the retry timer.
     Backoff,
-    /// Our lease was deleted by someone else; nothing more to do.
+    /// Our lease was deleted, or claimed, by someone else; nothing more to do.
     Stopped,
 }
 
@@ -229,6 +235,9 @@ pub struct Allocator {
     /// failed, while it waits: the node brings it forward when the store answers again
     /// ([`Allocator::store_is_back`]).
     store_wait: Option<Timer>,
+    /// A write of our lease (a renewal) failed without an answer: it may have happened
+    /// all the same, so the next unexplained write of our value may be ours.
+    unanswered_write: bool,
     ops: VecDeque<StoreOp>,
     events: VecDeque<AllocEvent>,
     pub(crate) timers: TimerTable,

@@ -94,6 +94,9 @@ pub struct LeaseTable {
     synced: bool,
     /// The overlay networks; leases outside them are skipped (when set).
     networks: Option<(Ipv4Net, Option<Ipv6Net>)>,
+    /// The subnet lengths of those networks; leases of another length are skipped (when
+    /// set).
+    subnet_lens: Option<(u8, Option<u8>)>,
 }
 
 impl LeaseTable {
@@ -113,6 +116,16 @@ impl LeaseTable {
         self
     }
 
+    /// The same table, skipping (and reporting once) every lease whose IPv4 subnet is
+    /// not a /`v4` or whose IPv6 subnet is not a /`v6`: every node writes subnets of the
+    /// network's `SubnetLen`, and one of another size written by someone else (a /16
+    /// over the whole network, a /25 inside a peer's /24) would overlap the leases of
+    /// others and draw their traffic.
+    pub fn of_subnet_len(mut self, v4: u8, v6: Option<u8>) -> Self {
+        self.subnet_lens = Some((v4, v6));
+        self
+    }
+
     /// Whether `other` is this very table: the same contents (one shared copy), at the
     /// same revision. A table derived from `other` by the same changes is equal in
     /// content but not the same; see [`LeaseLog`].
@@ -125,7 +138,9 @@ impl LeaseTable {
     /// Whether `other` decodes the same store entries the same way (the same prefix
     /// and networks), so that one can stand for the other's listing.
     pub fn decodes_like(&self, other: &LeaseTable) -> bool {
-        self.subnets_prefix == other.subnets_prefix && self.networks == other.networks
+        self.subnets_prefix == other.subnets_prefix
+            && self.networks == other.networks
+            && self.subnet_lens == other.subnet_lens
     }
 
     fn contents_mut(&mut self) -> &mut Contents {
@@ -146,6 +161,20 @@ impl LeaseTable {
             if let (Some(v6), Some(key)) = (v6, lease.key.ipv6) {
                 if !v6.contains(&key) {
                     return Err(outside(IpNet::V6(v6)));
+                }
+            }
+        }
+        if let Some((v4, v6)) = self.subnet_lens {
+            let wrong = |want: u8| LeaseError::WrongSize {
+                key: lease.key.to_string(),
+                want,
+            };
+            if lease.key.ipv4.prefix_len() != v4 {
+                return Err(wrong(v4));
+            }
+            if let (Some(v6), Some(key)) = (v6, lease.key.ipv6) {
+                if key.prefix_len() != v6 {
+                    return Err(wrong(v6));
                 }
             }
         }
@@ -475,6 +504,37 @@ mod tests {
         let (change, skipped) = table.apply(&WatchEvent::Put(entry("10.7.0.0-24", 3)));
         assert_eq!((change, skipped.len()), (None, 1));
         assert_eq!(table.len(), 1);
+    }
+
+    #[test]
+    fn leases_of_another_size_are_skipped_never_routed_nor_taken_for_their_neighbours() {
+        let network: Ipv4Net = "10.5.0.0/16".parse().expect("net");
+        let mut table = LeaseTable::new("/n/subnets/")
+            .within(network, None)
+            .of_subnet_len(24, None);
+        let listing = Listing {
+            entries: vec![
+                entry("10.5.0.0-16", 1),
+                entry("10.5.1.0-24", 2),
+                entry("10.5.2.0-25", 3),
+            ],
+            revision: 3,
+        };
+        let (changes, skipped) = table.replace(&listing);
+        assert_eq!((changes.len(), table.len()), (1, 1), "{skipped:?}");
+        let keys: Vec<&str> = skipped
+            .iter()
+            .filter_map(|s| match &s.error {
+                LeaseError::WrongSize { key, want: 24 } => Some(key.as_str()),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(keys, ["10.5.0.0-16", "10.5.2.0-25"]);
+        // Neither makes the /24s it overlaps look taken.
+        assert!(!table.is_v4_taken("10.5.2.0/24".parse().expect("net")));
+        assert!(!table.is_v4_taken("10.5.0.0/24".parse().expect("net")));
+        let (change, skipped) = table.apply(&WatchEvent::Put(entry("10.5.8.0-23", 4)));
+        assert_eq!((change, skipped.len(), table.len()), (None, 1, 1));
     }
 
     #[test]

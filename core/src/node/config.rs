@@ -37,7 +37,10 @@ impl NodeConfig {
                 ipnet::IpNet::V6(n) => Some(n),
                 ipnet::IpNet::V4(_) => None,
             });
-            table = table.within(v4, v6);
+            table = table.within(v4, v6).of_subnet_len(
+                self.alloc.v4_space.subnet_len(),
+                self.alloc.v6_space.map(|s| s.subnet_len()),
+            );
         }
         table
     }

@@ -128,6 +128,11 @@ impl Driver {
                         key: key.to_string(),
                     });
                 }
+                if reason == LossReason::Claimed {
+                    return Err(DaemonError::LeaseClaimed {
+                        key: key.to_string(),
+                    });
+                }
                 tracing::warn!(subnet = %key, reason = ?reason, "lease lost; acquiring again");
                 self.status.send_modify(|s| s.count("lost", None));
             }

@@ -93,6 +93,13 @@ pub enum DaemonError {
         /// The lease's key.
         key: String,
     },
+    /// Another node renewed the node's lease as its own, recording our public IP: two
+    /// nodes have one public IP. This one exits; the other keeps the lease.
+    #[error("our lease {key} was renewed by another node that records our public IP: two nodes are configured with one public IP (--public-ip); exiting")]
+    LeaseClaimed {
+        /// The lease's key.
+        key: String,
+    },
 }
 
 /// Everything one node needs; built by `weft daemon` from flags, by `weft lab` per node.

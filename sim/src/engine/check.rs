@@ -5,10 +5,11 @@
 //! - a node that has caught up with the store routes to exactly the live peer leases;
 //! - (in `host.rs`) no packet reaches a container it was not addressed to.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
+use weft_core::config::NetworkConfig;
 use weft_core::lease::{LeaseAttrs, LeaseKey};
 use weft_core::store::{StoreError, WatchEvent};
 
@@ -68,6 +69,15 @@ fn overlapping<N: Subnet, V: Copy>(map: &BTreeMap<N, V>, net: N) -> Option<(N, V
     None
 }
 
+/// Whether `key`'s IPv4 subnet is one of `cfg`'s: in its Network, of its SubnetLen, on
+/// its boundary (an operator's reservation may lie outside [SubnetMin, SubnetMax]).
+fn is_subnet_of(key: &LeaseKey, cfg: &NetworkConfig) -> bool {
+    let v4 = key.ipv4;
+    cfg.network.is_some_and(|n| n.contains(&v4))
+        && v4.prefix_len() == cfg.subnet_len
+        && v4.trunc() == v4
+}
+
 impl World {
     fn lease_key_of(&self, store_key: &str) -> Option<LeaseKey> {
         store_key.strip_prefix(&self.subnets_prefix)?.parse().ok()
@@ -119,17 +129,41 @@ impl World {
             match event {
                 WatchEvent::Put(entry) => {
                     let Ok(attrs) = LeaseAttrs::decode(&entry.key, &entry.value) else {
+                        // Garbage over a key: whatever lease it held is gone.
+                        self.forget_live(&key.ipv4);
+                        if self.live.get(&key.ipv4).copied() != before {
+                            self.routes_revision = revision;
+                        }
                         continue;
                     };
                     self.forget_live(&key.ipv4);
+                    let writer = self.by_ip.get(&attrs.public_ip).copied();
+                    if entry.expires_at.is_none()
+                        && !self.networks.iter().any(|n| is_subnet_of(&key, n))
+                    {
+                        // No lease of any network in effect (garbage, a subnet of the
+                        // wrong size): every node must skip it, and route nowhere.
+                        if self.live.get(&key.ipv4).copied() != before {
+                            self.routes_revision = revision;
+                        }
+                        continue;
+                    }
                     if entry.expires_at.is_some() {
-                        // Written by a node (an operator's reservation has no TTL).
-                        if let Some(problem) = self.outside_range(&key) {
+                        // Written by a node (an operator's reservation has no TTL), in
+                        // the network it started with.
+                        let net = writer.map_or(self.networks.len() - 1, |h| self.hosts[h].network);
+                        if let Some(problem) = self.outside_range(&key, &self.networks[net]) {
                             self.fail(format!("invariant: a node wrote {problem}"));
                         }
-                        if let Some((other, _)) =
-                            self.live.iter().find(|(_, l)| l.ip == attrs.public_ip)
-                        {
+                        // Of the writer's network: a node started after a config change
+                        // skips its lease of the old network (outside its own) and leaves
+                        // it to run out; scenario 24.
+                        let several = self.networks.len() > 1;
+                        if let Some((other, _)) = self.live.iter().find(|(n, l)| {
+                            l.ip == attrs.public_ip
+                                && (!several
+                                    || is_subnet_of(&LeaseKey::v4(**n), &self.networks[net]))
+                        }) {
                             self.fail(format!(
                                 "invariant: live leases {other} and {} both record public IP {}",
                                 key.ipv4, attrs.public_ip
@@ -169,8 +203,7 @@ impl World {
     /// network's config allows: of `SubnetLen`, on its boundary, within `Network` and
     /// between `SubnetMin` and `SubnetMax` (IPv6 alike). Checked here from the config's
     /// numbers, not with the allocator's own `SubnetSpace`.
-    fn outside_range(&self, key: &LeaseKey) -> Option<String> {
-        let cfg = &self.cfg.network;
+    fn outside_range(&self, key: &LeaseKey, cfg: &NetworkConfig) -> Option<String> {
         let v4 = key.ipv4;
         let first = u32::from(v4.network());
         let ok = cfg.network.is_some_and(|n| n.contains(&v4))
@@ -212,7 +245,20 @@ impl World {
     /// Host `h` now holds `key`: no other running node may hold an overlapping subnet.
     pub(crate) fn hold(&mut self, h: usize, key: LeaseKey) {
         if let Some((other, o)) = overlapping(&self.held, key.ipv4) {
-            if o != h && self.hosts[o].lease_key().is_some_and(|k| k.ipv4 == other) {
+            if o != h
+                && self.hosts[o].lease_key().is_some_and(|k| k.ipv4 == other)
+                && self.hosts[o].ip == self.hosts[h].ip
+                && other == key.ipv4
+            {
+                // Two nodes configured with one public IP: by flannel's rule the new one
+                // reuses the lease recording that address, and the old holder must give
+                // it up once it sees the write (scenario 23 expects it to exit).
+                let (a, b) = (self.hosts[o].name.clone(), self.hosts[h].name.clone());
+                self.log(
+                    "sim",
+                    format_args!("{b} takes over {other} from {a}, which has its public IP"),
+                );
+            } else if o != h && self.hosts[o].lease_key().is_some_and(|k| k.ipv4 == other) {
                 let (a, b) = (self.hosts[o].name.clone(), self.hosts[h].name.clone());
                 self.fail(format!(
                     "invariant: {a} holds {other} and {b} now holds {}: they overlap",
@@ -274,9 +320,15 @@ impl World {
         let own = node.lease().map(|l| l.key.ipv4);
         // A node never routes to itself: not its lease, nor any recording its address.
         let ip = self.hosts[h].ip;
+        // A node started after the config changed routes only to leases in its network
+        // (with one network only, every live lease lies in it: no filter).
+        let network = (self.networks.len() > 1)
+            .then(|| self.networks[self.hosts[h].network].network)
+            .flatten();
         let want = live
             .iter()
             .filter(|r| Some(r.lease) != own && r.ip != ip)
+            .filter(|r| network.is_none_or(|n| n.contains(&r.lease)))
             .map(|r| r.route);
         // Compared as they come (the common case, in a large cluster, is that they
         // agree); only a mismatch is worth collecting.
@@ -320,6 +372,27 @@ impl World {
             _ => None,
         };
         for &h in &touched {
+            if self.cfg.trace_routes {
+                if let Some(node) = self.hosts[h].node() {
+                    let announced = &self.hosts[h].announced;
+                    if !node.routes().peers().eq(announced.iter().copied())
+                        && node.routes().peers().collect::<BTreeSet<_>>() != *announced
+                    {
+                        let name = self.hosts[h].name.clone();
+                        let show = |v: Vec<(IpNet, IpAddr)>| {
+                            let v: Vec<String> =
+                                v.iter().map(|(n, ip)| format!("{n} via {ip}")).collect();
+                            v.join(", ")
+                        };
+                        let routes = show(node.routes().peers().collect());
+                        let said = show(announced.iter().copied().collect());
+                        self.fail(format!(
+                            "invariant: {name} routes [{routes}] but its route events announced [{said}]"
+                        ));
+                        return;
+                    }
+                }
+            }
             if self.caught_up(h) {
                 let routes = live.get_or_insert_with(|| self.live_routes());
                 if let Some(m) = self.route_mismatch_with(h, routes) {

@@ -181,7 +181,45 @@ impl World {
             == Inbound::Deliver
         {
             self.stats.delivered += 1;
+            if let Some(problem) = self.misdelivered(h, from, &packet) {
+                let name = self.hosts[h].name.clone();
+                self.fail(format!("invariant: {name} delivered {problem}"));
+                return;
+            }
             self.deliver_local(h, packet);
+        }
+    }
+
+    /// What is wrong with `packet`, which came from the public IP `from`, if its inner
+    /// source lies in no subnet the host at `from` has ever held: only a peer's own
+    /// containers may send through it. Checked from the hosts' own history, not with the
+    /// forwarding table that made the decision.
+    /// Nor may a node accept a packet for an address outside the lease it holds.
+    fn misdelivered(&self, h: usize, from: Ipv4Addr, packet: &[u8]) -> Option<String> {
+        let Ok(header) = weft_core::wire::ip::parse(packet) else {
+            return Some(format!("an unparsable packet from {from}"));
+        };
+        let (IpAddr::V4(src), IpAddr::V4(dst)) = (header.src, header.dst) else {
+            return None;
+        };
+        if self.hosts[h]
+            .lease_key()
+            .is_none_or(|k| !k.ipv4.contains(&dst))
+        {
+            return Some(format!(
+                "a packet for {dst} from {from}, outside the lease it holds"
+            ));
+        }
+        let sender = self.by_ip.get(&from).map(|&s| &self.hosts[s]);
+        match sender {
+            Some(s) if s.held_ever.iter().any(|n| n.contains(&src)) => None,
+            Some(s) => Some(format!(
+                "a packet from {src} sent by {} ({from}), which never held a subnet containing it",
+                s.name
+            )),
+            None => Some(format!(
+                "a packet from {src} sent by {from}, which is no node"
+            )),
         }
     }
 

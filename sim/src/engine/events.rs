@@ -21,6 +21,7 @@ fn reason(r: LossReason) -> &'static str {
         LossReason::Expired => "expired",
         LossReason::Deleted => "deleted by someone else",
         LossReason::Taken => "taken by someone else",
+        LossReason::Claimed => "renewed by another node with our public IP",
     }
 }
 
@@ -44,6 +45,9 @@ impl World {
                     format_args!("acquired {} ({}), {expiry}", subnets(&lease.key), how(h_)),
                 );
                 self.hosts[h].subnet_file = Some(lease.key);
+                if !self.hosts[h].held_ever.contains(&lease.key.ipv4) {
+                    self.hosts[h].held_ever.push(lease.key.ipv4);
+                }
                 self.hold(h, lease.key);
                 self.build_guests(h, lease.key);
             }
@@ -61,7 +65,27 @@ impl World {
             }
             NodeEvent::Lease(AllocEvent::Lost { key, reason: r }) => {
                 self.hosts[h].previous = Some(key);
+                let since = self.hosts[h].store_trouble_at.max(self.outage_changed_at.0);
+                if r == LossReason::Expired
+                    && self.cfg.check
+                    && !self.store_down
+                    && self.now.as_duration() >= since.as_duration() + self.cfg.lease_ttl
+                {
+                    self.fail(format!(
+                        "invariant: {name} let its lease {} run out, though it could reach the store for a whole TTL (since {})",
+                        key.ipv4,
+                        since.to_string().trim()
+                    ));
+                }
                 self.log(&name, format_args!("lost {}: {}", key.ipv4, reason(r)));
+                if r == LossReason::Claimed {
+                    let ip = self.hosts[h].ip;
+                    self.hosts[h].errors.push(format!(
+                        "lease {} {} ({ip}); exiting",
+                        key.ipv4,
+                        reason(r)
+                    ));
+                }
                 if self.held.get(&key.ipv4) == Some(&h) {
                     self.held.remove(&key.ipv4);
                 }
@@ -90,6 +114,8 @@ impl World {
             NodeEvent::Route(change) => {
                 if routes {
                     match change {
+                        RouteChange::Add(r) if !self.announce(h, true, &r) => {}
+                        RouteChange::Remove(r) if !self.announce(h, false, &r) => {}
                         RouteChange::Add(r) => self.log(
                             &name,
                             format_args!("route + {} via {}", r.subnet, r.public_ip),
@@ -102,6 +128,7 @@ impl World {
                 }
             }
             NodeEvent::Skipped(s) => {
+                self.hosts[h].skipped += 1;
                 self.log(&name, format_args!("skipped {s:?}"));
             }
             NodeEvent::Synced { revision, leases } => {
@@ -122,6 +149,50 @@ impl World {
                 self.hosts[h].errors.push(msg);
             }
         }
+    }
+}
+
+impl World {
+    /// Applies one route event to what host `h`'s node has announced; false (and the
+    /// run fails) when it adds a route it had announced already or removes one it never
+    /// announced: a datapath programmed from these events would go wrong. An add of a
+    /// subnet announced with another next hop replaces it.
+    fn announce(&mut self, h: usize, add: bool, r: &weft_core::router::Route) -> bool {
+        let route = (r.subnet, r.public_ip);
+        let announced = &mut self.hosts[h].announced;
+        let ok = if add {
+            // An add replaces the route to the same subnet (a new next hop), as `ip
+            // route replace` does.
+            let same: Vec<_> = announced
+                .range(
+                    (
+                        r.subnet,
+                        std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED),
+                    )..,
+                )
+                .take_while(|(n, _)| *n == r.subnet)
+                .copied()
+                .collect();
+            for old in &same {
+                announced.remove(old);
+            }
+            announced.insert(route) && !same.contains(&route)
+        } else {
+            announced.remove(&route)
+        };
+        if !ok {
+            let name = self.hosts[h].name.clone();
+            let what = if add {
+                "added again"
+            } else {
+                "removed, never added"
+            };
+            self.fail(format!(
+                "invariant: {name}'s route {} via {} {what}",
+                r.subnet, r.public_ip
+            ));
+        }
+        ok
     }
 }
 

@@ -76,6 +76,19 @@ pub struct Host {
     pub store_cut_up: bool,
     /// Answers and watch events from the store to this node are lost.
     pub store_cut_down: bool,
+    /// Store entries its nodes reported as no lease and skipped, since its last start.
+    pub skipped: usize,
+    /// Every IPv4 subnet it has held, in any incarnation: a packet it sends may carry a
+    /// source in one of them (one still in flight from before a move), never another.
+    pub held_ever: Vec<ipnet::Ipv4Net>,
+    /// The network config it last started with, an index into the world's networks.
+    pub network: usize,
+    /// The routes its node has announced (route events applied in order), since its
+    /// last start: they must always equal the node's routes.
+    pub announced: std::collections::BTreeSet<(ipnet::IpNet, std::net::IpAddr)>,
+    /// The last time its way to the store was in doubt (a cut or heal of its link, a
+    /// jump of its clock, a start): a lease may run out only within a TTL of it.
+    pub store_trouble_at: SimTime,
 }
 
 impl Host {
@@ -103,6 +116,11 @@ impl Host {
             in_flight: Default::default(),
             store_cut_up: false,
             store_cut_down: false,
+            skipped: 0,
+            held_ever: Vec::new(),
+            network: 0,
+            announced: Default::default(),
+            store_trouble_at: SimTime::ZERO,
         }
     }
 
@@ -197,6 +215,15 @@ impl World {
         if self.hosts[h].is_up() {
             return;
         }
+        if self.config_deleted {
+            // The daemon waits for the config key; so does this host, until set_config.
+            if !self.waiting_for_config.contains(&h) {
+                self.waiting_for_config.push(h);
+            }
+            let name = self.hosts[h].name.clone();
+            self.note_step(format!("{name} waits for the network config to be written"));
+            return;
+        }
         self.hosts[h].incarnation += 1;
         let inc = self.hosts[h].incarnation;
         let seed = self.node_seed(h, inc);
@@ -225,6 +252,10 @@ impl World {
         node.set_route_events(self.cfg.trace_routes);
         let table = node.poll_forward_table().unwrap_or_default();
         host.exited = false;
+        host.skipped = 0;
+        host.announced.clear();
+        host.store_trouble_at = self.now;
+        host.network = self.networks.len() - 1;
         host.watch = None;
         host.timeout_at = None;
         host.wake_at = None;
@@ -259,7 +290,9 @@ impl World {
         host.state = HostState::Down;
         host.watch = None;
         if let Some(k) = held {
-            self.held.remove(&k.ipv4);
+            if self.held.get(&k.ipv4) == Some(&h) {
+                self.held.remove(&k.ipv4);
+            }
         }
         let name = host.name.clone();
         self.note_step(format!("{name} {why}"));
@@ -406,6 +439,7 @@ impl World {
     /// The clock of `h` jumps by `by_ms`.
     pub fn clock_jump(&mut self, h: usize, by_ms: i64) {
         self.hosts[h].clock_offset_ms += by_ms;
+        self.hosts[h].store_trouble_at = self.now;
         let name = self.hosts[h].name.clone();
         let off = self.hosts[h].clock_offset_ms;
         self.note_step(format!(

@@ -4,6 +4,7 @@
 //! loop pops the earliest, lets the part of the world it concerns react (which
 //! schedules further events), and checks the invariants. Nothing reads a wall clock.
 
+mod attack;
 mod check;
 mod datapath;
 mod events;
@@ -253,6 +254,16 @@ pub struct World {
     pub(crate) scratch_app: Vec<crate::container::AppEvent>,
     /// An empty list of hosts with room, swapped in for `dirty` and `guests_dirty`.
     spare: Vec<usize>,
+    /// Every network config in effect so far, the first the scenario's, the last the
+    /// current one (`cfg.network`): a host runs with the one it started with.
+    pub(crate) networks: Vec<NetworkConfig>,
+    /// The network config was deleted from the store: hosts started now wait for it.
+    pub(crate) config_deleted: bool,
+    /// Hosts whose start waits for the network config to be written.
+    pub(crate) waiting_for_config: Vec<usize>,
+    /// The last time a store outage began or ended, and whether one is under way as
+    /// of the last event: see [`Host::store_trouble_at`].
+    pub(crate) outage_changed_at: (SimTime, bool),
 }
 
 impl World {
@@ -267,6 +278,10 @@ impl World {
             queue: EventQueue::default(),
             store: StoreModel::new(SimTime::ZERO.to_timestamp(0)),
             lease_log: lease_log(&cfg),
+            networks: vec![cfg.network.clone()],
+            config_deleted: false,
+            waiting_for_config: Vec::new(),
+            outage_changed_at: (SimTime::ZERO, false),
             store_down: false,
             subnets_prefix: subnets_prefix(DEFAULT_PREFIX),
             hosts: Vec::new(),
@@ -519,6 +534,9 @@ impl World {
     /// After every event: keep the store's expiry and watch machinery scheduled, poll
     /// what the event touched, check the invariants.
     fn after_event(&mut self) {
+        if self.outage_changed_at.1 != self.store_down {
+            self.outage_changed_at = (self.now, self.store_down);
+        }
         self.store_housekeeping();
         // In the order the hosts were touched, so that traces read naturally. The lists
         // are swapped with spares rather than taken, so that an event allocates nothing.

@@ -159,6 +159,7 @@ impl World {
     /// direction is cut, as an etcd client's stream times out.
     pub fn cut_store(&mut self, h: usize, up: bool, down: bool) {
         let host = &mut self.hosts[h];
+        host.store_trouble_at = self.now;
         host.store_cut_up = up;
         host.store_cut_down = down;
         if down {

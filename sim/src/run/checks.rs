@@ -116,6 +116,40 @@ pub(super) fn expect(w: &mut World, e: &Expect) {
                 Err(format!("not all leased: {}{more}", problems.join("; ")))
             }
         }
+        Expect::Drops {
+            node,
+            reason,
+            count,
+            ..
+        } => {
+            let h = host(w, node);
+            let n = w.hosts[h].running().map_or(0, |r| {
+                r.drops
+                    .snapshot()
+                    .iter()
+                    .find(|(r, _)| r.as_str() == reason)
+                    .map_or(0, |(_, n)| n)
+            });
+            if n == *count {
+                Ok(format!("{node} dropped {n} packets as {reason}"))
+            } else {
+                Err(format!(
+                    "{node} should have dropped {count} packets as {reason} but dropped {n}"
+                ))
+            }
+        }
+        Expect::Skipped { node, count, .. } => {
+            let h = host(w, node);
+            let n = w.hosts[h].skipped;
+            if n == *count && w.hosts[h].is_up() {
+                Ok(format!("{node} skipped {n} entries that are no lease"))
+            } else {
+                Err(format!(
+                    "{node} should run and have skipped {count} entries but skipped {n} (running: {})",
+                    w.hosts[h].is_up()
+                ))
+            }
+        }
         Expect::Converged { .. } => {
             let live = w.live_routes();
             let mut problems = Vec::new();

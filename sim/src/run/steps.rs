@@ -221,6 +221,41 @@ pub(super) fn step(w: &mut World, s: &Step) {
             let _ = w.store.compact(r);
             w.note_step(format!("store compacts its history up to revision {r}"));
         }
+        Step::Spoof {
+            from,
+            to,
+            source,
+            count,
+            via,
+            ..
+        } => {
+            let a = host(w, from);
+            let (b, c) = endpoint(w, to);
+            let addr = w.endpoint_addr((b, c));
+            let target = via.as_deref().map_or(b, |v| host(w, v));
+            match addr {
+                Some(addr) => w.spoof(a, target, addr, *source, *count),
+                None => {
+                    let name = w.endpoint_name((b, c));
+                    w.note_step(format!("spoof to {name}: it has no address (no lease)"));
+                }
+            }
+        }
+        Step::Put { key, value, .. } => w.put_raw(key, value),
+        Step::ChangeIp { node, ip, .. } => {
+            let h = host(w, node);
+            w.change_ip(h, *ip);
+        }
+        Step::SetConfig { config, .. } => {
+            match (
+                crate::scenario::network_config(config),
+                crate::scenario::config_json(config),
+            ) {
+                (Ok(network), Ok(json)) => w.set_config(network, &json),
+                (Err(e), _) | (_, Err(e)) => w.fail(format!("set_config: {e}")),
+            }
+        }
+        Step::DeleteConfig { .. } => w.delete_config(),
     }
 }
 

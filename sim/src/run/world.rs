@@ -31,7 +31,12 @@ impl ScenarioWorld for World {
             | Step::Tcp { .. }
             | Step::DeleteLease { .. }
             | Step::Reserve { .. }
-            | Step::Compact { .. } => None,
+            | Step::Compact { .. }
+            | Step::Spoof { .. }
+            | Step::Put { .. }
+            | Step::ChangeIp { .. }
+            | Step::SetConfig { .. }
+            | Step::DeleteConfig { .. } => None,
         }
     }
 

@@ -11,7 +11,7 @@ mod validate;
 use std::path::Path;
 
 pub use model::*;
-pub use validate::STORE;
+pub use validate::{config_json, network_config, STORE};
 
 /// Why a scenario file was rejected.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -85,6 +85,7 @@ fn expand_groups(s: &mut Scenario) -> Result<(), (std::ops::Range<usize>, String
                 containers: g.containers.clone(),
                 previous_subnet: None,
                 start: g.start.is_none(),
+                duplicate_ip: false,
             };
             s.nodes.push(Spanned::new(span.clone(), node));
         }

@@ -223,6 +223,10 @@ pub struct NodeSection {
     /// Whether it starts at time 0 (default) or waits for a `start` step.
     #[serde(default = "yes")]
     pub start: bool,
+    /// It is deliberately given the public IP of another node (a misconfiguration the
+    /// scenario attacks with); without it two nodes of one IP are an error.
+    #[serde(default)]
+    pub duplicate_ip: bool,
 }
 
 /// `[[node_group]]`: `count` nodes named `name` and a number (`n0000`...), their public
@@ -403,6 +407,36 @@ pub enum Step {
     },
     /// Compact the store's history up to its current revision.
     Compact { at: Dur },
+    /// A node sends `count` ICMP echo requests to a container ("node/container") whose
+    /// inner source is `source`, an address it does not hold: a hostile or broken peer.
+    /// With `via`, they go to that node's public IP instead of the container's node's.
+    Spoof {
+        at: Dur,
+        from: String,
+        to: String,
+        source: Ipv4Addr,
+        #[serde(default = "one")]
+        count: u32,
+        /// The node whose public IP the datagrams go to (default: `to`'s node).
+        #[serde(default)]
+        via: Option<String>,
+    },
+    /// Someone writes `value` (text, as is) at `key` under the subnets prefix, with no
+    /// TTL: garbage, or a lease no node should take for one.
+    Put { at: Dur, key: String, value: String },
+    /// A node that is down gets another public IP (a DHCP lease, a moved VM); it keeps
+    /// its subnet file.
+    ChangeIp { at: Dur, node: String, ip: Ipv4Addr },
+    /// An operator writes a new network config (as `weft config set`): nodes started
+    /// from now on run with it, as a daemon reads the config when it starts.
+    SetConfig { at: Dur, config: toml::Value },
+    /// An operator deletes the network config: a node started from now on waits for it
+    /// to be written again, as the daemon does.
+    DeleteConfig { at: Dur },
+}
+
+fn one() -> u32 {
+    1
 }
 
 impl Step {
@@ -424,6 +458,11 @@ impl Step {
             Step::DeleteLease { .. } => "delete_lease",
             Step::Reserve { .. } => "reserve",
             Step::Compact { .. } => "compact",
+            Step::Spoof { .. } => "spoof",
+            Step::Put { .. } => "put",
+            Step::ChangeIp { .. } => "change_ip",
+            Step::SetConfig { .. } => "set_config",
+            Step::DeleteConfig { .. } => "delete_config",
         }
     }
 
@@ -444,6 +483,11 @@ impl Step {
             | Step::Tcp { at, .. }
             | Step::DeleteLease { at, .. }
             | Step::Reserve { at, .. }
+            | Step::Spoof { at, .. }
+            | Step::Put { at, .. }
+            | Step::ChangeIp { at, .. }
+            | Step::SetConfig { at, .. }
+            | Step::DeleteConfig { at }
             | Step::Compact { at } => at.0,
         }
     }
@@ -504,6 +548,17 @@ pub enum Expect {
     Converged { at: Dur },
     /// Every node runs and holds a lease, no two of them overlapping.
     AllLeased { at: Dur },
+    /// The running node's core has dropped exactly `count` packets for `reason` (a
+    /// drop reason's name: `spoofed_source`, `unknown_peer`...) since it started.
+    Drops {
+        at: Dur,
+        node: String,
+        reason: String,
+        count: u64,
+    },
+    /// The running node has reported exactly `count` store entries under the subnets
+    /// prefix that are no lease of its network, and skipped them.
+    Skipped { at: Dur, node: String, count: usize },
 }
 
 impl Expect {
@@ -516,7 +571,9 @@ impl Expect {
             | Expect::Error { at, .. }
             | Expect::Stopped { at, .. }
             | Expect::Converged { at }
-            | Expect::AllLeased { at } => at.0,
+            | Expect::AllLeased { at }
+            | Expect::Drops { at, .. }
+            | Expect::Skipped { at, .. } => at.0,
         }
     }
 }

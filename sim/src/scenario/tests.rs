@@ -69,6 +69,6 @@ fn bad_files_name_the_line_and_what_was_expected() {
     let bad_action = GOOD.replace("do = \"ping\"", "do = \"dance\"");
     assert_eq!(
         error(&bad_action),
-        r#"bad.toml:16:6: unknown variant `dance`, expected one of `start`, `stop`, `crash`, `restart`, `partition`, `heal`, `faults`, `store_outage`, `store_recover`, `clock_jump`, `ping`, `tcp`, `delete_lease`, `reserve`, `compact`"#
+        r#"bad.toml:16:6: unknown variant `dance`, expected one of `start`, `stop`, `crash`, `restart`, `partition`, `heal`, `faults`, `store_outage`, `store_recover`, `clock_jump`, `ping`, `tcp`, `delete_lease`, `reserve`, `compact`, `spoof`, `put`, `change_ip`, `set_config`, `delete_config`"#
     );
 }

@@ -19,44 +19,59 @@ impl NetworkSection {
     /// The flannel network config as JSON text, from a JSON string or a TOML table of
     /// the same fields (what a real world writes to its store's config key).
     pub fn config_json(&self) -> Result<String, String> {
-        Ok(match self.config.get_ref() {
-            toml::Value::String(text) => text.clone(),
-            table @ toml::Value::Table(_) => {
-                serde_json::to_string(table).map_err(|e| e.to_string())?
-            }
-            other => {
-                return Err(format!(
-                    "config must be flannel's JSON as a string or a table of its fields, not a {}",
-                    other.type_str()
-                ))
-            }
-        })
+        config_json(self.config.get_ref())
     }
 
     /// The flannel network config, from a JSON string or a TOML table of the same fields;
     /// any backend (`weft lab play` runs them all on the real kernel).
     pub fn network_config(&self) -> Result<NetworkConfig, String> {
-        let json = self.config_json()?;
-        let config = NetworkConfig::parse(&json).map_err(|e| format!("network config: {e}"))?;
-        if config.ipv4_space().is_none() {
-            return Err("network config: the simulator needs an IPv4 Network".into());
-        }
-        Ok(config)
+        network_config(self.config.get_ref())
     }
 
     /// [`NetworkSection::network_config`], refusing a backend the simulator does not
-    /// model: its datapath is flannel's udp one (or none, for alloc).
+    /// model (see [`simulated`]).
     pub fn simulated_config(&self) -> Result<NetworkConfig, String> {
-        let config = self.network_config()?;
-        if !matches!(config.backend.kind, BackendType::Udp | BackendType::Alloc) {
-            return Err(format!(
-                "network config: backend {} is not simulated (want udp or alloc); \
-                 weft lab play runs this scenario with it on the real kernel",
-                config.backend.kind
-            ));
-        }
-        Ok(config)
+        simulated(self.network_config()?)
     }
+}
+
+/// The flannel network config JSON of `value`, a JSON string or a TOML table of its
+/// fields (`[network] config` and the `set_config` step).
+pub fn config_json(value: &toml::Value) -> Result<String, String> {
+    Ok(match value {
+        toml::Value::String(text) => text.clone(),
+        table @ toml::Value::Table(_) => serde_json::to_string(table).map_err(|e| e.to_string())?,
+        other => {
+            return Err(format!(
+                "config must be flannel's JSON as a string or a table of its fields, not a {}",
+                other.type_str()
+            ))
+        }
+    })
+}
+
+/// The flannel network config of `value` (see [`config_json`]), with an IPv4 network;
+/// any backend (`weft lab play` runs them all on the real kernel).
+pub fn network_config(value: &toml::Value) -> Result<NetworkConfig, String> {
+    let json = config_json(value)?;
+    let config = NetworkConfig::parse(&json).map_err(|e| format!("network config: {e}"))?;
+    if config.ipv4_space().is_none() {
+        return Err("network config: the simulator needs an IPv4 Network".into());
+    }
+    Ok(config)
+}
+
+/// `config`, if the simulator models its backend: its datapath is flannel's udp one
+/// (or none, for alloc).
+pub fn simulated(config: NetworkConfig) -> Result<NetworkConfig, String> {
+    if !matches!(config.backend.kind, BackendType::Udp | BackendType::Alloc) {
+        return Err(format!(
+            "network config: backend {} is not simulated (want udp or alloc); \
+             weft lab play runs this scenario with it on the real kernel",
+            config.backend.kind
+        ));
+    }
+    Ok(config)
 }
 
 fn probability(name: &str, p: Option<f64>) -> Result<(), String> {
@@ -156,7 +171,7 @@ pub(super) fn check(s: &Scenario) -> Result<(), Failure> {
                 format!("node name {:?} must be non-empty, without '/'", n.name),
             ));
         }
-        if !ips.insert(n.ip) {
+        if !ips.insert(n.ip) && !n.duplicate_ip {
             return Err((span, format!("two nodes have the public IP {}", n.ip)));
         }
         let containers: BTreeSet<String> = n.container_names().into_iter().collect();
@@ -199,7 +214,27 @@ pub(super) fn check(s: &Scenario) -> Result<(), Failure> {
             Expect::Holds { node, .. }
             | Expect::Routes { node, .. }
             | Expect::Error { node, .. }
-            | Expect::Stopped { node, .. } => names.node(node).map_err(|m| (span, m))?,
+            | Expect::Stopped { node, .. }
+            | Expect::Skipped { node, .. } => names.node(node).map_err(|m| (span, m))?,
+            Expect::Drops { node, reason, .. } => {
+                names.node(node).map_err(|m| (span.clone(), m))?;
+                if !weft_core::forward::DropReason::ALL
+                    .iter()
+                    .any(|r| r.as_str() == reason)
+                {
+                    let known: Vec<&str> = weft_core::forward::DropReason::ALL
+                        .iter()
+                        .map(|r| r.as_str())
+                        .collect();
+                    return Err((
+                        span,
+                        format!(
+                            "no drop reason {reason:?} (want one of {})",
+                            known.join(", ")
+                        ),
+                    ));
+                }
+            }
             Expect::Leases { .. } | Expect::Converged { .. } | Expect::AllLeased { .. } => {}
         }
     }
@@ -218,7 +253,27 @@ fn check_step(
         | Step::Crash { node, .. }
         | Step::Restart { node, .. }
         | Step::ClockJump { node, .. }
+        | Step::ChangeIp { node, .. }
         | Step::DeleteLease { node, .. } => names.node(node),
+        Step::Spoof {
+            from,
+            to,
+            count,
+            via,
+            ..
+        } => {
+            names.node(from)?;
+            if let Some(via) = via {
+                names.node(via)?;
+            }
+            names.endpoint(to)?;
+            if *count == 0 || *count > 1000 {
+                return Err("count must be 1 to 1000".into());
+            }
+            Ok(())
+        }
+        Step::SetConfig { config, .. } => network_config(config).and_then(simulated).map(|_| ()),
+        Step::Put { key, .. } if key.is_empty() => Err("key must not be empty".into()),
         Step::Partition { from, to, .. } => {
             names.all_or_store(from.iter())?;
             names.all_or_store(to.iter())
@@ -271,6 +326,8 @@ fn check_step(
         Step::StoreOutage { .. }
         | Step::StoreRecover { .. }
         | Step::Reserve { .. }
+        | Step::Put { .. }
+        | Step::DeleteConfig { .. }
         | Step::Compact { .. } => Ok(()),
     }
 }

@@ -57,6 +57,24 @@ impl LabWorld {
             }
             Expect::Converged { .. } => ("converged".to_string(), self.converged()),
             Expect::AllLeased { .. } => ("all leased".to_string(), self.all_leased()),
+            Expect::Drops {
+                node,
+                reason,
+                count,
+                ..
+            } => {
+                let result = self.status(node).and_then(|s| {
+                    match s.drops.get(reason.as_str()).copied().unwrap_or(0) {
+                        n if n == *count => Ok(String::new()),
+                        n => failed(format!("it dropped {n}")),
+                    }
+                });
+                (format!("{node} dropped {count} {reason}"), result)
+            }
+            Expect::Skipped { node, .. } => (
+                format!("{node} skipped entries"),
+                failed("refused: the count of skipped entries needs the simulator".into()),
+            ),
         }
     }
 

@@ -86,7 +86,14 @@ impl ScenarioWorld for LabWorld {
             | Step::StoreOutage { .. }
             | Step::StoreRecover { .. }
             | Step::ClockJump { .. }
-            | Step::Compact { .. } => Some(needs_the_simulator(format!("step {:?}", step.name()))),
+            | Step::Compact { .. }
+            | Step::Spoof { .. }
+            | Step::Put { .. }
+            | Step::ChangeIp { .. }
+            | Step::SetConfig { .. }
+            | Step::DeleteConfig { .. } => {
+                Some(needs_the_simulator(format!("step {:?}", step.name())))
+            }
         }
     }
 
@@ -243,7 +250,12 @@ impl LabWorld {
             | Step::StoreOutage { .. }
             | Step::StoreRecover { .. }
             | Step::ClockJump { .. }
-            | Step::Compact { .. } => (
+            | Step::Compact { .. }
+            | Step::Spoof { .. }
+            | Step::Put { .. }
+            | Step::ChangeIp { .. }
+            | Step::SetConfig { .. }
+            | Step::DeleteConfig { .. } => (
                 format!("step {:?}", step.name()),
                 Err(LabError::Protocol("refused: it needs the simulator".into())),
             ),
