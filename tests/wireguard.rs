@@ -440,26 +440,42 @@ fn wireguard_mesh_encrypted_on_the_wire_restart_and_hostile_input() {
         None,
     );
     let to = SocketAddr::from((net.hosts[2].ip, PORT));
-    for _ in 0..300 {
-        if let boringtun::noise::TunnResult::WriteToNetwork(d) =
-            initiator.format_handshake_initiation(&mut buf, true)
+    // A cookie reply opens only for the initiation it answers, the initiator's last.
+    // h3's rate limiter starts a new count on its timer: a flood the reset cuts short
+    // may leave the last initiations under the limit, answered by nothing; so flood
+    // again, a bounded number of times, until the last one is answered.
+    let (mut cookies, mut opened) = (0, false);
+    let mut reply = [0u8; 256];
+    for _ in 0..10 {
+        for _ in 0..300 {
+            if let boringtun::noise::TunnResult::WriteToNetwork(d) =
+                initiator.format_handshake_initiation(&mut buf, true)
+            {
+                flood.send_to(d, to).unwrap();
+            }
+        }
+        let mut last = Vec::new();
+        while let Ok((n, _)) = flood.recv_from(&mut reply) {
+            assert_eq!(
+                (reply[0], n),
+                (3, 64),
+                "not a cookie reply: {:02x?}",
+                &reply[..n]
+            );
+            cookies += 1;
+            last = reply[..n].to_vec();
+        }
+        if !last.is_empty()
+            && matches!(
+                initiator.decapsulate(None, &last, &mut buf),
+                boringtun::noise::TunnResult::Done
+            )
         {
-            flood.send_to(d, to).unwrap();
+            opened = true;
+            break;
         }
     }
-    let (mut cookies, mut last) = (0, Vec::new());
-    let mut reply = [0u8; 256];
-    while let Ok((n, _)) = flood.recv_from(&mut reply) {
-        assert_eq!(
-            (reply[0], n),
-            (3, 64),
-            "not a cookie reply: {:02x?}",
-            &reply[..n]
-        );
-        cookies += 1;
-        last = reply[..n].to_vec();
-    }
-    assert!(cookies > 0, "no cookie reply to 300 initiations");
+    assert!(cookies > 0, "no cookie reply to the initiations");
     wait_or_show(
         "h3 counts the initiations it answered with a cookie",
         Duration::from_secs(5),
@@ -472,11 +488,8 @@ fn wireguard_mesh_encrypted_on_the_wire_restart_and_hostile_input() {
         },
     );
     assert!(
-        matches!(
-            initiator.decapsulate(None, &last, &mut buf),
-            boringtun::noise::TunnResult::Done
-        ),
-        "the last cookie reply does not open for its initiator"
+        opened,
+        "no flood's last cookie reply opened for its initiator"
     );
     match initiator.format_handshake_initiation(&mut buf, true) {
         boringtun::noise::TunnResult::WriteToNetwork(d) => {
