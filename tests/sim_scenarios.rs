@@ -56,6 +56,8 @@ scenarios! {
     public_ip_changes => "22-public-ip-changes.toml",
     duplicate_public_ip => "23-duplicate-public-ip.toml",
     network_config_changes => "24-network-config-changes.toml",
+    store_back_wakes_renewal => "25-store-back-wakes-renewal.toml",
+    dual_stack_foreign_pairing => "26-dual-stack-foreign-pairing.toml",
 }
 
 /// Scenarios too large for a snapshot of their whole trace (tens of thousands of

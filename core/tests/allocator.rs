@@ -243,3 +243,126 @@ fn garbage_under_the_prefix_is_skipped_and_its_subnet_avoided() {
         "never overwritten"
     );
 }
+
+/// What the renewal's answer says, when the watch has not told the node yet: these
+/// answers come first when the watch stream lags behind the store.
+fn renew_answer_case(seed: u64) -> (Cluster, weft_core::lease::LeaseKey, String) {
+    let mut c = Cluster::new(space("10.5.0.0/16", 24), TTL, MARGIN, seed);
+    c.start(ip(1));
+    c.settle();
+    let key = c.held(ip(1)).unwrap();
+    c.watch_paused.insert(ip(1));
+    let full = format!("{}{}", subnets_prefix(PREFIX), key);
+    (c, key, full)
+}
+
+fn renew_failures(c: &Cluster, i: u8) -> Vec<weft_core::Timestamp> {
+    lease_events(c, i)
+        .iter()
+        .filter_map(|e| match e {
+            AllocEvent::RenewFailed { retry_at, .. } => Some(*retry_at),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn a_renewal_answered_conflict_gives_the_subnet_up_at_once() {
+    // Someone deleted our lease and wrote their own under its key: the renewal, which
+    // names our create revision, is refused as a conflict. Retrying cannot help; the
+    // node must give the subnet up and take another, not keep routing as its holder.
+    let (mut c, key, full) = renew_answer_case(11);
+    c.store.delete(&full).unwrap();
+    c.store.put(&full, br#"{"PublicIP":"192.0.2.99"}"#).unwrap();
+    c.advance(TTL - MARGIN + Duration::from_secs(1));
+    let events = lease_events(&c, 1);
+    assert!(
+        events.contains(&AllocEvent::Lost {
+            key,
+            reason: LossReason::Taken
+        }),
+        "{events:?}"
+    );
+    assert!(renew_failures(&c, 1).is_empty(), "{events:?}");
+    let now_held = c.held(ip(1)).expect("a new subnet");
+    assert_ne!(now_held, key);
+    assert_eq!(
+        c.store.get(&full).unwrap().unwrap().value,
+        br#"{"PublicIP":"192.0.2.99"}"#,
+        "the other lease is left as it is"
+    );
+}
+
+#[test]
+fn a_renewal_answered_not_found_takes_the_subnet_back_at_once() {
+    // The lease is gone from the store (expired there, or deleted) and the watch has
+    // not said so: the node re-acquires at once, preferring the same subnet, instead of
+    // retrying a renewal that cannot succeed while it still routes as the holder.
+    let (mut c, key, full) = renew_answer_case(12);
+    c.store.delete(&full).unwrap();
+    c.advance(TTL - MARGIN + Duration::from_secs(1));
+    let events = lease_events(&c, 1);
+    assert!(
+        events.contains(&AllocEvent::Lost {
+            key,
+            reason: LossReason::Expired
+        }),
+        "{events:?}"
+    );
+    assert!(renew_failures(&c, 1).is_empty(), "{events:?}");
+    assert!(c.store.get(&full).unwrap().is_some(), "written again");
+    assert_eq!(c.held(ip(1)), Some(key));
+}
+
+#[test]
+fn renewal_retries_never_pass_half_of_what_is_left_of_the_lease() {
+    // TTL 60 s, renewal at 40 s, the store down from then on: exponential backoff
+    // alone would retry at 41, 43, 47, 55 and 71 s, past the 60 s deadline. Each retry
+    // must come at most halfway to the deadline (or 100 ms after the failure).
+    let ttl = Duration::from_secs(60);
+    let margin = Duration::from_secs(20);
+    let mut c = Cluster::new(space("10.5.0.0/16", 24), ttl, margin, 13);
+    c.start(ip(1));
+    c.settle();
+    let deadline = c.now + ttl;
+    c.advance(ttl - margin - Duration::from_millis(500));
+    c.set_unavailable(true);
+    c.advance(margin + Duration::from_secs(1));
+    let retries = renew_failures(&c, 1);
+    assert!(retries.len() >= 5, "{retries:?}");
+    let mut failed_at = deadline - margin;
+    for retry_at in retries.iter().copied().filter(|t| *t < deadline) {
+        let half = failed_at + deadline.saturating_since(failed_at) / 2;
+        let limit = half.max(failed_at + Duration::from_millis(100));
+        assert!(
+            retry_at <= limit,
+            "a renewal failed at {failed_at:?} retries at {retry_at:?}, past {limit:?}: {retries:?}"
+        );
+        failed_at = retry_at;
+    }
+}
+
+#[test]
+fn an_expiry_seen_by_the_watch_before_the_timer_fired_is_an_expiry() {
+    // A process paused past its lease's deadline (a stopped VM, a debugger) wakes with
+    // its expiry timer and the store's deletion both due; if the deletion is handled
+    // first, it is the expiry, not an operator's delete: the node takes its subnet
+    // back rather than exit.
+    let mut c = Cluster::new(space("10.5.0.0/16", 24), TTL, MARGIN, 14);
+    c.start(ip(1));
+    c.settle();
+    let key = c.held(ip(1)).unwrap();
+    c.now = c.now + TTL + Duration::from_secs(5);
+    assert!(c.store.advance_to(c.now), "the store expires the lease");
+    c.settle();
+    let events = lease_events(&c, 1);
+    assert!(
+        events.contains(&AllocEvent::Lost {
+            key,
+            reason: LossReason::Expired
+        }),
+        "{events:?}"
+    );
+    assert!(!c.nodes[&ip(1)].node.is_stopped());
+    assert_eq!(c.held(ip(1)), Some(key), "taken back");
+}

@@ -192,9 +192,38 @@ impl Allocator {
     fn pick_random(&mut self, table: &LeaseTable) -> Result<LeaseKey, AllocError> {
         let conflicted_v4: BTreeSet<Ipv4Net> =
             self.recent_conflicts.iter().map(|k| k.ipv4).collect();
+        // A subnet of a key that a create just found existing is taken, though the
+        // table may not show it yet.
+        let conflicted_v6: BTreeSet<Ipv6Net> = self
+            .recent_conflicts
+            .iter()
+            .filter_map(|k| k.ipv6)
+            .collect();
+        let v4_taken = |n: Ipv4Net| table.is_v4_taken(n) || conflicted_v4.contains(&n);
+        let v6_taken = |n: Ipv6Net| table.is_v6_taken(n) || conflicted_v6.contains(&n);
+        // Dual stack: an IPv4 subnet whose paired IPv6 subnet is free, first (see
+        // `pick_v6`). Two nodes that draw different IPv4 subnets this way lease different
+        // IPv6 ones; drawing the IPv4 subnet alone, a node whose pair was taken could
+        // draw at random the IPv6 subnet another node was pairing at the same time (the
+        // simulator's scenario 26 found it).
+        if let Some(v6_space) = self.cfg.v6_space {
+            let v4_space = self.cfg.v4_space;
+            let paired = pick_free(&mut self.rng, &v4_space, |n| {
+                let IpNet::V4(n) = n else { return true };
+                v4_taken(n) || pair_of(&v4_space, &v6_space, n).is_none_or(v6_taken)
+            });
+            if let Ok(IpNet::V4(ipv4)) = paired {
+                if let Some(ipv6) = pair_of(&v4_space, &v6_space, ipv4) {
+                    return Ok(LeaseKey {
+                        ipv4,
+                        ipv6: Some(ipv6),
+                    });
+                }
+            }
+        }
         let v4 = pick_free(&mut self.rng, &self.cfg.v4_space, |n| {
             let IpNet::V4(n) = n else { return true };
-            table.is_v4_taken(n) || conflicted_v4.contains(&n)
+            v4_taken(n)
         })
         .map_err(|taken| out_of(&self.cfg.v4_space, taken))?;
         let IpNet::V4(ipv4) = v4 else {
@@ -202,9 +231,20 @@ impl Allocator {
         };
         let ipv6 = match self.cfg.v6_space {
             None => None,
-            Some(space) => Some(self.pick_v6(&space, v4, table)?),
+            Some(space) => Some(self.pick_v6(&space, ipv4, &v6_taken)?),
         };
         Ok(LeaseKey { ipv4, ipv6 })
+    }
+}
+
+/// The IPv6 subnet paired with the IPv4 subnet `v4`: the one at the same position in
+/// its space (modulo its size).
+fn pair_of(v4_space: &SubnetSpace, v6_space: &SubnetSpace, v4: Ipv4Net) -> Option<Ipv6Net> {
+    let i = v4_space.index_of(&IpNet::V4(v4))?;
+    let offset = (i - v4_space.min_index()) % v6_space.len();
+    match v6_space.subnet_at(v6_space.min_index() + offset) {
+        IpNet::V6(paired) => Some(paired),
+        IpNet::V4(_) => None,
     }
 }
 
@@ -219,21 +259,17 @@ impl Allocator {
     fn pick_v6(
         &mut self,
         space: &SubnetSpace,
-        v4: IpNet,
-        table: &LeaseTable,
+        v4: Ipv4Net,
+        taken: &impl Fn(Ipv6Net) -> bool,
     ) -> Result<Ipv6Net, AllocError> {
-        let v4_space = &self.cfg.v4_space;
-        if let Some(i) = v4_space.index_of(&v4) {
-            let offset = (i - v4_space.min_index()) % space.len();
-            if let IpNet::V6(paired) = space.subnet_at(space.min_index() + offset) {
-                if !table.is_v6_taken(paired) {
-                    return Ok(paired);
-                }
+        if let Some(paired) = pair_of(&self.cfg.v4_space, space, v4) {
+            if !taken(paired) {
+                return Ok(paired);
             }
         }
         let v6 = pick_free(&mut self.rng, space, |n| {
             let IpNet::V6(n) = n else { return true };
-            table.is_v6_taken(n)
+            taken(n)
         })
         .map_err(|taken| out_of(space, taken))?;
         match v6 {

@@ -43,6 +43,7 @@ use crate::timer::TimerTable;
 pub use crate::forward::{DropCounters, DropReason, Inbound, Outbound, ThreadDrops};
 pub use config::{NodeConfig, NodeConfigError};
 use store::WatchState;
+pub use store::PROBE_EVERY;
 
 /// Identifies a store operation so that its result finds its way back; for a watch, it
 /// identifies the watch, and every batch of it carries it.
@@ -207,6 +208,19 @@ impl Node {
     /// held back until the lease is reported.
     pub fn is_watching(&self) -> bool {
         matches!(self.watch, WatchState::Running { .. })
+    }
+
+    /// When the earliest retry waiting on a store failure is due (the watch's, or the
+    /// allocator's create or renewal), while one waits: the probe of the store cuts
+    /// such a wait short once the store answers again.
+    pub fn store_retry_at(&self) -> Option<Timestamp> {
+        [
+            self.timers.get(crate::timer::Timer::WatchRetry),
+            self.allocator.store_retry_at(),
+        ]
+        .into_iter()
+        .flatten()
+        .min()
     }
 
     /// The forwarding table as it is now, whether or not it was polled.

@@ -56,6 +56,9 @@ pub struct Cluster {
     /// Nodes whose next store answer is lost: the operation takes effect, the node is
     /// told it timed out.
     pub lose_next_answer: BTreeSet<Ipv4Addr>,
+    /// Nodes whose watch delivers nothing for now (a stream that lags behind the
+    /// store): they learn of changes only from the answers to their own operations.
+    pub watch_paused: BTreeSet<Ipv4Addr>,
     /// Called after every store operation, watch delivery and expiry; what it returns
     /// as an error is collected in `violations`.
     pub after_each_op: Option<OpCheck>,
@@ -78,6 +81,7 @@ impl Cluster {
             unavailable: false,
             offsets: BTreeMap::new(),
             lose_next_answer: BTreeSet::new(),
+            watch_paused: BTreeSet::new(),
             after_each_op: None,
             violations: Vec::new(),
         }
@@ -184,6 +188,9 @@ impl Cluster {
             let Some((id, from)) = self.nodes[&ip].watch else {
                 continue;
             };
+            if self.watch_paused.contains(&ip) {
+                continue;
+            }
             let result = if self.unavailable {
                 Err(StoreError::Unavailable(
                     "outage injected by the test".into(),

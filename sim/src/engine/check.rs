@@ -4,16 +4,28 @@
 //! - no two running nodes hold overlapping subnets;
 //! - a node that has caught up with the store routes to exactly the live peer leases;
 //! - (in `host.rs`) no packet reaches a container it was not addressed to.
+//! - a node that can reach the store catches up with it within [`CATCH_UP_BOUND`] plus
+//!   four store latencies: no retry waits on a store failure longer than that once the
+//!   store answers again ([`World::check_store_wait`]).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::time::Duration;
 
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use weft_core::config::NetworkConfig;
 use weft_core::lease::{LeaseAttrs, LeaseKey};
 use weft_core::store::{StoreError, WatchEvent};
 
-use super::World;
+use super::{World, STORE_TIMEOUT};
+
+/// How long a node that can reach the store may still wait to retry after a store
+/// failure, besides four store latencies: an unanswered probe's timeout, then a probe
+/// period with its jitter (the probe asks again, and its answer sends every waiting
+/// retry).
+pub const CATCH_UP_BOUND: Duration = STORE_TIMEOUT
+    .saturating_add(weft_core::node::PROBE_EVERY)
+    .saturating_add(weft_core::node::PROBE_EVERY);
 
 /// A live lease in the store, as the checker follows it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -357,11 +369,44 @@ impl World {
         ))
     }
 
+    /// Host `h`'s node may wait to retry after a store failure, but not for longer than
+    /// [`CATCH_UP_BOUND`] (and four store latencies) of the store being reachable: up,
+    /// the host's link to it whole, its clock steady.
+    pub(crate) fn check_store_wait(&mut self, h: usize) {
+        let now = self.now;
+        let host = &mut self.hosts[h];
+        let Some(retry_at) = host.node().and_then(|n| n.store_retry_at()) else {
+            host.store_wait_seen = None;
+            return;
+        };
+        let seen = *host.store_wait_seen.get_or_insert(now);
+        if self.store_down || host.store_cut_up || host.store_cut_down {
+            return;
+        }
+        let reachable = seen
+            .max(host.store_trouble_at)
+            .max(self.outage_changed_at.0);
+        let bound = CATCH_UP_BOUND + self.cfg.store_latency * 4;
+        if now.as_duration() > reachable.as_duration() + bound {
+            let name = host.name.clone();
+            let due = retry_at.saturating_since(host.node_now(now));
+            self.fail(format!(
+                "invariant: {name} could reach the store since {}, yet {} later it still waits to retry (due in {})",
+                reachable.to_string().trim(),
+                crate::time::format_duration(now.as_duration() - reachable.as_duration()),
+                crate::time::format_duration(due)
+            ));
+        }
+    }
+
     pub(crate) fn check_invariants(&mut self) {
         if self.touched.is_empty() {
             return;
         }
         let mut touched = std::mem::take(&mut self.touched);
+        for &h in &touched {
+            self.check_store_wait(h);
+        }
         if !self.cfg.check_routes {
             touched.clear();
             self.touched = touched;

@@ -89,6 +89,9 @@ pub struct Host {
     /// The last time its way to the store was in doubt (a cut or heal of its link, a
     /// jump of its clock, a start): a lease may run out only within a TTL of it.
     pub store_trouble_at: SimTime,
+    /// Since when its node has been seen waiting to retry after a store failure, while
+    /// it waits: see [`World::check_store_wait`].
+    pub store_wait_seen: Option<SimTime>,
 }
 
 impl Host {
@@ -121,6 +124,7 @@ impl Host {
             network: 0,
             announced: Default::default(),
             store_trouble_at: SimTime::ZERO,
+            store_wait_seen: None,
         }
     }
 
@@ -255,6 +259,7 @@ impl World {
         host.skipped = 0;
         host.announced.clear();
         host.store_trouble_at = self.now;
+        host.store_wait_seen = None;
         host.network = self.networks.len() - 1;
         host.watch = None;
         host.timeout_at = None;
@@ -409,6 +414,10 @@ impl World {
             return;
         }
         host.timeout_at = None;
+        // A wait on the store ends at its own timer if nothing cut it short: check it
+        // before the timer clears it.
+        self.check_store_wait(h);
+        let host = &mut self.hosts[h];
         let now = host.node_now(self.now);
         if let Some(node) = host.node_mut() {
             node.handle_timeout(now);
