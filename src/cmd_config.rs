@@ -20,9 +20,13 @@ pub fn load(file: &Path) -> Result<(String, NetworkConfig)> {
     Ok((text, config))
 }
 
-/// A human summary of a valid config: range, subnet count, MTU per backend.
+/// A human summary of a valid config: its warnings, range, subnet count, MTU per
+/// backend.
 pub fn describe(config: &NetworkConfig) -> String {
     let mut out = String::new();
+    for warning in &config.warnings {
+        out += &format!("warning: {warning}\n");
+    }
     for (family, space) in [("IPv4", config.ipv4_space()), ("IPv6", config.ipv6_space())] {
         if let Some(space) = space {
             out += &format!(

@@ -143,3 +143,20 @@ fn a_missing_file_is_a_clear_error() {
         "{err}"
     );
 }
+
+#[test]
+fn an_empty_file_says_empty_and_host_bits_warn() {
+    let out = check("");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("network config is empty"), "{err}");
+    assert!(!err.contains("EOF"), "{err}");
+    let out = check(r#"{"Network":"10.5.0.1/16","Backend":{"Type":"udp"}}"#);
+    assert!(out.status.success(), "{out:?}");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("warning: Network 10.5.0.1/16 has host bits set: using 10.5.0.0/16")
+            && text.contains("IPv4 network 10.5.0.0/16"),
+        "{text}"
+    );
+}

@@ -291,7 +291,7 @@ fn ipv4_net_of(field: &'static str, v: &Value) -> Result<Option<Ipv4Net>, Config
         return Err(wrong_type(field, v, IPV4_CIDR));
     };
     match s.parse::<IpNet>() {
-        Ok(IpNet::V4(net)) => Ok(Some(net.trunc())),
+        Ok(IpNet::V4(net)) => Ok(Some(net)),
         _ => Err(invalid(field, v, IPV4_CIDR)),
     }
 }
@@ -301,7 +301,7 @@ fn ipv6_net_of(field: &'static str, v: &Value) -> Result<Option<Ipv6Net>, Config
         return Err(wrong_type(field, v, IPV6_CIDR));
     };
     match s.parse::<IpNet>() {
-        Ok(IpNet::V6(net)) => Ok(Some(net.trunc())),
+        Ok(IpNet::V6(net)) => Ok(Some(net)),
         _ => Err(invalid(field, v, IPV6_CIDR)),
     }
 }

@@ -10,6 +10,11 @@ use super::SUPPORTED;
 /// and the rule it breaks.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ConfigError {
+    /// The text is empty, or only white space (an empty file, a key written empty).
+    #[error(
+        "network config is empty: expected a JSON object such as {{\"Network\": \"10.5.0.0/16\"}}"
+    )]
+    Empty,
     /// The text is not JSON; serde_json's message gives the line and column.
     #[error("network config is not valid JSON: {0}")]
     Json(String),

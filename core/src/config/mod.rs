@@ -255,11 +255,17 @@ pub struct NetworkConfig {
     pub ipv6_subnet_max: Option<Ipv6Addr>,
     /// `Backend`.
     pub backend: BackendConfig,
+    /// What was accepted but deserves a word: a network written with host bits set.
+    /// `weft config check` prints these, the daemon logs them.
+    pub warnings: Vec<String>,
 }
 
 impl NetworkConfig {
     /// Parses and validates a config JSON text.
     pub fn parse(text: &str) -> Result<Self, ConfigError> {
+        if text.trim().is_empty() {
+            return Err(ConfigError::Empty);
+        }
         let members = match serde_json::from_str::<Value>(text).map_err(json_error)? {
             Value::Object(_) => Members::parse(text)?,
             Value::Null => Members::default(),

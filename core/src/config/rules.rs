@@ -20,8 +20,33 @@ impl Fields {
         if !self.enable_ipv4 && !self.enable_ipv6 {
             return Err(ConfigError::NoAddressFamily);
         }
+        // flannel parses a CIDR with Go's ParseCIDR, which keeps only the prefix: a
+        // network written with host bits set is used truncated. So is weft's, with a
+        // warning, since the subnets then start elsewhere than the text suggests.
+        let mut warnings = Vec::new();
+        let mut truncated = |field: &str, written: IpNet| {
+            let net = written.trunc();
+            if net != written {
+                warnings.push(format!(
+                    "{field} {written} has host bits set: using {net}, as flannel does"
+                ));
+            }
+            net
+        };
+        let network = self
+            .network
+            .map(|n| match truncated(IPV4.network, n.into()) {
+                IpNet::V4(n) => n,
+                IpNet::V6(_) => unreachable!("an IPv4 network truncates to IPv4"),
+            });
+        let ipv6_network = self
+            .ipv6_network
+            .map(|n| match truncated(IPV6.network, n.into()) {
+                IpNet::V6(n) => n,
+                IpNet::V4(_) => unreachable!("an IPv6 network truncates to IPv6"),
+            });
         let v4 = if self.enable_ipv4 {
-            let network = self.network.ok_or(ConfigError::MissingNetwork {
+            let network = network.ok_or(ConfigError::MissingNetwork {
                 field: IPV4.network,
                 enabled_by: IPV4.enable,
             })?;
@@ -36,7 +61,7 @@ impl Fields {
             None
         };
         let v6 = if self.enable_ipv6 {
-            let network = self.ipv6_network.ok_or(ConfigError::MissingNetwork {
+            let network = ipv6_network.ok_or(ConfigError::MissingNetwork {
                 field: IPV6.network,
                 enabled_by: IPV6.enable,
             })?;
@@ -62,6 +87,7 @@ impl Fields {
             ipv6_subnet_min: v6.map(|(_, l)| l.min),
             ipv6_subnet_max: v6.map(|(_, l)| l.max),
             backend: Backend::resolve(self.backend)?,
+            warnings,
         })
     }
 }

@@ -681,3 +681,43 @@ proptest! {
         let _ = NetworkConfig::parse(&text);
     }
 }
+
+#[test]
+fn an_empty_config_says_it_is_empty() {
+    for text in ["", "  \n\t\n"] {
+        let err = NetworkConfig::parse(text).expect_err("empty");
+        assert_eq!(err, ConfigError::Empty);
+        assert!(
+            err.to_string().starts_with("network config is empty"),
+            "{err}"
+        );
+    }
+    // `null` is still flannel's `{}`: it lacks a Network, not text.
+    assert!(matches!(
+        NetworkConfig::parse("null"),
+        Err(ConfigError::MissingNetwork { .. })
+    ));
+}
+
+#[test]
+fn a_network_with_host_bits_is_truncated_with_a_warning() {
+    let c = parse(
+        r#"{"Network":"10.5.0.1/16","EnableIPv6":true,"IPv6Network":"fc00::1/48","Backend":{"Type":"udp"}}"#,
+    );
+    assert_eq!(c.network, Some("10.5.0.0/16".parse().unwrap()));
+    assert_eq!(c.ipv6_network, Some("fc00::/48".parse().unwrap()));
+    assert_eq!(
+        c.warnings,
+        [
+            "Network 10.5.0.1/16 has host bits set: using 10.5.0.0/16, as flannel does",
+            "IPv6Network fc00::1/48 has host bits set: using fc00::/48, as flannel does",
+        ]
+    );
+    assert_eq!(
+        summary(&c),
+        summary(&parse(
+            r#"{"Network":"10.5.0.0/16","EnableIPv6":true,"IPv6Network":"fc00::/48","Backend":{"Type":"udp"}}"#
+        ))
+    );
+    assert!(parse(r#"{"Network":"10.5.0.0/16"}"#).warnings.is_empty());
+}

@@ -151,10 +151,12 @@ pub async fn network_config(
             path: path.to_path_buf(),
             cause,
         })?;
-        return NetworkConfig::parse(&text).map_err(|cause| DaemonError::Config {
+        let config = NetworkConfig::parse(&text).map_err(|cause| DaemonError::Config {
             from: path.display().to_string(),
             cause,
-        });
+        })?;
+        warn_about(&config, &path.display().to_string());
+        return Ok(config);
     }
     let key = config_key(prefix);
     let mut logged = false;
@@ -162,8 +164,12 @@ pub async fn network_config(
         match store.get(&key).await {
             Ok(Some(entry)) => {
                 let text = String::from_utf8_lossy(&entry.value);
-                return NetworkConfig::parse(&text)
-                    .map_err(|cause| DaemonError::Config { from: key, cause });
+                let config = NetworkConfig::parse(&text).map_err(|cause| DaemonError::Config {
+                    from: key.clone(),
+                    cause,
+                })?;
+                warn_about(&config, &key);
+                return Ok(config);
             }
             Ok(None) if !logged => {
                 tracing::info!(%key, "waiting for the network config to be written (weft config set)");
@@ -176,6 +182,13 @@ pub async fn network_config(
             Err(e) => tracing::warn!(%key, error = %e, "cannot read the network config; retrying"),
         }
         tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
+/// Logs what the config accepted but deserves a word.
+fn warn_about(config: &NetworkConfig, from: &str) {
+    for warning in &config.warnings {
+        tracing::warn!(config = %from, "{warning}");
     }
 }
 
