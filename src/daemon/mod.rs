@@ -166,17 +166,34 @@ impl DaemonArgs {
     }
 }
 
-/// A watch that turns true on SIGTERM or SIGINT.
+/// A watch that turns true on the first SIGTERM or SIGINT: the daemon (or the lab)
+/// then stops cleanly. A second one, while that stop is under way (a device, a store or
+/// a thread that does not let go), ends the process at once with exit code 1 and a line
+/// saying so; what the clean stop had not removed yet stays behind.
 pub fn shutdown_on_signals() -> Result<watch::Receiver<bool>> {
+    shutdown_on_signals_then(|| std::process::exit(1))
+}
+
+/// [`shutdown_on_signals`], with `force` called on the second signal.
+fn shutdown_on_signals_then(
+    force: impl FnOnce() + Send + 'static,
+) -> Result<watch::Receiver<bool>> {
     let (tx, rx) = watch::channel(false);
     let mut sigterm = signal(SignalKind::terminate())?;
     let mut sigint = signal(SignalKind::interrupt())?;
     tokio::spawn(async move {
-        tokio::select! {
-            _ = sigterm.recv() => {}
-            _ = sigint.recv() => {}
-        }
+        let mut next = async || {
+            tokio::select! {
+                _ = sigterm.recv() => "SIGTERM",
+                _ = sigint.recv() => "SIGINT",
+            }
+        };
+        let first = next().await;
+        tracing::info!("{first}: stopping cleanly (a second signal exits at once)");
         let _ = tx.send(true);
+        let second = next().await;
+        tracing::warn!("{second} during the stop: exiting at once, without finishing it");
+        force();
     });
     Ok(rx)
 }
@@ -259,4 +276,37 @@ pub async fn run(args: DaemonArgs) -> Result<()> {
         task.abort();
     }
     Ok(result?)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use nix::sys::signal::{raise, Signal};
+
+    use super::shutdown_on_signals_then;
+
+    /// The real signal path: the test process signals itself (tokio's handler takes
+    /// the signals, so the default action never runs).
+    #[tokio::test]
+    async fn the_first_signal_stops_cleanly_and_a_second_forces_the_exit() {
+        let (forced, was_forced) = std::sync::mpsc::channel();
+        let mut shutdown = shutdown_on_signals_then(move || {
+            let _ = forced.send(());
+        })
+        .unwrap();
+        raise(Signal::SIGTERM).unwrap();
+        tokio::time::timeout(Duration::from_secs(5), shutdown.changed())
+            .await
+            .expect("the first signal is seen")
+            .unwrap();
+        assert!(*shutdown.borrow());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert!(was_forced.try_recv().is_err(), "one signal forces nothing");
+        raise(Signal::SIGINT).unwrap();
+        tokio::task::spawn_blocking(move || was_forced.recv_timeout(Duration::from_secs(5)))
+            .await
+            .unwrap()
+            .expect("the second signal forces the exit");
+    }
 }
