@@ -64,9 +64,10 @@ pub fn describe(config: &NetworkConfig) -> String {
 fn devices(config: &NetworkConfig) -> String {
     let b = &config.backend;
     match b.kind {
-        BackendType::Udp if config.enable_ipv6 => {
-            "none: the udp backend carries IPv4 only, and `weft daemon` refuses EnableIPv6 with it".to_string()
-        }
+        BackendType::Udp if config.enable_ipv6 => format!(
+            "a TUN device (weft0, --tun-name) with this node's subnet address /32 and its IPv6 subnet address /128, and a UDP socket on port {} (IPv4); routes to the network and the IPv6 network through the TUN device; IPv6 inner packets travel over the IPv4 underlay to each peer's PublicIP (flannel's udp backend carries no IPv6)",
+            b.port
+        ),
         BackendType::Udp => format!(
             "a TUN device (weft0, --tun-name) and a UDP socket on port {}; routes to the network through the TUN device",
             b.port

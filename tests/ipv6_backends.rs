@@ -38,6 +38,164 @@ fn three_hosts(tag: &str, etcd: &Etcd, config: &str) -> Underlay {
     net
 }
 
+/// [`three_hosts`], each daemon also serving /metrics on its loopback (port 9110).
+fn three_hosts_with_metrics(
+    tag: &str,
+    etcd: &Etcd,
+    config: &str,
+    env: &[(&str, &str)],
+) -> Underlay {
+    let mut net = Underlay::new(tag, &["192.0.2.1", "192.0.2.2", "192.0.2.3"], etcd);
+    net.enable_ipv6();
+    net.set_config(config);
+    for i in 1..=3 {
+        let key = net
+            .dir
+            .path()
+            .join(format!("h{i}.wgkey"))
+            .display()
+            .to_string();
+        let mut env: Vec<(&str, &str)> = env.to_vec();
+        env.push(("WIREGUARD_KEY_FILE", &key));
+        net.start_env(
+            i,
+            &["--healthz-ip", "127.0.0.1", "--healthz-port", "9110"],
+            &env,
+        );
+        net.add_container(i);
+        net.add_container6(i);
+    }
+    net
+}
+
+/// Sends `payload` as one UDP datagram from host `i`'s namespace (from its underlay
+/// address, an ephemeral port) to `to`.
+fn send_from_host(net: &Underlay, i: usize, to: std::net::SocketAddr, payload: &[u8]) {
+    let ns = weft_datapath::netns::path(&net.hosts[i - 1].ns);
+    let (from, payload) = (net.hosts[i - 1].ip, payload.to_vec());
+    weft_datapath::netns::in_netns(Some(&ns), move || {
+        let s = std::net::UdpSocket::bind((from, 0)).unwrap();
+        s.send_to(&payload, to).unwrap();
+    })
+    .unwrap();
+}
+
+/// An IPv6/UDP packet from `src` to `dst` (port 9), hop limit 64, checksum 0.
+fn udp6_packet(src: std::net::Ipv6Addr, dst: std::net::Ipv6Addr, data: &[u8]) -> Vec<u8> {
+    let mut p = vec![0u8; 48 + data.len()];
+    p[0] = 0x60;
+    p[4..6].copy_from_slice(&((8 + data.len()) as u16).to_be_bytes());
+    p[6] = 17;
+    p[7] = 64;
+    p[8..24].copy_from_slice(&src.octets());
+    p[24..40].copy_from_slice(&dst.octets());
+    p[40..42].copy_from_slice(&9u16.to_be_bytes());
+    p[42..44].copy_from_slice(&9u16.to_be_bytes());
+    p[44..46].copy_from_slice(&((8 + data.len()) as u16).to_be_bytes());
+    p[48..].copy_from_slice(data);
+    p
+}
+
+#[test]
+fn udp_dual_stack_three_hosts_mesh_offloads_icmpv6_and_spoofed_ipv6_sources() {
+    let test = "udp_dual_stack_three_hosts_mesh_offloads_icmpv6_and_spoofed_ipv6_sources";
+    if !can_run(test) {
+        return;
+    }
+    let Some(etcd) = etcd_or_skip(test) else {
+        return;
+    };
+    let started = Instant::now();
+    let net = three_hosts_with_metrics("u6", &etcd, &dual_stack("udp"), &[]);
+    assert_mesh_both_families(&net, &[1, 2, 3]);
+    let total = |i: usize, name: &str| {
+        net.metric(
+            i,
+            &format!(r#"weft_datapath_{name}_total{{backend="udp"}} "#),
+        )
+    };
+    for i in 1..=3 {
+        // The TUN device carries both families: our IPv6 subnet's network address /128
+        // beside the IPv4 one, and the route of the whole IPv6 network.
+        let s6 = net.subnet6(i);
+        let addrs = net.ip(i, &["-6", "addr", "show", "dev", "weft0"]);
+        assert!(
+            addrs.contains(&format!("inet6 {}/128", s6.network())),
+            "h{i}: {addrs}"
+        );
+        let r = route6_to(&net, i, "fc00::/48".parse().unwrap());
+        assert!(r.contains("dev weft0"), "h{i}: {r:?}");
+        // flannel's udp lease with the IPv6 address beside: no BackendType, no data.
+        let value = etcd_get(&etcd, &net.lease_key_in(i, &etcd));
+        assert_eq!(
+            value,
+            format!(r#"{{"PublicIP":"192.0.2.{i}","PublicIPv6":"2001:db8:1::{i}"}}"#)
+        );
+        // TCP over IPv6 left as super-packets and came back coalesced, somewhere.
+        assert!(
+            total(i, "tso_reads") > 0,
+            "h{i}: no TSO super-packet was segmented"
+        );
+        assert!(
+            total(i, "gro_writes") > 0,
+            "h{i}: no received segments were coalesced"
+        );
+    }
+    // A destination in the IPv6 network that no lease holds: ICMPv6 "no route" back.
+    let c1 = net.hosts[0].container.clone().unwrap();
+    let out = std::process::Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &c1,
+            "ping",
+            "-6",
+            "-c",
+            "1",
+            "-W",
+            "2",
+            "fc00:0:0:ff00::1",
+        ])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("From fc00:: ") && text.contains("Destination unreachable: No route"),
+        "{text}"
+    );
+
+    // h1 sends h2 a datagram whose inner IPv6 packet claims c3's address: dropped and
+    // counted as spoofed; one from c1's own address is not.
+    let spoofed = |i| {
+        net.metric(
+            i,
+            r#"weft_packets_dropped_total{backend="udp",reason="spoofed_source"} "#,
+        )
+    };
+    let before = spoofed(2);
+    let to = std::net::SocketAddr::from((net.hosts[1].ip, 8285));
+    send_from_host(
+        &net,
+        1,
+        to,
+        &udp6_packet(net.container_ip6(3), net.container_ip6(2), b"spoofed"),
+    );
+    wait_until(
+        "h2 counts the spoofed IPv6 source",
+        Duration::from_secs(5),
+        || spoofed(2) > before,
+    );
+    send_from_host(
+        &net,
+        1,
+        to,
+        &udp6_packet(net.container_ip6(1), net.container_ip6(2), b"genuine"),
+    );
+    std::thread::sleep(Duration::from_millis(700));
+    assert_eq!(spoofed(2), before + 1);
+    eprintln!("{test}: {:?}", started.elapsed());
+}
+
 /// Every container pings every container of the other `hosts` over both families,
 /// and sends each a TCP stream that arrives whole and unchanged.
 fn assert_mesh_both_families(net: &Underlay, hosts: &[usize]) {
