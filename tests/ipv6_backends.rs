@@ -196,6 +196,143 @@ fn udp_dual_stack_three_hosts_mesh_offloads_icmpv6_and_spoofed_ipv6_sources() {
     eprintln!("{test}: {:?}", started.elapsed());
 }
 
+/// `wg pubkey` of host `i`'s key file.
+fn wg_pubkey_of(net: &Underlay, i: usize) -> String {
+    use std::io::Write;
+    let private = std::fs::read_to_string(net.dir.path().join(format!("h{i}.wgkey"))).unwrap();
+    let mut child = std::process::Command::new("wg")
+        .arg("pubkey")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("wg (wireguard-tools, scripts/install-deps)");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(private.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success());
+    String::from_utf8(out.stdout).unwrap().trim().to_string()
+}
+
+/// A captured Ethernet frame's UDP datagram: (IPv6 outer, destination port, payload).
+fn udp_of(frame: &[u8]) -> Option<(bool, u16, &[u8])> {
+    let ip = frame.get(14..)?;
+    let (v6, udp) = match u16::from_be_bytes([frame[12], frame[13]]) {
+        0x0800 if ip.get(9) == Some(&17) => (false, ip.get(usize::from(ip[0] & 0x0f) * 4..)?),
+        0x86dd if ip.get(6) == Some(&17) => (true, ip.get(40..)?),
+        _ => return None,
+    };
+    Some((
+        v6,
+        u16::from_be_bytes([*udp.first()?, *udp.get(1)?]),
+        udp.get(8..)?,
+    ))
+}
+
+#[test]
+fn wireguard_dual_stack_separate_three_hosts_mesh_leases_and_no_plaintext_ipv6() {
+    wireguard_dual_stack(
+        "wireguard_dual_stack_separate_three_hosts_mesh_leases_and_no_plaintext_ipv6",
+        &dual_stack("wireguard"),
+        true,
+    );
+}
+
+#[test]
+fn wireguard_dual_stack_auto_one_session_per_peer_over_ipv4() {
+    // auto with public (not RFC 1918) IPv4 addresses: flannel's selectMode picks IPv4,
+    // so both families ride one session over the IPv4 underlay.
+    wireguard_dual_stack(
+        "wireguard_dual_stack_auto_one_session_per_peer_over_ipv4",
+        &dual_stack("wireguard").replace(
+            r#""Type":"wireguard""#,
+            r#""Type":"wireguard","Mode":"auto""#,
+        ),
+        false,
+    );
+}
+
+/// A 3-host dual-stack wireguard mesh on `config`; `separate`: the IPv6 sessions run
+/// over the IPv6 underlay to port 51821 (else every datagram is IPv4).
+fn wireguard_dual_stack(test: &str, config: &str, separate: bool) {
+    if !can_run(test) || !underlay::capture::have_tcpdump(test) {
+        return;
+    }
+    let Some(etcd) = etcd_or_skip(test) else {
+        return;
+    };
+    let started = Instant::now();
+    let net = three_hosts_with_metrics("g6", &etcd, config, &[]);
+    assert_mesh_both_families(&net, &[1, 2, 3]);
+    for i in 1..=3 {
+        // flannel's newSubnetAttrs, byte for byte: one key for both families, the IPv4
+        // data with ListenPort, the IPv6 data with ListenPortV6.
+        let key = wg_pubkey_of(&net, i);
+        let value = etcd_get(&etcd, &net.lease_key_in(i, &etcd));
+        assert_eq!(
+            value,
+            format!(
+                r#"{{"PublicIP":"192.0.2.{i}","PublicIPv6":"2001:db8:1::{i}","BackendType":"wireguard","BackendData":{{"PublicKey":"{key}","Port":51820}},"BackendV6Data":{{"PublicKey":"{key}","Port":51821}}}}"#
+            )
+        );
+        let addrs = net.ip(i, &["-6", "addr", "show", "dev", "weft0"]);
+        assert!(
+            addrs.contains(&format!("inet6 {}/128", net.subnet6(i).network())),
+            "h{i}: {addrs}"
+        );
+    }
+    // On h3's underlay port while both peers reach c3 over IPv6: WireGuard messages
+    // only, the IPv6 sessions on [PublicIPv6]:51821 (separate mode), and c3's IPv6
+    // address nowhere in the clear.
+    let capture = net.capture(3, "udp", 400, Duration::from_secs(20));
+    let c3 = net.container_ip6(3);
+    for a in [1, 2] {
+        assert!(
+            net.ping_ip(a, IpAddr::V6(c3)),
+            "c{a} cannot ping c3 over IPv6"
+        );
+        let [sent, got] = net.tcp_transfer(a, 3, IpAddr::V6(c3), 64 * 1024);
+        assert_eq!(got, sent);
+    }
+    let (frames, log) = capture.finish();
+    let datagrams: Vec<(bool, u16, &[u8])> = frames.iter().filter_map(|f| udp_of(f)).collect();
+    assert!(!datagrams.is_empty(), "nothing captured\n{log}");
+    let v6_to_51821 = datagrams
+        .iter()
+        .filter(|(v6, port, _)| *v6 && *port == 51821)
+        .count();
+    if separate {
+        assert!(
+            v6_to_51821 > 0,
+            "no IPv6 datagram to port 51821 in {} captured",
+            datagrams.len()
+        );
+    } else {
+        assert!(
+            datagrams.iter().all(|(v6, _, _)| !*v6),
+            "auto over IPv4: an IPv6 datagram on the underlay"
+        );
+    }
+    for (v6, port, payload) in &datagrams {
+        let t = payload.first().copied().unwrap_or(0);
+        assert!(
+            (1..=4).contains(&t) && payload.get(1..4) == Some(&[0, 0, 0][..]),
+            "not WireGuard (IPv6 outer: {v6}, port {port}): {:02x?}",
+            &payload[..8.min(payload.len())]
+        );
+    }
+    for f in &frames {
+        assert!(
+            !f.windows(16).any(|w| w == c3.octets()),
+            "c3's IPv6 address in the clear on the underlay"
+        );
+    }
+    eprintln!("{test}: {:?}", started.elapsed());
+}
+
 /// Every container pings every container of the other `hosts` over both families,
 /// and sends each a TCP stream that arrives whole and unchanged.
 fn assert_mesh_both_families(net: &Underlay, hosts: &[usize]) {

@@ -6,7 +6,7 @@ use std::net::{Ipv4Addr, Ipv6Addr};
 use std::time::Duration;
 
 use ipnet::{Ipv4Net, Ipv6Net};
-use weft_core::config::{BackendType, NetworkConfig};
+use weft_core::config::NetworkConfig;
 use weft_sim::scenario::Scenario;
 
 use super::{topology, LabError};
@@ -57,13 +57,6 @@ pub struct LabSpec {
 /// built, rather than by the first node's daemon in a half-built lab.
 fn parse_config(text: &str) -> Result<(NetworkConfig, Ipv4Net), LabError> {
     let config = NetworkConfig::parse(text).map_err(|e| LabError::Config(e.to_string()))?;
-    if config.enable_ipv6 && config.backend.kind == BackendType::Wireguard {
-        return Err(LabError::Config(format!(
-            "the {} backend carries IPv4 only for now; a dual-stack lab needs --backend \
-             udp, vxlan or host-gw",
-            config.backend.kind
-        )));
-    }
     let network = config
         .network
         .ok_or_else(|| LabError::Config("the lab needs an IPv4 Network".into()))?;

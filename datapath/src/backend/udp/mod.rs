@@ -135,6 +135,17 @@ pub(super) fn bind_socket(addr: SocketAddrV4) -> std::io::Result<UdpSocket> {
     Ok(socket.into())
 }
 
+/// [`bind_socket`] for IPv6 (`IPV6_V6ONLY`: the IPv4 port of the same number is
+/// another socket's).
+pub(super) fn bind_socket_v6(addr: std::net::SocketAddrV6) -> std::io::Result<UdpSocket> {
+    let socket = Socket::new(Domain::IPV6, Type::DGRAM, Some(Protocol::UDP))?;
+    socket.set_only_v6(true)?;
+    let _ = socket.set_recv_buffer_size(SOCKET_BUFFER);
+    let _ = socket.set_send_buffer_size(SOCKET_BUFFER);
+    socket.bind(&SocketAddr::V6(addr).into())?;
+    Ok(socket.into())
+}
+
 impl UdpDatapath {
     /// Creates the TUN device and the socket inside the namespace at `ns` (`None`: ours),
     /// programs the device over `netlink` (which must talk to the same namespace), and
