@@ -68,9 +68,10 @@ pub fn describe(config: &NetworkConfig) -> String {
 fn devices(config: &NetworkConfig) -> String {
     let b = &config.backend;
     match b.kind {
-        BackendType::Udp if config.enable_ipv6 => {
-            "none: the udp backend carries IPv4 only, and `weft daemon` refuses EnableIPv6 with it".to_string()
-        }
+        BackendType::Udp if config.enable_ipv6 => format!(
+            "a TUN device (weft0, --tun-name) with this node's subnet address /32 and its IPv6 subnet address /128, and a UDP socket on port {} (IPv4); routes to the network and the IPv6 network through the TUN device; IPv6 inner packets travel over the IPv4 underlay to each peer's PublicIP (flannel's udp backend carries no IPv6)",
+            b.port
+        ),
         BackendType::Udp => format!(
             "a TUN device (weft0, --tun-name) and a UDP socket on port {}; routes to the network through the TUN device",
             b.port
@@ -95,9 +96,6 @@ fn devices(config: &NetworkConfig) -> String {
         BackendType::HostGw => {
             "none; per peer a route `subnet via its public IP` on the external interface (peers must share its network)".to_string()
         }
-        BackendType::Wireguard if config.enable_ipv6 => {
-            "none: weft's wireguard backend carries IPv4 only for now, and `weft daemon` refuses EnableIPv6 with it".to_string()
-        }
         BackendType::Wireguard => {
             let wg = b.wireguard.as_ref();
             let keepalive = match wg.map_or(0, |w| w.persistent_keepalive) {
@@ -109,8 +107,24 @@ fn devices(config: &NetworkConfig) -> String {
             } else {
                 "no PSK"
             };
+            let v6 = match wg.filter(|_| config.enable_ipv6) {
+                None => String::new(),
+                Some(w) => {
+                    let sessions = match w.mode {
+                        weft_core::config::WireguardMode::Separate => "a second session per peer for IPv6, to its PublicIPv6 and the port of its BackendV6Data",
+                        weft_core::config::WireguardMode::Auto => "one session per peer for both families, to the endpoint flannel's auto mode picks",
+                        weft_core::config::WireguardMode::Ipv4 => "one session per peer for both families, to its PublicIP",
+                        weft_core::config::WireguardMode::Ipv6 => "one session per peer for both families, to its PublicIPv6 and the port of its BackendV6Data",
+                    };
+                    format!(
+                        "; for IPv6 (Mode {}) the TUN device also gets the IPv6 subnet address /128 and the IPv6 network's route, a second UDP socket on [PublicIPv6]:{}, and {sessions}",
+                        w.mode.as_str(),
+                        w.listen_port_v6
+                    )
+                }
+            };
             format!(
-                "a TUN device (weft0, --tun-name) and a UDP socket on port {} speaking WireGuard (userspace); the private key in /run/flannel/wgkey (WIREGUARD_KEY_FILE), made on first start; per peer a WireGuard session to its public IP and the port its lease gives, {keepalive}, {psk}; routes to the network through the TUN device",
+                "a TUN device (weft0, --tun-name) and a UDP socket on port {} speaking WireGuard (userspace); the private key in /run/flannel/wgkey (WIREGUARD_KEY_FILE), made on first start; per peer a WireGuard session to its public IP and the port its lease gives, {keepalive}, {psk}; routes to the network through the TUN device{v6}",
                 b.port
             )
         }

@@ -102,7 +102,8 @@ pub struct UpArgs {
     /// Dual stack: IPv6 beside IPv4. Adds `"EnableIPv6": true` and, unless the config
     /// has one, `"IPv6Network": "fc00::/48"` (in /64s) to the config; each node gets an
     /// IPv6 underlay address in 2001:db8:0:2::/64 and each container an IPv6 address in
-    /// its node's IPv6 subnet. Needs vxlan or host-gw: udp carries IPv4 only.
+    /// its node's IPv6 subnet. On udp (IPv6 inner packets over the IPv4 underlay), vxlan or
+    /// host-gw.
     #[arg(long)]
     dual_stack: bool,
     /// Lease TTL in seconds.

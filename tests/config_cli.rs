@@ -102,7 +102,8 @@ fn flannel_documented_examples_are_accepted_with_a_summary() {
     );
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(
-        text.contains("devices: none: the udp backend carries IPv4 only"),
+        text.contains("with this node's subnet address /32 and its IPv6 subnet address /128")
+            && text.contains("IPv6 inner packets travel over the IPv4 underlay"),
         "{text}"
     );
     let out = check(r#"{"Network":"10.244.0.0/16","Backend":{"Type":"host-gw"}}"#);

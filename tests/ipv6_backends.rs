@@ -38,6 +38,309 @@ fn three_hosts(tag: &str, etcd: &Etcd, config: &str) -> Underlay {
     net
 }
 
+/// [`three_hosts`], each daemon also serving /metrics on its loopback (port 9110).
+fn three_hosts_with_metrics(
+    tag: &str,
+    etcd: &Etcd,
+    config: &str,
+    env: &[(&str, &str)],
+) -> Underlay {
+    let mut net = Underlay::new(tag, &["192.0.2.1", "192.0.2.2", "192.0.2.3"], etcd);
+    net.enable_ipv6();
+    net.set_config(config);
+    for i in 1..=3 {
+        let key = net
+            .dir
+            .path()
+            .join(format!("h{i}.wgkey"))
+            .display()
+            .to_string();
+        let mut env: Vec<(&str, &str)> = env.to_vec();
+        env.push(("WIREGUARD_KEY_FILE", &key));
+        net.start_env(
+            i,
+            &["--healthz-ip", "127.0.0.1", "--healthz-port", "9110"],
+            &env,
+        );
+        net.add_container(i);
+        net.add_container6(i);
+    }
+    net
+}
+
+/// Sends `payload` as one UDP datagram from host `i`'s namespace (from its underlay
+/// address, an ephemeral port) to `to`.
+fn send_from_host(net: &Underlay, i: usize, to: std::net::SocketAddr, payload: &[u8]) {
+    let ns = weft_datapath::netns::path(&net.hosts[i - 1].ns);
+    let (from, payload) = (net.hosts[i - 1].ip, payload.to_vec());
+    weft_datapath::netns::in_netns(Some(&ns), move || {
+        let s = std::net::UdpSocket::bind((from, 0)).unwrap();
+        s.send_to(&payload, to).unwrap();
+    })
+    .unwrap();
+}
+
+/// An IPv6/UDP packet from `src` to `dst` (port 9), hop limit 64, checksum 0.
+fn udp6_packet(src: std::net::Ipv6Addr, dst: std::net::Ipv6Addr, data: &[u8]) -> Vec<u8> {
+    let mut p = vec![0u8; 48 + data.len()];
+    p[0] = 0x60;
+    p[4..6].copy_from_slice(&((8 + data.len()) as u16).to_be_bytes());
+    p[6] = 17;
+    p[7] = 64;
+    p[8..24].copy_from_slice(&src.octets());
+    p[24..40].copy_from_slice(&dst.octets());
+    p[40..42].copy_from_slice(&9u16.to_be_bytes());
+    p[42..44].copy_from_slice(&9u16.to_be_bytes());
+    p[44..46].copy_from_slice(&((8 + data.len()) as u16).to_be_bytes());
+    p[48..].copy_from_slice(data);
+    p
+}
+
+#[test]
+fn udp_dual_stack_three_hosts_mesh_offloads_icmpv6_and_spoofed_ipv6_sources() {
+    let test = "udp_dual_stack_three_hosts_mesh_offloads_icmpv6_and_spoofed_ipv6_sources";
+    if !can_run(test) {
+        return;
+    }
+    let Some(etcd) = etcd_or_skip(test) else {
+        return;
+    };
+    let started = Instant::now();
+    let net = three_hosts_with_metrics("u6", &etcd, &dual_stack("udp"), &[]);
+    assert_mesh_both_families(&net, &[1, 2, 3]);
+    let total = |i: usize, name: &str| {
+        net.metric(
+            i,
+            &format!(r#"weft_datapath_{name}_total{{backend="udp"}} "#),
+        )
+    };
+    for i in 1..=3 {
+        // The TUN device carries both families: our IPv6 subnet's network address /128
+        // beside the IPv4 one, and the route of the whole IPv6 network.
+        let s6 = net.subnet6(i);
+        let addrs = net.ip(i, &["-6", "addr", "show", "dev", "weft0"]);
+        assert!(
+            addrs.contains(&format!("inet6 {}/128", s6.network())),
+            "h{i}: {addrs}"
+        );
+        let r = route6_to(&net, i, "fc00::/48".parse().unwrap());
+        assert!(r.contains("dev weft0"), "h{i}: {r:?}");
+        // flannel's udp lease with the IPv6 address beside: no BackendType, no data.
+        let value = etcd_get(&etcd, &net.lease_key_in(i, &etcd));
+        assert_eq!(
+            value,
+            format!(r#"{{"PublicIP":"192.0.2.{i}","PublicIPv6":"2001:db8:1::{i}"}}"#)
+        );
+    }
+    // TCP over IPv6 alone: h1 reads it from its TUN device as super-packets and cuts
+    // them (TSO), h2 joins the received segments again (GRO coalescing).
+    let (tso, gro) = (total(1, "tso_reads"), total(2, "gro_writes"));
+    let [sent, got] = net.tcp_transfer(1, 2, IpAddr::V6(net.container_ip6(2)), 8 << 20);
+    assert_eq!(got, sent);
+    // The daemon publishes its counters every 250 ms: wait for them.
+    wait_until(
+        "h1 segments IPv6 TCP super-packets",
+        Duration::from_secs(5),
+        || total(1, "tso_reads") > tso,
+    );
+    wait_until(
+        "h2 coalesces IPv6 TCP segments",
+        Duration::from_secs(5),
+        || total(2, "gro_writes") > gro,
+    );
+
+    // A destination in the IPv6 network that no lease holds: ICMPv6 "no route" back.
+    let c1 = net.hosts[0].container.clone().unwrap();
+    let out = std::process::Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &c1,
+            "ping",
+            "-6",
+            "-c",
+            "1",
+            "-W",
+            "2",
+            "fc00:0:0:ff00::1",
+        ])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("From fc00:: ") && text.contains("Destination unreachable: No route"),
+        "{text}"
+    );
+
+    // h1 sends h2 a datagram whose inner IPv6 packet claims c3's address: dropped and
+    // counted as spoofed; one from c1's own address is not.
+    let spoofed = |i| {
+        net.metric(
+            i,
+            r#"weft_packets_dropped_total{backend="udp",reason="spoofed_source"} "#,
+        )
+    };
+    let before = spoofed(2);
+    let to = std::net::SocketAddr::from((net.hosts[1].ip, 8285));
+    send_from_host(
+        &net,
+        1,
+        to,
+        &udp6_packet(net.container_ip6(3), net.container_ip6(2), b"spoofed"),
+    );
+    wait_until(
+        "h2 counts the spoofed IPv6 source",
+        Duration::from_secs(5),
+        || spoofed(2) > before,
+    );
+    send_from_host(
+        &net,
+        1,
+        to,
+        &udp6_packet(net.container_ip6(1), net.container_ip6(2), b"genuine"),
+    );
+    std::thread::sleep(Duration::from_millis(700));
+    assert_eq!(spoofed(2), before + 1);
+    eprintln!("{test}: {:?}", started.elapsed());
+}
+
+/// `wg pubkey` of host `i`'s key file.
+fn wg_pubkey_of(net: &Underlay, i: usize) -> String {
+    use std::io::Write;
+    let private = std::fs::read_to_string(net.dir.path().join(format!("h{i}.wgkey"))).unwrap();
+    let mut child = std::process::Command::new("wg")
+        .arg("pubkey")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("wg (wireguard-tools, scripts/install-deps)");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(private.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success());
+    String::from_utf8(out.stdout).unwrap().trim().to_string()
+}
+
+/// A captured Ethernet frame's UDP datagram: (IPv6 outer, destination port, payload).
+fn udp_of(frame: &[u8]) -> Option<(bool, u16, &[u8])> {
+    let ip = frame.get(14..)?;
+    let (v6, udp) = match u16::from_be_bytes([frame[12], frame[13]]) {
+        0x0800 if ip.get(9) == Some(&17) => (false, ip.get(usize::from(ip[0] & 0x0f) * 4..)?),
+        0x86dd if ip.get(6) == Some(&17) => (true, ip.get(40..)?),
+        _ => return None,
+    };
+    Some((
+        v6,
+        u16::from_be_bytes([*udp.first()?, *udp.get(1)?]),
+        udp.get(8..)?,
+    ))
+}
+
+#[test]
+fn wireguard_dual_stack_separate_three_hosts_mesh_leases_and_no_plaintext_ipv6() {
+    wireguard_dual_stack(
+        "wireguard_dual_stack_separate_three_hosts_mesh_leases_and_no_plaintext_ipv6",
+        &dual_stack("wireguard"),
+        true,
+    );
+}
+
+#[test]
+fn wireguard_dual_stack_auto_one_session_per_peer_over_ipv4() {
+    // auto with public (not RFC 1918) IPv4 addresses: flannel's selectMode picks IPv4,
+    // so both families ride one session over the IPv4 underlay.
+    wireguard_dual_stack(
+        "wireguard_dual_stack_auto_one_session_per_peer_over_ipv4",
+        &dual_stack("wireguard").replace(
+            r#""Type":"wireguard""#,
+            r#""Type":"wireguard","Mode":"auto""#,
+        ),
+        false,
+    );
+}
+
+/// A 3-host dual-stack wireguard mesh on `config`; `separate`: the IPv6 sessions run
+/// over the IPv6 underlay to port 51821 (else every datagram is IPv4).
+fn wireguard_dual_stack(test: &str, config: &str, separate: bool) {
+    if !can_run(test) || !underlay::capture::have_tcpdump(test) {
+        return;
+    }
+    let Some(etcd) = etcd_or_skip(test) else {
+        return;
+    };
+    let started = Instant::now();
+    let net = three_hosts_with_metrics("g6", &etcd, config, &[]);
+    assert_mesh_both_families(&net, &[1, 2, 3]);
+    for i in 1..=3 {
+        // flannel's newSubnetAttrs, byte for byte: one key for both families, the IPv4
+        // data with ListenPort, the IPv6 data with ListenPortV6.
+        let key = wg_pubkey_of(&net, i);
+        let value = etcd_get(&etcd, &net.lease_key_in(i, &etcd));
+        assert_eq!(
+            value,
+            format!(
+                r#"{{"PublicIP":"192.0.2.{i}","PublicIPv6":"2001:db8:1::{i}","BackendType":"wireguard","BackendData":{{"PublicKey":"{key}","Port":51820}},"BackendV6Data":{{"PublicKey":"{key}","Port":51821}}}}"#
+            )
+        );
+        let addrs = net.ip(i, &["-6", "addr", "show", "dev", "weft0"]);
+        assert!(
+            addrs.contains(&format!("inet6 {}/128", net.subnet6(i).network())),
+            "h{i}: {addrs}"
+        );
+    }
+    // On h3's underlay port while both peers reach c3 over IPv6: WireGuard messages
+    // only, the IPv6 sessions on [PublicIPv6]:51821 (separate mode), and c3's IPv6
+    // address nowhere in the clear.
+    let capture = net.capture(3, "udp", 400, Duration::from_secs(20));
+    let c3 = net.container_ip6(3);
+    for a in [1, 2] {
+        assert!(
+            net.ping_ip(a, IpAddr::V6(c3)),
+            "c{a} cannot ping c3 over IPv6"
+        );
+        let [sent, got] = net.tcp_transfer(a, 3, IpAddr::V6(c3), 64 * 1024);
+        assert_eq!(got, sent);
+    }
+    let (frames, log) = capture.finish();
+    let datagrams: Vec<(bool, u16, &[u8])> = frames.iter().filter_map(|f| udp_of(f)).collect();
+    assert!(!datagrams.is_empty(), "nothing captured\n{log}");
+    let v6_to_51821 = datagrams
+        .iter()
+        .filter(|(v6, port, _)| *v6 && *port == 51821)
+        .count();
+    if separate {
+        assert!(
+            v6_to_51821 > 0,
+            "no IPv6 datagram to port 51821 in {} captured",
+            datagrams.len()
+        );
+    } else {
+        assert!(
+            datagrams.iter().all(|(v6, _, _)| !*v6),
+            "auto over IPv4: an IPv6 datagram on the underlay"
+        );
+    }
+    for (v6, port, payload) in &datagrams {
+        let t = payload.first().copied().unwrap_or(0);
+        assert!(
+            (1..=4).contains(&t) && payload.get(1..4) == Some(&[0, 0, 0][..]),
+            "not WireGuard (IPv6 outer: {v6}, port {port}): {:02x?}",
+            &payload[..8.min(payload.len())]
+        );
+    }
+    for f in &frames {
+        assert!(
+            !f.windows(16).any(|w| w == c3.octets()),
+            "c3's IPv6 address in the clear on the underlay"
+        );
+    }
+    eprintln!("{test}: {:?}", started.elapsed());
+}
+
 /// Every container pings every container of the other `hosts` over both families,
 /// and sends each a TCP stream that arrives whole and unchanged.
 fn assert_mesh_both_families(net: &Underlay, hosts: &[usize]) {

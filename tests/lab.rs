@@ -201,31 +201,6 @@ fn dual_stack_full_mesh(backend: &str) {
 }
 
 #[test]
-fn a_dual_stack_lab_on_udp_is_refused_before_anything_is_built() {
-    // No root needed: the refusal comes before the lab checks for it.
-    let dir = tempfile::tempdir().unwrap();
-    let state_dir = dir.path().join("lab");
-    for backend in [&["--backend", "udp"][..], &[]] {
-        let out = std::process::Command::new(env!("CARGO_BIN_EXE_weft"))
-            .args(["lab", "up", "--dual-stack", "--prefix", "wt-refused-"])
-            .args(backend)
-            .arg("--state-dir")
-            .arg(&state_dir)
-            .output()
-            .unwrap();
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        assert!(!out.status.success(), "{backend:?}: {stderr}");
-        assert!(
-            stderr.contains("the udp backend carries IPv4 only")
-                && stderr.contains("--backend vxlan or host-gw"),
-            "{backend:?}: {stderr}"
-        );
-        assert!(!state_dir.exists(), "nothing was built");
-        assert!(namespaces("wt-refused-").is_empty());
-    }
-}
-
-#[test]
 fn a_restarted_node_keeps_its_subnet_and_a_stopped_one_loses_its_routes() {
     if !can_run_lab("a_restarted_node_keeps_its_subnet_and_a_stopped_one_loses_its_routes") {
         return;

@@ -30,6 +30,20 @@ pub struct Route {
     pub backend_data: Option<RawJson>,
 }
 
+/// Which underlay address the forwarding table sends a subnet's packets to (and
+/// expects them from): a choice of the backend, made once when the node is set up.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Underlay {
+    /// Each subnet via the address of its own family: an IPv4 subnet via `PublicIP`, an
+    /// IPv6 one via `PublicIPv6` (the kernel backends' routes; wireguard's `separate`
+    /// mode, whose IPv6 sessions run over IPv6).
+    #[default]
+    PerFamily,
+    /// Every subnet via the lease's `PublicIP`: IPv6 inner packets over an IPv4
+    /// underlay (the udp backend; wireguard with one device for both families).
+    Ipv4,
+}
+
 /// A change to the route table, for the datapath to apply.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RouteChange {
@@ -198,6 +212,32 @@ impl<'a> Routes<'a> {
         v4.chain(v6)
     }
 
+    /// [`Routes::peers`] as the forwarding table carries them: with
+    /// [`Underlay::PerFamily`] exactly those; with [`Underlay::Ipv4`] each IPv6 subnet
+    /// via its lease's `PublicIP` instead of its `PublicIPv6` (a backend that carries
+    /// IPv6 inner packets over an IPv4 underlay: udp, wireguard with one device).
+    pub fn forward_peers(&self, underlay: Underlay) -> impl Iterator<Item = (IpNet, IpAddr)> + 'a {
+        let ex = self.exclusions;
+        let v4 = self
+            .table
+            .addresses()
+            .filter(move |(k, ip, _)| ex.is_route_of(k, *ip))
+            .map(|(k, ip, _)| (IpNet::V4(k.ipv4), IpAddr::V4(ip)));
+        let v6 = self
+            .table
+            .leases_by_v6()
+            .filter(move |l| ex.is_route(l))
+            .filter_map(move |l| {
+                let (n, ip6) = l.key.ipv6.zip(l.attrs.public_ipv6)?;
+                let via = match underlay {
+                    Underlay::PerFamily => IpAddr::V6(ip6),
+                    Underlay::Ipv4 => IpAddr::V4(l.attrs.public_ip),
+                };
+                Some((IpNet::V6(n), via))
+            });
+        v4.chain(v6)
+    }
+
     /// The number of routes.
     pub fn len(&self) -> usize {
         let routes =
@@ -304,6 +344,37 @@ mod tests {
             revision: rev,
         };
         table.apply(&event).0.expect("a change")
+    }
+
+    #[test]
+    fn forward_peers_send_ipv6_subnets_via_the_family_or_the_ipv4_address() {
+        let mut table = LeaseTable::new(PREFIX);
+        let mut attrs =
+            LeaseAttrs::new(Ipv4Addr::new(192, 0, 2, 3), crate::config::BackendType::Udp);
+        attrs.public_ipv6 = Some("2001:db8:1::3".parse().unwrap());
+        let entry = Entry {
+            key: format!("{PREFIX}10.5.3.0-24&fc00:0:0:3::-64"),
+            value: attrs.encode(),
+            create_revision: 1,
+            mod_revision: 1,
+            expires_at: None,
+        };
+        table.apply(&WatchEvent::Put(entry)).0.expect("a change");
+        let t = RouteTable::new();
+        let routes = t.of(&table);
+        let (n4, n6): (IpNet, IpNet) = (
+            "10.5.3.0/24".parse().unwrap(),
+            "fc00:0:0:3::/64".parse().unwrap(),
+        );
+        let (ip4, ip6): (IpAddr, IpAddr) = (
+            "192.0.2.3".parse().unwrap(),
+            "2001:db8:1::3".parse().unwrap(),
+        );
+        let per_family: Vec<_> = routes.forward_peers(Underlay::PerFamily).collect();
+        assert_eq!(per_family, vec![(n4, ip4), (n6, ip6)]);
+        assert!(routes.peers().eq(per_family.iter().copied()));
+        let via4: Vec<_> = routes.forward_peers(Underlay::Ipv4).collect();
+        assert_eq!(via4, vec![(n4, ip4), (n6, ip4)]);
     }
 
     #[test]

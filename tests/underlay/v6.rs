@@ -227,6 +227,29 @@ impl Underlay {
     }
 }
 
+impl Underlay {
+    /// A metric of host `i`'s daemon (started with `--healthz-ip 127.0.0.1
+    /// --healthz-port 9110`), read from its /metrics inside its namespace: the value of
+    /// the line starting with `line_start`.
+    pub fn metric(&self, i: usize, line_start: &str) -> u64 {
+        let ns = netns::path(&self.hosts[i - 1].ns);
+        let text = netns::in_netns(Some(&ns), || {
+            let mut s = TcpStream::connect(("127.0.0.1", 9110)).unwrap();
+            s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+            s.write_all(b"GET /metrics HTTP/1.0\r\nHost: x\r\n\r\n")
+                .unwrap();
+            let mut text = String::new();
+            let _ = s.read_to_string(&mut text);
+            text
+        })
+        .unwrap();
+        text.lines()
+            .find_map(|l| l.strip_prefix(line_start))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no {line_start} in\n{text}"))
+    }
+}
+
 /// An order-sensitive checksum of a byte stream (FNV-1a, 64 bits) and its length.
 #[derive(Default)]
 struct Checksum {

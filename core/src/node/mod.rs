@@ -33,7 +33,7 @@ use crate::allocator::{AllocEvent, Allocator};
 use crate::forward::{ForwardTable, Peer};
 use crate::lease::{Lease, Skipped};
 use crate::lease_table::{LeaseTable, TableChange};
-use crate::router::{RouteChange, RouteTable, Routes};
+use crate::router::{RouteChange, RouteTable, Routes, Underlay};
 use crate::store::{subnets_prefix, Revision, StoreError};
 pub use crate::store::{StoreOp, StoreOutput};
 use crate::subnet::SubnetSpace;
@@ -106,6 +106,8 @@ pub struct Node {
     forward_dirty: bool,
     /// Whether route changes are reported as [`NodeEvent::Route`].
     route_events: bool,
+    /// Which address the forwarding table sends IPv6 subnets' packets to.
+    underlay: Underlay,
     next_op: OpId,
     listing_op: Option<OpId>,
     alloc_op: Option<OpId>,
@@ -152,6 +154,7 @@ impl Node {
             forward_stale: false,
             forward_dirty: true,
             route_events: true,
+            underlay: Underlay::PerFamily,
             subnets_prefix,
             next_op: 0,
             listing_op: None,
@@ -239,13 +242,21 @@ impl Node {
             None => (None, None),
         };
         table.set_own(v4, v6);
-        for route in self.routes().routes() {
-            table.insert(Peer {
-                subnet: route.subnet,
-                public_ip: route.public_ip,
-            });
+        for (subnet, public_ip) in self.routes().forward_peers(self.underlay) {
+            table.insert(Peer { subnet, public_ip });
         }
         table
+    }
+
+    /// Which underlay address the forwarding table sends each subnet's packets to
+    /// ([`Underlay::PerFamily`] until told otherwise): the backend's choice, given once
+    /// after [`Node::new`]. The routes and their events are not changed by it, only the
+    /// forwarding table, which is rebuilt at the next [`Node::poll_forward_table`].
+    pub fn set_forward_underlay(&mut self, underlay: Underlay) {
+        if self.underlay != underlay {
+            self.underlay = underlay;
+            self.routes_changed();
+        }
     }
 
     /// A new forwarding table to hand to the datapath, when it changed since the last

@@ -27,11 +27,11 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use ipnet::{IpNet, Ipv4Net};
+use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use weft_core::config::{BackendType, NetworkConfig};
 use weft_core::forward::ForwardTable;
 use weft_core::lease::{Lease, RawJson};
-use weft_core::router::RouteChange;
+use weft_core::router::{RouteChange, Underlay};
 
 use crate::iface::ExternalInterface;
 use crate::netlink::{LinkStats, Netlink};
@@ -125,6 +125,13 @@ pub trait Backend: Send + Sync + fmt::Debug {
         None
     }
 
+    /// Which underlay address the node's forwarding table sends each subnet's packets
+    /// to, and expects them from ([`Underlay::PerFamily`]: IPv6 subnets via
+    /// `PublicIPv6`); only the backends that forward by the table care.
+    fn forward_underlay(&self) -> Underlay {
+        Underlay::PerFamily
+    }
+
     /// Our lease was acquired, or acquired again: bring the datapath up for it (started
     /// on the first lease, restarted when the subnet changed, untouched when the same).
     async fn lease_acquired(&mut self, lease: &Lease) -> Result<(), DatapathError>;
@@ -178,6 +185,14 @@ fn ipv4_network(setup: &BackendSetup) -> Result<Ipv4Net, DatapathError> {
             setup.network.backend.kind
         ))
     })
+}
+
+/// The IPv6 overlay network, when the config enables IPv6.
+fn ipv6_network(setup: &BackendSetup) -> Option<Ipv6Net> {
+    setup
+        .network
+        .ipv6_network
+        .filter(|_| setup.network.enable_ipv6)
 }
 
 /// The overlay networks, IPv4 and IPv6 as the config enables them, for backends that

@@ -298,7 +298,8 @@ async fn start_and_run(
         previous = ?previous.map(|k| k.to_string()),
         "starting"
     );
-    let node = Node::new(node_config, setup.seed, wall_now());
+    let mut node = Node::new(node_config, setup.seed, wall_now());
+    node.set_forward_underlay(backend.forward_underlay());
     let subnet_file = SubnetFileSettings {
         path: setup.subnet_file.clone(),
         network: config.network,

@@ -6,7 +6,7 @@ use std::net::{Ipv4Addr, Ipv6Addr};
 use std::time::Duration;
 
 use ipnet::{Ipv4Net, Ipv6Net};
-use weft_core::config::{BackendType, NetworkConfig};
+use weft_core::config::NetworkConfig;
 use weft_sim::scenario::Scenario;
 
 use super::{topology, LabError};
@@ -57,18 +57,6 @@ pub struct LabSpec {
 /// built, rather than by the first node's daemon in a half-built lab.
 fn parse_config(text: &str) -> Result<(NetworkConfig, Ipv4Net), LabError> {
     let config = NetworkConfig::parse(text).map_err(|e| LabError::Config(e.to_string()))?;
-    if config.enable_ipv6
-        && matches!(
-            config.backend.kind,
-            BackendType::Udp | BackendType::Wireguard
-        )
-    {
-        return Err(LabError::Config(format!(
-            "the {} backend carries IPv4 only (udp as flannel's; weft's wireguard for now); \
-             a dual-stack lab needs --backend vxlan or host-gw",
-            config.backend.kind
-        )));
-    }
     let network = config
         .network
         .ok_or_else(|| LabError::Config("the lab needs an IPv4 Network".into()))?;
@@ -193,7 +181,7 @@ mod tests {
     }
 
     #[test]
-    fn a_dual_stack_lab_gives_its_nodes_ipv6_underlay_addresses_and_udp_is_refused() {
+    fn a_dual_stack_lab_gives_its_nodes_ipv6_underlay_addresses_and_udp_may_run_it() {
         let dual = r#"{"Network":"10.5.0.0/16","EnableIPv6":true,"IPv6Network":"fc00::/48","Backend":{"Type":"vxlan"}}"#;
         let spec =
             LabSpec::generated(2, 1, Some(dual.into()), Duration::from_secs(60)).expect("valid");
@@ -209,12 +197,7 @@ mod tests {
         assert_eq!((v4.ipv6_network, v4.nodes[0].ipv6), (None, None));
 
         let udp = dual.replace("vxlan", "udp");
-        let err = LabSpec::generated(2, 1, Some(udp), Duration::from_secs(60))
-            .expect_err("udp carries IPv4 only");
-        assert!(
-            err.to_string().contains("udp backend carries IPv4 only"),
-            "{err}"
-        );
+        LabSpec::generated(2, 1, Some(udp), Duration::from_secs(60)).expect("udp does dual stack");
     }
 
     #[test]

@@ -22,7 +22,7 @@
 //! super-packet per flow.
 
 use std::io::{ErrorKind, IoSliceMut};
-use std::net::{Ipv4Addr, SocketAddr, UdpSocket};
+use std::net::{SocketAddr, UdpSocket};
 use std::os::fd::AsFd;
 use std::time::Duration;
 
@@ -30,13 +30,12 @@ use arc_swap::Cache;
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use quinn_udp::{RecvMeta, Transmit, UdpSockRef, UdpSocketState};
 use weft_core::forward::Outbound;
-use weft_core::wire::icmp;
 
 use weft_core::forward::DropReason;
 
 use super::batch::{self, Run, Runs};
 use super::offload::{self, Coalescer, Segments, VnetHdr, VNET_HDR_LEN};
-use super::{add, count, Forwarder, MAX_PACKET};
+use super::{add, count, Forwarder, IcmpFrom, ICMP_ROOM, MAX_PACKET};
 
 /// How many packets the TUN side reads, without blocking, before it sends what it has.
 const TUN_BATCH: usize = 64;
@@ -92,7 +91,7 @@ impl Forwarder {
         self,
         state: &UdpSocketState,
         port: u16,
-        icmp_from: Ipv4Addr,
+        icmp_from: IcmpFrom,
         vnet_hdr: bool,
     ) {
         if let Err(e) = self.tun.set_nonblock() {
@@ -102,7 +101,7 @@ impl Forwarder {
         // With offloads a read lands here and its segments in `buf`.
         let mut read_buf = vec![0u8; if vnet_hdr { VNET_READ } else { 0 }];
         let room = if vnet_hdr { SEGMENTED_ROOM } else { MAX_PACKET };
-        let mut reply = [0u8; VNET_HDR_LEN + 576];
+        let mut reply = [0u8; VNET_HDR_LEN + ICMP_ROOM];
         // An ICMP error written back to the device needs an (empty) virtio header too.
         let reply_at = if vnet_hdr { VNET_HDR_LEN } else { 0 };
         let mut table = Cache::new(self.table.clone());
@@ -181,7 +180,7 @@ impl Forwarder {
                     }
                     Outbound::Unreachable => {
                         let out = &mut reply[reply_at..];
-                        if let Some(len) = icmp::net_unreachable_v4(packet, icmp_from, out) {
+                        if let Some(len) = icmp_from.unreachable(packet, out) {
                             reply[..reply_at].fill(0);
                             if self.tun.send(&reply[..reply_at + len]).is_ok() {
                                 count(&self.counters.icmp_tx);

@@ -19,6 +19,17 @@
 //! device are cut into ordinary flannel datagrams, and accepted TCP segments are joined
 //! again, per flow, before they are written; `WEFT_UDP_OFFLOAD=0` turns that off. Several queues are
 //! still to come.
+//!
+//! Dual stack (`EnableIPv6`): the TUN device also gets our IPv6 subnet's network address
+//! as a /128 and the route of the whole `IPv6Network`, and IPv6 inner packets take the
+//! same path as IPv4 ones -- the forwarding table's IPv6 family, the hop limit
+//! decremented, TSO super-packets of TCP over IPv6 segmented and received ones coalesced
+//! alike, ICMPv6 "no route" for a destination no lease holds. They travel over the
+//! IPv4 underlay, to the peer's `PublicIP` and from it only ([`Underlay::Ipv4`]): one
+//! socket, flannel's wire format (the payload is the inner packet, whatever its
+//! version). flannel's udp backend is IPv4-only (`pkg/backend/udp` configures no IPv6
+//! on `flannel0`); here weft goes beyond it, and a flannel udp node in the same cluster
+//! simply has no IPv6 subnet.
 
 pub(crate) mod batch;
 mod batched;
@@ -26,7 +37,7 @@ pub(crate) mod offload;
 pub(crate) mod tun_offload;
 
 use std::net::UdpSocket;
-use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4};
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -34,15 +45,16 @@ use std::thread::JoinHandle;
 
 use arc_swap::{ArcSwap, Cache};
 use async_trait::async_trait;
-use ipnet::Ipv4Net;
+use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use socket2::{Domain, Protocol, SockRef, Socket, Type};
 use weft_core::config::BackendType;
 use weft_core::forward::{DropReason, DropRegistry, ForwardTable, Inbound, Outbound, ThreadDrops};
 use weft_core::lease::{Lease, LeaseKey};
+use weft_core::router::Underlay;
 use weft_core::wire::icmp;
 
 use super::{Backend, BackendSetup, Counter, CounterKind, DeviceStats};
-use crate::netlink::Netlink;
+use crate::netlink::{GatewayRoute, Netlink};
 use crate::{netns, DatapathError};
 
 /// The biggest IP packet; buffers are this size so that nothing is ever truncated.
@@ -61,6 +73,10 @@ pub struct UdpConfig {
     pub network: Ipv4Net,
     /// Our subnet: the TUN device gets its network address as a /32, as flannel does.
     pub subnet: Ipv4Net,
+    /// The IPv6 network (`EnableIPv6`), routed into the TUN device too.
+    pub network6: Option<Ipv6Net>,
+    /// Our IPv6 subnet: the TUN device gets its network address as a /128.
+    pub subnet6: Option<Ipv6Net>,
     /// The public IP to bind the socket to.
     pub public_ip: Ipv4Addr,
     /// The UDP port (8285).
@@ -119,6 +135,17 @@ pub(super) fn bind_socket(addr: SocketAddrV4) -> std::io::Result<UdpSocket> {
     Ok(socket.into())
 }
 
+/// [`bind_socket`] for IPv6 (`IPV6_V6ONLY`: the IPv4 port of the same number is
+/// another socket's).
+pub(super) fn bind_socket_v6(addr: std::net::SocketAddrV6) -> std::io::Result<UdpSocket> {
+    let socket = Socket::new(Domain::IPV6, Type::DGRAM, Some(Protocol::UDP))?;
+    socket.set_only_v6(true)?;
+    let _ = socket.set_recv_buffer_size(SOCKET_BUFFER);
+    let _ = socket.set_send_buffer_size(SOCKET_BUFFER);
+    socket.bind(&SocketAddr::V6(addr).into())?;
+    Ok(socket.into())
+}
+
 impl UdpDatapath {
     /// Creates the TUN device and the socket inside the namespace at `ns` (`None`: ours),
     /// programs the device over `netlink` (which must talk to the same namespace), and
@@ -153,15 +180,10 @@ impl UdpDatapath {
             .map_err(|e| DatapathError::io(format!("bind udp {bind}"), e))?;
 
         let link = netlink.require_link(&cfg.tun_name).await?;
-        let result = async {
-            netlink
-                .add_address(link.index, IpAddr::V4(cfg.subnet.network()), 32)
-                .await?;
-            netlink.set_up(link.index, Some(cfg.mtu)).await?;
-            netlink.replace_route(cfg.network, link.index, None).await
-        }
-        .await;
-        if let Err(e) = result {
+        let v6 = cfg.network6.zip(cfg.subnet6);
+        if let Err(e) =
+            program_tun(netlink, link.index, cfg.mtu, (cfg.network, cfg.subnet), v6).await
+        {
             let _ = netlink.del_link(link.index).await;
             return Err(e);
         }
@@ -186,7 +208,8 @@ impl UdpDatapath {
             drops: drops.register(),
             ..outbound.clone()
         };
-        let (port, icmp_from) = (cfg.port, cfg.network.network());
+        let port = cfg.port;
+        let icmp_from = IcmpFrom::of(cfg.network, cfg.network6);
         let spawn = |name: &str, f: Box<dyn FnOnce() + Send>| {
             std::thread::Builder::new()
                 .name(name.into())
@@ -223,7 +246,7 @@ impl UdpDatapath {
                 spawn("weft-udp-to-tun", Box::new(move || inbound.udp_to_tun()))?,
             ]
         };
-        tracing::info!(tun = %cfg.tun_name, mtu = cfg.mtu, batched = cfg.batched, offloads = ?offloads, addr = %cfg.subnet.network(), route = %cfg.network, bind = %bind, "udp backend up");
+        tracing::info!(tun = %cfg.tun_name, mtu = cfg.mtu, batched = cfg.batched, offloads = ?offloads, addr = %cfg.subnet.network(), route = %cfg.network, addr6 = ?cfg.subnet6.map(|s| s.network()), route6 = ?cfg.network6, bind = %bind, "udp backend up");
         Ok(UdpDatapath {
             netlink: netlink.clone(),
             tun_index: link.index,
@@ -254,6 +277,74 @@ impl UdpDatapath {
     }
 }
 
+/// Gives a TUN device its addresses (our subnets' network addresses, /32 and /128), its
+/// MTU, and the routes of the overlay networks (`v4`, and `v6` with IPv6): (network,
+/// our subnet) each. Shared by the udp and wireguard backends.
+pub(super) async fn program_tun(
+    netlink: &Netlink,
+    index: u32,
+    mtu: u32,
+    v4: (Ipv4Net, Ipv4Net),
+    v6: Option<(Ipv6Net, Ipv6Net)>,
+) -> Result<(), DatapathError> {
+    netlink
+        .add_address(index, IpAddr::V4(v4.1.network()), 32)
+        .await?;
+    if let Some((_, subnet6)) = v6 {
+        // Without duplicate address detection: the address is ours by lease, and a
+        // tentative one could not be the source of anything for a second or more.
+        netlink
+            .add_address_nodad(index, IpAddr::V6(subnet6.network()), 128)
+            .await?;
+    }
+    netlink.set_up(index, Some(mtu)).await?;
+    netlink.replace_route(v4.0, index, None).await?;
+    if let Some((network6, _)) = v6 {
+        netlink
+            .replace_gateway_route(&GatewayRoute {
+                dst: IpNet::V6(network6),
+                gateway: None,
+                oif: index,
+                onlink: false,
+            })
+            .await?;
+    }
+    Ok(())
+}
+
+/// The sources of the ICMP errors sent back to local senders: each network's own
+/// address, never a host (the first subnet is not leased by default) nor local to this
+/// node, so that the kernel accepts the error (the TUN device's own address would be
+/// dropped as a martian source).
+#[derive(Debug, Clone, Copy)]
+pub(super) struct IcmpFrom {
+    pub(super) v4: Ipv4Addr,
+    pub(super) v6: Option<Ipv6Addr>,
+}
+
+impl IcmpFrom {
+    pub(super) fn of(network: Ipv4Net, network6: Option<Ipv6Net>) -> Self {
+        IcmpFrom {
+            v4: network.network(),
+            v6: network6.map(|n| n.network()),
+        }
+    }
+
+    /// Writes into `out` the "no route" error for `packet` in its own family (ICMP
+    /// "network unreachable", ICMPv6 "no route to destination"); its length, or `None`
+    /// when there is none to send.
+    pub(super) fn unreachable(&self, packet: &[u8], out: &mut [u8]) -> Option<usize> {
+        match packet.first().map(|b| b >> 4) {
+            Some(4) => icmp::net_unreachable_v4(packet, self.v4, out),
+            Some(6) => icmp::net_unreachable_v6(packet, self.v6?, out),
+            _ => None,
+        }
+    }
+}
+
+/// Room for any ICMP error [`IcmpFrom::unreachable`] writes.
+pub(super) const ICMP_ROOM: usize = icmp::MAX_REPLY_V6;
+
 /// What a forwarding thread works with.
 #[derive(Clone)]
 struct Forwarder {
@@ -280,9 +371,9 @@ impl Forwarder {
     }
 
     /// TUN -> core -> UDP, until the device goes away.
-    fn tun_to_udp(self, port: u16, icmp_from: Ipv4Addr) {
+    fn tun_to_udp(self, port: u16, icmp_from: IcmpFrom) {
         let mut buf = vec![0u8; MAX_PACKET];
-        let mut reply = [0u8; 576];
+        let mut reply = [0u8; ICMP_ROOM];
         let mut table = Cache::new(self.table.clone());
         while !self.stopping() {
             let n = match self.tun.recv(&mut buf) {
@@ -308,7 +399,7 @@ impl Forwarder {
                     }
                 }
                 Outbound::Unreachable => {
-                    if let Some(len) = icmp::net_unreachable_v4(packet, icmp_from, &mut reply) {
+                    if let Some(len) = icmp_from.unreachable(packet, &mut reply) {
                         if self.tun.send(&reply[..len]).is_ok() {
                             count(&self.counters.icmp_tx);
                         }
@@ -364,19 +455,12 @@ pub struct UdpBackend {
 }
 
 impl UdpBackend {
-    /// A udp backend for `setup`; nothing is created before the first lease. IPv6
-    /// (`EnableIPv6`) is refused: the TUN device and the socket carry IPv4 only, and a
-    /// node that leased an IPv6 subnet it cannot reach would advertise a route that
-    /// goes nowhere (flannel's udp backend is IPv4-only too).
+    /// A udp backend for `setup`; nothing is created before the first lease. With
+    /// `EnableIPv6` it carries IPv6 inner packets too, over the IPv4 underlay (see the
+    /// module docs).
     pub fn new(setup: BackendSetup) -> Result<UdpBackend, DatapathError> {
         let network = super::ipv4_network(&setup)?;
-        if setup.network.enable_ipv6 {
-            return Err(DatapathError::Unsupported(
-                "the udp backend carries IPv4 only; EnableIPv6 needs the vxlan or host-gw \
-                 backend"
-                    .to_string(),
-            ));
-        }
+        let network6 = super::ipv6_network(&setup);
         let netlink = setup.netlink.clone().ok_or_else(|| {
             DatapathError::Unsupported("the udp backend needs netlink".to_string())
         })?;
@@ -388,6 +472,8 @@ impl UdpBackend {
                 mtu: setup.mtu,
                 network,
                 subnet: network,
+                network6,
+                subnet6: None,
                 public_ip: setup.public_ip,
                 port: setup.network.backend.port,
                 batched: std::env::var("WEFT_UDP_BATCH").map_or(true, |v| v != "0"),
@@ -407,6 +493,11 @@ impl Backend for UdpBackend {
         BackendType::Udp
     }
 
+    fn forward_underlay(&self) -> Underlay {
+        // IPv6 inner packets go to the peer's PublicIP, over the one IPv4 socket.
+        Underlay::Ipv4
+    }
+
     async fn lease_acquired(&mut self, lease: &Lease) -> Result<(), DatapathError> {
         if self.running.as_ref().is_some_and(|(k, _)| *k == lease.key) {
             return Ok(());
@@ -414,8 +505,15 @@ impl Backend for UdpBackend {
         if let Some((_, old)) = self.running.take() {
             old.stop().await?;
         }
+        if self.template.network6.is_some() && lease.key.ipv6.is_none() {
+            return Err(DatapathError::Unsupported(format!(
+                "the network config enables IPv6, but the lease {} has no IPv6 subnet",
+                lease.key
+            )));
+        }
         let cfg = UdpConfig {
             subnet: lease.key.ipv4,
+            subnet6: lease.key.ipv6.filter(|_| self.template.network6.is_some()),
             ..self.template.clone()
         };
         let datapath = UdpDatapath::start(

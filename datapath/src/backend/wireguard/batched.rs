@@ -17,7 +17,7 @@
 //! is held for one seal or one open, never across a syscall.
 
 use std::io::{ErrorKind, IoSliceMut};
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::SocketAddr;
 use std::os::fd::AsFd;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -28,12 +28,12 @@ use boringtun::noise::TunnResult;
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use quinn_udp::{RecvMeta, Transmit, UdpSockRef, UdpSocketState};
 use weft_core::forward::{DropReason, Inbound, Outbound, ThreadDrops};
-use weft_core::wire::icmp;
 
 use super::forward::{count, Forwarder, WgDrop, MAX_DATAGRAM};
 use super::peers::PeerMap;
 use crate::backend::udp::batch::{Run, Runs};
 use crate::backend::udp::offload::{self, Coalescer, Segments, VnetHdr, VNET_HDR_LEN};
+use crate::backend::udp::{IcmpFrom, ICMP_ROOM};
 
 /// The biggest IP packet.
 const MAX_PACKET: usize = 65_535;
@@ -91,29 +91,30 @@ fn segment_read(read: &[u8], out: &mut [u8]) -> Result<Segments, offload::Offloa
 impl Forwarder {
     /// TUN -> table -> peer -> seal -> UDP, batched, until the device goes away. The TUN
     /// device has offloads: every read starts with a virtio header.
-    pub(super) fn tun_to_udp_batched(
-        self,
-        state: &UdpSocketState,
-        drops: Arc<ThreadDrops>,
-        icmp_from: Ipv4Addr,
-    ) {
+    pub(super) fn tun_to_udp_batched(self, drops: Arc<ThreadDrops>, icmp_from: IcmpFrom) {
         if let Err(e) = self.tun.set_nonblock() {
             tracing::warn!(error = %e, "cannot make the TUN device non-blocking");
         }
         let mut read_buf = vec![0u8; VNET_READ];
         let mut plain = vec![0u8; SEGMENTED_ROOM];
         let mut sealed = vec![0u8; SEND_BUFFER];
-        let mut reply = [0u8; VNET_HDR_LEN + 576];
+        let mut reply = [0u8; VNET_HDR_LEN + ICMP_ROOM];
         let mut table = Cache::new(self.table.clone());
         let mut peers = Cache::new(self.peers.clone());
-        let max_segments = state.max_gso_segments();
+        // A run goes out by one socket; the smaller GSO limit of the two holds for both.
+        let max_segments = [&self.sockets.v4, &self.sockets.v6]
+            .into_iter()
+            .flatten()
+            .filter_map(|side| side.state.as_ref().map(|s| s.max_gso_segments()))
+            .min()
+            .unwrap_or(1);
         let mut runs = Runs::new(max_segments);
         let mut bad_logged = false;
         // Where the next sealed packet goes, and how many reads since the last wait.
         let (mut end, mut batch) = (0, 0);
         while !self.stopping() {
             if batch == TUN_BATCH {
-                self.send_run(state, &sealed, runs.finish(), peers.load());
+                self.send_run(&sealed, runs.finish(), peers.load());
                 (end, batch) = (0, 0);
             }
             let read = if batch == 0 {
@@ -166,7 +167,7 @@ impl Forwarder {
                         // Room for the sealed packet, or for a handshake initiation.
                         let room = (len + SEAL).max(148);
                         if end + room > sealed.len() {
-                            self.send_run(state, &sealed, runs.finish(), map);
+                            self.send_run(&sealed, runs.finish(), map);
                             end = 0;
                         }
                         let result = peer
@@ -176,7 +177,7 @@ impl Forwarder {
                             TunnResult::WriteToNetwork(d) if d.first() == Some(&4) => {
                                 let sealed_len = d.len();
                                 if let Some(run) = runs.push(ip, end, sealed_len) {
-                                    self.send_run(state, &sealed, Some(run), map);
+                                    self.send_run(&sealed, Some(run), map);
                                 }
                                 end += sealed_len;
                             }
@@ -195,7 +196,7 @@ impl Forwarder {
                     }
                     Outbound::Unreachable => {
                         let out = &mut reply[VNET_HDR_LEN..];
-                        if let Some(len) = icmp::net_unreachable_v4(packet, icmp_from, out) {
+                        if let Some(len) = icmp_from.unreachable(packet, out) {
                             reply[..VNET_HDR_LEN].fill(0);
                             if self.tun.send(&reply[..VNET_HDR_LEN + len]).is_ok() {
                                 count(&self.counters.icmp_tx);
@@ -210,9 +211,16 @@ impl Forwarder {
 
     /// Sends `run` (if any) to its peer's endpoint in one syscall, waiting while the
     /// socket buffer is full.
-    fn send_run(&self, state: &UdpSocketState, buf: &[u8], run: Option<Run>, peers: &PeerMap) {
+    fn send_run(&self, buf: &[u8], run: Option<Run>, peers: &PeerMap) {
         let Some(run) = run else { return };
         let Some(peer) = peers.by_ip.get(&run.peer) else {
+            return add(&self.counters.errors, run.count);
+        };
+        let Some((socket, state)) = self
+            .sockets
+            .for_addr(&peer.endpoint)
+            .and_then(|side| Some((&side.socket, side.state.as_ref()?)))
+        else {
             return add(&self.counters.errors, run.count);
         };
         let transmit = Transmit {
@@ -223,10 +231,10 @@ impl Forwarder {
             src_ip: None,
         };
         loop {
-            match state.send(UdpSockRef::from(&*self.socket), &transmit) {
+            match state.send(UdpSockRef::from(&**socket), &transmit) {
                 Ok(()) => return add(&self.counters.wg_tx, run.count),
                 Err(e) if e.kind() == ErrorKind::WouldBlock && !self.stopping() => {
-                    wait(&self.socket, PollFlags::POLLOUT);
+                    wait(socket, PollFlags::POLLOUT);
                 }
                 Err(_) => return add(&self.counters.errors, run.count),
             }

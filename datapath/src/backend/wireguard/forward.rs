@@ -9,7 +9,7 @@
 //! held for one packet and never across a syscall: boringtun's `Tunn` takes
 //! `&mut self`, and the three threads share it.
 
-use std::net::{Ipv4Addr, SocketAddr, UdpSocket};
+use std::net::{SocketAddr, UdpSocket};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -20,10 +20,11 @@ use boringtun::noise::handshake::parse_handshake_anon;
 use boringtun::noise::rate_limiter::RateLimiter;
 use boringtun::noise::{Packet, TunnResult};
 use boringtun::x25519::{PublicKey, StaticSecret};
+use quinn_udp::UdpSocketState;
 use weft_core::forward::{ForwardTable, Inbound, Outbound, ThreadDrops};
-use weft_core::wire::icmp;
 
-use super::peers::{Peer, PeerMap};
+use super::peers::{Peer, PeerMap, Slot};
+use crate::backend::udp::{IcmpFrom, ICMP_ROOM};
 
 /// The biggest IP packet.
 const MAX_PACKET: usize = 65_535;
@@ -139,11 +140,41 @@ pub(super) struct Identity {
     pub(super) rate_limiter: Arc<RateLimiter>,
 }
 
+/// One of the backend's sockets (the IPv4 one on `ListenPort`, the IPv6 one on
+/// `ListenPortV6`) and, with batching, its `quinn-udp` state.
+pub(super) struct Side {
+    pub(super) socket: Arc<UdpSocket>,
+    pub(super) state: Option<Arc<UdpSocketState>>,
+}
+
+/// The backend's sockets, by family: a datagram leaves by the one of its endpoint's.
+#[derive(Default)]
+pub(super) struct Sockets {
+    pub(super) v4: Option<Side>,
+    pub(super) v6: Option<Side>,
+}
+
+impl Sockets {
+    /// The socket that sends to `to`.
+    pub(super) fn for_addr(&self, to: &SocketAddr) -> Option<&Side> {
+        if to.is_ipv4() {
+            self.v4.as_ref()
+        } else {
+            self.v6.as_ref()
+        }
+    }
+}
+
 /// What the threads work with.
 #[derive(Clone)]
 pub(super) struct Forwarder {
     pub(super) tun: Arc<tun::Device>,
+    /// The socket this thread receives on (for the receiving threads).
     pub(super) socket: Arc<UdpSocket>,
+    /// The sessions a handshake received on `socket` is for.
+    pub(super) slot: Slot,
+    /// Every socket, for sending.
+    pub(super) sockets: Arc<Sockets>,
     pub(super) table: Arc<ArcSwap<ForwardTable>>,
     pub(super) peers: Arc<ArcSwap<PeerMap>>,
     pub(super) identity: Arc<Identity>,
@@ -157,7 +188,10 @@ impl Forwarder {
     }
 
     pub(super) fn send(&self, datagram: &[u8], to: SocketAddr) {
-        match self.socket.send_to(datagram, to) {
+        let Some(side) = self.sockets.for_addr(&to) else {
+            return count(&self.counters.errors);
+        };
+        match side.socket.send_to(datagram, to) {
             Ok(_) => count(&self.counters.wg_tx),
             Err(_) => count(&self.counters.errors),
         }
@@ -181,10 +215,10 @@ impl Forwarder {
     }
 
     /// TUN -> table -> peer -> seal -> UDP, until the device goes away.
-    pub(super) fn tun_to_udp(self, drops: Arc<ThreadDrops>, icmp_from: Ipv4Addr) {
+    pub(super) fn tun_to_udp(self, drops: Arc<ThreadDrops>, icmp_from: IcmpFrom) {
         let mut buf = vec![0u8; MAX_PACKET];
         let mut out = vec![0u8; MAX_DATAGRAM];
-        let mut reply = [0u8; 576];
+        let mut reply = [0u8; ICMP_ROOM];
         let mut table = Cache::new(self.table.clone());
         let mut peers = Cache::new(self.peers.clone());
         while !self.stopping() {
@@ -216,7 +250,7 @@ impl Forwarder {
                     self.sent(result, &peer);
                 }
                 Outbound::Unreachable => {
-                    if let Some(len) = icmp::net_unreachable_v4(packet, icmp_from, &mut reply) {
+                    if let Some(len) = icmp_from.unreachable(packet, &mut reply) {
                         if self.tun.send(&reply[..len]).is_ok() {
                             count(&self.counters.icmp_tx);
                         }
@@ -320,7 +354,10 @@ impl Forwarder {
                         return None;
                     }
                 };
-                let peer = peers.by_key.get(&half.peer_static_public).cloned();
+                let peer = peers
+                    .by_key
+                    .get(&(half.peer_static_public, self.slot))
+                    .cloned();
                 if peer.is_none() {
                     self.counters.dropped_for(WgDrop::UnknownKey);
                 }

@@ -15,15 +15,26 @@
 //! with the peer's lease address: the session, not the outer source address, says who
 //! sent it). What fails is dropped and counted by reason ([`forward::WgDrop`]).
 //!
-//! Only IPv4 for now (`EnableIPv6` is refused, as by the udp backend); `Mode` is read
-//! but, with one family, every mode is one device on `ListenPort`.
+//! Dual stack (`EnableIPv6`) as flannel does it: one TUN device carries both families
+//! (our IPv6 subnet's network address /128 and the IPv6 network's route beside the
+//! IPv4 ones), a second socket listens on `[PublicIPv6]:ListenPortV6` (51821) beside
+//! `PublicIP:ListenPort`, and `Mode` decides the sessions ([`peers`]): `separate` (the
+//! default) one per family -- what flannel's two kernel devices `flannel-wg` and
+//! `flannel-wg-v6` hold -- the IPv6 one over the IPv6 underlay; `auto`, `ipv4` and
+//! `ipv6` one per peer for both families, to the endpoint the mode picks. The lease
+//! carries flannel's `BackendData` `{"PublicKey":"…","Port":51820}` and
+//! `BackendV6Data` `{"PublicKey":"…","Port":51821}`, one key for both (flannel reads one
+//! key file for both devices). flannel's single device listens on `ListenPort` only and
+//! still advertises `ListenPortV6` in `BackendV6Data`, so its `ipv6` and `auto` peers
+//! that pick IPv6 send where it does not listen; weft listens where it advertises.
+//! `Mode: ipv6` without `EnableIPv6` is a config error (there is no IPv6 endpoint).
 
 mod batched;
 mod forward;
 pub mod key;
 mod peers;
 
-use std::net::{IpAddr, SocketAddr, SocketAddrV4, UdpSocket};
+use std::net::{IpAddr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6, UdpSocket};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -32,12 +43,12 @@ use std::thread::JoinHandle;
 use arc_swap::ArcSwap;
 use async_trait::async_trait;
 use boringtun::noise::rate_limiter::RateLimiter;
-use ipnet::{IpNet, Ipv4Net};
+use ipnet::{Ipv4Net, Ipv6Net};
 use socket2::SockRef;
-use weft_core::config::BackendType;
+use weft_core::config::{BackendType, WireguardMode};
 use weft_core::forward::{DropReason, DropRegistry, ForwardTable};
 use weft_core::lease::{Lease, LeaseKey, RawJson};
-use weft_core::router::RouteChange;
+use weft_core::router::{RouteChange, Underlay};
 use weft_core::wg_key::LeaseData;
 
 use super::peers::{PeerChange, PeerFilter};
@@ -45,8 +56,8 @@ use super::udp;
 use super::{Backend, BackendSetup, Counter, CounterKind, DeviceStats};
 use crate::netlink::Netlink;
 use crate::{netns, DatapathError};
-use forward::{Counters, Forwarder, Identity, WgDrop};
-use peers::{PeerMap, PeerSet, PeerSpec};
+use forward::{Counters, Forwarder, Identity, Side, Sockets, WgDrop};
+use peers::{PeerMap, PeerSet, PeerSpec, Slot};
 
 /// Handshake initiations accepted per second before cookies are asked for.
 const HANDSHAKES_PER_SECOND: u64 = 100;
@@ -60,8 +71,15 @@ pub struct WireguardBackend {
     tun_name: String,
     mtu: u32,
     network: Ipv4Net,
+    /// The IPv6 network, with `EnableIPv6`.
+    network6: Option<Ipv6Net>,
     public_ip: std::net::Ipv4Addr,
+    /// Our public IPv6 address, with `EnableIPv6`: the IPv6 socket binds it.
+    public_ipv6: Option<Ipv6Addr>,
     port: u16,
+    /// `ListenPortV6`.
+    port6: u16,
+    mode: WireguardMode,
     identity: Arc<Identity>,
     table: Arc<ArcSwap<ForwardTable>>,
     peers: Arc<ArcSwap<PeerMap>>,
@@ -91,7 +109,7 @@ struct Running {
     tun_index: u32,
     threads: Vec<JoinHandle<()>>,
     stopping: Arc<AtomicBool>,
-    socket: Arc<UdpSocket>,
+    sockets: Vec<Arc<UdpSocket>>,
 }
 
 impl WireguardBackend {
@@ -99,19 +117,31 @@ impl WireguardBackend {
     /// `setup.wg_key_file`.
     pub fn new(setup: BackendSetup) -> Result<WireguardBackend, DatapathError> {
         let network = super::ipv4_network(&setup)?;
-        if setup.network.enable_ipv6 {
-            return Err(DatapathError::Unsupported(
-                "weft's wireguard backend carries IPv4 only for now; EnableIPv6 needs the \
-                 vxlan or host-gw backend"
-                    .to_string(),
-            ));
-        }
+        let network6 = super::ipv6_network(&setup);
         let netlink = setup.netlink.clone().ok_or_else(|| {
             DatapathError::Unsupported("the wireguard backend needs netlink".to_string())
         })?;
         let options = setup.network.backend.wireguard.clone().ok_or_else(|| {
             DatapathError::Unsupported("a wireguard config without its options".to_string())
         })?;
+        if options.mode == WireguardMode::Ipv6 && network6.is_none() {
+            return Err(DatapathError::Unsupported(
+                "the wireguard Mode \"ipv6\" reaches every peer at its PublicIPv6, but the \
+                 network config does not enable IPv6 (EnableIPv6 with IPv6Network); use Mode \
+                 \"separate\" (the default) or \"ipv4\""
+                    .to_string(),
+            ));
+        }
+        let public_ipv6 = match network6 {
+            Some(_) => Some(setup.public_ipv6.ok_or_else(|| {
+                DatapathError::Unsupported(
+                    "the network config enables IPv6, but this node has no public IPv6 \
+                     address for the wireguard IPv6 socket (--public-ipv6)"
+                        .to_string(),
+                )
+            })?),
+            None => None,
+        };
         let (secret, public) = key::load_or_create(&setup.wg_key_file)?;
         let rate_limiter = Arc::new(RateLimiter::new(&public, HANDSHAKES_PER_SECOND));
         let keepalive = Some(options.persistent_keepalive).filter(|&s| s > 0);
@@ -119,21 +149,27 @@ impl WireguardBackend {
         // lost in a restart are not taken for a new session's.
         let first_index = rand_core::RngCore::next_u32(&mut rand_core::OsRng);
         let set = PeerSet::new(
+            options.mode,
+            public_ipv6.map(IpAddr::V6),
             secret.clone(),
             options.psk,
             keepalive,
             rate_limiter.clone(),
             first_index,
         );
-        tracing::info!(key_file = %setup.wg_key_file.display(), public_key = %weft_core::wg_key::format(public.as_bytes()), port = options.listen_port, "wireguard key ready");
+        tracing::info!(key_file = %setup.wg_key_file.display(), public_key = %weft_core::wg_key::format(public.as_bytes()), port = options.listen_port, port6 = options.listen_port_v6, mode = options.mode.as_str(), "wireguard key ready");
         Ok(WireguardBackend {
             netns: setup.netns,
             netlink,
             tun_name: setup.device_name,
             mtu: setup.mtu,
             network,
+            network6,
             public_ip: setup.public_ip,
+            public_ipv6,
             port: options.listen_port,
+            port6: options.listen_port_v6,
+            mode: options.mode,
             identity: Arc::new(Identity {
                 secret,
                 public,
@@ -155,35 +191,69 @@ impl WireguardBackend {
         weft_core::wg_key::format(self.identity.public.as_bytes())
     }
 
-    async fn start(&self, subnet: Ipv4Net) -> Result<Running, DatapathError> {
+    async fn start(
+        &self,
+        subnet: Ipv4Net,
+        subnet6: Option<Ipv6Net>,
+    ) -> Result<Running, DatapathError> {
         let ns = self.netns.as_deref();
         let device = open_tun(ns, &self.tun_name, self.batched)?;
         let bind = SocketAddrV4::new(self.public_ip, self.port);
-        let socket = netns::in_netns(ns, move || super::udp::bind_socket(bind))?
+        let socket4 = netns::in_netns(ns, move || super::udp::bind_socket(bind))?
             .map_err(|e| DatapathError::io(format!("bind the wireguard port {bind}"), e))?;
+        let socket6 = match self.public_ipv6 {
+            Some(ip6) => {
+                let bind6 = SocketAddrV6::new(ip6, self.port6, 0, 0);
+                let s = netns::in_netns(ns, move || super::udp::bind_socket_v6(bind6))?.map_err(
+                    |e| DatapathError::io(format!("bind the wireguard IPv6 port {bind6}"), e),
+                )?;
+                Some(s)
+            }
+            None => None,
+        };
         let link = self.netlink.require_link(&self.tun_name).await?;
-        let result = async {
-            self.netlink
-                .add_address(link.index, IpAddr::V4(subnet.network()), 32)
-                .await?;
-            self.netlink.set_up(link.index, Some(self.mtu)).await?;
-            self.netlink
-                .replace_route(self.network, link.index, None)
-                .await
-        }
-        .await;
-        if let Err(e) = result {
+        let v6 = self.network6.zip(subnet6);
+        if let Err(e) = udp::program_tun(
+            &self.netlink,
+            link.index,
+            self.mtu,
+            (self.network, subnet),
+            v6,
+        )
+        .await
+        {
             let _ = self.netlink.del_link(link.index).await;
             return Err(e);
         }
         let offloads = self
             .batched
             .then(|| udp::tun_offload::enable(&device, &self.tun_name));
-        let socket = Arc::new(socket);
+        let side = |socket: UdpSocket| -> Result<Side, DatapathError> {
+            let socket = Arc::new(socket);
+            let state = if self.batched {
+                Some(Arc::new(batched::socket_state(&socket).map_err(|e| {
+                    DatapathError::io("set up batched udp i/o", e)
+                })?))
+            } else {
+                None
+            };
+            Ok(Side { socket, state })
+        };
+        let sockets = Arc::new(Sockets {
+            v4: Some(side(socket4)?),
+            v6: socket6.map(side).transpose()?,
+        });
         let stopping = Arc::new(AtomicBool::new(false));
+        let v4_socket = sockets
+            .v4
+            .as_ref()
+            .map(|s| s.socket.clone())
+            .expect("bound above");
         let forwarder = Forwarder {
             tun: Arc::new(device),
-            socket: socket.clone(),
+            socket: v4_socket,
+            slot: Slot::for_socket(self.mode, false),
+            sockets: sockets.clone(),
             table: self.table.clone(),
             peers: self.peers.clone(),
             identity: self.identity.clone(),
@@ -196,50 +266,63 @@ impl WireguardBackend {
                 .spawn(f)
                 .map_err(|e| DatapathError::io("spawn a forwarding thread", e))
         };
-        let (out, inb, tick) = (forwarder.clone(), forwarder.clone(), forwarder);
-        let (out_drops, in_drops) = (self.drops.register(), self.drops.register());
-        let icmp_from = self.network.network();
-        let timers = spawn("weft-wg-timers", Box::new(move || tick.timers()))?;
-        let threads = if self.batched {
-            let state = Arc::new(
-                batched::socket_state(&socket)
-                    .map_err(|e| DatapathError::io("set up batched udp i/o", e))?,
-            );
-            let state2 = state.clone();
-            vec![
-                spawn(
-                    "weft-wg-tun-out",
-                    Box::new(move || out.tun_to_udp_batched(&state2, out_drops, icmp_from)),
-                )?,
-                spawn(
-                    "weft-wg-udp-in",
+        let icmp_from = udp::IcmpFrom::of(self.network, self.network6);
+        let (out, tick) = (forwarder.clone(), forwarder.clone());
+        let out_drops = self.drops.register();
+        let mut threads = vec![spawn("weft-wg-timers", Box::new(move || tick.timers()))?];
+        threads.push(if self.batched {
+            spawn(
+                "weft-wg-tun-out",
+                Box::new(move || out.tun_to_udp_batched(out_drops, icmp_from)),
+            )?
+        } else {
+            spawn(
+                "weft-wg-tun-out",
+                Box::new(move || out.tun_to_udp(out_drops, icmp_from)),
+            )?
+        });
+        // One receiving thread per socket, each for the sessions of its slot.
+        for (v6, side) in [(false, &sockets.v4), (true, &sockets.v6)] {
+            let Some(side) = side else { continue };
+            let inb = Forwarder {
+                socket: side.socket.clone(),
+                slot: Slot::for_socket(self.mode, v6),
+                ..forwarder.clone()
+            };
+            let in_drops = self.drops.register();
+            let name = if v6 {
+                "weft-wg-udp6-in"
+            } else {
+                "weft-wg-udp-in"
+            };
+            threads.push(match side.state.clone() {
+                Some(state) => spawn(
+                    name,
                     Box::new(move || inb.udp_to_tun_batched(&state, in_drops)),
                 )?,
-                timers,
-            ]
-        } else {
-            vec![
-                spawn(
-                    "weft-wg-tun-out",
-                    Box::new(move || out.tun_to_udp(out_drops, icmp_from)),
-                )?,
-                spawn("weft-wg-udp-in", Box::new(move || inb.udp_to_tun(in_drops)))?,
-                timers,
-            ]
-        };
-        tracing::info!(tun = %self.tun_name, mtu = self.mtu, batched = self.batched, offloads = ?offloads, addr = %subnet.network(), route = %self.network, bind = %bind, "wireguard backend up");
+                None => spawn(name, Box::new(move || inb.udp_to_tun(in_drops)))?,
+            });
+        }
+        let sockets: Vec<Arc<UdpSocket>> = [&sockets.v4, &sockets.v6]
+            .into_iter()
+            .flatten()
+            .map(|s| s.socket.clone())
+            .collect();
+        tracing::info!(tun = %self.tun_name, mtu = self.mtu, batched = self.batched, offloads = ?offloads, addr = %subnet.network(), route = %self.network, addr6 = ?subnet6.map(|s| s.network()), route6 = ?self.network6, bind = %bind, port6 = self.public_ipv6.map(|_| self.port6), mode = self.mode.as_str(), "wireguard backend up");
         Ok(Running {
             tun_index: link.index,
             threads,
             stopping,
-            socket,
+            sockets,
         })
     }
 
     async fn stop_running(&self, running: Running) -> Result<(), DatapathError> {
         running.stopping.store(true, Ordering::Relaxed);
         let deleted = self.netlink.del_link(running.tun_index).await;
-        let _ = SockRef::from(&*running.socket).shutdown(std::net::Shutdown::Read);
+        for socket in &running.sockets {
+            let _ = SockRef::from(&**socket).shutdown(std::net::Shutdown::Read);
+        }
         let threads = running.threads;
         let _ = tokio::task::spawn_blocking(move || {
             for t in threads {
@@ -282,11 +365,33 @@ impl Backend for WireguardBackend {
         BackendType::Wireguard
     }
 
+    fn forward_underlay(&self) -> Underlay {
+        match self.mode {
+            // The IPv6 sessions run over IPv6: IPv6 subnets via PublicIPv6.
+            WireguardMode::Separate => Underlay::PerFamily,
+            // One session per peer, found by its PublicIP, for both families.
+            WireguardMode::Auto | WireguardMode::Ipv4 | WireguardMode::Ipv6 => Underlay::Ipv4,
+        }
+    }
+
     fn lease_data(&self) -> Option<RawJson> {
         Some(
             LeaseData {
                 public_key: self.identity.public.to_bytes(),
                 port: Some(self.port),
+            }
+            .encode(),
+        )
+    }
+
+    fn lease_v6_data(&self) -> Option<RawJson> {
+        // flannel's newSubnetAttrs: BackendV6Data whenever IPv6 is enabled, the same key
+        // and ListenPortV6, whatever the mode.
+        self.network6?;
+        Some(
+            LeaseData {
+                public_key: self.identity.public.to_bytes(),
+                port: Some(self.port6),
             }
             .encode(),
         )
@@ -299,7 +404,14 @@ impl Backend for WireguardBackend {
         if let Some((_, old)) = self.running.take() {
             self.stop_running(old).await?;
         }
-        let running = self.start(lease.key.ipv4).await?;
+        if self.network6.is_some() && lease.key.ipv6.is_none() {
+            return Err(DatapathError::Unsupported(format!(
+                "the network config enables IPv6, but the lease {} has no IPv6 subnet",
+                lease.key
+            )));
+        }
+        let subnet6 = lease.key.ipv6.filter(|_| self.network6.is_some());
+        let running = self.start(lease.key.ipv4, subnet6).await?;
         self.running = Some((lease.key, running));
         Ok(())
     }
@@ -307,30 +419,39 @@ impl Backend for WireguardBackend {
     async fn route_changed(&mut self, change: &RouteChange) -> Result<(), DatapathError> {
         match self.filter.classify(change) {
             PeerChange::Up {
-                subnet: subnet @ IpNet::V4(_),
+                subnet,
                 public_ip,
                 data,
-            } => match data.as_ref().map(LeaseData::decode) {
-                Some(Ok(d)) => {
-                    let endpoint = SocketAddr::new(public_ip, d.port.unwrap_or(self.port));
-                    self.set.upsert(
-                        subnet,
-                        PeerSpec {
-                            public_key: d.public_key,
-                            public_ip,
-                            endpoint,
-                        },
-                    );
+            } if subnet.addr().is_ipv4() || self.network6.is_some() => {
+                match data.as_ref().map(LeaseData::decode) {
+                    Some(Ok(d)) => {
+                        // A lease without a port (flannel before it wrote one) is on our
+                        // port of its family, as flannel reads it.
+                        let default = if subnet.addr().is_ipv4() {
+                            self.port
+                        } else {
+                            self.port6
+                        };
+                        let endpoint = SocketAddr::new(public_ip, d.port.unwrap_or(default));
+                        self.set.upsert(
+                            subnet,
+                            PeerSpec {
+                                public_key: d.public_key,
+                                public_ip,
+                                endpoint,
+                            },
+                        );
+                    }
+                    Some(Err(e)) => {
+                        tracing::warn!(%subnet, via = %public_ip, error = %e, "a wireguard lease without a usable key: not reachable");
+                        self.set.remove(&subnet);
+                    }
+                    None => {
+                        tracing::warn!(%subnet, via = %public_ip, "a wireguard lease without BackendData: not reachable");
+                        self.set.remove(&subnet);
+                    }
                 }
-                Some(Err(e)) => {
-                    tracing::warn!(%subnet, via = %public_ip, error = %e, "a wireguard lease without a usable key: not reachable");
-                    self.set.remove(&subnet);
-                }
-                None => {
-                    tracing::warn!(%subnet, via = %public_ip, "a wireguard lease without BackendData: not reachable");
-                    self.set.remove(&subnet);
-                }
-            },
+            }
             PeerChange::Up { .. } | PeerChange::Ignore => return Ok(()),
             PeerChange::Down { subnet } => self.set.remove(&subnet),
         }

@@ -226,3 +226,97 @@ fn a_coalesced_batch_is_decided_datagram_by_datagram() {
     assert_eq!(d.get(DropReason::UnknownPeer), 1);
     assert_eq!(d.total(), 6);
 }
+
+/// An IPv6/UDP packet of exactly `len` bytes (hop limit 64) whose payload starts with
+/// `tag`; the UDP checksum is left 0, which nothing here checks.
+fn packet6(src: &str, dst: &str, tag: u8, len: usize) -> Vec<u8> {
+    let (src, dst): (std::net::Ipv6Addr, std::net::Ipv6Addr) =
+        (src.parse().expect("src"), dst.parse().expect("dst"));
+    let repr = smoltcp::wire::Ipv6Repr {
+        src_addr: src,
+        dst_addr: dst,
+        next_header: IpProtocol::Udp,
+        payload_len: len - 40,
+        hop_limit: 64,
+    };
+    let mut buf = vec![0u8; len];
+    repr.emit(&mut smoltcp::wire::Ipv6Packet::new_unchecked(&mut buf[..]));
+    buf[48] = tag;
+    buf
+}
+
+/// n2's dual-stack table as the node builds it for the udp backend (`Underlay::Ipv4`):
+/// each peer's IPv6 subnet via its IPv4 public address.
+fn n2_dual_table() -> ForwardTable {
+    let mut t = ForwardTable::new(Some(space("10.5.0.0/16", 24)), Some(space("fc00::/48", 64)));
+    for (subnet, public) in [
+        ("10.5.1.0/24", "192.0.2.1"),
+        ("fc00:0:0:1::/64", "192.0.2.1"),
+        ("10.5.3.0/24", "192.0.2.3"),
+        ("fc00:0:0:3::/64", "192.0.2.3"),
+    ] {
+        t.insert(Peer {
+            subnet: subnet.parse().expect("subnet"),
+            public_ip: ip(public),
+        });
+    }
+    t.set_own(
+        Some("10.5.2.0/24".parse().expect("own")),
+        Some("fc00:0:0:2::/64".parse().expect("own6")),
+    );
+    t
+}
+
+#[test]
+fn ipv6_inner_packets_go_over_the_ipv4_underlay_and_spoofed_sources_are_dropped() {
+    let table = n2_dual_table();
+    let drops = ThreadDrops::default();
+    // Outbound: an IPv6 packet for n3's subnet goes to n3's IPv4 address, hop limit 63,
+    // and joins one GSO run with an IPv4 packet of the same size for n3.
+    let mut out6 = packet6("fc00:0:0:2::2", "fc00:0:0:3::2", 1, 200);
+    let mut out4 = packet("10.5.2.2", "10.5.3.2", 2, 200);
+    let n3 = ip("192.0.2.3");
+    assert_eq!(
+        table.route_outbound(&mut out6, &drops),
+        weft_core::forward::Outbound::Send { peer: n3 }
+    );
+    assert_eq!(out6[7], 63, "hop limit decremented");
+    assert_eq!(
+        table.route_outbound(&mut out4, &drops),
+        weft_core::forward::Outbound::Send { peer: n3 }
+    );
+    let mut runs = Runs::new(64);
+    assert_eq!(runs.push(n3, 0, 200), None);
+    assert_eq!(runs.push(n3, 200, 200), None);
+    assert_eq!(runs.finish().map(|r| r.count), Some(2));
+    let mut nowhere = packet6("fc00:0:0:2::2", "fc00:0:0:9::2", 9, 200);
+    assert_eq!(
+        table.route_outbound(&mut nowhere, &drops),
+        weft_core::forward::Outbound::Unreachable
+    );
+
+    // Inbound: a GRO buffer from n1 mixing both families: n1's own IPv6 source is
+    // delivered, n3's IPv6 source from n1 is spoofed, an IPv6 packet not for us is not.
+    let mut gro = Vec::new();
+    gro.extend(packet6("fc00:0:0:1::2", "fc00:0:0:2::2", 1, 200));
+    gro.extend(packet("10.5.1.2", "10.5.2.2", 2, 200));
+    gro.extend(packet6("fc00:0:0:3::2", "fc00:0:0:2::2", 3, 200));
+    gro.extend(packet6("fc00:0:0:1::2", "fc00:0:0:3::2", 4, 200));
+    gro.extend(packet6("fc00:0:0:1::2", "fc00:0:0:2::2", 5, 120));
+    let mut delivered = Vec::new();
+    let n = each_inbound(&table, ip("192.0.2.1"), &gro, 200, &drops, |p| {
+        delivered.push(if p[0] >> 4 == 6 { p[48] } else { tag(p) })
+    });
+    assert_eq!(n, 5);
+    assert_eq!(delivered, [1, 2, 5]);
+    let counted = drops.snapshot();
+    assert_eq!(counted.get(DropReason::SpoofedSource), 1);
+    assert_eq!(counted.get(DropReason::NotOurSubnet), 1);
+    assert_eq!(counted.get(DropReason::NoRoute), 1);
+    // The same IPv6 packet from n1's IPv6 address is no peer's: the underlay is IPv4.
+    let from6 = packet6("fc00:0:0:1::2", "fc00:0:0:2::2", 1, 200);
+    assert_eq!(
+        table.accept_inbound(ip("2001:db8:1::1"), &from6, &drops),
+        Inbound::Drop(DropReason::UnknownPeer)
+    );
+}
