@@ -532,3 +532,50 @@ fn a_full_disk_under_sled_loses_no_lease_and_a_start_on_it_fails_clearly() {
         "{table}"
     );
 }
+
+/// A TUN device deleted under a running daemon is gone for good: every read of its
+/// descriptor fails. The forwarding thread must not loop on it forever: it gives up
+/// after 5 s of failures in a row, and the daemon stops with the cause and a non-zero
+/// exit, for a supervisor to restart it. For the udp and the wireguard backend.
+#[test]
+fn a_tun_device_deleted_under_a_daemon_ends_it_with_a_clear_error() {
+    let test = "a_tun_device_deleted_under_a_daemon_ends_it_with_a_clear_error";
+    if !can_run(test) {
+        return;
+    }
+    let Some(etcd) = skip_unless(test, Etcd::start_with(EtcdConfig::default())) else {
+        return;
+    };
+    let wireguard = r#"{"Network":"10.6.0.0/16","SubnetLen":24,"Backend":{"Type":"wireguard"}}"#;
+    for (kind, config) in [("udp", UDP), ("wireguard", wireguard)] {
+        let mut net = Underlay::new("gone", &["192.0.2.1"], &etcd);
+        net.set_config(config);
+        let key = net.dir.path().join("wgkey").display().to_string();
+        net.start_env(1, &[], &[("WIREGUARD_KEY_FILE", &key)]);
+        net.ip(1, &["link", "del", "weft0"]);
+        let deleted = Instant::now();
+        let status = net.wait_exit(1, Duration::from_secs(20));
+        let log = net.log(1);
+        let Some(status) = status else {
+            panic!("{kind}: the daemon still runs 20 s after its TUN device went; log:\n{log}");
+        };
+        let took = deleted.elapsed();
+        println!("{kind}: the daemon exited {took:?} after its TUN device was deleted ({status})");
+        assert!(!status.success(), "{kind}: {status}; log:\n{log}");
+        assert!(
+            took >= Duration::from_secs(5) && took < Duration::from_secs(10),
+            "{kind}: gave up after {took:?}; log:\n{log}"
+        );
+        assert!(
+            log.contains(&format!(
+                "running the {kind} backend: reading the TUN device weft0 failed"
+            )) && log.contains("giving up"),
+            "{kind}: {log}"
+        );
+        // The first failure is logged once, not every 10 ms.
+        let warned = log
+            .matches("reading the TUN device weft0 failed; retrying")
+            .count();
+        assert_eq!(warned, 1, "{kind}: {log}");
+    }
+}

@@ -59,6 +59,10 @@ pub enum DatapathError {
     /// The config asks for something this datapath cannot do.
     #[error("{0}")]
     Unsupported(String),
+    /// Forwarding gave up: a device or socket kept failing (see
+    /// [`backend::streak`]).
+    #[error("{0}")]
+    Failed(String),
     /// The wireguard key file cannot be used.
     #[error(transparent)]
     KeyFile(#[from] backend::wireguard::key::KeyFileError),

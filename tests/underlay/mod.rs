@@ -254,6 +254,23 @@ impl Underlay {
             .is_some_and(|c| c.try_wait().unwrap().is_none())
     }
 
+    /// Waits up to `patience` for host `i`'s daemon to exit on its own; its exit
+    /// status (the process reaped), or `None` if it still runs.
+    pub fn wait_exit(&mut self, i: usize, patience: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + patience;
+        loop {
+            let child = self.hosts[i - 1].daemon.as_mut()?;
+            if let Some(status) = child.try_wait().unwrap() {
+                self.hosts[i - 1].daemon = None;
+                return Some(status);
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
     /// Kills host `i`'s daemon with SIGKILL by its PID, and reaps it.
     pub fn kill_9(&mut self, i: usize) {
         let mut child = self.hosts[i - 1].daemon.take().unwrap();

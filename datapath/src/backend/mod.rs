@@ -17,6 +17,7 @@
 pub mod alloc;
 pub mod hostgw;
 mod peers;
+pub mod streak;
 pub mod udp;
 pub mod vxlan;
 pub mod wireguard;
@@ -157,6 +158,12 @@ pub trait Backend: Send + Sync + fmt::Debug {
     /// The device it forwards through and the kernel's packet and byte counts of it,
     /// once the device exists (`None` for backends without one: alloc, host-gw).
     async fn device(&self) -> Option<DeviceStats> {
+        None
+    }
+
+    /// Why the backend's forwarding gave up, if it did: a device or socket that kept
+    /// failing (see [`streak`]). The daemon polls it and stops with it.
+    fn failure(&self) -> Option<String> {
         None
     }
 

@@ -320,6 +320,14 @@ impl Driver {
                 () = tick(&mut resync) => self.resync_firewall().await,
                 () = self.driver.step() => {}
                 _ = sample.tick() => {
+                    if let Some(why) = self.backend.failure() {
+                        let kind = self.backend.kind().as_str();
+                        return Err(DaemonError::Backend {
+                            what: "running",
+                            kind,
+                            cause: crate::DatapathError::Failed(why),
+                        });
+                    }
                     let counters = self.backend.counters();
                     let device = self.backend.device().await;
                     let kind = self.backend.kind().as_str();

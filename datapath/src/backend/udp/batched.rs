@@ -109,6 +109,7 @@ impl Forwarder {
         let mut bad_logged = false;
         // Where the next packet is read to, and how many were read since the last wait.
         let (mut end, mut batch) = (0, 0);
+        let mut streak = self.tun_streak();
         while !self.stopping() {
             if batch == TUN_BATCH || end + room > buf.len() {
                 self.send_run(state, &buf, runs.finish(), port);
@@ -126,7 +127,10 @@ impl Forwarder {
                 self.tun.recv(slot)
             };
             let n = match read {
-                Ok(n) => n,
+                Ok(n) => {
+                    streak.ok();
+                    n
+                }
                 Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
                     // Nothing more for now: send what was read.
                     batch = TUN_BATCH;
@@ -136,8 +140,9 @@ impl Forwarder {
                     batch = TUN_BATCH;
                     if !self.stopping() {
                         count(&self.counters.errors);
-                        tracing::warn!(error = %e, "reading the TUN device failed");
-                        std::thread::sleep(Duration::from_millis(10));
+                        if streak.failed(&e, &self.fatal).is_break() {
+                            return;
+                        }
                     }
                     continue;
                 }
@@ -232,6 +237,7 @@ impl Forwarder {
         };
         let mut meta = [RecvMeta::default(); RECV_BATCH];
         let mut table = Cache::new(self.table.clone());
+        let mut streak = self.socket_streak();
         while !self.stopping() {
             let received = {
                 let mut chunks = storage.chunks_mut(GRO_BUFFER).map(IoSliceMut::new);
@@ -241,7 +247,10 @@ impl Forwarder {
                 state.recv(UdpSockRef::from(&*self.socket), &mut bufs, &mut meta)
             };
             let n = match received {
-                Ok(n) => n,
+                Ok(n) => {
+                    streak.ok();
+                    n
+                }
                 Err(e) if e.kind() == ErrorKind::WouldBlock => {
                     wait(&self.socket, PollFlags::POLLIN);
                     continue;
@@ -249,8 +258,9 @@ impl Forwarder {
                 Err(e) => {
                     if !self.stopping() {
                         count(&self.counters.errors);
-                        tracing::warn!(error = %e, "receiving on the udp port failed");
-                        std::thread::sleep(Duration::from_millis(10));
+                        if streak.failed(&e, &self.fatal).is_break() {
+                            return;
+                        }
                     }
                     continue;
                 }

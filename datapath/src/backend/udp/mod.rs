@@ -36,6 +36,7 @@ mod batched;
 pub(crate) mod offload;
 pub(crate) mod tun_offload;
 
+use super::streak::{join_within, Fatal, Streak};
 use std::net::UdpSocket;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4};
 use std::path::Path;
@@ -124,6 +125,8 @@ pub struct UdpDatapath {
     threads: Vec<JoinHandle<()>>,
     stopping: Arc<AtomicBool>,
     socket: Arc<UdpSocket>,
+    /// Why forwarding gave up, once a thread did.
+    fatal: Fatal,
 }
 
 pub(super) fn bind_socket(addr: SocketAddrV4) -> std::io::Result<UdpSocket> {
@@ -196,6 +199,7 @@ impl UdpDatapath {
         let tun = Arc::new(device);
         let socket = Arc::new(socket);
         let stopping = Arc::new(AtomicBool::new(false));
+        let fatal = Fatal::default();
         let outbound = Forwarder {
             tun: tun.clone(),
             socket: socket.clone(),
@@ -203,6 +207,8 @@ impl UdpDatapath {
             counters: counters.clone(),
             drops: drops.register(),
             stopping: stopping.clone(),
+            fatal: fatal.clone(),
+            tun_name: cfg.tun_name.as_str().into(),
         };
         let inbound = Forwarder {
             drops: drops.register(),
@@ -254,7 +260,13 @@ impl UdpDatapath {
             threads,
             stopping,
             socket,
+            fatal,
         })
+    }
+
+    /// Why forwarding gave up, if it did (a device or socket that kept failing).
+    pub fn failure(&self) -> Option<String> {
+        self.fatal.get()
     }
 
     /// Stops forwarding and removes the TUN device (and with it its address and route).
@@ -264,13 +276,7 @@ impl UdpDatapath {
         // blocked receive.
         let deleted = self.netlink.del_link(self.tun_index).await;
         let _ = SockRef::from(&*self.socket).shutdown(std::net::Shutdown::Read);
-        let threads = self.threads;
-        let _ = tokio::task::spawn_blocking(move || {
-            for t in threads {
-                let _ = t.join();
-            }
-        })
-        .await;
+        join_within(self.threads, &self.tun_name).await;
         deleted?;
         tracing::info!(tun = %self.tun_name, "udp backend down: TUN device and route removed");
         Ok(())
@@ -355,6 +361,10 @@ struct Forwarder {
     /// This thread's own drop counters.
     drops: Arc<ThreadDrops>,
     stopping: Arc<AtomicBool>,
+    /// Where a thread that gives up says why.
+    fatal: Fatal,
+    /// The TUN device's name, for messages.
+    tun_name: Arc<str>,
 }
 
 fn count(c: &AtomicU64) {
@@ -370,19 +380,34 @@ impl Forwarder {
         self.stopping.load(Ordering::Relaxed)
     }
 
+    /// A streak for reading the TUN device.
+    fn tun_streak(&self) -> Streak {
+        Streak::new(format!("reading the TUN device {}", self.tun_name))
+    }
+
+    /// A streak for receiving on the socket.
+    fn socket_streak(&self) -> Streak {
+        Streak::new("receiving on the udp port")
+    }
+
     /// TUN -> core -> UDP, until the device goes away.
     fn tun_to_udp(self, port: u16, icmp_from: IcmpFrom) {
         let mut buf = vec![0u8; MAX_PACKET];
         let mut reply = [0u8; ICMP_ROOM];
         let mut table = Cache::new(self.table.clone());
+        let mut streak = self.tun_streak();
         while !self.stopping() {
             let n = match self.tun.recv(&mut buf) {
-                Ok(n) => n,
+                Ok(n) => {
+                    streak.ok();
+                    n
+                }
                 Err(e) => {
                     if !self.stopping() {
                         count(&self.counters.errors);
-                        tracing::warn!(error = %e, "reading the TUN device failed");
-                        std::thread::sleep(std::time::Duration::from_millis(10));
+                        if streak.failed(&e, &self.fatal).is_break() {
+                            return;
+                        }
                     }
                     continue;
                 }
@@ -416,14 +441,19 @@ impl Forwarder {
     fn udp_to_tun(self) {
         let mut buf = vec![0u8; MAX_PACKET];
         let mut table = Cache::new(self.table.clone());
+        let mut streak = self.socket_streak();
         while !self.stopping() {
             let (n, from) = match self.socket.recv_from(&mut buf) {
-                Ok((n, from)) => (n, from),
+                Ok((n, from)) => {
+                    streak.ok();
+                    (n, from)
+                }
                 Err(e) => {
                     if !self.stopping() {
                         count(&self.counters.errors);
-                        tracing::warn!(error = %e, "receiving on the udp port failed");
-                        std::thread::sleep(std::time::Duration::from_millis(10));
+                        if streak.failed(&e, &self.fatal).is_break() {
+                            return;
+                        }
                     }
                     continue;
                 }
@@ -563,6 +593,10 @@ impl Backend for UdpBackend {
                 .map(|r| Counter::new(CounterKind::Dropped, r.as_str(), drops.get(r))),
         );
         out
+    }
+
+    fn failure(&self) -> Option<String> {
+        self.running.as_ref().and_then(|(_, d)| d.failure())
     }
 
     async fn device(&self) -> Option<DeviceStats> {

@@ -112,6 +112,7 @@ impl Forwarder {
         let mut bad_logged = false;
         // Where the next sealed packet goes, and how many reads since the last wait.
         let (mut end, mut batch) = (0, 0);
+        let mut streak = self.tun_streak();
         while !self.stopping() {
             if batch == TUN_BATCH {
                 self.send_run(&sealed, runs.finish(), peers.load());
@@ -123,7 +124,10 @@ impl Forwarder {
                 self.tun.recv(&mut read_buf)
             };
             let n = match read {
-                Ok(n) => n,
+                Ok(n) => {
+                    streak.ok();
+                    n
+                }
                 Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
                     batch = TUN_BATCH;
                     continue;
@@ -132,8 +136,9 @@ impl Forwarder {
                     batch = TUN_BATCH;
                     if !self.stopping() {
                         count(&self.counters.errors);
-                        tracing::warn!(error = %e, "reading the TUN device failed");
-                        std::thread::sleep(Duration::from_millis(10));
+                        if streak.failed(&e, &self.fatal).is_break() {
+                            return;
+                        }
                     }
                     continue;
                 }
@@ -256,6 +261,7 @@ impl Forwarder {
         let mut meta = [RecvMeta::default(); RECV_BATCH];
         let mut table = Cache::new(self.table.clone());
         let mut peers = Cache::new(self.peers.clone());
+        let mut streak = self.socket_streak();
         while !self.stopping() {
             let received = {
                 let mut chunks = storage.chunks_mut(GRO_BUFFER).map(IoSliceMut::new);
@@ -265,7 +271,10 @@ impl Forwarder {
                 state.recv(UdpSockRef::from(&*self.socket), &mut bufs, &mut meta)
             };
             let n = match received {
-                Ok(n) => n,
+                Ok(n) => {
+                    streak.ok();
+                    n
+                }
                 Err(e) if e.kind() == ErrorKind::WouldBlock => {
                     wait(&self.socket, PollFlags::POLLIN);
                     continue;
@@ -273,8 +282,9 @@ impl Forwarder {
                 Err(e) => {
                     if !self.stopping() {
                         count(&self.counters.errors);
-                        tracing::warn!(error = %e, "receiving on the wireguard port failed");
-                        std::thread::sleep(Duration::from_millis(10));
+                        if streak.failed(&e, &self.fatal).is_break() {
+                            return;
+                        }
                     }
                     continue;
                 }

@@ -9,6 +9,7 @@
 //! held for one packet and never across a syscall: boringtun's `Tunn` takes
 //! `&mut self`, and the three threads share it.
 
+use crate::backend::streak::{Fatal, Streak};
 use std::net::{SocketAddr, UdpSocket};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -180,11 +181,29 @@ pub(super) struct Forwarder {
     pub(super) identity: Arc<Identity>,
     pub(super) counters: Arc<Counters>,
     pub(super) stopping: Arc<AtomicBool>,
+    /// Where a thread that gives up says why.
+    pub(super) fatal: Fatal,
+    /// The TUN device's name, for messages.
+    pub(super) tun_name: Arc<str>,
 }
 
 impl Forwarder {
     pub(super) fn stopping(&self) -> bool {
         self.stopping.load(Ordering::Relaxed)
+    }
+
+    /// A streak for reading the TUN device.
+    pub(super) fn tun_streak(&self) -> Streak {
+        Streak::new(format!("reading the TUN device {}", self.tun_name))
+    }
+
+    /// A streak for receiving on this thread's socket.
+    pub(super) fn socket_streak(&self) -> Streak {
+        let at = self
+            .socket
+            .local_addr()
+            .map_or_else(|_| "?".into(), |a| a.to_string());
+        Streak::new(format!("receiving on the wireguard port {at}"))
     }
 
     pub(super) fn send(&self, datagram: &[u8], to: SocketAddr) {
@@ -221,14 +240,19 @@ impl Forwarder {
         let mut reply = [0u8; ICMP_ROOM];
         let mut table = Cache::new(self.table.clone());
         let mut peers = Cache::new(self.peers.clone());
+        let mut streak = self.tun_streak();
         while !self.stopping() {
             let n = match self.tun.recv(&mut buf) {
-                Ok(n) => n,
+                Ok(n) => {
+                    streak.ok();
+                    n
+                }
                 Err(e) => {
                     if !self.stopping() {
                         count(&self.counters.errors);
-                        tracing::warn!(error = %e, "reading the TUN device failed");
-                        std::thread::sleep(Duration::from_millis(10));
+                        if streak.failed(&e, &self.fatal).is_break() {
+                            return;
+                        }
                     }
                     continue;
                 }
@@ -267,14 +291,19 @@ impl Forwarder {
         let mut out = vec![0u8; MAX_DATAGRAM];
         let mut table = Cache::new(self.table.clone());
         let mut peers = Cache::new(self.peers.clone());
+        let mut streak = self.socket_streak();
         while !self.stopping() {
             let (n, from) = match self.socket.recv_from(&mut buf) {
-                Ok(r) => r,
+                Ok(r) => {
+                    streak.ok();
+                    r
+                }
                 Err(e) => {
                     if !self.stopping() {
                         count(&self.counters.errors);
-                        tracing::warn!(error = %e, "receiving on the wireguard port failed");
-                        std::thread::sleep(Duration::from_millis(10));
+                        if streak.failed(&e, &self.fatal).is_break() {
+                            return;
+                        }
                     }
                     continue;
                 }

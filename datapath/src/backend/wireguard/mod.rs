@@ -34,6 +34,7 @@ mod forward;
 pub mod key;
 mod peers;
 
+use crate::backend::streak::{join_within, Fatal};
 use std::net::{IpAddr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6, UdpSocket};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -110,6 +111,8 @@ struct Running {
     threads: Vec<JoinHandle<()>>,
     stopping: Arc<AtomicBool>,
     sockets: Vec<Arc<UdpSocket>>,
+    /// Why forwarding gave up, once a thread did.
+    fatal: Fatal,
 }
 
 impl WireguardBackend {
@@ -259,6 +262,8 @@ impl WireguardBackend {
             identity: self.identity.clone(),
             counters: self.counters.clone(),
             stopping: stopping.clone(),
+            fatal: Fatal::default(),
+            tun_name: self.tun_name.as_str().into(),
         };
         let spawn = |name: &str, f: Box<dyn FnOnce() + Send>| {
             std::thread::Builder::new()
@@ -314,6 +319,7 @@ impl WireguardBackend {
             threads,
             stopping,
             sockets,
+            fatal: forwarder.fatal.clone(),
         })
     }
 
@@ -323,13 +329,7 @@ impl WireguardBackend {
         for socket in &running.sockets {
             let _ = SockRef::from(&**socket).shutdown(std::net::Shutdown::Read);
         }
-        let threads = running.threads;
-        let _ = tokio::task::spawn_blocking(move || {
-            for t in threads {
-                let _ = t.join();
-            }
-        })
-        .await;
+        join_within(running.threads, &self.tun_name).await;
         deleted?;
         tracing::info!(tun = %self.tun_name, "wireguard backend down: TUN device and route removed");
         Ok(())
@@ -363,6 +363,10 @@ fn open_tun(ns: Option<&Path>, name: &str, vnet_hdr: bool) -> Result<tun::Device
 impl Backend for WireguardBackend {
     fn kind(&self) -> BackendType {
         BackendType::Wireguard
+    }
+
+    fn failure(&self) -> Option<String> {
+        self.running.as_ref().and_then(|(_, r)| r.fatal.get())
     }
 
     fn forward_underlay(&self) -> Underlay {
