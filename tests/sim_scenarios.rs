@@ -58,6 +58,7 @@ scenarios! {
     network_config_changes => "24-network-config-changes.toml",
     store_back_wakes_renewal => "25-store-back-wakes-renewal.toml",
     dual_stack_foreign_pairing => "26-dual-stack-foreign-pairing.toml",
+    subnet_range_narrowed => "27-subnet-range-narrowed.toml",
 }
 
 /// Scenarios too large for a snapshot of their whole trace (tens of thousands of

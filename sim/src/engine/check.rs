@@ -90,6 +90,15 @@ fn is_subnet_of(key: &LeaseKey, cfg: &NetworkConfig) -> bool {
         && v4.trunc() == v4
 }
 
+/// Whether `key` is compatible with `cfg` as flannel's `isSubnetConfigCompat` has it:
+/// a subnet of its network within [SubnetMin, SubnetMax]. A node started with `cfg`
+/// neither reuses nor writes another; its old lease outside them runs out.
+fn is_compatible(key: &LeaseKey, cfg: &NetworkConfig) -> bool {
+    let first = u32::from(key.ipv4.network());
+    is_subnet_of(key, cfg)
+        && (u32::from(cfg.subnet_min)..=u32::from(cfg.subnet_max)).contains(&first)
+}
+
 impl World {
     fn lease_key_of(&self, store_key: &str) -> Option<LeaseKey> {
         store_key.strip_prefix(&self.subnets_prefix)?.parse().ok()
@@ -174,7 +183,7 @@ impl World {
                         if let Some((other, _)) = self.live.iter().find(|(n, l)| {
                             l.ip == attrs.public_ip
                                 && (!several
-                                    || is_subnet_of(&LeaseKey::v4(**n), &self.networks[net]))
+                                    || is_compatible(&LeaseKey::v4(**n), &self.networks[net]))
                         }) {
                             self.fail(format!(
                                 "invariant: live leases {other} and {} both record public IP {}",
