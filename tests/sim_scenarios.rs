@@ -59,6 +59,7 @@ scenarios! {
     store_back_wakes_renewal => "25-store-back-wakes-renewal.toml",
     dual_stack_foreign_pairing => "26-dual-stack-foreign-pairing.toml",
     subnet_range_narrowed => "27-subnet-range-narrowed.toml",
+    takeover_seen_in_a_listing => "28-takeover-seen-in-a-listing.toml",
 }
 
 /// Scenarios too large for a snapshot of their whole trace (tens of thousands of
