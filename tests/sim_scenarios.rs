@@ -60,6 +60,7 @@ scenarios! {
     dual_stack_foreign_pairing => "26-dual-stack-foreign-pairing.toml",
     subnet_range_narrowed => "27-subnet-range-narrowed.toml",
     takeover_seen_in_a_listing => "28-takeover-seen-in-a-listing.toml",
+    reservation_moved_while_cut_off => "29-reservation-moved-while-cut-off.toml",
 }
 
 /// Scenarios too large for a snapshot of their whole trace (tens of thousands of

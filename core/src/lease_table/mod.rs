@@ -507,6 +507,54 @@ mod tests {
     }
 
     #[test]
+    fn a_listing_reports_what_changed_since_the_table_it_replaces_and_nothing_else() {
+        // What a daemon's node gets after a compaction: the store's listing, diffed
+        // against its table. A lease whose value changed meanwhile (a reservation moved
+        // to another host) must be reported, or its route stays on the old host.
+        let mut table = LeaseTable::new("/n/subnets/");
+        let first = Listing {
+            entries: vec![
+                entry("10.5.1.0-24", 1),
+                entry("10.5.2.0-24", 2),
+                entry("10.5.4.0-24", 3),
+            ],
+            revision: 3,
+        };
+        assert_eq!(table.replace(&first).0.len(), 3);
+        let mut moved = entry("10.5.1.0-24", 1);
+        moved.value = br#"{"PublicIP":"192.0.2.9"}"#.to_vec();
+        moved.mod_revision = 5;
+        let second = Listing {
+            entries: vec![moved, entry("10.5.2.0-24", 2), entry("10.5.3.0-24", 4)],
+            revision: 6,
+        };
+        let (changes, skipped) = table.replace(&second);
+        assert!(skipped.is_empty());
+        let ip = |l: &Lease| l.attrs.public_ip.to_string();
+        let described: Vec<String> = changes
+            .iter()
+            .map(|c| match c {
+                TableChange::Upsert { old, new } => format!(
+                    "upsert {} {} -> {}",
+                    new.key,
+                    old.as_ref().map_or("none".into(), ip),
+                    ip(new)
+                ),
+                TableChange::Remove { lease } => format!("remove {}", lease.key),
+            })
+            .collect();
+        assert_eq!(
+            described,
+            [
+                "upsert 10.5.1.0-24 192.0.2.7 -> 192.0.2.9",
+                "upsert 10.5.3.0-24 none -> 192.0.2.7",
+                "remove 10.5.4.0-24",
+            ]
+        );
+        assert_eq!(table.revision(), 6);
+    }
+
+    #[test]
     fn leases_of_another_size_are_skipped_never_routed_nor_taken_for_their_neighbours() {
         let network: Ipv4Net = "10.5.0.0/16".parse().expect("net");
         let mut table = LeaseTable::new("/n/subnets/")
