@@ -248,6 +248,11 @@ impl Node {
         table
     }
 
+    /// Which underlay address the forwarding table sends each subnet's packets to.
+    pub fn forward_underlay(&self) -> Underlay {
+        self.underlay
+    }
+
     /// Which underlay address the forwarding table sends each subnet's packets to
     /// ([`Underlay::PerFamily`] until told otherwise): the backend's choice, given once
     /// after [`Node::new`]. The routes and their events are not changed by it, only the

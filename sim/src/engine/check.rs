@@ -99,6 +99,29 @@ fn is_compatible(key: &LeaseKey, cfg: &NetworkConfig) -> bool {
         && (u32::from(cfg.subnet_min)..=u32::from(cfg.subnet_max)).contains(&first)
 }
 
+/// How the forwarding table a host's packets use differs from the routes its node
+/// holds (each route's subnet to the address the node's underlay says), if it does:
+/// a change of a peer's lease the table missed. Checked once per route-moving change
+/// of the store a host has applied, and by `converged`.
+pub(crate) fn forward_mismatch(run: &super::host::Running) -> Option<String> {
+    let node = &run.node;
+    let mut n = 0;
+    for (subnet, ip) in node.routes().forward_peers(node.forward_underlay()) {
+        n += 1;
+        match run.table.lookup(subnet.addr()) {
+            Some(p) if p.subnet == subnet && p.public_ip == ip => {}
+            Some(p) => {
+                return Some(format!(
+                    "{subnet} via {ip} is {} via {} there",
+                    p.subnet, p.public_ip
+                ))
+            }
+            None => return Some(format!("{subnet} via {ip} is missing")),
+        }
+    }
+    (n != run.table.len()).then(|| format!("{n} routes, {} table entries", run.table.len()))
+}
+
 impl World {
     fn lease_key_of(&self, store_key: &str) -> Option<LeaseKey> {
         store_key.strip_prefix(&self.subnets_prefix)?.parse().ok()
@@ -445,6 +468,24 @@ impl World {
                         ));
                         return;
                     }
+                }
+            }
+            // Once per route-moving change of the store a host has applied: its
+            // forwarding table agrees with its routes (renewals move none, so a large
+            // cluster's renewals cost nothing here).
+            let moved = self.routes_revision;
+            if self.hosts[h].forward_checked < moved
+                && self.hosts[h]
+                    .node()
+                    .is_some_and(|n| n.leases().revision() >= moved)
+            {
+                self.hosts[h].forward_checked = moved;
+                if let Some(m) = self.hosts[h].running_table().and_then(forward_mismatch) {
+                    let name = self.hosts[h].name.clone();
+                    self.fail(format!(
+                        "invariant: {name}'s forwarding table disagrees with its routes: {m}"
+                    ));
+                    return;
                 }
             }
             if self.caught_up(h) {

@@ -92,6 +92,9 @@ pub struct Host {
     /// Since when its node has been seen waiting to retry after a store failure, while
     /// it waits: see [`World::check_store_wait`].
     pub store_wait_seen: Option<SimTime>,
+    /// The store revision of the last route-moving change after which its forwarding
+    /// table was checked against its routes (see `World::check_invariants`).
+    pub forward_checked: u64,
 }
 
 impl Host {
@@ -125,6 +128,7 @@ impl Host {
             announced: Default::default(),
             store_trouble_at: SimTime::ZERO,
             store_wait_seen: None,
+            forward_checked: 0,
         }
     }
 
@@ -260,6 +264,7 @@ impl World {
         host.announced.clear();
         host.store_trouble_at = self.now;
         host.store_wait_seen = None;
+        host.forward_checked = 0;
         host.network = self.networks.len() - 1;
         host.watch = None;
         host.timeout_at = None;

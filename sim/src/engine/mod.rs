@@ -24,6 +24,7 @@ use weft_core::node::NodeConfig;
 use weft_core::node::{OpId, StoreOp, StoreOutput};
 use weft_core::store::{subnets_prefix, Revision, StoreError, StoreModel, DEFAULT_PREFIX};
 
+pub(crate) use check::forward_mismatch;
 pub use check::LiveRoute;
 pub use datapath::Guest;
 pub use host::{Host, HostState, Running};

@@ -161,6 +161,14 @@ pub(super) fn expect(w: &mut World, e: &Expect) {
                     problems.push(format!("{} has not caught up", w.hosts[h].name));
                 } else if let Some(m) = w.route_mismatch_with(h, &live) {
                     problems.push(m);
+                } else if let Some(m) = w.hosts[h]
+                    .running_table()
+                    .and_then(crate::engine::forward_mismatch)
+                {
+                    let name = &w.hosts[h].name;
+                    problems.push(format!(
+                        "{name}'s forwarding table disagrees with its routes: {m}"
+                    ));
                 }
             }
             if problems.is_empty() {
