@@ -89,6 +89,8 @@ pub struct Host {
     /// The last time its way to the store was in doubt (a cut or heal of its link, a
     /// jump of its clock, a start): a lease may run out only within a TTL of it.
     pub store_trouble_at: SimTime,
+    /// What the last successful check of its routes against the live leases saw.
+    pub(crate) routes_checked: Option<super::check::RoutesChecked>,
 }
 
 impl Host {
@@ -121,6 +123,7 @@ impl Host {
             network: 0,
             announced: Default::default(),
             store_trouble_at: SimTime::ZERO,
+            routes_checked: None,
         }
     }
 
