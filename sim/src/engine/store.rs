@@ -73,7 +73,7 @@ impl World {
 
     /// A listing answered from the shared lease history, when there is one.
     fn shared_listing(&mut self, op: &StoreOp) -> Option<LeaseTable> {
-        let StoreOp::List { prefix } = op else {
+        let StoreOp::List { prefix, .. } = op else {
             return None;
         };
         if *prefix != self.subnets_prefix {
