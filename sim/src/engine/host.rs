@@ -349,7 +349,7 @@ impl World {
                                 host: h,
                                 inc,
                                 id,
-                                result,
+                                result: Box::new(result),
                             },
                         )
                     } else {
@@ -359,7 +359,7 @@ impl World {
                                 host: h,
                                 inc,
                                 id,
-                                op,
+                                op: Box::new(op),
                             },
                         )
                     };

@@ -66,7 +66,7 @@ impl World {
                 host,
                 inc,
                 id,
-                result,
+                result: Box::new(result),
             },
         );
     }
@@ -129,7 +129,7 @@ impl World {
                     host,
                     inc,
                     id,
-                    batch,
+                    batch: batch.map_err(Box::new),
                 },
             );
             return;
@@ -149,7 +149,7 @@ impl World {
                 host,
                 inc,
                 id,
-                batch,
+                batch: batch.map_err(Box::new),
             },
         );
     }
@@ -241,7 +241,7 @@ impl World {
                     host,
                     inc,
                     id: cursor.id,
-                    batch,
+                    batch: batch.map_err(Box::new),
                 },
             );
         }
