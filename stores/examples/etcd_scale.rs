@@ -333,7 +333,7 @@ async fn weft(args: &Args, space: SubnetSpace) -> Report {
     tokio::time::sleep(Duration::from_secs(1)).await;
     let mut all_stats = Vec::new();
     let mut at_lease = Vec::new();
-    let nodes = joined
+    let nodes: Vec<Joined> = joined
         .into_iter()
         .map(|(i, subnet, latency, store)| {
             let stats = store.store.stats();
@@ -355,6 +355,23 @@ async fn weft(args: &Args, space: SubnetSpace) -> Report {
     }
     check_store(&etcd, args.nodes).await;
     println!("{}", breakdown("weft", &all_stats, &at_lease));
+    // The last to be leased, and what they spent.
+    let mut order: Vec<usize> = (0..nodes.len()).collect();
+    order.sort_by_key(|&i| std::cmp::Reverse(nodes[i].latency));
+    for &i in order.iter().take(3) {
+        let s = &all_stats[i];
+        let kinds: Vec<String> = RtKind::ALL
+            .iter()
+            .filter(|k| s.by_kind[**k as usize] > 0)
+            .map(|k| format!("{} {}", k.name(), s.by_kind[*k as usize]))
+            .collect();
+        println!(
+            "weft     slowest: leased after {:.2?}: {} conflicts, requests {}",
+            nodes[i].latency,
+            s.txn_conflicts,
+            kinds.join(" ")
+        );
+    }
     Report {
         name: "weft",
         wall,
