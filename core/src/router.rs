@@ -54,7 +54,7 @@ pub enum RouteChange {
 }
 
 /// What makes a node's routes out of its lease table: its own lease and public IP.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct RouteTable {
     own: Option<LeaseKey>,
     /// Our public IPv4 address: leases recording it are ours, never routes.
@@ -179,7 +179,31 @@ pub struct Routes<'a> {
     table: &'a LeaseTable,
 }
 
+/// A node's routes as they were at one moment, kept cheaply: a shared copy of the lease
+/// table and the exclusions, from [`Routes::snapshot`].
+#[derive(Debug, Clone)]
+pub struct RoutesSnapshot {
+    exclusions: RouteTable,
+    table: LeaseTable,
+}
+
 impl<'a> Routes<'a> {
+    /// These routes, kept for [`Routes::is_same`].
+    pub fn snapshot(&self) -> RoutesSnapshot {
+        RoutesSnapshot {
+            exclusions: self.exclusions.clone(),
+            table: self.table.clone(),
+        }
+    }
+
+    /// Whether these routes are made of the very table and exclusions `snapshot` kept
+    /// (see [`LeaseTable::is_same`]), and so are the same routes: a test in O(1) that
+    /// lets a checker skip comparing again routes it has compared already. False says
+    /// nothing: equal routes may come from a table rebuilt by the same changes.
+    pub fn is_same(&self, snapshot: &RoutesSnapshot) -> bool {
+        self.table.is_same(&snapshot.table) && *self.exclusions == snapshot.exclusions
+    }
+
     /// Every route, IPv4 first, each family ordered by subnet.
     pub fn routes(&self) -> impl Iterator<Item = Route> + 'a {
         let ex = self.exclusions;
@@ -344,6 +368,36 @@ mod tests {
             revision: rev,
         };
         table.apply(&event).0.expect("a change")
+    }
+
+    /// A snapshot stands for the routes until the table or the exclusions change, and
+    /// only the very table counts: an equal one rebuilt by the same changes does not.
+    #[test]
+    fn a_snapshot_is_the_same_routes_until_anything_changes() {
+        let mut table = LeaseTable::new(PREFIX);
+        let mut t = RouteTable::of_node(Ipv4Addr::new(192, 0, 2, 1));
+        let mut out = Vec::new();
+        put(&mut table, "10.5.1.0/24", [192, 0, 2, 7], 1);
+        let snap = t.of(&table).snapshot();
+        assert!(t.of(&table).is_same(&snap));
+        assert!(
+            t.of(&table.clone()).is_same(&snap),
+            "a shared copy is the same"
+        );
+
+        let mut twin = LeaseTable::new(PREFIX);
+        put(&mut twin, "10.5.1.0/24", [192, 0, 2, 7], 1);
+        assert!(!t.of(&twin).is_same(&snap), "equal, but not the very table");
+
+        put(&mut table, "10.5.2.0/24", [192, 0, 2, 8], 2);
+        assert!(!t.of(&table).is_same(&snap), "the table changed");
+        let snap = t.of(&table).snapshot();
+        t.set_own(
+            Some(LeaseKey::v4("10.5.2.0/24".parse().unwrap())),
+            &table,
+            &mut out,
+        );
+        assert!(!t.of(&table).is_same(&snap), "the exclusions changed");
     }
 
     #[test]

@@ -4,8 +4,10 @@
 //!
 //! - weft: every node is a real `weft_core::node::Node` driven by
 //!   `weft_stores::testing::NodeRunner` (as the daemon drives it) against its own
-//!   `EtcdStore`: one listing, a random free subnet from its lease table, created with a
-//!   lease grant and a txn; then its watch, from the listing's revision.
+//!   `EtcdStore`: one listing, with the lease grant its create needs sent beside it
+//!   (the node's listing says it is acquiring: `Store::prepare_lease`), a random free
+//!   subnet from its lease table, created with a txn; a lost race retries with the same
+//!   lease. Then its watch, from the listing's revision.
 //! - flannel: what flanneld's etcd v3 subnet manager does per attempt: list every
 //!   lease, collect the first 100 free subnets from SubnetMin, pick one at random, grant
 //!   a lease, txn on version == 0; on a lost race, start over (flannel gives up after
@@ -23,7 +25,8 @@
 //! txn conflicts per node, and checks that no subnet and no public IP is held twice.
 //!
 //! Run: `cargo run --release -p weft-stores --example etcd_scale -- [--nodes 1000]
-//! [--network 10.0.0.0/12] [--connections shared|per-node] [--data-root DIR]`
+//! [--network 10.0.0.0/12] [--connections shared|per-node] [--data-root DIR]
+//! [--prepare on|off]`
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -39,17 +42,20 @@ use weft_core::allocator::{AllocEvent, AllocatorConfig};
 use weft_core::config::BackendType;
 use weft_core::lease::{decode_all, LeaseAttrs};
 use weft_core::node::{NodeConfig, NodeEvent};
-use weft_core::store::{subnets_prefix, Store};
+use weft_core::store::{subnets_prefix, Store, StoreError};
 use weft_core::subnet::SubnetSpace;
 use weft_core::NetworkConfig;
 use weft_stores::testing::{Etcd, EtcdConfig, NodeRunner};
-use weft_stores::{EtcdOptions, EtcdStore};
+use weft_stores::{EtcdOptions, EtcdStats, EtcdStore, RtKind};
 
 const PREFIX: &str = "/coreos.com/network";
 const TTL: Duration = Duration::from_secs(24 * 3600);
 const PATIENCE: Duration = Duration::from_secs(120);
 
 struct Args {
+    /// Whether the nodes' hints to grant their lease beside the listing reach the store
+    /// (`--prepare off`: as before `Store::prepare_lease`, for comparison).
+    prepare: bool,
     nodes: usize,
     network: String,
     shared: bool,
@@ -58,6 +64,7 @@ struct Args {
 
 fn args() -> Args {
     let mut args = Args {
+        prepare: true,
         nodes: 1000,
         network: "10.0.0.0/12".to_string(),
         shared: true,
@@ -71,6 +78,7 @@ fn args() -> Args {
             "--network" => args.network = value,
             "--connections" => args.shared = value == "shared",
             "--data-root" => args.data_root = Some(value.into()),
+            "--prepare" => args.prepare = value != "off",
             other => panic!("unknown flag {other}"),
         }
     }
@@ -149,6 +157,100 @@ fn public_ip(i: usize) -> Ipv4Addr {
     Ipv4Addr::from(0xC612_0000u32 + i as u32 + 1)
 }
 
+/// A node's store, noting what its counters said when the node's create succeeded:
+/// every node has a store (and counters) of its own.
+#[derive(Debug)]
+struct Phases {
+    store: EtcdStore,
+    prepare: bool,
+    at_lease: std::sync::Mutex<Option<EtcdStats>>,
+}
+
+#[async_trait::async_trait]
+impl Store for Phases {
+    async fn get(&self, key: &str) -> Result<Option<weft_core::store::Entry>, StoreError> {
+        self.store.get(key).await
+    }
+    async fn list(&self, prefix: &str) -> Result<weft_core::store::Listing, StoreError> {
+        self.store.list(prefix).await
+    }
+    fn prepare_lease(&self, ttl: Duration) {
+        if self.prepare {
+            self.store.prepare_lease(ttl);
+        }
+    }
+    async fn create(
+        &self,
+        key: &str,
+        value: &[u8],
+        ttl: Option<Duration>,
+    ) -> Result<weft_core::store::Entry, StoreError> {
+        let r = self.store.create(key, value, ttl).await;
+        if r.is_ok() {
+            self.at_lease
+                .lock()
+                .unwrap()
+                .get_or_insert(self.store.stats());
+        }
+        r
+    }
+    async fn renew(
+        &self,
+        key: &str,
+        create_revision: weft_core::store::Revision,
+        value: &[u8],
+        ttl: Option<Duration>,
+    ) -> Result<weft_core::store::Entry, StoreError> {
+        self.store.renew(key, create_revision, value, ttl).await
+    }
+    async fn put(&self, key: &str, value: &[u8]) -> Result<weft_core::store::Entry, StoreError> {
+        self.store.put(key, value).await
+    }
+    async fn delete(&self, key: &str) -> Result<bool, StoreError> {
+        self.store.delete(key).await
+    }
+    async fn watch(
+        &self,
+        prefix: &str,
+        from: weft_core::store::Revision,
+    ) -> Result<Box<dyn weft_core::store::Watch>, StoreError> {
+        self.store.watch(prefix, from).await
+    }
+}
+
+/// Round trips per node by kind of request, over `stats`; `sequential` the ones the
+/// nodes waited on in turn until they held their lease: every request before the
+/// create succeeded, less the grants prepared beside a listing (they run while the
+/// listing does) and the revokes (sent in the background).
+fn breakdown(name: &str, stats: &[EtcdStats], at_lease: &[EtcdStats]) -> String {
+    use std::fmt::Write as _;
+    let n = stats.len().max(1) as f64;
+    let kind = |s: &EtcdStats, k: RtKind| s.by_kind[k as usize];
+    let sequential: u64 = at_lease
+        .iter()
+        .map(|s| s.round_trips - s.prepared_grants - kind(s, RtKind::Revoke))
+        .sum();
+    let before: u64 = at_lease.iter().map(|s| s.round_trips).sum();
+    let mut out = format!(
+        "{name:<8} round trips per node: sequential until leased {:.2} (requests until leased {:.2}); all requests by kind:",
+        sequential as f64 / n,
+        before as f64 / n
+    );
+    for k in RtKind::ALL {
+        let total: u64 = stats.iter().map(|s| kind(s, k)).sum();
+        if total > 0 {
+            let _ = write!(out, " {} {:.2}", k.name(), total as f64 / n);
+        }
+    }
+    let prepared: u64 = stats.iter().map(|s| s.prepared_grants).sum();
+    let _ = write!(
+        out,
+        " (of the grants, prepared beside a listing {:.2})",
+        prepared as f64 / n
+    );
+    out
+}
+
 fn start_etcd(args: &Args) -> Etcd {
     Etcd::start_with(EtcdConfig {
         data_root: args.data_root.clone(),
@@ -183,8 +285,14 @@ async fn weft(args: &Args, space: SubnetSpace) -> Report {
             prefix: PREFIX.to_string(),
             alloc,
         };
+        let prepare = args.prepare;
         tasks.spawn(async move {
-            let shared: Arc<dyn Store> = Arc::new(store.clone());
+            let phases = Arc::new(Phases {
+                store: store.clone(),
+                prepare,
+                at_lease: Default::default(),
+            });
+            let shared: Arc<dyn Store> = phases.clone();
             let mut node = NodeRunner::spawn(shared, config, i as u64 + 1);
             let acquired = node
                 .wait_for(PATIENCE, |e| {
@@ -196,14 +304,26 @@ async fn weft(args: &Args, space: SubnetSpace) -> Report {
             let NodeEvent::Lease(AllocEvent::Acquired { lease, .. }) = acquired else {
                 unreachable!()
             };
-            (i, lease.key.ipv4, latency, store, node)
+            // The node runs on, following the watch; its events are read and dropped,
+            // as a daemon consumes them (left unread they would pile up in memory).
+            let (stop, mut stopped) = tokio::sync::oneshot::channel::<()>();
+            let drain = tokio::spawn(async move {
+                loop {
+                    tokio::select! {
+                        _ = &mut stopped => break,
+                        e = node.next_event(Duration::from_secs(3600)) => if e.is_none() { break },
+                    }
+                }
+                node
+            });
+            (i, lease.key.ipv4, latency, phases, (stop, drain))
         });
     }
     let mut joined = Vec::new();
     let mut running = Vec::new();
     while let Some(done) = tasks.join_next().await {
-        let (i, subnet, latency, store, node) = done.expect("node task");
-        joined.push((i, subnet, latency, store));
+        let (i, subnet, latency, phases, node) = done.expect("node task");
+        joined.push((i, subnet, latency, phases));
         running.push(node);
     }
     let wall = start.elapsed();
@@ -211,10 +331,14 @@ async fn weft(args: &Args, space: SubnetSpace) -> Report {
     let own_cpu = cpu_time(std::process::id()).saturating_sub(own_cpu0);
     // Let background revokes of lost races land before counting.
     tokio::time::sleep(Duration::from_secs(1)).await;
-    let nodes = joined
+    let mut all_stats = Vec::new();
+    let mut at_lease = Vec::new();
+    let nodes: Vec<Joined> = joined
         .into_iter()
         .map(|(i, subnet, latency, store)| {
-            let stats = store.stats();
+            let stats = store.store.stats();
+            all_stats.push(stats);
+            at_lease.push(store.at_lease.lock().unwrap().unwrap_or(stats));
             Joined {
                 subnet,
                 public_ip: public_ip(i),
@@ -225,10 +349,29 @@ async fn weft(args: &Args, space: SubnetSpace) -> Report {
             }
         })
         .collect();
-    for node in running {
-        node.stop().await;
+    for (stop, drain) in running {
+        let _ = stop.send(());
+        drain.await.expect("node task").stop().await;
     }
     check_store(&etcd, args.nodes).await;
+    println!("{}", breakdown("weft", &all_stats, &at_lease));
+    // The last to be leased, and what they spent.
+    let mut order: Vec<usize> = (0..nodes.len()).collect();
+    order.sort_by_key(|&i| std::cmp::Reverse(nodes[i].latency));
+    for &i in order.iter().take(3) {
+        let s = &all_stats[i];
+        let kinds: Vec<String> = RtKind::ALL
+            .iter()
+            .filter(|k| s.by_kind[**k as usize] > 0)
+            .map(|k| format!("{} {}", k.name(), s.by_kind[*k as usize]))
+            .collect();
+        println!(
+            "weft     slowest: leased after {:.2?}: {} conflicts, requests {}",
+            nodes[i].latency,
+            s.txn_conflicts,
+            kinds.join(" ")
+        );
+    }
     Report {
         name: "weft",
         wall,

@@ -31,7 +31,7 @@ use weft_core::store::{Store, StoreError};
 
 pub use clock::{Clock, ManualClock};
 pub use driver::{DriverStats, Latency, NodeDriver, LATENCY_BUCKETS};
-pub use etcd::{EtcdOptions, EtcdStats, EtcdStore};
+pub use etcd::{EtcdOptions, EtcdStats, EtcdStore, RtKind};
 pub use memory::MemoryStore;
 pub use sled_store::SledStore;
 
@@ -209,6 +209,10 @@ impl<'a> weft_core::store::StoreCalls for AsyncCalls<'a> {
             let listing = store.list(&prefix).await?;
             Ok(weft_core::store::StoreOutput::Listing(listing))
         })
+    }
+
+    fn prepare_lease(&mut self, ttl: std::time::Duration) {
+        self.0.prepare_lease(ttl);
     }
 
     fn create(

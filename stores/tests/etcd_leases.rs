@@ -12,6 +12,7 @@ use weft_stores::{EtcdOptions, EtcdStore};
 
 const DAY: Duration = Duration::from_secs(24 * 3600);
 const KEY: &str = "/coreos.com/network/subnets/10.5.34.0-24";
+const OTHER: &str = "/coreos.com/network/subnets/10.5.35.0-24";
 
 async fn start(test: &str) -> Option<(Etcd, EtcdStore)> {
     let test = test.to_string();
@@ -57,7 +58,16 @@ async fn a_hundred_renewals_leave_exactly_one_etcd_lease() {
         store.renew(KEY, 1, &value, Some(DAY)).await,
         Err(StoreError::Conflict { .. })
     ));
-    // Revoking a lost race's lease happens in the background.
+    // The stale renewal's lease is revoked in the background; the lost race's is kept
+    // for the next write (see the test after this one).
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(store.live_leases().await.expect("leases").len(), 2);
+    store
+        .create(OTHER, &value, Some(DAY))
+        .await
+        .expect("create another");
+    assert_eq!(store.live_leases().await.expect("leases").len(), 2);
+    store.delete(OTHER).await.expect("delete it");
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(store.live_leases().await.expect("leases").len(), 1);
     // Renewed without a TTL, it becomes a reservation: no lease at all.
@@ -70,6 +80,71 @@ async fn a_hundred_renewals_leave_exactly_one_etcd_lease() {
         Vec::<i64>::new()
     );
     assert_eq!(store.stats().txn_conflicts, 2);
+}
+
+/// A node acquiring a lease lists first; the lease its create needs is granted beside
+/// the listing (`Store::prepare_lease`), so that the create costs one round trip, its
+/// txn. The prepared lease lasts the whole TTL from the create, is used once, survives
+/// a lost race for the retry, and is given back when the store goes unused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lease_prepared_beside_the_listing_serves_one_create_and_a_lost_race_s_retry() {
+    use weft_stores::RtKind;
+    let Some((etcd, store)) = start("a_lease_prepared_beside_the_listing").await else {
+        return;
+    };
+    let grants = |s: &EtcdStore| s.stats().by_kind[RtKind::Grant as usize];
+    store.prepare_lease(DAY);
+    store.prepare_lease(DAY);
+    store
+        .list("/coreos.com/network/subnets/")
+        .await
+        .expect("list");
+    let entry = store.create(KEY, b"{}", Some(DAY)).await.expect("create");
+    let after = wall_now();
+    assert_eq!(
+        grants(&store),
+        1,
+        "one grant, prepared: {:?}",
+        store.stats()
+    );
+    assert_eq!(store.stats().prepared_grants, 1);
+    assert_eq!(store.stats().by_kind[RtKind::Txn as usize], 1);
+    // A whole TTL from the create at least; the spare's slack (5 s) and a second of
+    // rounding more at the most; etcd agrees within its whole seconds.
+    let ours = entry.expires_at.expect("a lease expires");
+    assert!(ours >= after + DAY, "{ours} before {}", after + DAY);
+    let latest = after + DAY + Duration::from_secs(6);
+    assert!(ours <= latest, "{ours} after {latest}");
+    let server = store
+        .server_expiry(KEY)
+        .await
+        .expect("ask etcd")
+        .expect("a lease");
+    assert!(
+        ours.saturating_since(server) <= Duration::from_secs(2)
+            && server.saturating_since(ours) <= Duration::from_secs(2),
+        "ours {ours}, etcd's {server}"
+    );
+    // Used once: the next create grants its own, then loses its race and keeps it;
+    // the retry on another key grants nothing.
+    assert!(matches!(
+        store.create(KEY, b"{}", Some(DAY)).await,
+        Err(StoreError::AlreadyExists { .. })
+    ));
+    assert_eq!(grants(&store), 2);
+    store.create(OTHER, b"{}", Some(DAY)).await.expect("retry");
+    assert_eq!(grants(&store), 2, "the retry used the lost race's lease");
+    assert_eq!(store.live_leases().await.expect("leases").len(), 2);
+    // A spare nobody used goes with the store.
+    store.prepare_lease(DAY);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(store.live_leases().await.expect("leases").len(), 3);
+    drop(store);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let other = EtcdStore::connect(&etcd.endpoints(), &EtcdOptions::default())
+        .await
+        .expect("connect");
+    assert_eq!(other.live_leases().await.expect("leases").len(), 2);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -55,6 +55,13 @@ impl Allocator {
         std::mem::take(&mut self.wants_listing)
     }
 
+    /// The TTL of the lease a listing asked for now would be followed by the creation
+    /// (or renewal) of: while acquiring, with no lease held. `None` otherwise (a
+    /// re-list while holding one, a reservation held).
+    pub fn acquiring_ttl(&self) -> Option<std::time::Duration> {
+        (self.lease.is_none() && self.phase == Phase::NeedTable).then_some(self.cfg.lease_ttl)
+    }
+
     /// The next store operation to perform. Poll again after every `handle_*` call.
     pub fn poll_op(&mut self) -> Option<StoreOp> {
         self.ops.pop_front()

@@ -47,7 +47,11 @@ impl Node {
     pub(super) fn list(&mut self) {
         if self.listing_op.is_none() {
             let prefix = self.subnets_prefix.clone();
-            self.listing_op = Some(self.push_op(StoreOp::List { prefix }));
+            let prepare_lease = self.allocator.acquiring_ttl();
+            self.listing_op = Some(self.push_op(StoreOp::List {
+                prefix,
+                prepare_lease,
+            }));
         }
     }
 
@@ -106,7 +110,10 @@ impl Node {
     pub(super) fn probe(&mut self, now: Timestamp) {
         if self.probe_op.is_none() && self.waits_on_store(now) {
             let prefix = self.probe_prefix.clone();
-            self.probe_op = Some(self.push_op(StoreOp::List { prefix }));
+            self.probe_op = Some(self.push_op(StoreOp::List {
+                prefix,
+                prepare_lease: None,
+            }));
         }
     }
 

@@ -171,6 +171,16 @@ pub trait Store: Send + Sync + fmt::Debug {
         ttl: Option<Duration>,
     ) -> Result<Entry, StoreError>;
 
+    /// A hint that a [`Store::create`] or [`Store::renew`] with `ttl` is coming (a node
+    /// lists to acquire a lease): a backend that writes a TTL by attaching the key to a
+    /// lease of its own, granted first (etcd), may grant one now in the background, so
+    /// that the grant's round trip runs beside the listing instead of before the write.
+    /// It must not outlive its use: a lease prepared and never used is given back or
+    /// expires on its own. Does nothing by default.
+    fn prepare_lease(&self, ttl: Duration) {
+        let _ = ttl;
+    }
+
     /// Replaces the value of `key` and restarts its TTL (`ttl` from now; `None` keeps or
     /// makes it a reservation), but only if the key still exists with the given
     /// `create_revision`. Fails with [`StoreError::NotFound`] when the key is gone (an
@@ -215,6 +225,10 @@ pub enum StoreOp {
     List {
         /// The prefix to list.
         prefix: String,
+        /// The node lists to acquire a lease: a create (or a renewal) with this TTL
+        /// follows. A backend that needs a lease of its own before it can write one (etcd)
+        /// may grant it beside the listing, see [`Store::prepare_lease`].
+        prepare_lease: Option<Duration>,
     },
     /// [`Store::create`]; answer with [`StoreOutput::Entry`].
     Create {
@@ -255,7 +269,15 @@ impl StoreOp {
     /// `weft-stores` implements it over any async [`Store`].
     pub fn call<C: StoreCalls + ?Sized>(&self, calls: &mut C) -> Option<C::Out> {
         Some(match self {
-            StoreOp::List { prefix } => calls.list(prefix),
+            StoreOp::List {
+                prefix,
+                prepare_lease,
+            } => {
+                if let Some(ttl) = prepare_lease {
+                    calls.prepare_lease(*ttl);
+                }
+                calls.list(prefix)
+            }
             StoreOp::Create { key, value, ttl } => calls.create(key, value, *ttl),
             StoreOp::Renew {
                 key,
@@ -277,6 +299,10 @@ pub trait StoreCalls {
     type Out;
     /// [`Store::list`], answered with [`StoreOutput::Listing`].
     fn list(&mut self, prefix: &str) -> Self::Out;
+    /// [`Store::prepare_lease`], just before the listing it goes with; answers nothing.
+    fn prepare_lease(&mut self, ttl: Duration) {
+        let _ = ttl;
+    }
     /// [`Store::create`], answered with [`StoreOutput::Entry`].
     fn create(&mut self, key: &str, value: &[u8], ttl: Option<Duration>) -> Self::Out;
     /// [`Store::renew`], answered with [`StoreOutput::Entry`].

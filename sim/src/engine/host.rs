@@ -95,6 +95,8 @@ pub struct Host {
     /// The store revision of the last route-moving change after which its forwarding
     /// table was checked against its routes (see `World::check_invariants`).
     pub forward_checked: u64,
+    /// What the last successful check of its routes against the live leases saw.
+    pub(crate) routes_checked: Option<super::check::RoutesChecked>,
 }
 
 impl Host {
@@ -129,6 +131,7 @@ impl Host {
             store_trouble_at: SimTime::ZERO,
             store_wait_seen: None,
             forward_checked: 0,
+            routes_checked: None,
         }
     }
 
@@ -356,7 +359,7 @@ impl World {
                                 host: h,
                                 inc,
                                 id,
-                                result,
+                                result: Box::new(result),
                             },
                         )
                     } else {
@@ -366,7 +369,7 @@ impl World {
                                 host: h,
                                 inc,
                                 id,
-                                op,
+                                op: Box::new(op),
                             },
                         )
                     };

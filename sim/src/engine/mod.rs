@@ -124,6 +124,10 @@ pub struct Stats {
 }
 
 /// Something due at a virtual time.
+///
+/// Kept small (48 bytes): every event is moved into the queue's slab and out of it, and
+/// a datagram or a timer (most events) carries little; the rare store operations and
+/// results, and a watch batch's error, wait behind a box.
 #[derive(Debug)]
 pub(crate) enum Ev {
     Custom(u64),
@@ -131,13 +135,13 @@ pub(crate) enum Ev {
         host: usize,
         inc: u32,
         id: OpId,
-        op: StoreOp,
+        op: Box<StoreOp>,
     },
     StoreResult {
         host: usize,
         inc: u32,
         id: OpId,
-        result: Result<StoreOutput, StoreError>,
+        result: Box<Result<StoreOutput, StoreError>>,
     },
     WatchOpen {
         host: usize,
@@ -149,7 +153,7 @@ pub(crate) enum Ev {
         host: usize,
         inc: u32,
         id: OpId,
-        batch: Result<std::sync::Arc<WatchBatch>, StoreError>,
+        batch: Result<std::sync::Arc<WatchBatch>, Box<StoreError>>,
     },
     WatchFlush,
     StoreExpiry,
@@ -171,6 +175,8 @@ pub(crate) enum Ev {
     PingDeadline(usize),
     TransferDeadline(usize),
 }
+
+const _: () = assert!(std::mem::size_of::<Ev>() <= 48);
 
 /// The shared lease history of a world whose nodes report no route changes; `None`
 /// when they do (their traces then come from each node's own decoding, as in the
@@ -496,13 +502,13 @@ impl World {
     fn handle(&mut self, ev: Ev) {
         match ev {
             Ev::Custom(_) => {}
-            Ev::StoreExec { host, inc, id, op } => self.store_exec(host, inc, id, op),
+            Ev::StoreExec { host, inc, id, op } => self.store_exec(host, inc, id, *op),
             Ev::StoreResult {
                 host,
                 inc,
                 id,
                 result,
-            } => self.store_result(host, inc, id, result),
+            } => self.store_result(host, inc, id, *result),
             Ev::WatchOpen {
                 host,
                 inc,
@@ -514,7 +520,7 @@ impl World {
                 inc,
                 id,
                 batch,
-            } => self.watch_deliver(host, inc, id, batch),
+            } => self.watch_deliver(host, inc, id, batch.map_err(|e| *e)),
             Ev::WatchFlush => self.watch_flush(),
             Ev::StoreExpiry => {
                 self.expiry_at = None;

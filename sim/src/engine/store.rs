@@ -66,14 +66,14 @@ impl World {
                 host,
                 inc,
                 id,
-                result,
+                result: Box::new(result),
             },
         );
     }
 
     /// A listing answered from the shared lease history, when there is one.
     fn shared_listing(&mut self, op: &StoreOp) -> Option<LeaseTable> {
-        let StoreOp::List { prefix } = op else {
+        let StoreOp::List { prefix, .. } = op else {
             return None;
         };
         if *prefix != self.subnets_prefix {
@@ -129,7 +129,7 @@ impl World {
                     host,
                     inc,
                     id,
-                    batch,
+                    batch: batch.map_err(Box::new),
                 },
             );
             return;
@@ -149,7 +149,7 @@ impl World {
                 host,
                 inc,
                 id,
-                batch,
+                batch: batch.map_err(Box::new),
             },
         );
     }
@@ -241,7 +241,7 @@ impl World {
                     host,
                     inc,
                     id: cursor.id,
-                    batch,
+                    batch: batch.map_err(Box::new),
                 },
             );
         }

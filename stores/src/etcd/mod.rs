@@ -65,6 +65,57 @@ struct Inner {
     min_ttl: AtomicU64,
     round_trips: AtomicU64,
     txn_conflicts: AtomicU64,
+    by_kind: [AtomicU64; RtKind::ALL.len()],
+    prepared_grants: AtomicU64,
+    /// A lease granted ahead of the write that will use it, see [`Spare`].
+    spare: Mutex<Option<Spare>>,
+}
+
+/// A lease granted ahead of the create (or renewal) that attaches a key to it: prepared
+/// beside a listing ([`Store::prepare_lease`]), or left unused by a lost create race,
+/// whose retry then needs no grant of its own.
+enum Spare {
+    /// Being granted, for writes of `ttl`.
+    Granting {
+        ttl: Duration,
+        task: tokio::task::JoinHandle<Result<(i64, Timestamp), StoreError>>,
+    },
+    /// Granted, for writes of `ttl`, and unused.
+    Ready {
+        ttl: Duration,
+        id: i64,
+        expires: Timestamp,
+    },
+}
+
+impl Drop for Inner {
+    /// A spare nobody used is given back (it holds no key; it would expire anyway).
+    fn drop(&mut self) {
+        let spare = self
+            .spare
+            .get_mut()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .take();
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let mut client = self.client.clone();
+        match spare {
+            Some(Spare::Ready { id, .. }) => {
+                runtime.spawn(async move {
+                    let _ = client.lease_revoke(id).await;
+                });
+            }
+            Some(Spare::Granting { task, .. }) => {
+                runtime.spawn(async move {
+                    if let Ok(Ok((id, _))) = task.await {
+                        let _ = client.lease_revoke(id).await;
+                    }
+                });
+            }
+            None => {}
+        }
+    }
 }
 
 impl fmt::Debug for EtcdStore {
@@ -83,6 +134,55 @@ pub struct EtcdStats {
     pub round_trips: u64,
     /// Transactions whose comparison failed: lost create races, stale renewals.
     pub txn_conflicts: u64,
+    /// Of the requests, how many of each kind, indexed by [`RtKind`].
+    pub by_kind: [u64; RtKind::ALL.len()],
+    /// Lease grants made ahead, beside a listing (see [`Store::prepare_lease`]).
+    pub prepared_grants: u64,
+}
+
+/// The kinds of request [`EtcdStats::by_kind`] counts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum RtKind {
+    /// A range read: a listing's page, a get.
+    Range,
+    /// A lease grant.
+    Grant,
+    /// A transaction: a create, a renewal.
+    Txn,
+    /// A watch opened.
+    Watch,
+    /// A lease revoked.
+    Revoke,
+    /// A lease's time to live asked.
+    TimeToLive,
+    /// Anything else (put, delete, compaction, lease listing).
+    Other,
+}
+
+impl RtKind {
+    /// Every kind, in the order of [`EtcdStats::by_kind`].
+    pub const ALL: [RtKind; 7] = [
+        RtKind::Range,
+        RtKind::Grant,
+        RtKind::Txn,
+        RtKind::Watch,
+        RtKind::Revoke,
+        RtKind::TimeToLive,
+        RtKind::Other,
+    ];
+
+    /// Its name in a report.
+    pub fn name(self) -> &'static str {
+        match self {
+            RtKind::Range => "range",
+            RtKind::Grant => "grant",
+            RtKind::Txn => "txn",
+            RtKind::Watch => "watch",
+            RtKind::Revoke => "revoke",
+            RtKind::TimeToLive => "ttl",
+            RtKind::Other => "other",
+        }
+    }
 }
 
 /// How a call failed: no answer in time, a TLS connection closed before any answer,
@@ -120,6 +220,9 @@ impl EtcdStore {
                 min_ttl: AtomicU64::new(1),
                 round_trips: AtomicU64::new(0),
                 txn_conflicts: AtomicU64::new(0),
+                by_kind: Default::default(),
+                prepared_grants: AtomicU64::new(0),
+                spare: Mutex::new(None),
             }),
         }
     }
@@ -146,6 +249,8 @@ impl EtcdStore {
         EtcdStats {
             round_trips: self.inner.round_trips.load(Ordering::Relaxed),
             txn_conflicts: self.inner.txn_conflicts.load(Ordering::Relaxed),
+            by_kind: std::array::from_fn(|i| self.inner.by_kind[i].load(Ordering::Relaxed)),
+            prepared_grants: self.inner.prepared_grants.load(Ordering::Relaxed),
         }
     }
 
@@ -156,7 +261,16 @@ impl EtcdStore {
     /// Runs one request with the store's deadline. A request that could not reach a
     /// member had no effect, so it is sent again (the balancer picks the next member),
     /// once per endpoint at most.
-    async fn call<T, F, Fut>(&self, mut request: F) -> Result<T, Failure>
+    async fn call<T, F, Fut>(&self, request: F) -> Result<T, Failure>
+    where
+        F: FnMut(Client) -> Fut,
+        Fut: Future<Output = Result<T, etcd_client::Error>>,
+    {
+        self.call_as(RtKind::Other, request).await
+    }
+
+    /// [`EtcdStore::call`], counted as a request of `kind`.
+    async fn call_as<T, F, Fut>(&self, kind: RtKind, mut request: F) -> Result<T, Failure>
     where
         F: FnMut(Client) -> Fut,
         Fut: Future<Output = Result<T, etcd_client::Error>>,
@@ -166,6 +280,7 @@ impl EtcdStore {
         let mut retries = 0u32;
         loop {
             self.inner.round_trips.fetch_add(1, Ordering::Relaxed);
+            self.inner.by_kind[kind as usize].fetch_add(1, Ordering::Relaxed);
             let attempt = request(self.inner.client.clone());
             match tokio::time::timeout_at(deadline, attempt).await {
                 Err(_) => return Err(Failure::TimedOut(timeout)),
@@ -220,7 +335,9 @@ impl EtcdStore {
         ask.dedup();
         for id in ask {
             let resp = self
-                .call(|mut c| async move { c.lease_time_to_live(id, None).await })
+                .call_as(RtKind::TimeToLive, |mut c| async move {
+                    c.lease_time_to_live(id, None).await
+                })
                 .await
                 .map_err(|f| f.into_store(&format!("time to live of lease {id:x}")))?;
             // -1: the lease is gone; its keys go with it any moment.
@@ -263,6 +380,10 @@ impl Store for EtcdStore {
 
     async fn list(&self, prefix: &str) -> Result<Listing, StoreError> {
         self.list_prefix(prefix).await
+    }
+
+    fn prepare_lease(&self, ttl: Duration) {
+        self.prepare_spare(ttl);
     }
 
     async fn create(

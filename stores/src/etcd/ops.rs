@@ -12,7 +12,7 @@ use weft_core::store::{Entry, Listing, Revision, StoreError};
 use weft_core::Timestamp;
 
 use super::error::{is_lease_exists, is_lease_not_found};
-use super::{lease_id, revision, EtcdStore, Failure};
+use super::{lease_id, revision, EtcdStore, Failure, RtKind, Spare};
 use crate::clock::wall_now;
 use weft_core::store::validate::{check_key, check_ttl};
 
@@ -20,6 +20,10 @@ use weft_core::store::validate::{check_key, check_ttl};
 const PAGE: i64 = 1_000;
 /// Grants retried after an ID collision before giving up.
 const GRANT_ATTEMPTS: u32 = 8;
+/// How much longer than asked a spare lease is granted: it may be used this long after
+/// its grant and still last the whole TTL. A lease weft writes so lasts at most this
+/// (and a second of rounding) longer than its TTL.
+const SPARE_SLACK: Duration = Duration::from_secs(5);
 
 /// The first key after every key starting with `prefix` (etcd's range end).
 fn prefix_end(prefix: &[u8]) -> Vec<u8> {
@@ -42,7 +46,7 @@ impl EtcdStore {
         check_key(key)?;
         let k = key.as_bytes().to_vec();
         let resp = self
-            .call(|mut c| {
+            .call_as(RtKind::Range, |mut c| {
                 let k = k.clone();
                 async move { c.get(k, None).await }
             })
@@ -69,7 +73,7 @@ impl EtcdStore {
                 opts = opts.with_revision(at);
             }
             let resp = self
-                .call(|mut c| {
+                .call_as(RtKind::Range, |mut c| {
                     let (from, opts) = (from.clone(), opts.clone());
                     async move { c.get(from, Some(opts)).await }
                 })
@@ -111,7 +115,7 @@ impl EtcdStore {
             })?;
             let ttl_arg = i64::try_from(granted).unwrap_or(i64::MAX);
             let result = self
-                .call(|mut c| async move {
+                .call_as(RtKind::Grant, |mut c| async move {
                     let opts = LeaseGrantOptions::new().with_id(id);
                     c.lease_grant(ttl_arg, Some(opts)).await
                 })
@@ -137,10 +141,120 @@ impl EtcdStore {
         )))
     }
 
+    /// Starts granting a spare lease for writes of `ttl` in the background, unless one
+    /// is there (or on its way) already; one for another TTL is given back. The grant
+    /// asks for [`SPARE_SLACK`] more than `ttl`, so that the spare still lasts a whole
+    /// `ttl` when the write comes a little later (see [`EtcdStore::take_spare`]).
+    pub(super) fn prepare_spare(&self, ttl: Duration) {
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let mut spare = self.lock_spare();
+        let other = match &*spare {
+            Some(Spare::Granting { ttl: t, .. } | Spare::Ready { ttl: t, .. }) if *t == ttl => {
+                return
+            }
+            _ => spare.take(),
+        };
+        self.give_back(other);
+        self.inner.prepared_grants.fetch_add(1, Ordering::Relaxed);
+        let store = self.clone();
+        let task = runtime.spawn(async move { store.grant(ttl + SPARE_SLACK).await });
+        *spare = Some(Spare::Granting { ttl, task });
+    }
+
+    fn lock_spare(&self) -> std::sync::MutexGuard<'_, Option<Spare>> {
+        // Only whole values are put under the lock: a poisoned slot is still usable.
+        self.inner
+            .spare
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Revokes a spare in the background, once granted.
+    fn give_back(&self, spare: Option<Spare>) {
+        match spare {
+            Some(Spare::Ready { id, .. }) => self.revoke_later(id),
+            Some(Spare::Granting { task, .. }) => {
+                let store = self.clone();
+                tokio::spawn(async move {
+                    if let Ok(Ok((id, _))) = task.await {
+                        store.revoke_quietly(id).await;
+                    }
+                });
+            }
+            None => {}
+        }
+    }
+
+    /// The spare lease for a write of `ttl`, waiting for its grant if need be, when it
+    /// still expires at least `ttl` from now (else it is given back); `None` when there
+    /// is none for `ttl`.
+    async fn take_spare(&self, ttl: Duration) -> Option<(i64, Timestamp)> {
+        let spare = {
+            let mut slot = self.lock_spare();
+            match &*slot {
+                Some(Spare::Granting { ttl: t, .. } | Spare::Ready { ttl: t, .. }) if *t == ttl => {
+                    slot.take()
+                }
+                _ => None,
+            }
+        }?;
+        let (id, expires) = match spare {
+            Spare::Ready { id, expires, .. } => (id, expires),
+            Spare::Granting { task, .. } => task.await.ok()?.ok()?,
+        };
+        if expires >= wall_now() + ttl {
+            Some((id, expires))
+        } else {
+            self.revoke_later(id);
+            None
+        }
+    }
+
+    /// Keeps the lease of a lost create race for the next write of `ttl`, if it lasts
+    /// long enough and no spare is there already; else gives it back.
+    fn keep_spare(&self, ttl: Duration, id: i64, expires: Timestamp) {
+        let mut slot = self.lock_spare();
+        if slot.is_none() && expires >= wall_now() + ttl {
+            *slot = Some(Spare::Ready { ttl, id, expires });
+        } else {
+            drop(slot);
+            self.revoke_later(id);
+        }
+    }
+
+    /// Gives back a spare left when a write succeeded without it (a reservation
+    /// written, a renewal without TTL), before the write returns: the node holds what it
+    /// needs now, and nothing of it is left in etcd that its lease does not account for.
+    async fn drop_spare(&self) {
+        let spare = self.lock_spare().take();
+        let id = match spare {
+            Some(Spare::Ready { id, .. }) => id,
+            Some(Spare::Granting { task, .. }) => match task.await {
+                Ok(Ok((id, _))) => id,
+                _ => return,
+            },
+            None => return,
+        };
+        self.revoke_quietly(id).await;
+    }
+
+    /// A lease for a write of `ttl`: the spare if there is one, else a new grant.
+    async fn lease_for(&self, ttl: Duration) -> Result<(i64, Timestamp), StoreError> {
+        match self.take_spare(ttl).await {
+            Some(lease) => Ok(lease),
+            None => self.grant(ttl).await,
+        }
+    }
+
     /// Revokes a lease, ignoring failures: it expires by itself anyway.
     async fn revoke_quietly(&self, id: i64) {
         let result = self
-            .call(|mut c| async move { c.lease_revoke(id).await })
+            .call_as(
+                RtKind::Revoke,
+                |mut c| async move { c.lease_revoke(id).await },
+            )
             .await;
         match result {
             Ok(_) => {}
@@ -171,7 +285,7 @@ impl EtcdStore {
         if lease_id::decode_plausible(old, wall_now()).is_none() {
             let opts = LeaseTimeToLiveOptions::new().with_keys();
             let keys = self
-                .call(|mut c| {
+                .call_as(RtKind::TimeToLive, |mut c| {
                     let opts = opts.clone();
                     async move { c.lease_time_to_live(old, Some(opts)).await }
                 })
@@ -192,7 +306,7 @@ impl EtcdStore {
         check_key(key)?;
         check_ttl(ttl)?;
         let lease = match ttl {
-            Some(ttl) => Some(self.grant(ttl).await?),
+            Some(ttl) => Some(self.lease_for(ttl).await?),
             None => None,
         };
         let lease_id = lease.map_or(0, |(id, _)| id);
@@ -205,7 +319,7 @@ impl EtcdStore {
                 Some(PutOptions::new().with_lease(lease_id)),
             )]);
         let resp = match self
-            .call(|mut c| {
+            .call_as(RtKind::Txn, |mut c| {
                 let txn = txn.clone();
                 async move { c.txn(txn).await }
             })
@@ -217,13 +331,15 @@ impl EtcdStore {
         };
         if !resp.succeeded() {
             self.conflict();
-            if lease_id != 0 {
-                self.revoke_later(lease_id);
+            // The retry, with another key, needs a lease just the same.
+            if let (Some(ttl), Some((id, expires))) = (ttl, lease) {
+                self.keep_spare(ttl, id, expires);
             }
             return Err(StoreError::AlreadyExists {
                 key: key.to_string(),
             });
         }
+        self.drop_spare().await;
         let rev = header_revision(resp.header());
         Ok(Entry {
             key: key.to_string(),
@@ -245,7 +361,7 @@ impl EtcdStore {
     ) -> Result<i64, StoreError> {
         let k = key.as_bytes().to_vec();
         let resp = self
-            .call(|mut c| {
+            .call_as(RtKind::Range, |mut c| {
                 let k = k.clone();
                 async move { c.get(k, None).await }
             })
@@ -295,6 +411,9 @@ impl EtcdStore {
         let result = self
             .renew_attempts(key, create_revision, value, ttl, &mut granted)
             .await;
+        if result.is_ok() {
+            self.drop_spare().await;
+        }
         if result.is_err() {
             if let Some((id, _)) = granted {
                 self.revoke_later(id);
@@ -317,7 +436,7 @@ impl EtcdStore {
         for _ in 0..ATTEMPTS {
             let old_lease = self.renewable_lease(key, create_revision).await?;
             if let (Some(ttl), None) = (ttl, *granted) {
-                *granted = Some(self.grant(ttl).await?);
+                *granted = Some(self.lease_for(ttl).await?);
             }
             let lease_id = granted.map_or(0, |(id, _)| id);
             let put = PutOptions::new().with_lease(lease_id).with_prev_key();
@@ -333,7 +452,7 @@ impl EtcdStore {
                 .and_then([TxnOp::put(k.clone(), value.to_vec(), Some(put))])
                 .or_else([TxnOp::get(k.clone(), None)]);
             let resp = self
-                .call(|mut c| {
+                .call_as(RtKind::Txn, |mut c| {
                     let txn = txn.clone();
                     async move { c.txn(txn).await }
                 })
@@ -459,7 +578,7 @@ impl EtcdStore {
     pub async fn server_expiry(&self, key: &str) -> Result<Option<Timestamp>, StoreError> {
         let k = key.as_bytes().to_vec();
         let resp = self
-            .call(|mut c| {
+            .call_as(RtKind::Range, |mut c| {
                 let k = k.clone();
                 async move { c.get(k, None).await }
             })
@@ -470,7 +589,9 @@ impl EtcdStore {
         };
         let now = wall_now();
         let ttl = self
-            .call(|mut c| async move { c.lease_time_to_live(lease, None).await })
+            .call_as(RtKind::TimeToLive, |mut c| async move {
+                c.lease_time_to_live(lease, None).await
+            })
             .await
             .map_err(|f| f.into_store(&format!("time to live of lease {lease:x}")))?;
         let left = Duration::from_secs(u64::try_from(ttl.ttl()).unwrap_or(0));

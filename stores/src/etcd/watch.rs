@@ -22,7 +22,7 @@ use etcd_client::{WatchOptions, WatchStream};
 use weft_core::store::{Revision, StoreError, Watch, WatchEvent};
 
 use super::decode::{self, revision, RawEventKind, RawKv};
-use super::EtcdStore;
+use super::{EtcdStore, RtKind};
 use crate::clock::wall_now;
 
 /// How long to wait before opening a broken stream again.
@@ -88,7 +88,7 @@ impl EtcdWatch {
             .with_range(end)
             .with_start_revision(from);
         self.store
-            .call(|mut c| {
+            .call_as(RtKind::Watch, |mut c| {
                 let (key, opts) = (key.clone(), opts.clone());
                 async move { c.watch(key, Some(opts)).await }
             })
