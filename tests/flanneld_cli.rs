@@ -163,10 +163,7 @@ fn flanneld_command_lines_run_weft() {
     );
     let value = |name: &str| samples.iter().find(|(n, _)| n == name).map(|(_, v)| *v);
     let left = value("weft_lease_expiry_seconds").expect("seconds to expiry");
-    // The etcd store grants a lease ahead, beside the listing, 5 s longer than the TTL
-    // so that it lasts the whole TTL from the create (stores/src/etcd/ops.rs,
-    // SPARE_SLACK): at most that and a second of rounding past 24 h.
-    assert!((86_000.0..=86_406.0).contains(&left), "{metrics}");
+    assert!((86_000.0..=86_400.0).contains(&left), "{metrics}");
     assert_eq!(
         value(r#"weft_node_events_total{event="acquired"}"#),
         Some(1.0),

@@ -273,6 +273,7 @@ async fn weft(args: &Args, space: SubnetSpace) -> Report {
                 .await
                 .expect("connect")
         };
+        store.set_prepare_ahead(args.prepare);
         stores.push(store);
     }
     let etcd_pid = etcd.pid(0).expect("etcd runs");
