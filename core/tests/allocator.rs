@@ -366,3 +366,46 @@ fn an_expiry_seen_by_the_watch_before_the_timer_fired_is_an_expiry() {
     assert!(!c.nodes[&ip(1)].node.is_stopped());
     assert_eq!(c.held(ip(1)), Some(key), "taken back");
 }
+
+fn acquired_how(c: &Cluster, node: std::net::Ipv4Addr) -> Option<AcquiredHow> {
+    c.nodes[&node].events.iter().find_map(|e| match e {
+        NodeEvent::Lease(AllocEvent::Acquired { how, .. }) => Some(*how),
+        _ => None,
+    })
+}
+
+/// A joining node first tries the subnet its public IP points at: its position in the
+/// space, modulo the space's size. On 10.5.0.0/16 in /24s the space is 10.5.1.0 to
+/// 10.5.255.0 (255 subnets, index 1 to 255), and 192.0.2.1 is 0xC0000201, which is 195
+/// modulo 255: index 196, 10.5.196.0/24; consecutive addresses point at consecutive
+/// subnets. Two nodes pointing at one subnet (192.0.3.0 is 195 modulo 255 too) that
+/// start together race for it: one wins it, the other loses the create and draws at
+/// random; a node pointing at a subnet already leased draws at random at once.
+#[test]
+fn a_joining_node_first_tries_the_subnet_its_public_ip_points_at() {
+    let mut c = Cluster::new(space("10.5.0.0/16", 24), TTL, MARGIN, 9);
+    let twin = std::net::Ipv4Addr::new(192, 0, 3, 0);
+    for node in [ip(1), ip(2), twin] {
+        c.start(node);
+    }
+    c.settle();
+    assert_eq!(c.held(ip(2)).unwrap().to_string(), "10.5.197.0-24");
+    assert_eq!(acquired_how(&c, ip(2)), Some(AcquiredHow::FromPublicIp));
+    let (winner, loser) = if acquired_how(&c, ip(1)) == Some(AcquiredHow::FromPublicIp) {
+        (ip(1), twin)
+    } else {
+        (twin, ip(1))
+    };
+    assert_eq!(c.held(winner).unwrap().to_string(), "10.5.196.0-24");
+    assert_eq!(acquired_how(&c, winner), Some(AcquiredHow::FromPublicIp));
+    assert_eq!(acquired_how(&c, loser), Some(AcquiredHow::Random));
+    assert!(
+        !["10.5.196.0-24", "10.5.197.0-24"].contains(&c.held(loser).unwrap().to_string().as_str())
+    );
+    // Pointing at a leased subnet: straight to the random draw, no lost race.
+    let late = std::net::Ipv4Addr::new(192, 0, 4, 0); // 196 modulo 255: 10.5.197.0/24
+    c.start(late);
+    c.settle();
+    assert_eq!(acquired_how(&c, late), Some(AcquiredHow::Random));
+    assert_ne!(c.held(late).unwrap().to_string(), "10.5.197.0-24");
+}

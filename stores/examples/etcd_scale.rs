@@ -5,9 +5,10 @@
 //! - weft: every node is a real `weft_core::node::Node` driven by
 //!   `weft_stores::testing::NodeRunner` (as the daemon drives it) against its own
 //!   `EtcdStore`: one listing, with the lease grant its create needs sent beside it
-//!   (the node's listing says it is acquiring: `Store::prepare_lease`), a random free
-//!   subnet from its lease table, created with a txn; a lost race retries with the same
-//!   lease. Then its watch, from the listing's revision.
+//!   (the node's listing says it is acquiring: `Store::prepare_lease`), then the subnet
+//!   its public IP points at or, when that one is taken, a random free subnet from its
+//!   lease table, created with a txn; a lost race retries with the same lease. Then its
+//!   watch, from the listing's revision.
 //! - flannel: what flanneld's etcd v3 subnet manager does per attempt: list every
 //!   lease, collect the first 100 free subnets from SubnetMin, pick one at random, grant
 //!   a lease, txn on version == 0; on a lost race, start over (flannel gives up after
@@ -26,7 +27,11 @@
 //!
 //! Run: `cargo run --release -p weft-stores --example etcd_scale -- [--nodes 1000]
 //! [--network 10.0.0.0/12] [--connections shared|per-node] [--data-root DIR]
-//! [--prepare on|off]`
+//! [--prepare on|off] [--ips consecutive|scattered]`
+//!
+//! The nodes' public IPs are consecutive by default, as on one underlay network; weft's
+//! first choice of subnet is the one its IP points at, so they rarely race.
+//! `--ips scattered` spreads them so that those first choices collide as at random.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -56,6 +61,8 @@ struct Args {
     /// Whether the nodes' hints to grant their lease beside the listing reach the store
     /// (`--prepare off`: as before `Store::prepare_lease`, for comparison).
     prepare: bool,
+    /// `--ips scattered`, see [`SCATTERED`].
+    scattered: bool,
     nodes: usize,
     network: String,
     shared: bool,
@@ -65,6 +72,7 @@ struct Args {
 fn args() -> Args {
     let mut args = Args {
         prepare: true,
+        scattered: false,
         nodes: 1000,
         network: "10.0.0.0/12".to_string(),
         shared: true,
@@ -79,6 +87,13 @@ fn args() -> Args {
             "--connections" => args.shared = value == "shared",
             "--data-root" => args.data_root = Some(value.into()),
             "--prepare" => args.prepare = value != "off",
+            "--ips" => {
+                args.scattered = match value.as_str() {
+                    "consecutive" => false,
+                    "scattered" => true,
+                    _ => panic!("--ips consecutive|scattered"),
+                }
+            }
             other => panic!("unknown flag {other}"),
         }
     }
@@ -152,9 +167,24 @@ impl Report {
     }
 }
 
+/// `--ips scattered`: the nodes' addresses drawn at random (seeded, distinct) from
+/// 198.18.0.0/15 instead of consecutive, so that the subnets they point at (weft's first
+/// choice, see `AcquiredHow::FromPublicIp`) collide as a random draw's would.
+static SCATTERED: std::sync::OnceLock<Vec<u32>> = std::sync::OnceLock::new();
+
+fn scatter(nodes: usize) {
+    use rand::seq::SliceRandom;
+    use rand::SeedableRng;
+    let mut offsets: Vec<u32> = (1..0x2_0000).collect();
+    offsets.shuffle(&mut rand::rngs::StdRng::seed_from_u64(7));
+    offsets.truncate(nodes);
+    let _ = SCATTERED.set(offsets);
+}
+
 fn public_ip(i: usize) -> Ipv4Addr {
     // 198.18.0.0/15, the benchmarking range: one address per node.
-    Ipv4Addr::from(0xC612_0000u32 + i as u32 + 1)
+    let offset = SCATTERED.get().map_or(i as u32 + 1, |s| s[i]);
+    Ipv4Addr::from(0xC612_0000u32 + offset)
 }
 
 /// A node's store, noting what its counters said when the node's create succeeded:
@@ -530,6 +560,9 @@ async fn flannel(args: &Args, space: SubnetSpace) -> Report {
 
 fn main() {
     let args = args();
+    if args.scattered {
+        scatter(args.nodes);
+    }
     let config = NetworkConfig::parse(&format!(
         r#"{{"Network":"{}","SubnetLen":24,"Backend":{{"Type":"alloc"}}}}"#,
         args.network

@@ -2,8 +2,11 @@
 //! it expires, and reacts when it is lost.
 //!
 //! Acquisition order: a lease that already records our public IP (reuse it); else the
-//! subnet of our previous `subnet.env`, if free; else a subnet drawn uniformly at random
-//! from *all* free subnets in `[SubnetMin, SubnetMax]`. Decisions read the node's
+//! subnet of our previous `subnet.env`, if free; else the subnet our public IP points at
+//! (its position in the space, modulo the space's size), if free; else a subnet drawn
+//! uniformly at random from *all* free subnets in `[SubnetMin, SubnetMax]`. flannel draws
+//! at random from the first 100 free ones; the pointed-at first choice is weft's, so that
+//! nodes of one underlay network joining at once rarely race for a subnet. Decisions read the node's
 //! [`LeaseTable`], kept current by the watch, so an acquisition costs one store round
 //! trip, not a listing of every lease. A lost create race marks the subnet taken and
 //! draws again; a store failure backs off and re-lists before deciding again, because a
@@ -125,6 +128,8 @@ pub enum AcquiredHow {
     Reused,
     /// The subnet of our previous `subnet.env` was free.
     Previous,
+    /// The free subnet our public IP points at (see `Allocator::pointed_at`).
+    FromPublicIp,
     /// A random free subnet.
     Random,
 }

@@ -12,6 +12,7 @@ fn how(h: AcquiredHow) -> &'static str {
     match h {
         AcquiredHow::Reused => "reused",
         AcquiredHow::Previous => "previous",
+        AcquiredHow::FromPublicIp => "from-public-ip",
         AcquiredHow::Random => "random",
     }
 }
