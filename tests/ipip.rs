@@ -91,10 +91,15 @@ fn ipip_three_hosts_mesh_transfer_routes_lease_and_expiry() {
         let link = net.ip(i, &["-d", "link", "show", "flannel.ipip"]);
         assert!(link.contains(" mtu 1480 "), "h{i}: {link}");
         if kernel_has_ipip {
-            assert!(
-                link.contains(&format!("ipip any remote any local {ip}")),
-                "h{i}: {link}"
-            );
+            // `ip -d` prints "ipip ipip remote any local 192.0.2.1 ttl inherit nopmtudisc".
+            for want in [
+                "link/ipip ",
+                &format!("remote any local {ip} "),
+                "ttl inherit",
+                "nopmtudisc",
+            ] {
+                assert!(link.contains(want), "h{i}: no {want:?} in\n{link}");
+            }
         } else {
             assert!(link.contains("tun type tun"), "h{i}: {link}");
         }
@@ -165,6 +170,59 @@ fn ipip_three_hosts_mesh_transfer_routes_lease_and_expiry() {
         stopped.elapsed().as_millis()
     );
     net.assert_mesh(&[1, 2]);
+}
+
+/// `DirectRouting`: a peer on the underlay interface's own network gets the plain
+/// route on it (flannel's `GetRoute` with `ExtIface.Index`), one behind the underlay
+/// router the tunnel; both reachable.
+#[test]
+fn ipip_direct_routing_routes_same_network_peers_on_the_underlay() {
+    let test = "ipip_direct_routing_routes_same_network_peers_on_the_underlay";
+    if !can_run(test) {
+        return;
+    }
+    let Some(etcd) = etcd_or_skip(test) else {
+        return;
+    };
+    let mut net = Underlay::new("id", &["192.0.2.1", "192.0.2.2", "198.51.100.3"], &etcd);
+    net.set_config(
+        r#"{"Network":"10.5.0.0/16","SubnetLen":24,"Backend":{"Type":"ipip","DirectRouting":true}}"#,
+    );
+    for i in 1..=3 {
+        net.start(i);
+        net.add_container(i);
+    }
+    net.assert_mesh(&[1, 2, 3]);
+    let s = |p: usize| net.hosts[p - 1].subnet.unwrap();
+    assert_eq!(
+        route_to(&net, 1, 2),
+        format!("{} via 192.0.2.2 dev eth0 proto static onlink", s(2))
+    );
+    assert_eq!(
+        route_to(&net, 1, 3),
+        format!(
+            "{} via 198.51.100.3 dev flannel.ipip proto static onlink",
+            s(3)
+        )
+    );
+    assert_eq!(
+        route_to(&net, 3, 1),
+        format!(
+            "{} via 192.0.2.1 dev flannel.ipip proto static onlink",
+            s(1)
+        )
+    );
+    // A clean stop takes the direct routes too (the tunnel's go with the device).
+    net.stop(1);
+    let routes = net.ip(1, &["route", "show", "root", "10.5.0.0/16"]);
+    assert!(
+        routes.lines().all(|l| !l.contains(" via ")),
+        "h1 left routes behind:\n{routes}"
+    );
+    assert!(net
+        .ip(1, &["link", "show"])
+        .lines()
+        .all(|l| !l.contains("flannel.ipip")));
 }
 
 /// One IPv4 frame of a capture, taken apart by hand (Ethernet, then the IPv4 header).

@@ -50,6 +50,12 @@ pub struct IpipDevice {
     pub local: Ipv4Addr,
     /// Its MTU.
     pub mtu: u32,
+    /// Path MTU discovery on the tunnel (outer DF copied from the inner packet).
+    pub pmtudisc: bool,
+    /// The outer TTL; 0 inherits the inner packet's.
+    pub ttl: u8,
+    /// The outer TOS; 0 for none.
+    pub tos: u8,
 }
 
 /// A route of the main table (IPv4 or IPv6), as far as the backends care.

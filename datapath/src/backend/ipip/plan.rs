@@ -19,12 +19,18 @@ pub const OVERHEAD: u32 = 20;
 
 /// The kernel device: local address the external interface's (flannel's `Local:
 /// be.extIface.IfaceAddr`, so that it is not the namespace's catch-all `tunl0`), any
-/// remote, and the overlay MTU.
+/// remote, and the overlay MTU. flannel leaves the rest of its `netlink.Iptun` at Go's
+/// zero values, which vishvananda/netlink sends as they are (`addIptunAttrs`):
+/// `PMtuDisc` 0 (`nopmtudisc`), `Ttl` 0 (inherit), `Tos` 0 -- where the kernel's own
+/// default, without the attribute, would be `pmtudisc`.
 pub fn device(local: Ipv4Addr, mtu: u32) -> IpipDevice {
     IpipDevice {
         name: DEVICE.to_string(),
         local,
         mtu,
+        pmtudisc: false,
+        ttl: 0,
+        tos: 0,
     }
 }
 
@@ -84,7 +90,10 @@ mod tests {
             IpipDevice {
                 name: "flannel.ipip".into(),
                 local: Ipv4Addr::new(192, 0, 2, 1),
-                mtu: 1480
+                mtu: 1480,
+                pmtudisc: false,
+                ttl: 0,
+                tos: 0,
             }
         );
         assert!(d.name.len() < 16, "IFNAMSIZ");
