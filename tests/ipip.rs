@@ -174,10 +174,10 @@ fn ipip_three_hosts_mesh_transfer_routes_lease_and_expiry() {
 
 /// `DirectRouting`: a peer on the underlay interface's own network gets the plain
 /// route on it (flannel's `GetRoute` with `ExtIface.Index`), one behind the underlay
-/// router the tunnel; both reachable.
+/// router the tunnel; both reachable, and restored when deleted by hand.
 #[test]
-fn ipip_direct_routing_routes_same_network_peers_on_the_underlay() {
-    let test = "ipip_direct_routing_routes_same_network_peers_on_the_underlay";
+fn ipip_direct_routing_and_routes_restored_when_deleted() {
+    let test = "ipip_direct_routing_and_routes_restored_when_deleted";
     if !can_run(test) {
         return;
     }
@@ -212,6 +212,34 @@ fn ipip_direct_routing_routes_same_network_peers_on_the_underlay() {
             s(1)
         )
     );
+    // flannel's routeCheck: routes deleted by hand come back within a check (10 s),
+    // and none that is in place is ever re-added.
+    let (r2, r3) = (route_to(&net, 1, 2), route_to(&net, 1, 3));
+    for s in [s(2), s(3)] {
+        net.ip(1, &["route", "del", &s.to_string()]);
+    }
+    assert!(route_to(&net, 1, 2).is_empty() && route_to(&net, 1, 3).is_empty());
+    let deleted = Instant::now();
+    wait_or_show(
+        "h1's deleted routes come back",
+        Duration::from_secs(10 + 3),
+        || route_to(&net, 1, 2) == r2 && route_to(&net, 1, 3) == r3,
+        || net.log(1),
+    );
+    eprintln!(
+        "ipip: routes deleted by hand restored after {} ms",
+        deleted.elapsed().as_millis()
+    );
+    let restored = |i: usize| {
+        net.log(i)
+            .lines()
+            .filter(|l| l.contains("ipip route was missing or altered; restored"))
+            .count()
+    };
+    assert_eq!(restored(1), 2, "{}", net.log(1));
+    // h2 and h3 have checked at least once by now, and found nothing to restore.
+    assert_eq!((restored(2), restored(3)), (0, 0));
+
     // A clean stop takes the direct routes too (the tunnel's go with the device).
     net.stop(1);
     let routes = net.ip(1, &["route", "show", "root", "10.5.0.0/16"]);

@@ -16,8 +16,10 @@
 //! PublicIP dev flannel.ipip onlink`, or with `DirectRouting` and the peer on the
 //! underlay interface's own network, the same gateway on the underlay interface. Leases
 //! of other backends are logged once and not routed. A changed public IP replaces the
-//! route, a gone lease removes it; a clean stop removes the direct routes and the
-//! device (the tunnel routes go with it).
+//! route, a gone lease removes it; every [`CHECK_EVERY`] a task compares the kernel's
+//! main table with the routes we added and restores what is missing or altered
+//! (flannel's `RouteNetwork.routeCheck`); a clean stop removes the direct routes and
+//! the device (the tunnel routes go with it).
 
 pub mod plan;
 mod user;
@@ -25,11 +27,15 @@ mod user;
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr};
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use async_trait::async_trait;
 use ipnet::{IpNet, Ipv4Net};
+use tokio::sync::Mutex;
+use tokio::task::JoinHandle;
 use weft_core::config::BackendType;
 use weft_core::forward::{DropReason, DropRegistry, ForwardTable};
 use weft_core::lease::Lease;
@@ -43,6 +49,30 @@ use crate::netlink::{GatewayRoute, Netlink};
 use crate::DatapathError;
 use plan::Via;
 use user::{UserConfig, UserDatapath};
+
+/// How often the routes are checked against the kernel's (flannel: 10 s).
+pub const CHECK_EVERY: Duration = Duration::from_secs(10);
+
+/// The routes we added, by subnet, shared with the checker.
+type Programmed = Arc<Mutex<BTreeMap<Ipv4Net, GatewayRoute>>>;
+
+/// Route counts, kept beside the map so that reading them never waits for its lock.
+#[derive(Debug, Default)]
+struct RouteStats {
+    routes: AtomicU64,
+    direct: AtomicU64,
+    restored: AtomicU64,
+    errors: AtomicU64,
+}
+
+impl RouteStats {
+    fn update(&self, programmed: &BTreeMap<Ipv4Net, GatewayRoute>, underlay: u32) {
+        let direct = programmed.values().filter(|r| r.oif == underlay).count();
+        self.routes
+            .store(programmed.len() as u64, Ordering::Relaxed);
+        self.direct.store(direct as u64, Ordering::Relaxed);
+    }
+}
 
 /// What carries the packets of the current lease.
 #[derive(Debug)]
@@ -84,12 +114,13 @@ pub struct IpipBackend {
     /// Each remote ipip subnet and its peer's public IP.
     wanted: BTreeMap<Ipv4Net, Ipv4Addr>,
     /// The routes we added, by subnet.
-    programmed: BTreeMap<Ipv4Net, GatewayRoute>,
+    programmed: Programmed,
+    stats: Arc<RouteStats>,
+    checker: Option<JoinHandle<()>>,
     filter: PeerFilter,
     table: SharedTable,
     counters: Arc<Counters>,
     drops: DropRegistry,
-    errors: u64,
 }
 
 impl IpipBackend {
@@ -117,12 +148,13 @@ impl IpipBackend {
             userspace,
             running: None,
             wanted: BTreeMap::new(),
-            programmed: BTreeMap::new(),
+            programmed: Arc::new(Mutex::new(BTreeMap::new())),
+            stats: Arc::new(RouteStats::default()),
+            checker: None,
             filter: PeerFilter::new(BackendType::Ipip),
             table: Arc::new(ArcSwap::from_pointee(ForwardTable::default())),
             counters: Arc::new(Counters::default()),
             drops: DropRegistry::default(),
-            errors: 0,
         })
     }
 
@@ -238,7 +270,9 @@ impl IpipBackend {
             return Ok(());
         };
         let new = self.desired(subnet, tunnel).await?;
-        let old = self.programmed.get(&subnet).copied();
+        let underlay = self.external.link.index;
+        let mut programmed = self.programmed.lock().await;
+        let old = programmed.get(&subnet).copied();
         if new == old {
             return Ok(());
         }
@@ -251,20 +285,57 @@ impl IpipBackend {
             },
         };
         if let Err(e) = result {
-            self.errors += 1;
+            self.stats.errors.fetch_add(1, Ordering::Relaxed);
             return Err(e);
         }
         match new {
             Some(route) => {
                 tracing::info!(%subnet, via = ?route.gateway, direct = route.oif != tunnel, "ipip route added");
-                self.programmed.insert(subnet, route);
+                programmed.insert(subnet, route);
             }
             None => {
                 tracing::info!(%subnet, "ipip route removed");
-                self.programmed.remove(&subnet);
+                programmed.remove(&subnet);
             }
         }
+        self.stats.update(&programmed, underlay);
         Ok(())
+    }
+}
+
+/// flannel's `routeCheck`: every [`CHECK_EVERY`], each route we added that the kernel's
+/// main table lacks (deleted by hand, or altered) is put back. The lock is held for the
+/// whole check, so that a route the backend is removing is never restored.
+async fn check_forever(netlink: Netlink, programmed: Programmed, stats: Arc<RouteStats>) {
+    let mut tick = tokio::time::interval(CHECK_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tick.tick().await;
+    loop {
+        tick.tick().await;
+        let programmed = programmed.lock().await;
+        let kernel = match netlink.main_routes().await {
+            Ok(kernel) => kernel,
+            Err(e) => {
+                stats.errors.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(error = %e, "ipip route check failed; trying again at the next");
+                continue;
+            }
+        };
+        for (subnet, route) in programmed.iter() {
+            if kernel.contains(route) {
+                continue;
+            }
+            match netlink.replace_gateway_route(route).await {
+                Ok(()) => {
+                    let total = stats.restored.fetch_add(1, Ordering::Relaxed) + 1;
+                    tracing::warn!(%subnet, via = ?route.gateway, restored_total = total, "ipip route was missing or altered; restored");
+                }
+                Err(e) => {
+                    stats.errors.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(%subnet, error = %e, "cannot restore an ipip route");
+                }
+            }
+        }
     }
 }
 
@@ -292,7 +363,18 @@ impl Backend for IpipBackend {
         // Routes through the old device went with it; direct routes stay and are
         // replaced.
         let underlay = self.external.link.index;
-        self.programmed.retain(|_, r| r.oif == underlay);
+        {
+            let mut programmed = self.programmed.lock().await;
+            programmed.retain(|_, r| r.oif == underlay);
+            self.stats.update(&programmed, underlay);
+        }
+        if self.checker.is_none() {
+            self.checker = Some(tokio::spawn(check_forever(
+                self.netlink.clone(),
+                self.programmed.clone(),
+                self.stats.clone(),
+            )));
+        }
         let subnets: Vec<Ipv4Net> = self.wanted.keys().copied().collect();
         for s in subnets {
             // A peer that cannot be routed is no reason to stop the node: logged,
@@ -335,14 +417,11 @@ impl Backend for IpipBackend {
         use std::sync::atomic::Ordering::Relaxed;
         use CounterKind::{Level, Packets, Total};
         let c = &self.counters;
-        let direct = self
-            .programmed
-            .values()
-            .filter(|r| r.oif == self.external.link.index)
-            .count() as u64;
+        let r = &self.stats;
         let mut out: Vec<Counter> = [
-            (Level, "routes", self.programmed.len() as u64),
-            (Level, "peers_direct", direct),
+            (Level, "routes", r.routes.load(Relaxed)),
+            (Level, "peers_direct", r.direct.load(Relaxed)),
+            (Total, "routes_restored", r.restored.load(Relaxed)),
             (Level, "userspace", u64::from(self.userspace)),
             (Packets, "tun_rx", c.tun_rx.load(Relaxed)),
             (Packets, "ipip_tx", c.udp_tx.load(Relaxed)),
@@ -350,7 +429,11 @@ impl Backend for IpipBackend {
             (Packets, "tun_tx", c.tun_tx.load(Relaxed)),
             (Packets, "icmp_tx", c.icmp_tx.load(Relaxed)),
             (Total, "leases_foreign", self.filter.foreign_total),
-            (Total, "errors", self.errors + c.errors.load(Relaxed)),
+            (
+                Total,
+                "errors",
+                r.errors.load(Relaxed) + c.errors.load(Relaxed),
+            ),
         ]
         .into_iter()
         .map(|(kind, name, value)| Counter::new(kind, name, value))
@@ -381,9 +464,15 @@ impl Backend for IpipBackend {
     }
 
     async fn stop(&mut self) -> Result<(), DatapathError> {
+        if let Some(task) = self.checker.take() {
+            task.abort();
+            let _ = task.await;
+        }
         let underlay = self.external.link.index;
         let mut result = Ok(());
-        for (_, route) in std::mem::take(&mut self.programmed) {
+        let programmed = std::mem::take(&mut *self.programmed.lock().await);
+        self.stats.update(&BTreeMap::new(), underlay);
+        for (_, route) in programmed {
             if route.oif == underlay {
                 if let Err(e) = self.netlink.del_gateway_route(&route).await {
                     result = Err(e);
