@@ -21,6 +21,7 @@
 //! (flannel's `RouteNetwork.routeCheck`); a clean stop removes the direct routes and
 //! the device (the tunnel routes go with it).
 
+mod offload;
 pub mod plan;
 mod user;
 
@@ -209,6 +210,7 @@ impl IpipBackend {
             network: self.network,
             subnet,
             local: self.external.ip,
+            offload: std::env::var("WEFT_IPIP_OFFLOAD").map_or(true, |v| v != "0"),
         };
         let d = UserDatapath::start(
             self.netns.as_deref(),
@@ -434,6 +436,8 @@ impl Backend for IpipBackend {
                 "errors",
                 r.errors.load(Relaxed) + c.errors.load(Relaxed),
             ),
+            (Total, "tso_reads", c.tso_reads.load(Relaxed)),
+            (Total, "gro_writes", c.gro_writes.load(Relaxed)),
         ]
         .into_iter()
         .map(|(kind, name, value)| Counter::new(kind, name, value))

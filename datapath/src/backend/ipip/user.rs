@@ -8,8 +8,8 @@
 //! the whole packet, outer header included, which [`inner`] strips by its IHL. Every
 //! inner packet passes [`ForwardTable::accept_inbound`] with the outer source before it
 //! reaches the TUN device: a known peer, an inner source in that peer's subnet, a
-//! destination in ours. A raw socket has no GSO or GRO, so there are no offloads and
-//! one packet per syscall each way.
+//! destination in ours. A raw socket has no GSO or GRO; the TUN device has offloads
+//! (TSO reads, coalesced writes) unless `WEFT_IPIP_OFFLOAD=0` ([`super::offload`]).
 
 use std::io::Read;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4};
@@ -43,6 +43,20 @@ impl RawIpip {
         udp::size_buffers(&socket);
         socket.bind(&SocketAddr::V4(SocketAddrV4::new(local, 0)).into())?;
         Ok(RawIpip(socket))
+    }
+
+    /// Makes receives return `WouldBlock` rather than wait.
+    pub(super) fn set_nonblocking(&self) -> std::io::Result<()> {
+        self.0.set_nonblocking(true)
+    }
+
+    /// Waits until a packet is there to receive, or `timeout` passed.
+    pub(super) fn wait_readable(&self, timeout: std::time::Duration) {
+        use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+        use std::os::fd::AsFd;
+        let mut fds = [PollFd::new(self.0.as_fd(), PollFlags::POLLIN)];
+        let timeout = PollTimeout::try_from(timeout).unwrap_or(PollTimeout::NONE);
+        let _ = poll(&mut fds, timeout);
     }
 }
 
@@ -95,6 +109,8 @@ pub(super) struct UserConfig {
     pub subnet: Ipv4Net,
     /// The outer source address, bound by the socket.
     pub local: Ipv4Addr,
+    /// TUN offloads (the default; `WEFT_IPIP_OFFLOAD=0`: off), see [`super::offload`].
+    pub offload: bool,
 }
 
 /// The TUN device, raw socket and forwarding threads of one lease.
@@ -120,7 +136,10 @@ impl UserDatapath {
         counters: Arc<Counters>,
         drops: &DropRegistry,
     ) -> Result<UserDatapath, DatapathError> {
-        let device = udp::open_tun(ns, &cfg.name, false)?;
+        let device = udp::open_tun(ns, &cfg.name, cfg.offload)?;
+        let offloads = cfg
+            .offload
+            .then(|| udp::tun_offload::enable(&device, &cfg.name));
         let local = cfg.local;
         let socket = netns::in_netns(ns, move || RawIpip::bind(local))?
             .map_err(|e| DatapathError::io(format!("open a raw IPIP socket on {local}"), e))?;
@@ -159,14 +178,27 @@ impl UserDatapath {
                 .spawn(f)
                 .map_err(|e| DatapathError::io("spawn a forwarding thread", e))
         };
-        let threads = vec![
-            spawn(
-                "weft-tun-to-ipip",
-                Box::new(move || outbound.tun_to_udp(0, icmp_from)),
-            )?,
-            spawn("weft-ipip-to-tun", Box::new(move || inbound.udp_to_tun()))?,
-        ];
-        tracing::info!(tun = %cfg.name, mtu = cfg.mtu, addr = %addr, local = %cfg.local, "ipip backend up in userspace (TUN device and raw IPIP socket)");
+        let threads = if cfg.offload {
+            vec![
+                spawn(
+                    "weft-tun-to-ipip",
+                    Box::new(move || outbound.tun_to_ipip_offload(icmp_from)),
+                )?,
+                spawn(
+                    "weft-ipip-to-tun",
+                    Box::new(move || inbound.ipip_to_tun_offload()),
+                )?,
+            ]
+        } else {
+            vec![
+                spawn(
+                    "weft-tun-to-ipip",
+                    Box::new(move || outbound.tun_to_udp(0, icmp_from)),
+                )?,
+                spawn("weft-ipip-to-tun", Box::new(move || inbound.udp_to_tun()))?,
+            ]
+        };
+        tracing::info!(tun = %cfg.name, mtu = cfg.mtu, addr = %addr, local = %cfg.local, offloads = ?offloads, "ipip backend up in userspace (TUN device and raw IPIP socket)");
         Ok(UserDatapath {
             index: link.index,
             name: cfg.name.clone(),

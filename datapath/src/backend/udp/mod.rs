@@ -33,6 +33,7 @@
 
 pub(crate) mod batch;
 mod batched;
+pub(super) use batched::{segment_read, IDLE, SEGMENTED_ROOM, VNET_READ};
 pub(crate) mod offload;
 pub(crate) mod tun_offload;
 
@@ -448,26 +449,26 @@ impl<S: Carrier> Clone for Forwarder<S> {
     }
 }
 
-fn count(c: &AtomicU64) {
+pub(super) fn count(c: &AtomicU64) {
     c.fetch_add(1, Ordering::Relaxed);
 }
 
-fn add(c: &AtomicU64, n: usize) {
+pub(super) fn add(c: &AtomicU64, n: usize) {
     c.fetch_add(n as u64, Ordering::Relaxed);
 }
 
 impl<S: Carrier> Forwarder<S> {
-    fn stopping(&self) -> bool {
+    pub(super) fn stopping(&self) -> bool {
         self.stopping.load(Ordering::Relaxed)
     }
 
     /// A streak for reading the TUN device.
-    fn tun_streak(&self) -> Streak {
+    pub(super) fn tun_streak(&self) -> Streak {
         Streak::new(format!("reading the TUN device {}", self.tun_name))
     }
 
     /// A streak for receiving on the carrier.
-    fn socket_streak(&self) -> Streak {
+    pub(super) fn socket_streak(&self) -> Streak {
         Streak::new(self.socket.what())
     }
 
