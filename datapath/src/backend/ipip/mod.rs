@@ -7,10 +7,13 @@
 //! underlay's minus 20 or the config's `MTU` minus 20, our subnet's network address
 //! /32) carries the packets, as flannel's does. Where it has none (its `RTM_NEWLINK`
 //! answers "Unknown device type", as on these Firecracker kernels), weft carries them
-//! itself with the same wire format ([`user`]): a TUN device of the same name, address
+//! itself with the same wire format (module `user`): a TUN device of the same name, address
 //! and MTU, and a raw IPIP socket, the udp backend's forwarding loops and forwarding
-//! table checks between them; one log line says which. `WEFT_IPIP_USERSPACE=1` in the
-//! environment takes the userspace path even where the kernel has IPIP.
+//! table checks between them, with TUN offloads (module `offload`; `WEFT_IPIP_OFFLOAD=0`:
+//! off); one log line says which. `WEFT_IPIP_USERSPACE=1` in the environment takes the
+//! userspace path even where the kernel has IPIP. Unlike the kernel device, the
+//! userspace path decrements the inner TTL once more on the way out (the forwarding
+//! table's, as for the udp backend), so a traceroute shows one hop more.
 //!
 //! Either way, per remote ipip lease the route flannel's `GetRoute` makes: `subnet via
 //! PublicIP dev flannel.ipip onlink`, or with `DirectRouting` and the peer on the
