@@ -48,6 +48,7 @@ pub fn describe(config: &NetworkConfig) -> String {
         BackendType::Vxlan,
         BackendType::HostGw,
         BackendType::Wireguard,
+        BackendType::Ipip,
         BackendType::Alloc,
     ] {
         let mark = if kind == config.backend.kind { "*" } else { "" };
@@ -126,6 +127,16 @@ fn devices(config: &NetworkConfig) -> String {
             format!(
                 "a TUN device (weft0, --tun-name) and a UDP socket on port {} speaking WireGuard (userspace); the private key in /run/flannel/wgkey (WIREGUARD_KEY_FILE), made on first start; per peer a WireGuard session to its public IP and the port its lease gives, {keepalive}, {psk}; routes to the network through the TUN device{v6}",
                 b.port
+            )
+        }
+        BackendType::Ipip => {
+            let direct = if b.ipip.is_some_and(|o| o.direct_routing) {
+                "; peers on the interface's own network get a plain route via their public IP on it instead (DirectRouting)"
+            } else {
+                ""
+            };
+            format!(
+                "an ipip device flannel.ipip (IP protocol 4, local the external interface's address) with this node's subnet address /32 -- or, where the kernel has no IPIP, a TUN device flannel.ipip and a raw IPIP socket, the same packets on the wire (userspace); per peer a route `subnet via its public IP dev flannel.ipip onlink`{direct}; IPv4 only"
             )
         }
         BackendType::Alloc => "none (leases only)".to_string(),

@@ -52,9 +52,9 @@ pub enum LabCommand {
         #[arg(long, default_value = state::DEFAULT_PREFIX)]
         prefix: String,
         /// The backend, replacing the scenario config's `Backend.Type` (and its
-        /// options): udp, vxlan, host-gw, wireguard or alloc. A scenario may also name
+        /// options): udp, vxlan, host-gw, wireguard, ipip or alloc. A scenario may also name
         /// one itself; the simulator runs only udp and alloc.
-        #[arg(long, value_parser = ["udp", "vxlan", "host-gw", "wireguard", "alloc"])]
+        #[arg(long, value_parser = ["udp", "vxlan", "host-gw", "wireguard", "ipip", "alloc"])]
         backend: Option<String>,
     },
     /// Stop or start one node's daemon in a running lab (its namespace and containers
@@ -96,8 +96,8 @@ pub struct UpArgs {
     #[arg(long)]
     net_config_path: Option<PathBuf>,
     /// The backend, replacing the config's `Backend.Type` (and its options):
-    /// udp, vxlan, host-gw, wireguard or alloc.
-    #[arg(long, value_parser = ["udp", "vxlan", "host-gw", "wireguard", "alloc"])]
+    /// udp, vxlan, host-gw, wireguard, ipip or alloc.
+    #[arg(long, value_parser = ["udp", "vxlan", "host-gw", "wireguard", "ipip", "alloc"])]
     backend: Option<String>,
     /// Dual stack: IPv6 beside IPv4. Adds `"EnableIPv6": true` and, unless the config
     /// has one, `"IPv6Network": "fc00::/48"` (in /64s) to the config; each node gets an

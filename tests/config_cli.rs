@@ -54,6 +54,36 @@ fn wireguard_reports_its_mtu_and_what_it_creates() {
 }
 
 #[test]
+fn ipip_reports_its_mtu_and_devices_and_refuses_ipv6() {
+    let out = check(r#"{"Network":"10.5.0.0/16","Backend":{"Type":"ipip"}}"#);
+    assert!(out.status.success(), "{out:?}");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("backend: ipip\n"), "{text}");
+    assert!(text.contains(" ipip* 1480"), "{text}");
+    assert!(
+        text.contains("an ipip device flannel.ipip")
+            && text.contains("a TUN device flannel.ipip and a raw IPIP socket")
+            && text.contains("`subnet via its public IP dev flannel.ipip onlink`")
+            && !text.contains("DirectRouting"),
+        "{text}"
+    );
+    let out = check(
+        r#"{"Network":"10.5.0.0/16","Backend":{"Type":"ipip","DirectRouting":true,"MTU":9000}}"#,
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains(" ipip* 8980") && text.contains("(DirectRouting)"),
+        "{text}"
+    );
+    let out = check(
+        r#"{"Network":"10.5.0.0/16","EnableIPv6":true,"IPv6Network":"fc00::/48","Backend":{"Type":"ipip"}}"#,
+    );
+    assert!(!out.status.success(), "{out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("\"ipip\" carries IPv4 only"), "{err}");
+}
+
+#[test]
 fn flannel_documented_examples_are_accepted_with_a_summary() {
     let out =
         check(r#"{"Network":"10.5.0.0/16","SubnetLen":24,"Backend":{"Type":"udp","Port":8285}}"#);

@@ -47,6 +47,11 @@ fn three_wireguard_nodes_full_mesh_ping_and_a_100_mb_tcp_transfer() {
     full_mesh_and_transfer("wireguard");
 }
 
+#[test]
+fn three_ipip_nodes_full_mesh_ping_and_a_100_mb_tcp_transfer() {
+    full_mesh_and_transfer("ipip");
+}
+
 /// `weft lab up --backend BACKEND` with three nodes: every container pings every other,
 /// and 100 MB cross the overlay intact.
 fn full_mesh_and_transfer(backend: &str) {
@@ -60,6 +65,8 @@ fn full_mesh_and_transfer(backend: &str) {
     let device = match backend {
         "udp" | "wireguard" => Some("weft0"),
         "vxlan" => Some("flannel.1"),
+        // The kernel's ipip device, or the TUN device in its place (userspace IPIP).
+        "ipip" => Some("flannel.ipip"),
         _ => None,
     };
     if let Some(device) = device {

@@ -76,6 +76,12 @@ impl DatapathError {
         }
     }
 
+    /// Whether the kernel answered that it does not know the kind of device asked for
+    /// (`EOPNOTSUPP`, "Unknown device type": its module is missing).
+    pub fn is_unsupported(&self) -> bool {
+        matches!(self, DatapathError::Netlink { cause: rtnetlink::Error::NetlinkError(m), .. } if m.raw_code() == -95)
+    }
+
     pub(crate) fn netlink(what: impl Into<String>, cause: rtnetlink::Error) -> Self {
         DatapathError::Netlink {
             what: what.into(),

@@ -5,7 +5,7 @@ mod neigh;
 mod routes;
 
 pub use neigh::{BadMac, Mac};
-pub use routes::{GatewayRoute, VxlanDevice};
+pub use routes::{GatewayRoute, IpipDevice, VxlanDevice};
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::os::fd::AsRawFd;

@@ -170,6 +170,13 @@ pub enum ConfigError {
         /// The type as written.
         kind: String,
     },
+    /// `EnableIPv6` with a backend that carries IPv4 only (ipip, as in flannel, whose
+    /// ipip backend programs no IPv6 route: the IPv6 subnets would be unreachable).
+    #[error("Backend.Type {kind:?} carries IPv4 only (as in flannel): remove EnableIPv6 (and IPv6Network), or use udp, vxlan, host-gw or wireguard for IPv6")]
+    Ipv4OnlyBackend {
+        /// The backend.
+        kind: &'static str,
+    },
     /// A backend type neither weft nor flannel knows.
     #[error("Backend.Type {kind:?} is not a known backend type (supported: {SUPPORTED})")]
     UnknownBackend {

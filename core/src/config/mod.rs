@@ -35,11 +35,10 @@ use decode::{json_error, json_type, Fields, Members};
 pub use error::ConfigError;
 
 /// The backends weft implements, as listed in error messages.
-const SUPPORTED: &str = "alloc, udp, vxlan, host-gw, wireguard";
+const SUPPORTED: &str = "alloc, udp, vxlan, host-gw, wireguard, ipip";
 
 /// Backend types flannel has (or had) that weft does not implement.
-const FLANNEL_ONLY_BACKENDS: [&str; 7] = [
-    "ipip",
+const FLANNEL_ONLY_BACKENDS: [&str; 6] = [
     "ipsec",
     "extension",
     "aws-vpc",
@@ -64,6 +63,8 @@ pub const DEFAULT_WIREGUARD_PORT: u16 = 51820;
 pub const DEFAULT_WIREGUARD_PORT_V6: u16 = 51821;
 /// The smallest wireguard `MTU` that leaves an overlay MTU of 68, IPv4's minimum.
 const MIN_WIREGUARD_MTU: u32 = 68 + 80;
+/// The smallest ipip `MTU` that leaves an overlay MTU of 68, IPv4's minimum.
+const MIN_IPIP_MTU: u32 = 68 + 20;
 
 /// The backends weft knows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -78,16 +79,20 @@ pub enum BackendType {
     HostGw,
     /// WireGuard, in userspace over a TUN device (flannel's runs the kernel's).
     Wireguard,
+    /// IPv4-in-IPv4 (IP protocol 4): the kernel's ipip device, or weft's own over a
+    /// TUN device and a raw socket where the kernel has none. IPv4 only, as in flannel.
+    Ipip,
 }
 
 impl BackendType {
     /// Every backend weft implements.
-    pub const ALL: [BackendType; 5] = [
+    pub const ALL: [BackendType; 6] = [
         BackendType::Alloc,
         BackendType::Udp,
         BackendType::Vxlan,
         BackendType::HostGw,
         BackendType::Wireguard,
+        BackendType::Ipip,
     ];
 
     /// The name used in configs and lease values.
@@ -98,6 +103,7 @@ impl BackendType {
             BackendType::Vxlan => "vxlan",
             BackendType::HostGw => "host-gw",
             BackendType::Wireguard => "wireguard",
+            BackendType::Ipip => "ipip",
         }
     }
 
@@ -114,9 +120,10 @@ impl BackendType {
     pub fn lease_type(self) -> Option<&'static str> {
         match self {
             BackendType::Alloc | BackendType::Udp => None,
-            BackendType::Vxlan | BackendType::HostGw | BackendType::Wireguard => {
-                Some(self.as_str())
-            }
+            BackendType::Vxlan
+            | BackendType::HostGw
+            | BackendType::Wireguard
+            | BackendType::Ipip => Some(self.as_str()),
         }
     }
 
@@ -129,6 +136,8 @@ impl BackendType {
             // flannel's `overhead`: an IPv6 header (40), UDP (8), the data message's
             // type, index and counter (16) and the tag (16), whatever the family.
             BackendType::Wireguard => 80,
+            // The outer IPv4 header, nothing else (flannel's `expectMTU`).
+            BackendType::Ipip => 20,
         }
     }
 }
@@ -154,6 +163,8 @@ pub struct BackendConfig {
     /// The options of the wireguard backend; `None` for the other backends (its
     /// `ListenPort` is also [`BackendConfig::port`]).
     pub wireguard: Option<WireguardOptions>,
+    /// The options of the ipip backend; `None` for the other backends.
+    pub ipip: Option<IpipOptions>,
     /// The whole object as written, for backend options weft does not interpret here;
     /// an empty object when the config has no `Backend`.
     pub raw: serde_json::Value,
@@ -172,6 +183,19 @@ pub struct VxlanOptions {
     /// `Learning`: the kernel learns FDB entries from received packets (default off:
     /// `nolearning`, every entry comes from a lease).
     pub learning: bool,
+    /// `DirectRouting`: peers on the underlay interface's own network get a plain route
+    /// via their public IP, without encapsulation.
+    pub direct_routing: bool,
+}
+
+/// The ipip backend's options. flannel's `RegisterNetwork`
+/// (`pkg/backend/ipip/ipip.go`) reads `DirectRouting` only; `MTU` is weft's, read as
+/// the vxlan backend's is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct IpipOptions {
+    /// `MTU`: the MTU of the packets on the underlay, replacing the external
+    /// interface's; the tunnel gets 20 bytes less. `None`: the interface's.
+    pub mtu: Option<u32>,
     /// `DirectRouting`: peers on the underlay interface's own network get a plain route
     /// via their public IP, without encapsulation.
     pub direct_routing: bool,
@@ -301,7 +325,7 @@ impl NetworkConfig {
     }
 
     /// The overlay MTU over an underlay of `underlay_mtu` bytes (`FLANNEL_MTU`). The
-    /// vxlan and wireguard backends' `MTU` option stands for the underlay's, as in
+    /// vxlan, wireguard and ipip backends' `MTU` option stands for the underlay's, as in
     /// flannel.
     pub fn mtu(&self, underlay_mtu: u32) -> u32 {
         let underlay = self
@@ -309,6 +333,7 @@ impl NetworkConfig {
             .vxlan
             .and_then(|v| v.mtu)
             .or(self.backend.wireguard.as_ref().and_then(|w| w.mtu))
+            .or(self.backend.ipip.and_then(|o| o.mtu))
             .unwrap_or(underlay_mtu);
         underlay.saturating_sub(self.backend.kind.overhead())
     }

@@ -8,10 +8,10 @@ use serde_json::Value;
 
 use super::decode::{bool_of, int_of, string_of, Backend, Fields, Members};
 use super::{
-    BackendConfig, BackendType, ConfigError, NetworkConfig, VxlanOptions, WireguardMode,
-    WireguardOptions, DEFAULT_UDP_PORT, DEFAULT_VXLAN_PORT, DEFAULT_VXLAN_VNI,
+    BackendConfig, BackendType, ConfigError, IpipOptions, NetworkConfig, VxlanOptions,
+    WireguardMode, WireguardOptions, DEFAULT_UDP_PORT, DEFAULT_VXLAN_PORT, DEFAULT_VXLAN_VNI,
     DEFAULT_WIREGUARD_PORT, DEFAULT_WIREGUARD_PORT_V6, FLANNEL_ONLY_BACKENDS, MAX_VNI,
-    MIN_VXLAN_MTU, MIN_WIREGUARD_MTU,
+    MIN_IPIP_MTU, MIN_VXLAN_MTU, MIN_WIREGUARD_MTU,
 };
 
 impl Fields {
@@ -86,10 +86,21 @@ impl Fields {
             ipv6_subnet_len: v6.map_or(0, |(_, l)| l.subnet_len),
             ipv6_subnet_min: v6.map(|(_, l)| l.min),
             ipv6_subnet_max: v6.map(|(_, l)| l.max),
-            backend: Backend::resolve(self.backend)?,
+            backend: ipv4_only(Backend::resolve(self.backend)?, self.enable_ipv6)?,
             warnings,
         })
     }
+}
+
+/// A backend flannel has for IPv4 only (ipip: its `RegisterNetwork` sets no IPv6
+/// route) refuses `EnableIPv6`, rather than leaving the IPv6 subnets unreachable.
+fn ipv4_only(backend: BackendConfig, enable_ipv6: bool) -> Result<BackendConfig, ConfigError> {
+    if backend.kind == BackendType::Ipip && enable_ipv6 {
+        return Err(ConfigError::Ipv4OnlyBackend {
+            kind: backend.kind.as_str(),
+        });
+    }
+    Ok(backend)
 }
 
 impl Backend {
@@ -103,6 +114,7 @@ impl Backend {
                 vni: None,
                 vxlan: None,
                 wireguard: None,
+                ipip: None,
                 raw: Value::Object(serde_json::Map::new()),
             });
         };
@@ -121,6 +133,7 @@ impl Backend {
         };
         let m = &backend.members;
         let mut wireguard = None;
+        let mut ipip = None;
         let (port, vni, vxlan) = match kind {
             BackendType::Udp => (port(m, 1, DEFAULT_UDP_PORT)?, None, None),
             BackendType::Wireguard => {
@@ -150,6 +163,18 @@ impl Backend {
                 // The kernel picks its default port when flannel passes 0.
                 (port(m, 0, DEFAULT_VXLAN_PORT)?, Some(vni), Some(options))
             }
+            BackendType::Ipip => {
+                ipip = Some(IpipOptions {
+                    direct_routing: m
+                        .field("DirectRouting", "Backend.DirectRouting", bool_of)?
+                        .unwrap_or(false),
+                    mtu: m
+                        .field("MTU", "Backend.MTU", int_of)?
+                        .map(|mtu| in_range("Backend.MTU", mtu, MIN_IPIP_MTU, 65_535))
+                        .transpose()?,
+                });
+                (0, None, None)
+            }
             // flannel's host-gw and alloc read no options.
             BackendType::HostGw | BackendType::Alloc => (0, None, None),
         };
@@ -159,6 +184,7 @@ impl Backend {
             vni,
             vxlan,
             wireguard,
+            ipip,
             raw: backend.raw,
         })
     }

@@ -121,6 +121,47 @@ fn vxlan_options_follow_flannel() {
 }
 
 #[test]
+fn ipip_options_follow_flannel() {
+    let c = parse(r#"{"Network":"10.5.0.0/16","Backend":{"Type":"ipip"}}"#);
+    assert_eq!(c.backend.kind, BackendType::Ipip);
+    assert_eq!(c.backend.ipip, Some(IpipOptions::default()));
+    assert_eq!(c.backend.kind.lease_type(), Some("ipip"));
+    // flannel's `expectMTU`: the interface's minus the outer IPv4 header.
+    assert_eq!(c.mtu(1500), 1480);
+    let c = parse(
+        r#"{"Network":"10.5.0.0/16","Backend":{"Type":"IPIP","directrouting":true,"MTU":9000}}"#,
+    );
+    assert_eq!(
+        c.backend.ipip,
+        Some(IpipOptions {
+            mtu: Some(9000),
+            direct_routing: true
+        })
+    );
+    assert_eq!(c.mtu(1500), 8980);
+    reject(
+        r#"{"Network":"10.5.0.0/16","Backend":{"Type":"ipip","DirectRouting":"yes"}}"#,
+        "Backend.DirectRouting",
+    );
+    reject(
+        r#"{"Network":"10.5.0.0/16","Backend":{"Type":"ipip","MTU":87}}"#,
+        "Backend.MTU",
+    );
+}
+
+#[test]
+fn ipip_refuses_ipv6_as_flannel_carries_ipv4_only() {
+    for text in [
+        r#"{"Network":"10.5.0.0/16","EnableIPv6":true,"IPv6Network":"fc00::/48","Backend":{"Type":"ipip"}}"#,
+        r#"{"EnableIPv4":false,"EnableIPv6":true,"IPv6Network":"fc00::/48","Backend":{"Type":"ipip"}}"#,
+    ] {
+        let err = reject(text, "EnableIPv6");
+        assert_eq!(err, ConfigError::Ipv4OnlyBackend { kind: "ipip" });
+        assert!(err.to_string().contains("IPv4 only"), "{err}");
+    }
+}
+
+#[test]
 fn wireguard_options_follow_flannel() {
     let c = parse(r#"{"Network":"10.5.0.0/16","Backend":{"Type":"wireguard"}}"#);
     let defaults = WireguardOptions {
@@ -604,7 +645,7 @@ fn rejects_flannel_backends_weft_lacks() {
         );
         assert_eq!(err, ConfigError::UnsupportedBackend { kind: kind.into() });
         assert!(err.to_string().contains(
-            "is not supported by weft (supported: alloc, udp, vxlan, host-gw, wireguard)"
+            "is not supported by weft (supported: alloc, udp, vxlan, host-gw, wireguard, ipip)"
         ));
     }
 }

@@ -11,11 +11,14 @@
 //! - `vxlan`: the kernel's vxlan device, a neighbour, an FDB entry and a route per peer
 //!   ([`vxlan`]).
 //! - `host-gw`: a route via each peer's public IP, re-checked periodically ([`hostgw`]).
+//! - `ipip`: IPv4 in IPv4, the kernel's ipip device or weft's own over a TUN device and
+//!   a raw socket, a route per peer ([`ipip`]).
 //! - `wireguard`: flannel's wireguard backend in userspace: the udp backend's TUN
 //!   device and forwarding table, each packet sealed for its peer ([`wireguard`]).
 
 pub mod alloc;
 pub mod hostgw;
+pub mod ipip;
 mod peers;
 pub mod streak;
 pub mod udp;
@@ -181,6 +184,7 @@ pub fn create(setup: BackendSetup) -> Result<Box<dyn Backend>, DatapathError> {
         BackendType::Vxlan => Ok(Box::new(vxlan::VxlanBackend::new(setup)?)),
         BackendType::HostGw => Ok(Box::new(hostgw::HostGwBackend::new(setup)?)),
         BackendType::Wireguard => Ok(Box::new(wireguard::WireguardBackend::new(setup)?)),
+        BackendType::Ipip => Ok(Box::new(ipip::IpipBackend::new(setup)?)),
     }
 }
 

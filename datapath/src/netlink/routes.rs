@@ -10,7 +10,7 @@ use rtnetlink::packet_route::link::LinkAttribute;
 use rtnetlink::packet_route::route::{
     RouteAddress, RouteAttribute, RouteFlags, RouteHeader, RouteMessage, RouteProtocol, RouteScope,
 };
-use rtnetlink::{LinkUnspec, LinkVxlan, RouteMessageBuilder};
+use rtnetlink::{LinkIpIp, LinkUnspec, LinkVxlan, RouteMessageBuilder};
 
 use super::neigh::Mac;
 use super::{gone, Link, Netlink};
@@ -38,6 +38,24 @@ pub struct VxlanDevice {
     pub learning: bool,
     /// The Group Based Policy extension.
     pub gbp: bool,
+}
+
+/// A kernel ipip device to create (flannel's `netlink.Iptun`): any remote, the given
+/// local address, bound to no underlay link.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IpipDevice {
+    /// Its name (`flannel.ipip`).
+    pub name: String,
+    /// The outer source address: the external interface's.
+    pub local: Ipv4Addr,
+    /// Its MTU.
+    pub mtu: u32,
+    /// Path MTU discovery on the tunnel (outer DF copied from the inner packet).
+    pub pmtudisc: bool,
+    /// The outer TTL; 0 inherits the inner packet's.
+    pub ttl: u8,
+    /// The outer TOS; 0 for none.
+    pub tos: u8,
 }
 
 /// A route of the main table (IPv4 or IPv6), as far as the backends care.
@@ -142,6 +160,23 @@ impl Netlink {
                     e,
                 )
             })?;
+        self.require_link(&dev.name).await
+    }
+
+    /// Creates an ipip device (down, without addresses) and returns it. A kernel
+    /// without IPIP support answers `EOPNOTSUPP` ("Unknown device type"), which
+    /// [`DatapathError::is_unsupported`] recognises.
+    pub async fn add_ipip(&self, dev: &IpipDevice) -> Result<Link, DatapathError> {
+        let msg = LinkIpIp::new(&dev.name)
+            .local(dev.local)
+            .mtu(dev.mtu)
+            .build();
+        self.handle
+            .link()
+            .add(msg)
+            .execute()
+            .await
+            .map_err(|e| DatapathError::netlink(format!("create ipip device {}", dev.name), e))?;
         self.require_link(&dev.name).await
     }
 

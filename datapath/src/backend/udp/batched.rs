@@ -43,16 +43,16 @@ const TUN_BATCH: usize = 64;
 const TUN_BUFFER: usize = 8 * MAX_PACKET;
 /// The room one read needs in the outbound buffer with offloads: a super-packet's
 /// segments repeat its headers (a 64 KiB one at an MSS of 536 needs about 75 KiB).
-const SEGMENTED_ROOM: usize = 2 * MAX_PACKET;
+pub(in crate::backend) const SEGMENTED_ROOM: usize = 2 * MAX_PACKET;
 /// One read from a TUN device with a virtio header: header and a super-packet, with room
 /// to spare, so that a read that fills it is known to be truncated.
-const VNET_READ: usize = VNET_HDR_LEN + 2 * MAX_PACKET;
+pub(in crate::backend) const VNET_READ: usize = VNET_HDR_LEN + 2 * MAX_PACKET;
 /// How many messages one `recvmmsg` asks for.
 const RECV_BATCH: usize = 8;
 /// One received message: up to 64 KiB of GRO-coalesced datagrams.
 const GRO_BUFFER: usize = 1 << 16;
 /// How long a thread waits for I/O before it looks at the stop flag again.
-const IDLE: Duration = Duration::from_millis(200);
+pub(in crate::backend) const IDLE: Duration = Duration::from_millis(200);
 
 /// The socket's batching state, shared by both threads.
 pub(super) fn socket_state(socket: &UdpSocket) -> std::io::Result<UdpSocketState> {
@@ -68,7 +68,10 @@ pub(super) fn socket_state(socket: &UdpSocket) -> std::io::Result<UdpSocketState
 }
 
 /// Segments one read from a TUN device with a virtio header into `out`.
-fn segment_read(read: &[u8], out: &mut [u8]) -> Result<Segments, offload::OffloadError> {
+pub(in crate::backend) fn segment_read(
+    read: &[u8],
+    out: &mut [u8],
+) -> Result<Segments, offload::OffloadError> {
     let hdr = VnetHdr::parse(read).ok_or(offload::OffloadError::Truncated)?;
     if read.len() == VNET_READ {
         // It filled the buffer: the kernel may have cut it short.

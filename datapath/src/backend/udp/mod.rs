@@ -33,6 +33,7 @@
 
 pub(crate) mod batch;
 mod batched;
+pub(super) use batched::{segment_read, IDLE, SEGMENTED_ROOM, VNET_READ};
 pub(crate) mod offload;
 pub(crate) mod tun_offload;
 
@@ -114,7 +115,7 @@ pub struct Counters {
 }
 
 /// The published forwarding table, swapped by the control plane, read by the threads.
-type SharedTable = Arc<ArcSwap<ForwardTable>>;
+pub(super) type SharedTable = Arc<ArcSwap<ForwardTable>>;
 
 /// The running TUN device, socket and forwarding threads of one lease.
 #[derive(Debug)]
@@ -134,7 +135,7 @@ pub struct UdpDatapath {
 /// (`SO_RCVBUFFORCE`), else within them. A forwarding thread that waits for a CPU on a
 /// busy host must not find its datagrams dropped by a buffer the sysctl cut short
 /// (4 MiB where the benchmark runs, i.e. about 4 ms at 8 Gbit/s).
-fn size_buffers(socket: &Socket) {
+pub(super) fn size_buffers(socket: &Socket) {
     use nix::sys::socket::{setsockopt, sockopt};
     if setsockopt(socket, sockopt::RcvBufForce, &SOCKET_BUFFER).is_err() {
         let _ = socket.set_recv_buffer_size(SOCKET_BUFFER);
@@ -174,22 +175,8 @@ impl UdpDatapath {
         counters: Arc<Counters>,
         drops: &DropRegistry,
     ) -> Result<UdpDatapath, DatapathError> {
-        let name = cfg.tun_name.clone();
         let vnet_hdr = cfg.offload && cfg.batched;
-        let device = netns::in_netns(ns, move || {
-            let mut config = tun::Configuration::default();
-            config.tun_name(&name).layer(tun::Layer::L3);
-            // Addresses, MTU and routes are programmed over netlink, not by ioctl.
-            config.platform_config(|p| {
-                p.ensure_root_privileges(false);
-                p.vnet_hdr(vnet_hdr);
-            });
-            tun::create(&config).map_err(|e| e.to_string())
-        })?
-        .map_err(|reason| DatapathError::Tun {
-            name: cfg.tun_name.clone(),
-            reason,
-        })?;
+        let device = open_tun(ns, &cfg.tun_name, vnet_hdr)?;
         let bind = SocketAddrV4::new(cfg.public_ip, cfg.port);
         let socket = netns::in_netns(ns, move || bind_socket(bind))?
             .map_err(|e| DatapathError::io(format!("bind udp {bind}"), e))?;
@@ -287,12 +274,37 @@ impl UdpDatapath {
         // Deleting the device ends a blocked TUN read; shutting the socket down ends a
         // blocked receive.
         let deleted = self.netlink.del_link(self.tun_index).await;
-        let _ = SockRef::from(&*self.socket).shutdown(std::net::Shutdown::Read);
+        Carrier::shutdown(&*self.socket);
         join_within(self.threads, &self.tun_name).await;
         deleted?;
         tracing::info!(tun = %self.tun_name, "udp backend down: TUN device and route removed");
         Ok(())
     }
+}
+
+/// Opens the TUN device `name` in the namespace `ns`; `vnet_hdr`: every read and write
+/// starts with a virtio header (the batched loops, with offloads). Addresses, MTU and
+/// routes are programmed over netlink afterwards, not by ioctl. Shared by the TUN
+/// backends (udp, wireguard, ipip's userspace path).
+pub(super) fn open_tun(
+    ns: Option<&Path>,
+    name: &str,
+    vnet_hdr: bool,
+) -> Result<tun::Device, DatapathError> {
+    let owned = name.to_string();
+    netns::in_netns(ns, move || {
+        let mut config = tun::Configuration::default();
+        config.tun_name(&owned).layer(tun::Layer::L3);
+        config.platform_config(|p| {
+            p.ensure_root_privileges(false);
+            p.vnet_hdr(vnet_hdr);
+        });
+        tun::create(&config).map_err(|e| e.to_string())
+    })?
+    .map_err(|reason| DatapathError::Tun {
+        name: name.to_string(),
+        reason,
+    })
 }
 
 /// Gives a TUN device its addresses (our subnets' network addresses, /32 and /128), its
@@ -363,47 +375,106 @@ impl IcmpFrom {
 /// Room for any ICMP error [`IcmpFrom::unreachable`] writes.
 pub(super) const ICMP_ROOM: usize = icmp::MAX_REPLY_V6;
 
-/// What a forwarding thread works with.
-#[derive(Clone)]
-struct Forwarder {
-    tun: Arc<tun::Device>,
-    socket: Arc<UdpSocket>,
-    table: SharedTable,
-    counters: Arc<Counters>,
-    /// This thread's own drop counters.
-    drops: Arc<ThreadDrops>,
-    stopping: Arc<AtomicBool>,
-    /// Where a thread that gives up says why.
-    fatal: Fatal,
-    /// The TUN device's name, for messages.
-    tun_name: Arc<str>,
+/// What carries the inner packets between nodes under a TUN backend's forwarding
+/// loops: the udp backend's UDP socket, the ipip backend's raw IPIP socket. Both send
+/// an inner packet as is to a peer's address; receiving, one hands the payload of a
+/// datagram and the other the outer IPv4 header too, which it strips.
+pub(super) trait Carrier: Send + Sync + 'static {
+    /// What a failing receive is, for the messages ("receiving on the udp port").
+    fn what(&self) -> &'static str;
+    /// Sends the inner packet `packet` to `to` (a raw socket ignores the port).
+    fn send_to(&self, packet: &[u8], to: SocketAddr) -> std::io::Result<usize>;
+    /// Receives one packet into `buf`: where the inner packet lies in it and who sent
+    /// it (the outer source address); `Ok(None)` for something that cannot be one of
+    /// ours (an outer header that does not parse), which the caller counts as
+    /// malformed.
+    fn recv_from(
+        &self,
+        buf: &mut [u8],
+    ) -> std::io::Result<Option<(std::ops::Range<usize>, IpAddr)>>;
+    /// Ends a receive blocked in another thread (the backend is stopping).
+    fn shutdown(&self);
 }
 
-fn count(c: &AtomicU64) {
+impl Carrier for UdpSocket {
+    fn what(&self) -> &'static str {
+        "receiving on the udp port"
+    }
+
+    fn send_to(&self, packet: &[u8], to: SocketAddr) -> std::io::Result<usize> {
+        UdpSocket::send_to(self, packet, to)
+    }
+
+    fn recv_from(
+        &self,
+        buf: &mut [u8],
+    ) -> std::io::Result<Option<(std::ops::Range<usize>, IpAddr)>> {
+        let (n, from) = UdpSocket::recv_from(self, buf)?;
+        Ok(Some((0..n, from.ip())))
+    }
+
+    fn shutdown(&self) {
+        let _ = SockRef::from(self).shutdown(std::net::Shutdown::Read);
+    }
+}
+
+/// What a forwarding thread works with: the TUN device, the carrier `S` (the udp
+/// backend's socket unless said otherwise), the table and the counters.
+pub(super) struct Forwarder<S: Carrier = UdpSocket> {
+    pub(super) tun: Arc<tun::Device>,
+    pub(super) socket: Arc<S>,
+    pub(super) table: SharedTable,
+    pub(super) counters: Arc<Counters>,
+    /// This thread's own drop counters.
+    pub(super) drops: Arc<ThreadDrops>,
+    pub(super) stopping: Arc<AtomicBool>,
+    /// Where a thread that gives up says why.
+    pub(super) fatal: Fatal,
+    /// The TUN device's name, for messages.
+    pub(super) tun_name: Arc<str>,
+}
+
+impl<S: Carrier> Clone for Forwarder<S> {
+    fn clone(&self) -> Self {
+        Forwarder {
+            tun: self.tun.clone(),
+            socket: self.socket.clone(),
+            table: self.table.clone(),
+            counters: self.counters.clone(),
+            drops: self.drops.clone(),
+            stopping: self.stopping.clone(),
+            fatal: self.fatal.clone(),
+            tun_name: self.tun_name.clone(),
+        }
+    }
+}
+
+pub(super) fn count(c: &AtomicU64) {
     c.fetch_add(1, Ordering::Relaxed);
 }
 
-fn add(c: &AtomicU64, n: usize) {
+pub(super) fn add(c: &AtomicU64, n: usize) {
     c.fetch_add(n as u64, Ordering::Relaxed);
 }
 
-impl Forwarder {
-    fn stopping(&self) -> bool {
+impl<S: Carrier> Forwarder<S> {
+    pub(super) fn stopping(&self) -> bool {
         self.stopping.load(Ordering::Relaxed)
     }
 
     /// A streak for reading the TUN device.
-    fn tun_streak(&self) -> Streak {
+    pub(super) fn tun_streak(&self) -> Streak {
         Streak::new(format!("reading the TUN device {}", self.tun_name))
     }
 
-    /// A streak for receiving on the socket.
-    fn socket_streak(&self) -> Streak {
-        Streak::new("receiving on the udp port")
+    /// A streak for receiving on the carrier.
+    pub(super) fn socket_streak(&self) -> Streak {
+        Streak::new(self.socket.what())
     }
 
-    /// TUN -> core -> UDP, until the device goes away.
-    fn tun_to_udp(self, port: u16, icmp_from: IcmpFrom) {
+    /// TUN -> core -> carrier, one packet per syscall, until the device goes away;
+    /// each packet is sent to its peer's public IP and `port`.
+    pub(super) fn tun_to_udp(self, port: u16, icmp_from: IcmpFrom) {
         let mut buf = vec![0u8; MAX_PACKET];
         let mut reply = [0u8; ICMP_ROOM];
         let mut table = Cache::new(self.table.clone());
@@ -449,16 +520,23 @@ impl Forwarder {
         }
     }
 
-    /// UDP -> core -> TUN, until the socket is shut down.
-    fn udp_to_tun(self) {
+    /// carrier -> core -> TUN, until the carrier is shut down. Every packet passes
+    /// [`ForwardTable::accept_inbound`] with its outer source before it is written.
+    pub(super) fn udp_to_tun(self) {
         let mut buf = vec![0u8; MAX_PACKET];
         let mut table = Cache::new(self.table.clone());
         let mut streak = self.socket_streak();
         while !self.stopping() {
-            let (n, from) = match self.socket.recv_from(&mut buf) {
-                Ok((n, from)) => {
+            let (range, from) = match self.socket.recv_from(&mut buf) {
+                Ok(Some(got)) => {
                     streak.ok();
-                    (n, from)
+                    got
+                }
+                Ok(None) => {
+                    streak.ok();
+                    count(&self.counters.udp_rx);
+                    self.drops.count(DropReason::Malformed);
+                    continue;
                 }
                 Err(e) => {
                     if !self.stopping() {
@@ -471,8 +549,8 @@ impl Forwarder {
                 }
             };
             count(&self.counters.udp_rx);
-            let packet = &buf[..n];
-            if table.load().accept_inbound(from.ip(), packet, &self.drops) == Inbound::Deliver {
+            let packet = &buf[range];
+            if table.load().accept_inbound(from, packet, &self.drops) == Inbound::Deliver {
                 match self.tun.send(packet) {
                     Ok(_) => count(&self.counters.tun_tx),
                     Err(_) => count(&self.counters.errors),

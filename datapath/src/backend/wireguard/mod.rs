@@ -36,7 +36,7 @@ mod peers;
 
 use crate::backend::streak::{join_within, Fatal};
 use std::net::{IpAddr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6, UdpSocket};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -200,7 +200,7 @@ impl WireguardBackend {
         subnet6: Option<Ipv6Net>,
     ) -> Result<Running, DatapathError> {
         let ns = self.netns.as_deref();
-        let device = open_tun(ns, &self.tun_name, self.batched)?;
+        let device = udp::open_tun(ns, &self.tun_name, self.batched)?;
         let bind = SocketAddrV4::new(self.public_ip, self.port);
         let socket4 = netns::in_netns(ns, move || super::udp::bind_socket(bind))?
             .map_err(|e| DatapathError::io(format!("bind the wireguard port {bind}"), e))?;
@@ -338,25 +338,6 @@ impl WireguardBackend {
     fn publish_peers(&mut self) {
         self.peers.store(Arc::new(self.set.publish()));
     }
-}
-
-/// Opens the TUN device in the namespace `ns`, as the udp backend does; `vnet_hdr`:
-/// every read and write starts with a virtio header (the batched loops, with offloads).
-fn open_tun(ns: Option<&Path>, name: &str, vnet_hdr: bool) -> Result<tun::Device, DatapathError> {
-    let owned = name.to_string();
-    netns::in_netns(ns, move || {
-        let mut config = tun::Configuration::default();
-        config.tun_name(&owned).layer(tun::Layer::L3);
-        config.platform_config(|p| {
-            p.ensure_root_privileges(false);
-            p.vnet_hdr(vnet_hdr);
-        });
-        tun::create(&config).map_err(|e| e.to_string())
-    })?
-    .map_err(|reason| DatapathError::Tun {
-        name: name.to_string(),
-        reason,
-    })
 }
 
 #[async_trait]
