@@ -335,3 +335,48 @@ async fn a_node_takes_the_reservation_of_its_public_ip_and_keeps_it_lease_less()
     let entry = store.get(reserved).await.expect("get").expect("kept");
     assert_eq!(entry.expires_at, None);
 }
+
+/// A lost create race brings the listing of the key's directory back in the same
+/// transaction, and the next listing of that directory is that one: no round trip of
+/// its own, and it holds what the race was lost to (another node's key, written on
+/// another connection). It is used once: the listing after it asks etcd again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_create_brings_the_listing_its_retry_needs() {
+    use weft_stores::RtKind;
+    let Some((etcd, store)) = start("a_lost_create_brings_the_listing_its_retry_needs").await
+    else {
+        return;
+    };
+    let dir = "/coreos.com/network/subnets/";
+    let other = EtcdStore::connect(&etcd.endpoints(), &EtcdOptions::default())
+        .await
+        .expect("connect");
+    other
+        .create(KEY, b"{}", Some(DAY))
+        .await
+        .expect("the winner");
+    other
+        .create(OTHER, b"{}", Some(DAY))
+        .await
+        .expect("another");
+    let ranges = |s: &EtcdStore| s.stats().by_kind[RtKind::Range as usize];
+    assert!(matches!(
+        store.create(KEY, b"{}", Some(DAY)).await,
+        Err(StoreError::AlreadyExists { .. })
+    ));
+    let before = store.stats();
+    let listing = store.list(dir).await.expect("list");
+    let keys: Vec<_> = listing.entries.iter().map(|e| e.key.as_str()).collect();
+    assert_eq!(keys, [KEY, OTHER]);
+    assert_eq!(
+        store.stats().round_trips,
+        before.round_trips,
+        "{:?}",
+        store.stats()
+    );
+    assert!(listing.revision > 0);
+    // The second listing asks etcd.
+    let before = ranges(&store);
+    store.list(dir).await.expect("list again");
+    assert_eq!(ranges(&store), before + 1, "{:?}", store.stats());
+}

@@ -26,6 +26,7 @@ impl Allocator {
             lease: None,
             conflicts: 0,
             recent_conflicts: BTreeSet::new(),
+            table_followed: false,
             own_key: None,
             retries: 0,
             sent_at: None,

@@ -71,7 +71,12 @@ impl Allocator {
             (Pending::Create(key, _), Err(StoreError::AlreadyExists { .. })) => {
                 self.recent_conflicts.insert(key);
                 self.conflicts += 1;
-                let relist = self.conflicts >= CONFLICTS_BEFORE_RELIST;
+                // Without a watch the table is as old as its listing: a node that joined
+                // with many others would draw again among subnets they have taken since,
+                // and lose again (a straggler of 1,000 etcd joiners lost 6 in a row).
+                // The etcd store answers a lost create with the listing (see its
+                // `create`), so the re-listing costs no round trip there.
+                let relist = !self.table_followed || self.conflicts >= CONFLICTS_BEFORE_RELIST;
                 self.start_acquiring(relist, table, now);
             }
             (Pending::Claim(key), Err(e)) if !e.is_transient() => {
@@ -271,6 +276,13 @@ impl Allocator {
 }
 
 impl Allocator {
+    /// Whether the node's watch now keeps the lease table current. Until it does (the
+    /// first watch is held back until the lease is reported on), the table is only as
+    /// new as its listing, and a lost create race re-lists before drawing again.
+    pub fn set_table_followed(&mut self, followed: bool) {
+        self.table_followed = followed;
+    }
+
     /// When the retry it armed after a store failure is due, while it waits for one.
     pub fn store_retry_at(&self) -> Option<Timestamp> {
         self.store_wait.and_then(|t| self.timers.get(t))

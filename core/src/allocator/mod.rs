@@ -224,6 +224,9 @@ pub struct Allocator {
     prefer: Option<LeaseKey>,
     conflicts: u32,
     recent_conflicts: BTreeSet<LeaseKey>,
+    /// Whether the node's watch keeps the table current (see
+    /// [`Allocator::set_table_followed`]): until it does, a lost create race re-lists.
+    table_followed: bool,
     /// Our lease's key and its store key, written out once (see `is_own_full_key`).
     own_key: Option<(LeaseKey, String)>,
     retries: u32,

@@ -63,6 +63,7 @@ impl Node {
         let prefix = self.subnets_prefix.clone();
         let op = self.push_op(StoreOp::Watch { prefix, from });
         self.watch = WatchState::Running { op };
+        self.allocator.set_table_followed(true);
     }
 
     pub(super) fn release_held_watch(&mut self) {
@@ -346,6 +347,7 @@ impl Node {
             return;
         }
         self.watch = WatchState::Idle;
+        self.allocator.set_table_followed(false);
         if let StoreError::Compacted { .. } = error {
             self.list();
         } else {

@@ -72,6 +72,18 @@ struct Inner {
     prepare_ahead: std::sync::atomic::AtomicBool,
     /// A lease granted ahead of the write that will use it, see [`Spare`].
     spare: Mutex<Option<Spare>>,
+    /// The listing a lost create fetched (see [`EtcdStore::create_entry`]), for the
+    /// next listing of its prefix.
+    stashed: Mutex<Option<Stashed>>,
+}
+
+/// A listing of `prefix` a lost create race fetched in its transaction's else branch,
+/// `at` when it arrived: the next listing of `prefix`, if it comes within
+/// [`ops::STASH_FRESH`], is this one, and costs no round trip.
+struct Stashed {
+    prefix: String,
+    listing: Listing,
+    at: std::time::Instant,
 }
 
 /// A lease granted ahead of the create (or renewal) that attaches a key to it: prepared
@@ -236,6 +248,7 @@ impl EtcdStore {
                 prepared_grants: AtomicU64::new(0),
                 prepare_ahead: std::sync::atomic::AtomicBool::new(false),
                 spare: Mutex::new(None),
+                stashed: Mutex::new(None),
             }),
         }
     }

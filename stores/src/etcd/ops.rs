@@ -12,12 +12,15 @@ use weft_core::store::{Entry, Listing, Revision, StoreError};
 use weft_core::Timestamp;
 
 use super::error::{is_lease_exists, is_lease_not_found};
-use super::{lease_id, revision, EtcdStore, Failure, RtKind, Spare};
+use super::{lease_id, revision, EtcdStore, Failure, RtKind, Spare, Stashed};
 use crate::clock::wall_now;
 use weft_core::store::validate::{check_key, check_ttl};
 
 /// Keys per page of a listing: well under etcd's and gRPC's message size limits.
 const PAGE: i64 = 1_000;
+/// How long the listing a lost create fetched stands in for the next listing of its
+/// prefix: the node lists again at once, so this only bounds how stale it may be.
+pub(super) const STASH_FRESH: Duration = Duration::from_secs(1);
 /// Grants retried after an ID collision before giving up.
 const GRANT_ATTEMPTS: u32 = 8;
 /// How much longer than asked a spare lease is granted: it may be used this long after
@@ -58,6 +61,39 @@ impl EtcdStore {
     /// Lists page by page, every page at the revision of the first, so that the listing
     /// is one consistent snapshot however large.
     pub(super) async fn list_prefix(&self, prefix: &str) -> Result<Listing, StoreError> {
+        if let Some(listing) = self.take_stashed(prefix) {
+            return Ok(listing);
+        }
+        self.list_pages(prefix, None).await
+    }
+
+    /// The listing a lost create left for `prefix`, if it is still fresh; any other
+    /// listing left is dropped (it is used once, and only at once).
+    fn take_stashed(&self, prefix: &str) -> Option<Listing> {
+        let stashed = self
+            .inner
+            .stashed
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .take()?;
+        (stashed.prefix == prefix && stashed.at.elapsed() < STASH_FRESH).then_some(stashed.listing)
+    }
+
+    fn stash(&self, stashed: Option<Stashed>) {
+        *self
+            .inner
+            .stashed
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) = stashed;
+    }
+
+    /// Lists `prefix` page by page; `first`: its first page and the revision it was read
+    /// at, when a transaction already fetched it.
+    async fn list_pages(
+        &self,
+        prefix: &str,
+        mut first: Option<(etcd_client::GetResponse, i64)>,
+    ) -> Result<Listing, StoreError> {
         let what = || format!("list {prefix}");
         let (start, end) = if prefix.is_empty() {
             (vec![0], vec![0])
@@ -65,20 +101,23 @@ impl EtcdStore {
             (prefix.as_bytes().to_vec(), prefix_end(prefix.as_bytes()))
         };
         let mut from = start;
-        let mut at: i64 = 0;
+        let mut at: i64 = first.as_ref().map_or(0, |(_, at)| *at);
         let mut entries = Vec::new();
         loop {
             let mut opts = GetOptions::new().with_range(end.clone()).with_limit(PAGE);
             if at != 0 {
                 opts = opts.with_revision(at);
             }
-            let resp = self
-                .call_as(RtKind::Range, |mut c| {
-                    let (from, opts) = (from.clone(), opts.clone());
-                    async move { c.get(from, Some(opts)).await }
-                })
-                .await
-                .map_err(|f| f.into_store(&what()))?;
+            let resp = match first.take() {
+                Some((page, _)) => page,
+                None => self
+                    .call_as(RtKind::Range, |mut c| {
+                        let (from, opts) = (from.clone(), opts.clone());
+                        async move { c.get(from, Some(opts)).await }
+                    })
+                    .await
+                    .map_err(|f| f.into_store(&what()))?,
+            };
             if at == 0 {
                 at = resp.header().map_or(0, |h| h.revision());
             }
@@ -311,13 +350,25 @@ impl EtcdStore {
         };
         let lease_id = lease.map_or(0, |(id, _)| id);
         let (k, v) = (key.as_bytes().to_vec(), value.to_vec());
+        // A lost race lists the key's directory (the subnets prefix, for a lease) in the
+        // same transaction: a joining node lists it again before its next choice (see
+        // `Allocator::set_table_followed`), and that listing is then this one, with no
+        // round trip of its own.
+        let dir = key.rfind('/').map(|i| &key[..=i]).filter(|d| d.len() > 1);
+        let else_list = dir.map(|d| {
+            let opts = GetOptions::new()
+                .with_range(prefix_end(d.as_bytes()))
+                .with_limit(PAGE);
+            TxnOp::get(d.as_bytes().to_vec(), Some(opts))
+        });
         let txn = Txn::new()
             .when([Compare::version(k.clone(), CompareOp::Equal, 0)])
             .and_then([TxnOp::put(
                 k,
                 v,
                 Some(PutOptions::new().with_lease(lease_id)),
-            )]);
+            )])
+            .or_else(else_list.into_iter().collect::<Vec<_>>());
         let resp = match self
             .call_as(RtKind::Txn, |mut c| {
                 let txn = txn.clone();
@@ -335,10 +386,29 @@ impl EtcdStore {
             if let (Some(ttl), Some((id, expires))) = (ttl, lease) {
                 self.keep_spare(ttl, id, expires);
             }
+            let at = resp.header().map_or(0, |h| h.revision());
+            let page = resp.op_responses().into_iter().find_map(|r| match r {
+                TxnOpResponse::Get(page) => Some(page),
+                _ => None,
+            });
+            // One page only (a directory of up to PAGE keys): a larger one is left to the
+            // next listing, which may not come (a node whose watch runs draws again
+            // from its table).
+            if let (Some(dir), Some(page)) = (dir, page.filter(|p| !p.more())) {
+                // Best effort: without it the next listing asks etcd itself.
+                if let Ok(listing) = self.list_pages(dir, Some((page, at))).await {
+                    self.stash(Some(Stashed {
+                        prefix: dir.to_string(),
+                        listing,
+                        at: std::time::Instant::now(),
+                    }));
+                }
+            }
             return Err(StoreError::AlreadyExists {
                 key: key.to_string(),
             });
         }
+        self.stash(None);
         self.drop_spare().await;
         let rev = header_revision(resp.header());
         Ok(Entry {
