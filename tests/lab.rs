@@ -210,7 +210,7 @@ fn a_restarted_node_keeps_its_subnet_and_a_stopped_one_loses_its_routes() {
         .wait_status("n2", "a lease", |s| s.lease.is_some())
         .lease
         .unwrap();
-    let n2_subnet = ipnet::IpNet::V4(n2_lease.subnet);
+    let n2_subnet = ipnet::IpNet::V4(n2_lease.subnet.expect("an IPv4 subnet"));
     let target = lab.container_ip("n2-c1");
     assert!(lab.ping("n1-c1", target));
 

@@ -55,7 +55,14 @@ pub fn table(status: &LabStatus) -> String {
                 let routes: Vec<String> = s.routes.iter().map(|r| r.subnet.to_string()).collect();
                 (
                     s.state.as_str().to_string(),
-                    lease.map_or_else(|| "-".to_string(), |l| l.subnet.to_string()),
+                    // An IPv6-only lease shows its IPv6 subnet.
+                    lease
+                        .and_then(|l| {
+                            l.subnet
+                                .map(|s| s.to_string())
+                                .or(l.ipv6_subnet.map(|s| s.to_string()))
+                        })
+                        .unwrap_or_else(|| "-".to_string()),
                     if routes.is_empty() {
                         "-".to_string()
                     } else {
@@ -161,7 +168,7 @@ mod tests {
         let lease = |key: &str, subnet: &str| {
             Some(LeaseStatus {
                 key: key.into(),
-                subnet: subnet.parse().unwrap_or(UNDERLAY),
+                subnet: Some(subnet.parse().unwrap_or(UNDERLAY)),
                 ipv6_subnet: None,
             })
         };

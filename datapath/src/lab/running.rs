@@ -127,7 +127,7 @@ impl Running {
         let (leases, _) = weft_core::lease::decode_all(&prefix, &listing.entries);
         Ok(leases
             .into_iter()
-            .map(|l| (l.key.to_string(), l.key.ipv4))
+            .filter_map(|l| Some((l.key.to_string(), l.key.ipv4?)))
             .collect())
     }
 
@@ -242,7 +242,7 @@ impl Running {
                 continue;
             };
             let (subnet, subnet6) = (lease.subnet, lease.ipv6_subnet);
-            self.state.nodes[k].subnet = Some(subnet.to_string());
+            self.state.nodes[k].subnet = subnet.map(|s| s.to_string());
             self.state.nodes[k].ipv6_subnet = subnet6.map(|s| s.to_string());
             let path = self.paths[&name].clone();
             let mtu = status.mtu.unwrap_or(1472);

@@ -553,8 +553,14 @@ impl Backend for UdpBackend {
                 lease.key
             )));
         }
+        let Some(subnet) = lease.key.ipv4 else {
+            return Err(DatapathError::Unsupported(format!(
+                "the udp backend needs an IPv4 subnet for its TUN device, and the lease {} has none (IPv6-only networks: use vxlan or host-gw)",
+                lease.key
+            )));
+        };
         let cfg = UdpConfig {
-            subnet: lease.key.ipv4,
+            subnet,
             subnet6: lease.key.ipv6.filter(|_| self.template.network6.is_some()),
             ..self.template.clone()
         };

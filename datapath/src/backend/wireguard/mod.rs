@@ -415,7 +415,13 @@ impl Backend for WireguardBackend {
             )));
         }
         let subnet6 = lease.key.ipv6.filter(|_| self.network6.is_some());
-        let running = self.start(lease.key.ipv4, subnet6).await?;
+        let Some(subnet) = lease.key.ipv4 else {
+            return Err(DatapathError::Unsupported(format!(
+                "the wireguard backend needs an IPv4 subnet, and the lease {} has none (IPv6-only networks: use vxlan or host-gw)",
+                lease.key
+            )));
+        };
+        let running = self.start(subnet, subnet6).await?;
         self.running = Some((lease.key, running));
         Ok(())
     }
