@@ -184,14 +184,27 @@ pub fn create(setup: BackendSetup) -> Result<Box<dyn Backend>, DatapathError> {
     }
 }
 
-/// The overlay network as IPv4, for backends that route it.
+/// The overlay network as IPv4, for backends that need it (udp, wireguard).
 fn ipv4_network(setup: &BackendSetup) -> Result<Ipv4Net, DatapathError> {
-    setup.network.network.ok_or_else(|| {
-        DatapathError::Unsupported(format!(
-            "the {} backend needs an IPv4 Network (IPv6-only is not supported yet)",
-            setup.network.backend.kind
-        ))
-    })
+    setup
+        .network
+        .network
+        .ok_or_else(|| DatapathError::Unsupported(ipv6_only_refusal(setup.network.backend.kind)))
+}
+
+/// Why `kind` cannot run an IPv6-only network, for the backends that cannot.
+pub fn ipv6_only_refusal(kind: BackendType) -> String {
+    format!(
+        "the {kind} backend does not run IPv6-only networks (EnableIPv4: false): its TUN \
+         device takes the node's IPv4 subnet and it reaches every peer, IPv6 packets too, \
+         at its PublicIP over the IPv4 underlay, which an IPv6-only lease records as \
+         0.0.0.0 (flannel's udp backend has no IPv6 at all); use vxlan or host-gw"
+    )
+}
+
+/// Whether `kind` runs IPv6-only networks.
+pub fn runs_ipv6_only(kind: BackendType) -> bool {
+    !matches!(kind, BackendType::Udp | BackendType::Wireguard)
 }
 
 /// The IPv6 overlay network, when the config enables IPv6.

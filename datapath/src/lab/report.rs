@@ -13,14 +13,17 @@ use crate::netns;
 /// The lab as a table: one line per node, then how each exited node ended.
 pub fn table(status: &LabStatus) -> String {
     let mut out = String::new();
-    let mut network = status
-        .network
-        .map_or_else(|| "(unknown)".to_string(), |n| n.to_string());
+    let mut network = status.network.map(|n| n.to_string());
     let mut underlay = status.underlay.to_string();
     if let Some(v6) = status.ipv6_network {
-        network = format!("{network} and {v6}");
+        // IPv6-only: the IPv6 network alone (the underlay keeps both families).
+        network = Some(match network {
+            Some(n) => format!("{n} and {v6}"),
+            None => v6.to_string(),
+        });
         underlay = format!("{underlay} and {}", super::topology::UNDERLAY6);
     }
+    let network = network.unwrap_or_else(|| "(unknown)".to_string());
     let _ = writeln!(
         out,
         "weft lab: {} nodes on overlay {network}, underlay {underlay}; store {}",

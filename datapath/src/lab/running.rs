@@ -47,7 +47,7 @@ impl Running {
         mut state: LabState,
         seed: u64,
     ) -> Result<Running, LabError> {
-        state.network = Some(spec.network);
+        state.network = spec.network;
         state.ipv6_network = spec.ipv6_network;
         state.save(dir)?;
         let store: Arc<dyn Store> =
@@ -270,7 +270,7 @@ impl Running {
             live: true,
             ready: self.state.ready,
             store: self.state.store.clone(),
-            network: Some(self.spec.network),
+            network: self.spec.network,
             ipv6_network: self.spec.ipv6_network,
             underlay: topology::UNDERLAY,
             nodes: self
