@@ -740,6 +740,45 @@ fn vxlan_ipv6_only_three_hosts_second_device_alone_mesh_and_leases() {
     eprintln!("{test}: {:?}", started.elapsed());
 }
 
+/// Hosts with no IPv4 address at all (not even on the underlay): an IPv6-only network
+/// still runs, the daemon taking `eth0` for its IPv6 address alone (flannel's ExtAddr
+/// nil, PublicIP 0.0.0.0), on host-gw and on vxlan.
+#[test]
+fn ipv6_only_hosts_without_any_ipv4_address_mesh_on_host_gw_and_vxlan() {
+    let test = "ipv6_only_hosts_without_any_ipv4_address_mesh_on_host_gw_and_vxlan";
+    if !can_run(test) {
+        return;
+    }
+    let Some(etcd) = etcd_or_skip(test) else {
+        return;
+    };
+    for (tag, backend) in [("n6", "host-gw"), ("n7", "vxlan")] {
+        let mut net = Underlay::new(tag, &["192.0.2.1", "192.0.2.2", "192.0.2.3"], &etcd);
+        net.enable_ipv6();
+        net.drop_ipv4();
+        net.set_config(&ipv6_only(backend));
+        for i in 1..=3 {
+            assert_eq!(
+                net.ip(i, &["-4", "addr", "show", "dev", "eth0"]),
+                "",
+                "h{i}"
+            );
+            net.start6(i);
+            net.add_container_v6_only(i);
+        }
+        assert_mesh_ipv6(&net, &[1, 2, 3]);
+        for i in 1..=3 {
+            let value = etcd_get(&etcd, &net.lease_key6(i));
+            assert!(
+                value.starts_with(&format!(
+                    r#"{{"PublicIP":"0.0.0.0","PublicIPv6":"2001:db8:1::{i}","BackendType":"{backend}""#
+                )),
+                "{backend}: h{i}: {value}"
+            );
+        }
+    }
+}
+
 /// Host `i`'s kernel entries naming host `p`'s subnets, VTEP MACs or addresses (routes
 /// of both families; for vxlan also neighbours and FDB entries on both devices). On
 /// an IPv6-only network `p` has no IPv4 subnet.

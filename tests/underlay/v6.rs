@@ -62,6 +62,15 @@ impl Underlay {
         }
     }
 
+    /// Takes every IPv4 address (and so the IPv4 default route) off every host's `eth0`:
+    /// hosts with IPv6 alone, for IPv6-only networks. Their etcd relays listen on
+    /// loopback and keep working.
+    pub fn drop_ipv4(&mut self) {
+        for h in &self.hosts {
+            run("ip", &["-n", &h.ns, "-4", "addr", "flush", "dev", "eth0"]);
+        }
+    }
+
     /// Host `i`'s IPv6 subnet, from its subnet.env.
     pub fn subnet6(&self, i: usize) -> ipnet::Ipv6Net {
         let text = std::fs::read_to_string(&self.hosts[i - 1].env).unwrap();

@@ -194,6 +194,7 @@ impl Running {
                 can_reach: None,
                 ifaces: vec!["eth0".into()],
                 regexes: Vec::new(),
+                ipv6_only: false,
             },
             public_ip: None,
             public_ipv6: None,
