@@ -82,6 +82,10 @@ fn devices(config: &NetworkConfig) -> String {
                 b.port
             )
         }
+        BackendType::Udp if ipv6_only => format!(
+            "IPv6 only: a TUN device (weft0, --tun-name, MTU 20 bytes less) with this node's IPv6 subnet address /128 and the IPv6 network's route, and a UDP socket on [PublicIPv6]:{}; every datagram over the IPv6 underlay to each peer's PublicIPv6 (flannel's udp backend has no IPv6)",
+            b.port
+        ),
         BackendType::HostGw if ipv6_only => {
             "IPv6 only: none; per peer a route `IPv6 subnet via its PublicIPv6` on the external interface (peers must share its network)".to_string()
         }

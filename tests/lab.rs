@@ -210,6 +210,11 @@ fn an_ipv6_only_host_gw_lab_reaches_every_container_over_ipv6() {
     ipv6_only_full_mesh("host-gw");
 }
 
+#[test]
+fn an_ipv6_only_udp_lab_reaches_every_container_over_ipv6() {
+    ipv6_only_full_mesh("udp");
+}
+
 /// `weft lab up --backend BACKEND --ipv6` with three nodes: no IPv4 network, each node
 /// an IPv6 subnet alone (flannel's key `0.0.0.0-0&…`), containers with IPv6 addresses
 /// only, every container pinging every other, and nothing left once it is down.

@@ -195,16 +195,16 @@ fn ipv4_network(setup: &BackendSetup) -> Result<Ipv4Net, DatapathError> {
 /// Why `kind` cannot run an IPv6-only network, for the backends that cannot.
 pub fn ipv6_only_refusal(kind: BackendType) -> String {
     format!(
-        "the {kind} backend does not run IPv6-only networks (EnableIPv4: false): its TUN \
-         device takes the node's IPv4 subnet and it reaches every peer, IPv6 packets too, \
-         at its PublicIP over the IPv4 underlay, which an IPv6-only lease records as \
-         0.0.0.0 (flannel's udp backend has no IPv6 at all); use vxlan or host-gw"
+        "the {kind} backend does not run IPv6-only networks (EnableIPv4: false) yet: its \
+         TUN device takes the node's IPv4 subnet and its sessions start over the IPv4 \
+         underlay, to a PublicIP that an IPv6-only lease records as 0.0.0.0; use vxlan, \
+         host-gw or udp"
     )
 }
 
 /// Whether `kind` runs IPv6-only networks.
 pub fn runs_ipv6_only(kind: BackendType) -> bool {
-    !matches!(kind, BackendType::Udp | BackendType::Wireguard)
+    !matches!(kind, BackendType::Wireguard)
 }
 
 /// The IPv6 overlay network, when the config enables IPv6.

@@ -220,7 +220,7 @@ impl WireguardBackend {
             &self.netlink,
             link.index,
             self.mtu,
-            (self.network, subnet),
+            Some((self.network, subnet)),
             v6,
         )
         .await
@@ -271,7 +271,7 @@ impl WireguardBackend {
                 .spawn(f)
                 .map_err(|e| DatapathError::io("spawn a forwarding thread", e))
         };
-        let icmp_from = udp::IcmpFrom::of(self.network, self.network6);
+        let icmp_from = udp::IcmpFrom::of(Some(self.network), self.network6);
         let (out, tick) = (forwarder.clone(), forwarder.clone());
         let out_drops = self.drops.register();
         let mut threads = vec![spawn("weft-wg-timers", Box::new(move || tick.timers()))?];
@@ -417,7 +417,7 @@ impl Backend for WireguardBackend {
         let subnet6 = lease.key.ipv6.filter(|_| self.network6.is_some());
         let Some(subnet) = lease.key.ipv4 else {
             return Err(DatapathError::Unsupported(format!(
-                "the wireguard backend needs an IPv4 subnet, and the lease {} has none (IPv6-only networks: use vxlan or host-gw)",
+                "the wireguard backend needs an IPv4 subnet, and the lease {} has none (IPv6-only networks: use vxlan, host-gw or udp)",
                 lease.key
             )));
         };
