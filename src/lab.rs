@@ -110,8 +110,8 @@ pub struct UpArgs {
     /// one, `"IPv6Network": "fc00::/48"`; the config's IPv4 `Network` and its ranges are
     /// dropped. Leases hold an IPv6 subnet alone (flannel's key `0.0.0.0-0&fc00:…-64`),
     /// containers get IPv6 addresses only; the nodes' underlay keeps both families. On
-    /// vxlan (`flannel-v6.<VNI>` alone), host-gw or udp (over the IPv6 underlay); wireguard
-    /// refuses it.
+    /// vxlan (`flannel-v6.<VNI>` alone), host-gw, udp (over the IPv6 underlay) or
+    /// wireguard (Mode separate).
     #[arg(long)]
     ipv6: bool,
     /// Lease TTL in seconds.

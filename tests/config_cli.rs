@@ -144,13 +144,14 @@ fn an_ipv6_only_config_shows_the_ipv6_devices_alone_and_the_backends_that_refuse
             && text.contains("UDP socket on [PublicIPv6]:8285"),
         "{text}"
     );
-    // flannel's config accepts it; weft's daemon refuses it, and the check says so by
-    // name.
-    let out = v6_only("wireguard");
+    // flannel's config accepts it; weft's daemon refuses it, and the check says why.
+    let out = check(
+        r#"{"EnableIPv4":false,"EnableIPv6":true,"IPv6Network":"fc00::/48","Backend":{"Type":"wireguard","Mode":"ipv6"}}"#,
+    );
     assert!(out.status.success(), "{out:?}");
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(
-        text.contains("devices: none: the wireguard backend does not run IPv6-only networks"),
+        text.contains("devices: none: the wireguard backend runs IPv6-only networks (EnableIPv4: false) in Mode \"separate\" (the default) only"),
         "{text}"
     );
 }

@@ -790,6 +790,47 @@ fn udp_ipv6_only_three_hosts_mesh_over_the_ipv6_underlay() {
     eprintln!("{test}: {:?}", started.elapsed());
 }
 
+#[test]
+fn wireguard_ipv6_only_separate_three_hosts_mesh_and_leases() {
+    let test = "wireguard_ipv6_only_separate_three_hosts_mesh_and_leases";
+    if !can_run(test) {
+        return;
+    }
+    let Some(etcd) = etcd_or_skip(test) else {
+        return;
+    };
+    let started = Instant::now();
+    let mut net = Underlay::new("o9", &["192.0.2.1", "192.0.2.2", "192.0.2.3"], &etcd);
+    net.enable_ipv6();
+    net.set_config(&ipv6_only("wireguard"));
+    for i in 1..=3 {
+        let key = net.dir.path().join(format!("h{i}.wgkey"));
+        let key = key.display().to_string();
+        net.start6_env(i, &[("WIREGUARD_KEY_FILE", &key)]);
+        net.add_container_v6_only(i);
+    }
+    assert_mesh_ipv6(&net, &[1, 2, 3]);
+    // flannel's wireguard lease without IPv4: no BackendData, BackendV6Data with the
+    // key and ListenPortV6 (pkg/backend/wireguard/wireguard.go:76-96).
+    assert_ipv6_only_hosts(&net, &etcd, |i| {
+        format!(
+            r#"{{"PublicIP":"0.0.0.0","PublicIPv6":"2001:db8:1::{i}","BackendType":"wireguard","BackendV6Data":{{"PublicKey":"{}","Port":51821}}}}"#,
+            wg_pubkey_of(&net, i)
+        )
+    });
+    for i in 1..=3 {
+        let ss = underlay::run(
+            "ip",
+            &["netns", "exec", &net.hosts[i - 1].ns, "ss", "-Hunl"],
+        );
+        assert!(
+            ss.contains(&format!("[2001:db8:1::{i}]:51821")) && !ss.contains(":51820"),
+            "h{i}: the IPv6 socket alone: {ss}"
+        );
+    }
+    eprintln!("{test}: {:?}", started.elapsed());
+}
+
 /// Hosts with no IPv4 address at all (not even on the underlay): an IPv6-only network
 /// still runs, the daemon taking `eth0` for its IPv6 address alone (flannel's ExtAddr
 /// nil, PublicIP 0.0.0.0), on host-gw, vxlan and udp.

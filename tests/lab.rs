@@ -211,6 +211,11 @@ fn an_ipv6_only_host_gw_lab_reaches_every_container_over_ipv6() {
 }
 
 #[test]
+fn an_ipv6_only_wireguard_lab_reaches_every_container_over_ipv6() {
+    ipv6_only_full_mesh("wireguard");
+}
+
+#[test]
 fn an_ipv6_only_udp_lab_reaches_every_container_over_ipv6() {
     ipv6_only_full_mesh("udp");
 }

@@ -364,7 +364,12 @@ impl Underlay {
     /// subnet.env has no IPv4 lines at all (flannel's WriteSubnetFile), only
     /// `FLANNEL_IPV6_SUBNET`; returns that subnet.
     pub fn start6(&mut self, i: usize) -> ipnet::Ipv6Net {
-        let text = self.launch(i, &[], &[]);
+        self.start6_env(i, &[])
+    }
+
+    /// [`Underlay::start6`] with variables in the daemon's environment.
+    pub fn start6_env(&mut self, i: usize, env: &[(&str, &str)]) -> ipnet::Ipv6Net {
+        let text = self.launch(i, &[], env);
         assert!(
             !text.contains("FLANNEL_NETWORK=") && !text.contains("FLANNEL_SUBNET="),
             "h{i}: IPv4 lines in an IPv6-only subnet.env:\n{text}"

@@ -58,9 +58,10 @@ pub struct LabSpec {
 fn parse_config(text: &str) -> Result<(NetworkConfig, Option<Ipv4Net>), LabError> {
     let config = NetworkConfig::parse(text).map_err(|e| LabError::Config(e.to_string()))?;
     let network = config.network.filter(|_| config.enable_ipv4);
-    let kind = config.backend.kind;
-    if network.is_none() && !crate::backend::runs_ipv6_only(kind) {
-        return Err(LabError::Config(crate::backend::ipv6_only_refusal(kind)));
+    if network.is_none() {
+        if let Some(why) = crate::backend::ipv6_only_refusal(&config) {
+            return Err(LabError::Config(why));
+        }
     }
     Ok((config, network))
 }
@@ -217,7 +218,7 @@ mod tests {
     }
 
     #[test]
-    fn an_ipv6_only_lab_runs_vxlan_host_gw_and_udp_and_refuses_wireguard_by_name() {
+    fn an_ipv6_only_lab_runs_every_backend_and_refuses_a_one_session_wireguard_mode() {
         for kind in ["vxlan", "host-gw", "udp", "alloc"] {
             let v6_only = format!(
                 r#"{{"EnableIPv4":false,"EnableIPv6":true,"IPv6Network":"fc00::/48","Backend":{{"Type":"{kind}"}}}}"#
@@ -235,12 +236,19 @@ mod tests {
         let v6_only = r#"{"EnableIPv4":false,"EnableIPv6":true,"IPv6Network":"fc00::/48"}"#;
         LabSpec::generated(1, 1, Some(v6_only.into()), Duration::from_secs(60))
             .expect("udp runs IPv6-only");
-        let v6_only = r#"{"EnableIPv4":false,"EnableIPv6":true,"IPv6Network":"fc00::/48","Backend":{"Type":"wireguard"}}"#;
-        let err = LabSpec::generated(1, 1, Some(v6_only.into()), Duration::from_secs(60))
+        // wireguard in Mode separate (the default) runs it; a one-session mode cannot.
+        let wg = |mode: &str| {
+            format!(
+                r#"{{"EnableIPv4":false,"EnableIPv6":true,"IPv6Network":"fc00::/48","Backend":{{"Type":"wireguard"{mode}}}}}"#
+            )
+        };
+        LabSpec::generated(1, 1, Some(wg("")), Duration::from_secs(60))
+            .expect("wireguard separate runs IPv6-only");
+        let err = LabSpec::generated(1, 1, Some(wg(r#","Mode":"auto""#)), Duration::from_secs(60))
             .expect_err("refused");
         let text = err.to_string();
         assert!(
-            text.contains("the wireguard backend does not run IPv6-only networks"),
+            text.contains("the wireguard backend runs IPv6-only networks (EnableIPv4: false) in Mode \"separate\" (the default) only: Mode \"auto\""),
             "{text}"
         );
     }
