@@ -68,7 +68,29 @@ pub fn describe(config: &NetworkConfig) -> String {
 /// What the configured backend creates on each node, as `weft daemon` creates it.
 fn devices(config: &NetworkConfig) -> String {
     let b = &config.backend;
+    let ipv6_only = config.ipv4_space().is_none();
+    if let Some(why) = weft_datapath::backend::ipv6_only_refusal(config).filter(|_| ipv6_only) {
+        return format!("none: {why}");
+    }
     match b.kind {
+        BackendType::Vxlan if ipv6_only => {
+            let vni = b.vni.unwrap_or(1);
+            format!(
+                "IPv6 only: one vxlan device flannel-v6.{vni} (VNI {vni}, UDP port {}, nolearning, over the IPv6 underlay; MTU 20 bytes less than IPv4's) with this node's IPv6 subnet address /128, no flannel.{vni}; per peer a neighbour, an FDB entry to its PublicIPv6 and a route",
+                b.port
+            )
+        }
+        BackendType::Udp if ipv6_only => format!(
+            "IPv6 only: a TUN device (weft0, --tun-name, MTU 20 bytes less) with this node's IPv6 subnet address /128 and the IPv6 network's route, and a UDP socket on [PublicIPv6]:{}; every datagram over the IPv6 underlay to each peer's PublicIPv6 (flannel's udp backend has no IPv6)",
+            b.port
+        ),
+        BackendType::Wireguard if ipv6_only => format!(
+            "IPv6 only (Mode separate): a TUN device (weft0, --tun-name) with this node's IPv6 subnet address /128 and the IPv6 network's route, and one UDP socket on [PublicIPv6]:{} speaking WireGuard (userspace); per peer a session to its PublicIPv6 and the port of its BackendV6Data; no IPv4 socket",
+            b.wireguard.as_ref().map_or(51821, |w| w.listen_port_v6)
+        ),
+        BackendType::HostGw if ipv6_only => {
+            "IPv6 only: none; per peer a route `IPv6 subnet via its PublicIPv6` on the external interface (peers must share its network)".to_string()
+        }
         BackendType::Udp if config.enable_ipv6 => format!(
             "a TUN device (weft0, --tun-name) with this node's subnet address /32 and its IPv6 subnet address /128, and a UDP socket on port {} (IPv4); routes to the network and the IPv6 network through the TUN device; IPv6 inner packets travel over the IPv4 underlay to each peer's PublicIP (flannel's udp backend carries no IPv6)",
             b.port

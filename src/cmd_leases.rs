@@ -57,15 +57,27 @@ pub fn table(listing: &weft_core::store::Listing, prefix: &str, now: Timestamp) 
             Some(at) if at <= now => "expired".to_string(),
             Some(at) => human(at.saturating_since(now)),
         };
-        let mut subnet = lease.key.ipv4.to_string();
+        // An IPv6-only lease: its IPv6 subnet and address alone (its PublicIP is
+        // flannel's 0.0.0.0).
+        let (mut subnet, public) = match (lease.key.ipv4, lease.attrs.public_ipv6) {
+            (None, Some(ip6)) => (String::new(), ip6.to_string()),
+            (v4, _) => (
+                v4.map(|n| n.to_string()).unwrap_or_default(),
+                lease.attrs.public_ip.to_string(),
+            ),
+        };
         if let Some(v6) = lease.key.ipv6 {
-            let _ = write!(subnet, " {v6}");
+            if subnet.is_empty() {
+                let _ = write!(subnet, "{v6}");
+            } else {
+                let _ = write!(subnet, " {v6}");
+            }
         }
         let _ = writeln!(
             out,
             "{:<20} {:<16} {:<9} {}",
             subnet,
-            lease.attrs.public_ip,
+            public,
             lease.attrs.backend_type.as_deref().unwrap_or("-"),
             expires
         );
@@ -96,7 +108,7 @@ pub fn json(
         .iter()
         .map(|l| {
             serde_json::json!({
-                "subnet": l.key.ipv4.to_string(),
+                "subnet": l.key.ipv4.map(|n| n.to_string()),
                 "ipv6_subnet": l.key.ipv6.map(|n| n.to_string()),
                 "public_ip": l.attrs.public_ip.to_string(),
                 "public_ipv6": l.attrs.public_ipv6.map(|a| a.to_string()),

@@ -104,8 +104,16 @@ pub struct UpArgs {
     /// IPv6 underlay address in 2001:db8:0:2::/64 and each container an IPv6 address in
     /// its node's IPv6 subnet. On udp (IPv6 inner packets over the IPv4 underlay), vxlan or
     /// host-gw.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "ipv6")]
     dual_stack: bool,
+    /// IPv6 only: `"EnableIPv4": false`, `"EnableIPv6": true` and, unless the config has
+    /// one, `"IPv6Network": "fc00::/48"`; the config's IPv4 `Network` and its ranges are
+    /// dropped. Leases hold an IPv6 subnet alone (flannel's key `0.0.0.0-0&fc00:…-64`),
+    /// containers get IPv6 addresses only; the nodes' underlay keeps both families. On
+    /// vxlan (`flannel-v6.<VNI>` alone), host-gw, udp (over the IPv6 underlay) or
+    /// wireguard (Mode separate).
+    #[arg(long)]
+    ipv6: bool,
     /// Lease TTL in seconds.
     #[arg(long, default_value_t = 24 * 3600)]
     subnet_lease_ttl: u64,
@@ -142,6 +150,21 @@ fn with_ipv6(config: &str) -> Result<String> {
     Ok(value.to_string())
 }
 
+/// `config` IPv6-only: IPv4 disabled and its fields dropped, IPv6 enabled, keeping an
+/// `IPv6Network` it already has.
+fn with_ipv6_only(config: &str) -> Result<String> {
+    let mut value: serde_json::Value =
+        serde_json::from_str(&with_ipv6(config)?).context("the network config is not JSON")?;
+    let Some(object) = value.as_object_mut() else {
+        bail!("the network config is not a JSON object");
+    };
+    for field in ["Network", "SubnetLen", "SubnetMin", "SubnetMax"] {
+        object.remove(field);
+    }
+    object.insert("EnableIPv4".into(), false.into());
+    Ok(value.to_string())
+}
+
 async fn up(args: UpArgs) -> Result<()> {
     let config_text = match &args.net_config_path {
         Some(path) => Some(crate::cmd_config::load(path)?.0),
@@ -154,11 +177,13 @@ async fn up(args: UpArgs) -> Result<()> {
         )?),
         None => config_text,
     };
-    let config_text = match args.dual_stack {
-        true => Some(with_ipv6(
-            config_text.as_deref().unwrap_or(lab::spec::DEFAULT_CONFIG),
-        )?),
-        false => config_text,
+    let base = || config_text.as_deref().unwrap_or(lab::spec::DEFAULT_CONFIG);
+    let config_text = if args.dual_stack {
+        Some(with_ipv6(base())?)
+    } else if args.ipv6 {
+        Some(with_ipv6_only(base())?)
+    } else {
+        config_text
     };
     let spec = LabSpec::generated(
         args.nodes,

@@ -245,7 +245,7 @@ fn containers_on_two_lab_nodes_reach_each_other_with_the_plugins_addresses() {
     let mut added = Vec::new();
     for (node, container) in ["n1", "n2"].into_iter().zip(&containers) {
         let s = lab.wait_status(node, "a lease", |s| s.holds_lease() && s.mtu.is_some());
-        let subnet = s.lease.as_ref().unwrap().subnet;
+        let subnet = s.lease.as_ref().unwrap().subnet.expect("an IPv4 subnet");
         // What the daemon would write for this node (the lab's nodes keep theirs in
         // memory); IPMASQ=true, so the bridge masquerades nothing and the peer sees the
         // container's own address.

@@ -5,7 +5,10 @@
 //! checksum must match), the kernel holds the IPv6 entries flannel would program
 //! (vxlan: the second device `flannel-v6.1`, its neighbours, FDB entries and routes;
 //! host-gw: `subnet via PublicIPv6`), and a stopped node's entries of both families
-//! leave its peers once its lease is deleted. Root only.
+//! leave its peers once its lease is deleted. IPv6-only (`EnableIPv4: false`) the same
+//! over IPv6 alone: flannel's lease (key `0.0.0.0-0&…`, `PublicIP` 0.0.0.0), vxlan's
+//! `flannel-v6.1` alone, host-gw's routes via `PublicIPv6`, containers with no IPv4 at
+//! all. Root only.
 
 #![allow(clippy::unwrap_used)]
 
@@ -23,6 +26,25 @@ fn dual_stack(backend: &str) -> String {
     format!(
         r#"{{"Network":"10.5.0.0/16","EnableIPv6":true,"IPv6Network":"fc00::/48","Backend":{{"Type":"{backend}"}}}}"#
     )
+}
+
+fn ipv6_only(backend: &str) -> String {
+    format!(
+        r#"{{"EnableIPv4":false,"EnableIPv6":true,"IPv6Network":"fc00::/48","Backend":{{"Type":"{backend}"}}}}"#
+    )
+}
+
+/// Three hosts of an IPv6-only network running `config` (the underlay keeps both
+/// families), each with a container that has an IPv6 address alone.
+fn three_hosts_v6_only(tag: &str, etcd: &Etcd, config: &str) -> Underlay {
+    let mut net = Underlay::new(tag, &["192.0.2.1", "192.0.2.2", "192.0.2.3"], etcd);
+    net.enable_ipv6();
+    net.set_config(config);
+    for i in 1..=3 {
+        net.start6(i);
+        net.add_container_v6_only(i);
+    }
+    net
 }
 
 /// Three dual-stack hosts running `config`, each with a dual-stack container.
@@ -344,12 +366,26 @@ fn wireguard_dual_stack(test: &str, config: &str, separate: bool) {
 /// Every container pings every container of the other `hosts` over both families,
 /// and sends each a TCP stream that arrives whole and unchanged.
 fn assert_mesh_both_families(net: &Underlay, hosts: &[usize]) {
+    assert_mesh_over(net, hosts, |b| {
+        vec![
+            IpAddr::V4(net.container_ip(b)),
+            IpAddr::V6(net.container_ip6(b)),
+        ]
+    });
+}
+
+/// [`assert_mesh_both_families`] over IPv6 alone (an IPv6-only network's containers
+/// have no IPv4 address).
+fn assert_mesh_ipv6(net: &Underlay, hosts: &[usize]) {
+    assert_mesh_over(net, hosts, |b| vec![IpAddr::V6(net.container_ip6(b))]);
+}
+
+/// Every container pings every other container of `hosts` at each of `addrs(b)`, and
+/// sends each a TCP stream that arrives whole and unchanged.
+fn assert_mesh_over(net: &Underlay, hosts: &[usize], addrs: impl Fn(usize) -> Vec<IpAddr>) {
     for &a in hosts {
         for &b in hosts.iter().filter(|b| **b != a) {
-            for to in [
-                IpAddr::V4(net.container_ip(b)),
-                IpAddr::V6(net.container_ip6(b)),
-            ] {
+            for to in addrs(b) {
                 assert!(net.ping_ip(a, to), "c{a} cannot ping c{b} at {to}");
                 let [sent, got] = net.tcp_transfer(a, b, to, BYTES);
                 assert_eq!(got, sent, "c{a} -> c{b} at {to}: (bytes, checksum)");
@@ -576,16 +612,277 @@ fn vxlan_dual_stack_three_hosts_second_device_mesh_and_lease_removal() {
     eprintln!("{test}: {:?}", started.elapsed());
 }
 
+/// The IPv4 routes of host `i` via a peer's underlay address (none on an IPv6-only
+/// network: the hosts' own default route goes via the underlay router, .254).
+fn ipv4_routes_via_peers(net: &Underlay, i: usize) -> Vec<String> {
+    net.ip(i, &["route", "show"])
+        .lines()
+        .filter(|l| (1..=3).any(|p| l.contains(&format!("via 192.0.2.{p} "))))
+        .map(String::from)
+        .collect()
+}
+
+/// What every IPv6-only test checks on each host: no IPv4 lines in its subnet.env (the
+/// daemon wrote them), flannel's lease at flannel's key (the empty IPv4 net first),
+/// `value(i)` byte for byte, and no IPv4 route to a peer.
+fn assert_ipv6_only_hosts(net: &Underlay, etcd: &Etcd, value: impl Fn(usize) -> String) {
+    for i in 1..=3 {
+        let env = std::fs::read_to_string(&net.hosts[i - 1].env).unwrap();
+        assert!(
+            env.starts_with("FLANNEL_IPV6_NETWORK=fc00::/48\nFLANNEL_IPV6_SUBNET=")
+                && !env.contains("FLANNEL_NETWORK")
+                && !env.contains("FLANNEL_SUBNET"),
+            "h{i}: {env}"
+        );
+        let key = net.lease_key6(i);
+        assert!(key.contains("/subnets/0.0.0.0-0&fc00:"), "{key}");
+        assert_eq!(net.lease_key_in6(i, etcd), key, "h{i}'s key in etcd");
+        assert_eq!(etcd_get(etcd, &key), value(i), "h{i}'s lease value");
+        assert_eq!(ipv4_routes_via_peers(net, i), Vec::<String>::new(), "h{i}");
+    }
+}
+
+#[test]
+fn host_gw_ipv6_only_three_hosts_mesh_leases_and_routes_via_public_ipv6() {
+    let test = "host_gw_ipv6_only_three_hosts_mesh_leases_and_routes_via_public_ipv6";
+    if !can_run(test) {
+        return;
+    }
+    let Some(etcd) = etcd_or_skip(test) else {
+        return;
+    };
+    let started = Instant::now();
+    let net = three_hosts_v6_only("o6", &etcd, &ipv6_only("host-gw"));
+    assert_mesh_ipv6(&net, &[1, 2, 3]);
+    // flannel's host-gw lease without IPv4: PublicIP keeps its zero value
+    // (pkg/backend/hostgw/hostgw.go:64-88).
+    assert_ipv6_only_hosts(&net, &etcd, |i| {
+        format!(
+            r#"{{"PublicIP":"0.0.0.0","PublicIPv6":"2001:db8:1::{i}","BackendType":"host-gw"}}"#
+        )
+    });
+    for i in 1..=3 {
+        for p in (1..=3).filter(|p| *p != i) {
+            let r = route6_to(&net, i, net.subnet6(p));
+            assert!(
+                r.contains(&format!("via 2001:db8:1::{p} dev eth0")),
+                "h{i} -> h{p}: {r:?}"
+            );
+        }
+    }
+    eprintln!("{test}: {:?}", started.elapsed());
+}
+
+#[test]
+fn vxlan_ipv6_only_three_hosts_second_device_alone_mesh_and_leases() {
+    let test = "vxlan_ipv6_only_three_hosts_second_device_alone_mesh_and_leases";
+    if !can_run(test) {
+        return;
+    }
+    let Some(etcd) = etcd_or_skip(test) else {
+        return;
+    };
+    let started = Instant::now();
+    let net = three_hosts_v6_only("o7", &etcd, &ipv6_only("vxlan"));
+    assert_mesh_ipv6(&net, &[1, 2, 3]);
+    let mac6 = |p: usize| format!("0e:01:00:00:00:0{p}");
+    // flannel's vxlan lease without IPv4: no BackendData, the second device's
+    // BackendV6Data (pkg/backend/vxlan/vxlan.go:92-120).
+    assert_ipv6_only_hosts(&net, &etcd, |i| {
+        format!(
+            r#"{{"PublicIP":"0.0.0.0","PublicIPv6":"2001:db8:1::{i}","BackendType":"vxlan","BackendV6Data":{{"VNI":1,"VtepMAC":"{}"}}}}"#,
+            mac6(i)
+        )
+    });
+    for i in 1..=3 {
+        let links = net.ip(i, &["-o", "link", "show"]);
+        assert!(
+            links.contains(": flannel-v6.1:") && !links.contains(": flannel.1:"),
+            "h{i}: the second device alone: {links}"
+        );
+        let link = net.ip(i, &["-d", "link", "show", "flannel-v6.1"]);
+        for want in [
+            "vxlan id 1 ",
+            &format!("local 2001:db8:1::{i} dev eth0 "),
+            "dstport 8472 ",
+            "nolearning",
+            "mtu 1430 ",
+            &format!("link/ether {}", mac6(i)),
+        ] {
+            assert!(link.contains(want), "h{i}: no {want:?} in\n{link}");
+        }
+        let neigh = net.ip(i, &["-6", "neigh", "show", "dev", "flannel-v6.1"]);
+        let fdb = net.fdb(i, "flannel-v6.1");
+        for p in (1..=3).filter(|p| *p != i) {
+            let s = net.subnet6(p);
+            assert!(
+                neigh.contains(&format!("{} lladdr {} PERMANENT", s.network(), mac6(p))),
+                "h{i}: {neigh}"
+            );
+            assert!(
+                fdb.contains(&format!("{} dst 2001:db8:1::{p} self permanent", mac6(p))),
+                "h{i}: {fdb}"
+            );
+            let route = route6_to(&net, i, s);
+            assert!(
+                route.contains(&format!("via {} dev flannel-v6.1", s.network()))
+                    && route.contains("onlink"),
+                "h{i}: {route}"
+            );
+        }
+        assert_eq!(
+            vxlan6_entries(&net, i).len(),
+            6,
+            "h{i}: {:?}",
+            vxlan6_entries(&net, i)
+        );
+    }
+    eprintln!("{test}: {:?}", started.elapsed());
+}
+
+#[test]
+fn udp_ipv6_only_three_hosts_mesh_over_the_ipv6_underlay() {
+    let test = "udp_ipv6_only_three_hosts_mesh_over_the_ipv6_underlay";
+    if !can_run(test) {
+        return;
+    }
+    let Some(etcd) = etcd_or_skip(test) else {
+        return;
+    };
+    let started = Instant::now();
+    let net = three_hosts_v6_only("o8", &etcd, &ipv6_only("udp"));
+    assert_mesh_ipv6(&net, &[1, 2, 3]);
+    // weft's udp lease (flannel's udp writes PublicIP alone; it has no IPv6).
+    assert_ipv6_only_hosts(&net, &etcd, |i| {
+        format!(r#"{{"PublicIP":"0.0.0.0","PublicIPv6":"2001:db8:1::{i}"}}"#)
+    });
+    for i in 1..=3 {
+        // The TUN device: the IPv6 subnet's address alone, the IPv6 network's route,
+        // 20 bytes less than over IPv4 (1500 - 28 - 20).
+        let s6 = net.subnet6(i);
+        let addrs = net.ip(i, &["addr", "show", "dev", "weft0"]);
+        assert!(
+            addrs.contains(&format!("inet6 {}/128", s6.network()))
+                && !addrs.contains("inet ")
+                && addrs.contains("mtu 1452 "),
+            "h{i}: {addrs}"
+        );
+        let r = route6_to(&net, i, "fc00::/48".parse().unwrap());
+        assert!(r.contains("dev weft0"), "h{i}: {r:?}");
+        // One IPv6 socket on [PublicIPv6]:8285, none on IPv4.
+        let ss = underlay::run(
+            "ip",
+            &[
+                "netns",
+                "exec",
+                &net.hosts[i - 1].ns,
+                "ss",
+                "-Hunl",
+                "sport",
+                "= :8285",
+            ],
+        );
+        assert!(
+            ss.contains(&format!("[2001:db8:1::{i}]:8285")) && !ss.contains("192.0.2."),
+            "h{i}: {ss}"
+        );
+    }
+    eprintln!("{test}: {:?}", started.elapsed());
+}
+
+#[test]
+fn wireguard_ipv6_only_separate_three_hosts_mesh_and_leases() {
+    let test = "wireguard_ipv6_only_separate_three_hosts_mesh_and_leases";
+    if !can_run(test) {
+        return;
+    }
+    let Some(etcd) = etcd_or_skip(test) else {
+        return;
+    };
+    let started = Instant::now();
+    let mut net = Underlay::new("o9", &["192.0.2.1", "192.0.2.2", "192.0.2.3"], &etcd);
+    net.enable_ipv6();
+    net.set_config(&ipv6_only("wireguard"));
+    for i in 1..=3 {
+        let key = net.dir.path().join(format!("h{i}.wgkey"));
+        let key = key.display().to_string();
+        net.start6_env(i, &[("WIREGUARD_KEY_FILE", &key)]);
+        net.add_container_v6_only(i);
+    }
+    assert_mesh_ipv6(&net, &[1, 2, 3]);
+    // flannel's wireguard lease without IPv4: no BackendData, BackendV6Data with the
+    // key and ListenPortV6 (pkg/backend/wireguard/wireguard.go:76-96).
+    assert_ipv6_only_hosts(&net, &etcd, |i| {
+        format!(
+            r#"{{"PublicIP":"0.0.0.0","PublicIPv6":"2001:db8:1::{i}","BackendType":"wireguard","BackendV6Data":{{"PublicKey":"{}","Port":51821}}}}"#,
+            wg_pubkey_of(&net, i)
+        )
+    });
+    for i in 1..=3 {
+        let ss = underlay::run(
+            "ip",
+            &["netns", "exec", &net.hosts[i - 1].ns, "ss", "-Hunl"],
+        );
+        assert!(
+            ss.contains(&format!("[2001:db8:1::{i}]:51821")) && !ss.contains(":51820"),
+            "h{i}: the IPv6 socket alone: {ss}"
+        );
+    }
+    eprintln!("{test}: {:?}", started.elapsed());
+}
+
+/// Hosts with no IPv4 address at all (not even on the underlay): an IPv6-only network
+/// still runs, the daemon taking `eth0` for its IPv6 address alone (flannel's ExtAddr
+/// nil, PublicIP 0.0.0.0), on host-gw, vxlan and udp.
+#[test]
+fn ipv6_only_hosts_without_any_ipv4_address_mesh_on_host_gw_vxlan_and_udp() {
+    let test = "ipv6_only_hosts_without_any_ipv4_address_mesh_on_host_gw_vxlan_and_udp";
+    if !can_run(test) {
+        return;
+    }
+    let Some(etcd) = etcd_or_skip(test) else {
+        return;
+    };
+    for (tag, backend) in [("n6", "host-gw"), ("n7", "vxlan"), ("n8", "udp")] {
+        let mut net = Underlay::new(tag, &["192.0.2.1", "192.0.2.2", "192.0.2.3"], &etcd);
+        net.enable_ipv6();
+        net.drop_ipv4();
+        net.set_config(&ipv6_only(backend));
+        for i in 1..=3 {
+            assert_eq!(
+                net.ip(i, &["-4", "addr", "show", "dev", "eth0"]),
+                "",
+                "h{i}"
+            );
+            net.start6(i);
+            net.add_container_v6_only(i);
+        }
+        assert_mesh_ipv6(&net, &[1, 2, 3]);
+        for i in 1..=3 {
+            let value = etcd_get(&etcd, &net.lease_key6(i));
+            assert!(
+                value.starts_with(&format!(
+                    r#"{{"PublicIP":"0.0.0.0","PublicIPv6":"2001:db8:1::{i}""#
+                )),
+                "{backend}: h{i}: {value}"
+            );
+        }
+    }
+}
+
 /// Host `i`'s kernel entries naming host `p`'s subnets, VTEP MACs or addresses (routes
-/// of both families; for vxlan also neighbours and FDB entries on both devices).
+/// of both families; for vxlan also neighbours and FDB entries on both devices). On
+/// an IPv6-only network `p` has no IPv4 subnet.
 fn entries_for(net: &Underlay, i: usize, p: usize) -> Vec<String> {
-    let (s4, s6) = (net.hosts[p - 1].subnet.unwrap(), net.subnet6(p));
+    let (s4, s6) = (net.hosts[p - 1].subnet, net.subnet6(p));
     let mut lines: Vec<String> = Vec::new();
-    lines.extend(
-        net.ip(i, &["route", "show", &s4.to_string()])
-            .lines()
-            .map(String::from),
-    );
+    if let Some(s4) = s4 {
+        lines.extend(
+            net.ip(i, &["route", "show", &s4.to_string()])
+                .lines()
+                .map(String::from),
+        );
+    }
     lines.extend(
         net.ip(i, &["-6", "route", "show", &s6.to_string()])
             .lines()
@@ -597,7 +894,11 @@ fn entries_for(net: &Underlay, i: usize, p: usize) -> Vec<String> {
             .contains(&format!(": {dev}:"))
         {
             let neigh = net.ip(i, &[family, "neigh", "show", "dev", dev]);
-            let want = [s4.network().to_string(), s6.network().to_string()];
+            let want: Vec<String> = s4
+                .map(|s| s.network().to_string())
+                .into_iter()
+                .chain([s6.network().to_string()])
+                .collect();
             lines.extend(
                 neigh
                     .lines()
@@ -632,52 +933,93 @@ fn a_stopped_nodes_entries_leave_its_peers_within_its_lease_ttl() {
     let Some(etcd) = etcd_or_skip(test) else {
         return;
     };
-    const TTL: u32 = 6;
     for (tag, backend) in [("tg", "host-gw"), ("tx", "vxlan")] {
-        let mut net = Underlay::new(tag, &["192.0.2.1", "192.0.2.2", "192.0.2.3"], &etcd);
-        net.lease_ttl = TTL;
-        net.enable_ipv6();
+        let net = entries_leave_within_ttl(&etcd, tag, backend, false);
+        assert_mesh_both_families(&net, &[1, 2]);
+    }
+}
+
+/// [`a_stopped_nodes_entries_leave_its_peers_within_its_lease_ttl`] on an IPv6-only
+/// network: the peers drop the stopped node's IPv6 route (host-gw), or its
+/// neighbour, FDB entry and route on `flannel-v6.1` (vxlan), once its lease runs out.
+#[test]
+fn an_ipv6_only_stopped_nodes_entries_leave_its_peers_within_its_lease_ttl() {
+    let test = "an_ipv6_only_stopped_nodes_entries_leave_its_peers_within_its_lease_ttl";
+    if !can_run(test) {
+        return;
+    }
+    let Some(etcd) = etcd_or_skip(test) else {
+        return;
+    };
+    for (tag, backend) in [("og", "host-gw"), ("ox", "vxlan")] {
+        let net = entries_leave_within_ttl(&etcd, tag, backend, true);
+        assert_mesh_ipv6(&net, &[1, 2]);
+    }
+}
+
+/// Three hosts on `backend` (IPv6-only when `v6_only`, else dual stack) with a 6 s
+/// TTL; h3 stops cleanly, keeps its lease a while, and once the TTL ends it h1 and h2
+/// hold no entry for it. Returns the lab with h1 and h2 still running.
+fn entries_leave_within_ttl(etcd: &Etcd, tag: &str, backend: &str, v6_only: bool) -> Underlay {
+    const TTL: u32 = 6;
+    let mut net = Underlay::new(tag, &["192.0.2.1", "192.0.2.2", "192.0.2.3"], etcd);
+    net.lease_ttl = TTL;
+    net.enable_ipv6();
+    if v6_only {
+        net.set_config(&ipv6_only(backend));
+    } else {
         net.set_config(&dual_stack(backend));
-        for i in 1..=3 {
+    }
+    for i in 1..=3 {
+        if v6_only {
+            net.start6(i);
+            net.add_container_v6_only(i);
+        } else {
             net.start(i);
             net.add_container(i);
             net.add_container6(i);
         }
-        for i in [1, 2] {
-            let e = entries_for(&net, i, 3);
-            let want = if backend == "vxlan" { 6 } else { 2 };
-            assert_eq!(e.len(), want, "{backend}: h{i}'s entries for h3: {e:?}");
-        }
-        let key3 = net.lease_key_in(3, &etcd);
-        net.stop(3);
-        let stopped = Instant::now();
-        std::thread::sleep(Duration::from_secs(1));
-        assert!(
-            !etcd_get(&etcd, &key3).is_empty(),
-            "{backend}: a clean stop kept no lease"
-        );
-        assert!(
-            !entries_for(&net, 1, 3).is_empty(),
-            "{backend}: h1 dropped h3 while its lease lived"
-        );
-        // etcd grants one second more than the TTL (see the etcd store).
-        let patience = Duration::from_secs(u64::from(TTL) + 1 + 4);
-        for i in [1, 2] {
-            wait_or_show(
-                &format!("{backend}: h{i} forgets h3 once its lease expires"),
-                patience.saturating_sub(stopped.elapsed()),
-                || entries_for(&net, i, 3).is_empty(),
-                || format!("{:?}\n{}", entries_for(&net, i, 3), net.log(i)),
-            );
-        }
-        eprintln!(
-            "{backend}: h3's entries left its peers {} ms after its clean stop (TTL {TTL} s)",
-            stopped.elapsed().as_millis()
-        );
-        assert!(
-            etcd_get(&etcd, &key3).is_empty(),
-            "{backend}: h3's lease outlived its TTL"
-        );
-        assert_mesh_both_families(&net, &[1, 2]);
     }
+    for i in [1, 2] {
+        let e = entries_for(&net, i, 3);
+        // vxlan: neighbour, FDB entry and route per family; host-gw: a route.
+        let per_family = if backend == "vxlan" { 3 } else { 1 };
+        let want = per_family * if v6_only { 1 } else { 2 };
+        assert_eq!(e.len(), want, "{backend}: h{i}'s entries for h3: {e:?}");
+    }
+    let key3 = if v6_only {
+        net.lease_key6(3)
+    } else {
+        net.lease_key_in(3, etcd)
+    };
+    net.stop(3);
+    let stopped = Instant::now();
+    std::thread::sleep(Duration::from_secs(1));
+    assert!(
+        !etcd_get(etcd, &key3).is_empty(),
+        "{backend}: a clean stop kept no lease"
+    );
+    assert!(
+        !entries_for(&net, 1, 3).is_empty(),
+        "{backend}: h1 dropped h3 while its lease lived"
+    );
+    // etcd grants one second more than the TTL (see the etcd store).
+    let patience = Duration::from_secs(u64::from(TTL) + 1 + 4);
+    for i in [1, 2] {
+        wait_or_show(
+            &format!("{backend}: h{i} forgets h3 once its lease expires"),
+            patience.saturating_sub(stopped.elapsed()),
+            || entries_for(&net, i, 3).is_empty(),
+            || format!("{:?}\n{}", entries_for(&net, i, 3), net.log(i)),
+        );
+    }
+    eprintln!(
+        "{backend} (IPv6-only: {v6_only}): h3's entries left its peers {} ms after its clean stop (TTL {TTL} s)",
+        stopped.elapsed().as_millis()
+    );
+    assert!(
+        etcd_get(etcd, &key3).is_empty(),
+        "{backend}: h3's lease outlived its TTL"
+    );
+    net
 }

@@ -208,6 +208,82 @@ fn dual_stack_full_mesh(backend: &str) {
 }
 
 #[test]
+fn an_ipv6_only_vxlan_lab_reaches_every_container_over_ipv6() {
+    ipv6_only_full_mesh("vxlan");
+}
+
+#[test]
+fn an_ipv6_only_host_gw_lab_reaches_every_container_over_ipv6() {
+    ipv6_only_full_mesh("host-gw");
+}
+
+#[test]
+fn an_ipv6_only_wireguard_lab_reaches_every_container_over_ipv6() {
+    ipv6_only_full_mesh("wireguard");
+}
+
+#[test]
+fn an_ipv6_only_udp_lab_reaches_every_container_over_ipv6() {
+    ipv6_only_full_mesh("udp");
+}
+
+/// `weft lab up --backend BACKEND --ipv6` with three nodes: no IPv4 network, each node
+/// an IPv6 subnet alone (flannel's key `0.0.0.0-0&…`), containers with IPv6 addresses
+/// only, every container pinging every other, and nothing left once it is down.
+fn ipv6_only_full_mesh(backend: &str) {
+    if !can_run_lab(&format!("IPv6-only full mesh over {backend}")) {
+        return;
+    }
+    let lab = Lab::up(3, &["--backend", backend, "--ipv6"]);
+    let status = lab.status();
+    assert_eq!(status.network, None, "no IPv4 network");
+    assert_eq!(status.ipv6_network, "fc00::/48".parse().ok());
+    for node in &status.nodes {
+        let lease = node.status.as_ref().and_then(|s| s.lease.clone());
+        let lease = lease.unwrap_or_else(|| panic!("{}: no lease: {node:?}", node.name));
+        assert_eq!(lease.subnet, None, "{}: an IPv4 subnet", node.name);
+        let subnet6 = lease.ipv6_subnet.expect("an IPv6 subnet");
+        assert_eq!(
+            lease.key,
+            format!("0.0.0.0-0&{}-{}", subnet6.network(), subnet6.prefix_len())
+        );
+        let c = &node.containers[0];
+        assert!(c.ip.is_none(), "{}: an IPv4 address", c.name);
+        assert!(
+            c.ipv6.is_some_and(|a| subnet6.contains(&a)),
+            "{} outside its node's {subnet6}",
+            c.name
+        );
+    }
+    lab.wait_status("n1", "routes to both peers' IPv6 subnets", |s| {
+        s.routes.len() == 2 && s.routes.iter().all(|r| r.subnet.addr().is_ipv6())
+    });
+    if backend == "vxlan" {
+        // The second device alone, as flannel has it without IPv4.
+        let out = std::process::Command::new("ip")
+            .args(["-n", &format!("{}n1", lab.prefix), "-o", "link", "show"])
+            .output()
+            .unwrap();
+        let links = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            links.contains(": flannel-v6.1:") && !links.contains(": flannel.1:"),
+            "{links}"
+        );
+    }
+    let containers = lab.containers();
+    assert_eq!(containers.len(), 3);
+    for from in &containers {
+        for to in containers.iter().filter(|c| *c != from) {
+            let ip6 = lab.container_ipv6(to);
+            assert!(lab.ping(from, ip6), "{from} cannot ping {to} at {ip6}");
+        }
+    }
+    let prefix = lab.prefix.clone();
+    lab.down();
+    assert_eq!(namespaces(&prefix), Vec::<String>::new(), "the lab is gone");
+}
+
+#[test]
 fn a_restarted_node_keeps_its_subnet_and_a_stopped_one_loses_its_routes() {
     if !can_run_lab("a_restarted_node_keeps_its_subnet_and_a_stopped_one_loses_its_routes") {
         return;
@@ -217,7 +293,7 @@ fn a_restarted_node_keeps_its_subnet_and_a_stopped_one_loses_its_routes() {
         .wait_status("n2", "a lease", |s| s.lease.is_some())
         .lease
         .unwrap();
-    let n2_subnet = ipnet::IpNet::V4(n2_lease.subnet);
+    let n2_subnet = ipnet::IpNet::V4(n2_lease.subnet.expect("an IPv4 subnet"));
     let target = lab.container_ip("n2-c1");
     assert!(lab.ping("n1-c1", target));
 

@@ -61,6 +61,7 @@ scenarios! {
     subnet_range_narrowed => "27-subnet-range-narrowed.toml",
     takeover_seen_in_a_listing => "28-takeover-seen-in-a-listing.toml",
     reservation_moved_while_cut_off => "29-reservation-moved-while-cut-off.toml",
+    ipv6_only => "30-ipv6-only.toml",
 }
 
 /// Scenarios too large for a snapshot of their whole trace (tens of thousands of

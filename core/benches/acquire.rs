@@ -132,7 +132,7 @@ fn bench(c: &mut Criterion) {
                     |()| {
                         let listing = store.borrow().list(&sp);
                         let (leases, _) = decode_all(&sp, &listing.entries);
-                        let taken: BTreeSet<_> = leases.iter().map(|l| l.key.ipv4).collect();
+                        let taken: BTreeSet<_> = leases.iter().filter_map(|l| l.key.ipv4).collect();
                         let mut free = Vec::with_capacity(100);
                         let mut index = space.min_index();
                         while free.len() < 100 && index <= space.max_index() {

@@ -54,29 +54,71 @@ pub enum LeaseError {
 }
 
 /// The subnet(s) a lease is for: its key.
+///
+/// At least one family is set (the parser and the constructors see to it). flannel writes
+/// an IPv6-only lease's key with the empty IPv4 net in front, `0.0.0.0-0&fc00::-64`
+/// (pkg/subnet/subnet.go:62-68 `MakeSubnetKey` formats the zero `ip.IP4Net`); here that
+/// is `ipv4: None`, so no code can mistake it for a /0 that overlaps every IPv4 subnet
+/// (flannel's own allocator does: pkg/subnet/etcd/local_manager.go:241-248).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct LeaseKey {
-    /// The IPv4 subnet.
-    pub ipv4: Ipv4Net,
-    /// The IPv6 subnet, for dual-stack leases.
+    /// The IPv4 subnet; `None` for an IPv6-only lease.
+    pub ipv4: Option<Ipv4Net>,
+    /// The IPv6 subnet, for dual-stack and IPv6-only leases.
     pub ipv6: Option<Ipv6Net>,
 }
+
+/// flannel's key part for "no IPv4 subnet": the zero `ip.IP4Net`.
+const NO_IPV4: &str = "0.0.0.0-0";
 
 impl LeaseKey {
     /// A key for an IPv4-only lease.
     pub fn v4(ipv4: Ipv4Net) -> Self {
-        LeaseKey { ipv4, ipv6: None }
+        LeaseKey {
+            ipv4: Some(ipv4),
+            ipv6: None,
+        }
     }
 
-    /// The IPv4 subnet as an `IpNet`.
-    pub fn ipv4_net(&self) -> IpNet {
-        IpNet::V4(self.ipv4)
+    /// A key for a dual-stack lease.
+    pub fn dual(ipv4: Ipv4Net, ipv6: Ipv6Net) -> Self {
+        LeaseKey {
+            ipv4: Some(ipv4),
+            ipv6: Some(ipv6),
+        }
+    }
+
+    /// A key for an IPv6-only lease (`0.0.0.0-0&fc00::-64` in the store).
+    pub fn v6(ipv6: Ipv6Net) -> Self {
+        LeaseKey {
+            ipv4: None,
+            ipv6: Some(ipv6),
+        }
+    }
+
+    /// The IPv4 subnet as an `IpNet`, if the lease has one.
+    pub fn ipv4_net(&self) -> Option<IpNet> {
+        self.ipv4.map(IpNet::V4)
+    }
+
+    /// The subnet that names the lease in logs and traces: the IPv4 one, else the IPv6
+    /// one.
+    pub fn primary(&self) -> IpNet {
+        match (self.ipv4, self.ipv6) {
+            (Some(v4), _) => IpNet::V4(v4),
+            (None, Some(v6)) => IpNet::V6(v6),
+            // Never built (see the type's invariant); flannel's empty net stands in.
+            (None, None) => IpNet::V4(Ipv4Net::default()),
+        }
     }
 }
 
 impl fmt::Display for LeaseKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}-{}", self.ipv4.network(), self.ipv4.prefix_len())?;
+        match self.ipv4 {
+            Some(v4) => write!(f, "{}-{}", v4.network(), v4.prefix_len())?,
+            None => f.write_str(NO_IPV4)?,
+        }
         if let Some(v6) = self.ipv6 {
             write!(f, "&{}-{}", v6.network(), v6.prefix_len())?;
         }
@@ -116,11 +158,22 @@ impl FromStr for LeaseKey {
             Some((v4, v6)) => (v4, Some(v6)),
             None => (key, None),
         };
-        let (addr, len) = parse_part::<Ipv4Addr>(key, v4, 32)?;
-        let ipv4 = Ipv4Net::new(addr, len).map_err(|_| bad("bad IPv4 prefix"))?;
-        if ipv4.network() != addr {
-            return Err(bad("IPv4 address is not the subnet's network address"));
-        }
+        let ipv4 = if v4 == NO_IPV4 {
+            // flannel's IPv6-only key; alone it names no subnet at all.
+            if v6.is_none() {
+                return Err(bad(
+                    "0.0.0.0-0 (no IPv4 subnet) needs an IPv6 subnet after '&'",
+                ));
+            }
+            None
+        } else {
+            let (addr, len) = parse_part::<Ipv4Addr>(key, v4, 32)?;
+            let ipv4 = Ipv4Net::new(addr, len).map_err(|_| bad("bad IPv4 prefix"))?;
+            if ipv4.network() != addr {
+                return Err(bad("IPv4 address is not the subnet's network address"));
+            }
+            Some(ipv4)
+        };
         let ipv6 = match v6 {
             None => None,
             Some(v6) => {
@@ -297,10 +350,27 @@ mod tests {
 
     #[test]
     fn key_round_trips() {
-        for k in ["10.5.34.0-24", "10.5.34.0-24&fc00::-64", "10.244.0.0-16"] {
+        for k in [
+            "10.5.34.0-24",
+            "10.5.34.0-24&fc00::-64",
+            "10.244.0.0-16",
+            "0.0.0.0-0&fc00:0:0:5::-64",
+        ] {
             let key: LeaseKey = k.parse().unwrap();
             assert_eq!(key.to_string(), k);
         }
+    }
+
+    #[test]
+    fn an_ipv6_only_key_is_flannels_empty_ipv4_net_and_an_ipv6_subnet() {
+        // flannel's MakeSubnetKey(ip.IP4Net{}, sn6) (pkg/subnet/subnet.go:62-68).
+        let v6: Ipv6Net = "fc00:0:0:5::/64".parse().unwrap();
+        let key = LeaseKey::v6(v6);
+        assert_eq!(key.to_string(), "0.0.0.0-0&fc00:0:0:5::-64");
+        let parsed: LeaseKey = "0.0.0.0-0&fc00:0:0:5::-64".parse().unwrap();
+        assert_eq!(parsed, key);
+        assert_eq!(parsed.ipv4, None);
+        assert_eq!(parsed.primary(), IpNet::V6(v6));
     }
 
     #[test]
@@ -313,6 +383,8 @@ mod tests {
             "10.5.34.1-24",
             "10.5.34.0-24&zz-64",
             "10.5.34.0-x",
+            "0.0.0.0-0",
+            "0.0.0.0-0&",
         ] {
             let err = k.parse::<LeaseKey>().unwrap_err();
             assert!(matches!(err, LeaseError::BadKey { .. }), "{k}: {err}");

@@ -57,21 +57,23 @@ pub enum RouteChange {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct RouteTable {
     own: Option<LeaseKey>,
-    /// Our public IPv4 address: leases recording it are ours, never routes.
-    own_ip: Option<Ipv4Addr>,
+    /// Our public address: leases recording it are ours, never routes. The IPv4 one,
+    /// or on an IPv6-only network (where every lease records `PublicIP` 0.0.0.0) the
+    /// IPv6 one.
+    own_ip: Option<IpAddr>,
 }
 
 fn routes_of(lease: &Lease) -> impl Iterator<Item = Route> + '_ {
-    std::iter::once(v4_route(lease)).chain(v6_route(lease))
+    v4_route(lease).into_iter().chain(v6_route(lease))
 }
 
-fn v4_route(lease: &Lease) -> Route {
-    Route {
-        subnet: IpNet::V4(lease.key.ipv4),
+fn v4_route(lease: &Lease) -> Option<Route> {
+    Some(Route {
+        subnet: IpNet::V4(lease.key.ipv4?),
         public_ip: IpAddr::V4(lease.attrs.public_ip),
         backend_type: lease.attrs.backend_type.clone(),
         backend_data: lease.attrs.backend_data.clone(),
-    }
+    })
 }
 
 fn v6_route(lease: &Lease) -> Option<Route> {
@@ -97,18 +99,35 @@ impl RouteTable {
     /// The routes of the node with public IP `ip`.
     pub fn of_node(ip: Ipv4Addr) -> Self {
         RouteTable {
-            own_ip: Some(ip),
+            own_ip: Some(IpAddr::V4(ip)),
+            own: None,
+        }
+    }
+
+    /// The routes of the node with public IPv6 address `ip6` on an IPv6-only network.
+    pub fn of_v6_node(ip6: Ipv6Addr) -> Self {
+        RouteTable {
+            own_ip: Some(IpAddr::V6(ip6)),
             own: None,
         }
     }
 
     /// Whether `lease` is a route: neither our lease nor one recording our address.
     pub fn is_route(&self, lease: &Lease) -> bool {
-        self.is_route_of(&lease.key, lease.attrs.public_ip)
+        self.is_route_of(&lease.key, lease.attrs.public_ip, lease.attrs.public_ipv6)
     }
 
-    fn is_route_of(&self, key: &LeaseKey, public_ip: Ipv4Addr) -> bool {
-        Some(*key) != self.own && Some(public_ip) != self.own_ip
+    fn is_route_of(&self, key: &LeaseKey, ip: Ipv4Addr, ip6: Option<Ipv6Addr>) -> bool {
+        Some(*key) != self.own && !self.records_own_ip(ip, ip6)
+    }
+
+    /// Whether a lease recording these addresses records ours.
+    fn records_own_ip(&self, ip: Ipv4Addr, ip6: Option<Ipv6Addr>) -> bool {
+        match self.own_ip {
+            Some(IpAddr::V4(own)) => ip == own,
+            Some(IpAddr::V6(own)) => ip6 == Some(own),
+            None => false,
+        }
     }
 
     /// The routes out of `table`.
@@ -213,7 +232,7 @@ impl<'a> Routes<'a> {
             .leases_by_v6()
             .filter(move |l| ex.is_route(l))
             .filter_map(v6_route);
-        v4.map(v4_route).chain(v6)
+        v4.filter_map(v4_route).chain(v6)
     }
 
     /// Every route as (subnet, peer's public IP), in the order of [`Routes::routes`],
@@ -223,8 +242,8 @@ impl<'a> Routes<'a> {
         let v4 = self
             .table
             .addresses()
-            .filter(move |(k, ip, _)| ex.is_route_of(k, *ip))
-            .map(|(k, ip, _)| (IpNet::V4(k.ipv4), IpAddr::V4(ip)));
+            .filter(move |(k, ip, ip6)| ex.is_route_of(k, *ip, *ip6))
+            .filter_map(|(k, ip, _)| Some((IpNet::V4(k.ipv4?), IpAddr::V4(ip))));
         let v6 = self
             .table
             .leases_by_v6()
@@ -245,8 +264,8 @@ impl<'a> Routes<'a> {
         let v4 = self
             .table
             .addresses()
-            .filter(move |(k, ip, _)| ex.is_route_of(k, *ip))
-            .map(|(k, ip, _)| (IpNet::V4(k.ipv4), IpAddr::V4(ip)));
+            .filter(move |(k, ip, ip6)| ex.is_route_of(k, *ip, *ip6))
+            .filter_map(|(k, ip, _)| Some((IpNet::V4(k.ipv4?), IpAddr::V4(ip))));
         let v6 = self
             .table
             .leases_by_v6()
@@ -264,20 +283,30 @@ impl<'a> Routes<'a> {
 
     /// The number of routes.
     pub fn len(&self) -> usize {
-        let routes =
-            |l: &Lease| 1 + usize::from(l.key.ipv6.is_some() && l.attrs.public_ipv6.is_some());
-        let all = self.table.len() + self.table.v6_routable();
+        let routes = |l: &Lease| {
+            usize::from(l.key.ipv4.is_some())
+                + usize::from(l.key.ipv6.is_some() && l.attrs.public_ipv6.is_some())
+        };
+        let all = self.table.len() - self.table.v6_only_len() + self.table.v6_routable();
         // Less what the exclusions take away: the leases recording our address, and
         // our own lease if it records another.
         let ex = self.exclusions;
-        let by_ip: usize = ex
-            .own_ip
-            .map(|ip| self.table.by_public_ip(ip).map(routes).sum())
-            .unwrap_or(0);
+        let by_ip: usize = match ex.own_ip {
+            Some(IpAddr::V4(ip)) => self.table.by_public_ip(ip).map(routes).sum(),
+            // IPv6-only: no index by IPv6 address; such a network's leases are few
+            // enough to walk (flannel lists them all for every acquisition).
+            Some(IpAddr::V6(ip6)) => self
+                .table
+                .leases()
+                .filter(|l| l.attrs.public_ipv6 == Some(ip6))
+                .map(routes)
+                .sum(),
+            None => 0,
+        };
         let own = ex
             .own
             .and_then(|k| self.table.get(&k))
-            .filter(|l| Some(l.attrs.public_ip) != ex.own_ip)
+            .filter(|l| !ex.records_own_ip(l.attrs.public_ip, l.attrs.public_ipv6))
             .map_or(0, routes);
         all - by_ip - own
     }
@@ -295,7 +324,7 @@ impl<'a> Routes<'a> {
                 // at or before the address.
                 let probe = LeaseKey::v4(Ipv4Net::new(a, 32).ok()?);
                 let l = self.table.leases_back_from(probe).next()?;
-                l.key.ipv4.has(a).then_some(l)?
+                l.key.ipv4.is_some_and(|n| n.has(a)).then_some(l)?
             }
             IpAddr::V6(a) => {
                 let l = self

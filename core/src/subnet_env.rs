@@ -9,6 +9,10 @@
 //! FLANNEL_MTU=1472
 //! FLANNEL_IPMASQ=false
 //! ```
+//!
+//! An IPv6-only node's file has no `FLANNEL_NETWORK`/`FLANNEL_SUBNET` lines at all,
+//! only `FLANNEL_IPV6_NETWORK`/`FLANNEL_IPV6_SUBNET` (flannel's pkg/subnet/subnet.go:78-87
+//! writes each pair only when its family is enabled).
 
 use std::fmt::Write as _;
 
@@ -68,17 +72,17 @@ impl SubnetEnv {
         mtu: u32,
         ipmasq: bool,
     ) -> Self {
-        let host4 = match first_host(&IpNet::V4(lease.ipv4)) {
-            IpNet::V4(n) => n,
-            IpNet::V6(_) => unreachable!("first host of a v4 subnet is v4"),
-        };
+        let host4 = lease.ipv4.and_then(|n| match first_host(&IpNet::V4(n)) {
+            IpNet::V4(n) => Some(n),
+            IpNet::V6(_) => None,
+        });
         let host6 = lease.ipv6.map(|n| match first_host(&IpNet::V6(n)) {
             IpNet::V6(n) => n,
             IpNet::V4(_) => unreachable!("first host of a v6 subnet is v6"),
         });
         SubnetEnv {
-            network,
-            subnet: Some(host4),
+            network: network.filter(|_| host4.is_some()),
+            subnet: host4,
             ipv6_network: ipv6_network.filter(|_| host6.is_some()),
             ipv6_subnet: host6,
             mtu: Some(mtu),
@@ -148,12 +152,12 @@ impl SubnetEnv {
         Ok(env)
     }
 
-    /// The lease key this file records, to be preferred on the next acquisition.
+    /// The lease key this file records, to be preferred on the next acquisition (an
+    /// IPv6-only key when it records an IPv6 subnet alone).
     pub fn previous_key(&self) -> Option<LeaseKey> {
-        Some(LeaseKey {
-            ipv4: self.subnet?.trunc(),
-            ipv6: self.ipv6_subnet.map(|n| n.trunc()),
-        })
+        let ipv4 = self.subnet.map(|n| n.trunc());
+        let ipv6 = self.ipv6_subnet.map(|n| n.trunc());
+        (ipv4.is_some() || ipv6.is_some()).then_some(LeaseKey { ipv4, ipv6 })
     }
 }
 
@@ -197,6 +201,27 @@ mod tests {
             "{text}"
         );
         assert_eq!(SubnetEnv::parse(&text).unwrap().previous_key(), Some(key));
+    }
+
+    #[test]
+    fn ipv6_only_has_no_ipv4_lines() {
+        // flannel's WriteSubnetFile with EnableIPv4 false (pkg/subnet/subnet.go:78-89).
+        let key: LeaseKey = "0.0.0.0-0&fc00:0:0:4::-64".parse().unwrap();
+        let env = SubnetEnv::for_lease(None, Some("fc00::/48".parse().unwrap()), &key, 1430, false);
+        let text = env.render();
+        assert_eq!(
+            text,
+            "FLANNEL_IPV6_NETWORK=fc00::/48\nFLANNEL_IPV6_SUBNET=fc00:0:0:4::1/64\nFLANNEL_MTU=1430\nFLANNEL_IPMASQ=false\n"
+        );
+        let back = SubnetEnv::parse(&text).unwrap();
+        assert_eq!(back, env);
+        assert_eq!(back.previous_key(), Some(key));
+        assert_eq!(
+            SubnetEnv::parse("FLANNEL_MTU=1430\n")
+                .unwrap()
+                .previous_key(),
+            None
+        );
     }
 
     #[test]

@@ -274,7 +274,7 @@ impl Reference {
                 self.expect.insert(addr, l.start);
             }
         } else if let Some(prev) = c.subnet_files.get(&addr) {
-            let start = u32::from(prev.ipv4.network());
+            let start = u32::from(prev.ipv4.expect("IPv4 lease").network());
             let free = !leases.iter().any(|l| l.start == start);
             if alone && free && !c.is_unavailable() {
                 self.at_join.insert(addr, start);
@@ -376,7 +376,9 @@ fn apply(c: &mut Cluster, r: &mut Reference, t: &Transition) -> Result<(), Strin
 /// store, and the reservations are all there, as written.
 fn check_step(c: &Cluster, r: &mut Reference) -> Result<(), String> {
     for (addr, want) in std::mem::take(&mut r.at_join) {
-        let held = c.held(addr).map(|k| u32::from(k.ipv4.network()));
+        let held = c
+            .held(addr)
+            .map(|k| u32::from(k.ipv4.expect("IPv4 lease").network()));
         if held.is_some_and(|h| h != want) {
             return Err(format!(
                 "{addr} joined alone and took {:?}, not its subnet file's free {}",
@@ -401,7 +403,12 @@ fn check_step(c: &Cluster, r: &mut Reference) -> Result<(), String> {
         }
         let lease = n.node.lease();
         let recovered = lease.is_some_and(|l| l.mod_revision > r.outage_ended_at);
-        let held = lease.map(|l| (u32::from(l.key.ipv4.network()), l.create_revision));
+        let held = lease.map(|l| {
+            (
+                u32::from(l.key.ipv4.expect("IPv4 lease").network()),
+                l.create_revision,
+            )
+        });
         if let Some(before) = r.steady.get(addr) {
             if held != Some(*before) {
                 return Err(format!(
@@ -429,7 +436,10 @@ fn check_step(c: &Cluster, r: &mut Reference) -> Result<(), String> {
 fn check_settled(c: &Cluster, r: &Reference) -> Result<(), String> {
     let leases = stored(c)?;
     for (addr, n) in &c.nodes {
-        let held = n.node.lease().map(|l| u32::from(l.key.ipv4.network()));
+        let held = n
+            .node
+            .lease()
+            .map(|l| u32::from(l.key.ipv4.expect("IPv4 lease").network()));
         if let Some(want) = r.expect.get(addr) {
             if held != Some(*want) {
                 return Err(format!(

@@ -27,7 +27,13 @@ fn packet(src: Ipv4Addr, dst: Ipv4Addr, ttl: u8) -> Vec<u8> {
 }
 
 fn host(c: &Cluster, node: u8, n: u8) -> Ipv4Addr {
-    let net = c.held(ip(node)).unwrap().ipv4.network().octets();
+    let net = c
+        .held(ip(node))
+        .unwrap()
+        .ipv4
+        .expect("IPv4 lease")
+        .network()
+        .octets();
     Ipv4Addr::new(net[0], net[1], net[2], n)
 }
 

@@ -13,7 +13,9 @@ use crate::DatapathError;
 pub struct ExternalInterface {
     /// The link.
     pub link: Link,
-    /// Its IPv4 address: the node's public IP unless overridden.
+    /// Its IPv4 address: the node's public IP unless overridden. `0.0.0.0` on a host
+    /// with IPv6 alone running an IPv6-only network ([`IfaceSelector::ipv6_only`]),
+    /// which is the `PublicIP` flannel records there.
     pub ip: Ipv4Addr,
     /// Its first global IPv6 address, if it has one: the node's public IPv6 address
     /// unless overridden (flannel's `ExtV6Addr`).
@@ -30,12 +32,24 @@ pub struct IfaceSelector {
     /// `--iface-can-reach`: the interface the main table routes this address out of,
     /// when neither of the above is given.
     pub can_reach: Option<Ipv4Addr>,
+    /// The network is IPv6-only (`EnableIPv4: false`): an `--iface` (or `--iface-regex`)
+    /// link with a global IPv6 address and no IPv4 one will do, its IPv4 address
+    /// standing as `0.0.0.0`. Set by the daemon from the network config.
+    pub ipv6_only: bool,
 }
 
-async fn with_ip(nl: &Netlink, link: Link) -> Result<Option<ExternalInterface>, DatapathError> {
+async fn with_ip(
+    nl: &Netlink,
+    link: Link,
+    ipv6_only: bool,
+) -> Result<Option<ExternalInterface>, DatapathError> {
     let ip = nl.ipv4_addresses(link.index).await?.into_iter().next();
     match ip {
         Some(ip) => Ok(Some(external(nl, link, ip).await?)),
+        None if ipv6_only => {
+            let found = external(nl, link, Ipv4Addr::UNSPECIFIED).await?;
+            Ok(found.ipv6.is_some().then_some(found))
+        }
         None => Ok(None),
     }
 }
@@ -63,7 +77,7 @@ impl IfaceSelector {
                     }
                 }
             } else if let Some(link) = links.iter().find(|l| &l.name == want) {
-                if let Some(found) = with_ip(nl, link.clone()).await? {
+                if let Some(found) = with_ip(nl, link.clone(), self.ipv6_only).await? {
                     return Ok(found);
                 }
             }
@@ -77,8 +91,8 @@ impl IfaceSelector {
             for link in &links {
                 let ips = nl.ipv4_addresses(link.index).await?;
                 if re.is_match(&link.name) {
-                    if let Some(ip) = ips.first() {
-                        return external(nl, link.clone(), *ip).await;
+                    if let Some(found) = with_ip(nl, link.clone(), self.ipv6_only).await? {
+                        return Ok(found);
                     }
                 }
                 if let Some(ip) = ips.iter().find(|ip| re.is_match(&ip.to_string())) {
@@ -87,8 +101,13 @@ impl IfaceSelector {
             }
         }
         if !self.ifaces.is_empty() || !self.regexes.is_empty() {
+            let which = if self.ipv6_only {
+                "an IPv4 or a global IPv6 address"
+            } else {
+                "an IPv4 address"
+            };
             return Err(DatapathError::NotFound(format!(
-                "no interface with an IPv4 address matches --iface {:?} / --iface-regex {:?}",
+                "no interface with {which} matches --iface {:?} / --iface-regex {:?}",
                 self.ifaces, self.regexes
             )));
         }
@@ -111,7 +130,7 @@ impl IfaceSelector {
                 DatapathError::NotFound(format!("the default route's link {index} is gone"))
             })?;
         let name = link.name.clone();
-        with_ip(nl, link).await?.ok_or_else(|| {
+        with_ip(nl, link, self.ipv6_only).await?.ok_or_else(|| {
             DatapathError::NotFound(format!(
                 "the default route's interface {name} has no IPv4 address"
             ))

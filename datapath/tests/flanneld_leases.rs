@@ -65,13 +65,11 @@ fn stored_value_v6(
             if let NodeEvent::Lease(AllocEvent::Acquired { lease, .. }) = event {
                 let key = format!("{}{}", subnets_prefix(PREFIX), lease.key);
                 if let Some(v6) = lease.key.ipv6 {
-                    let want = format!(
-                        "{}-{}&{}-{}",
-                        lease.key.ipv4.network(),
-                        lease.key.ipv4.prefix_len(),
-                        v6.network(),
-                        v6.prefix_len()
-                    );
+                    // An IPv6-only lease's IPv4 part is flannel's empty ip.IP4Net.
+                    let v4 = lease.key.ipv4.map_or("0.0.0.0-0".to_string(), |n| {
+                        format!("{}-{}", n.network(), n.prefix_len())
+                    });
+                    let want = format!("{v4}&{}-{}", v6.network(), v6.prefix_len());
                     assert!(key.ends_with(&format!("/subnets/{want}")), "{key}");
                 }
                 let entry = store.get(&key).expect("get").expect("the lease is stored");
@@ -119,6 +117,14 @@ fn vxlan_lease_is_flanneld_s() {
         Some(plan::lease_data(1, plan::vtep_mac_v6(ip6, 1))),
     );
     assert_eq!(dual, fixture("vxlan-dual-stack"));
+    // IPv6-only: the second device alone, so no BackendData.
+    let v6_only = stored_value_v6(
+        r#"{"EnableIPv4":false,"EnableIPv6":true,"IPv6Network":"fc00::/48","Backend":{"Type":"vxlan"}}"#,
+        Some(ip6),
+        None,
+        Some(plan::lease_data(1, plan::vtep_mac_v6(ip6, 1))),
+    );
+    assert_eq!(v6_only, fixture("vxlan-ipv6-only"));
 }
 
 #[test]
@@ -135,6 +141,12 @@ fn host_gw_lease_is_flanneld_s() {
         None,
     );
     assert_eq!(dual, fixture("host-gw-dual-stack"));
+    let v6_only = stored_value(
+        r#"{"EnableIPv4":false,"EnableIPv6":true,"IPv6Network":"fc00::/48","Backend":{"Type":"host-gw"}}"#,
+        Some("2001:db8::2".parse().unwrap()),
+        None,
+    );
+    assert_eq!(v6_only, fixture("host-gw-ipv6-only"));
 }
 
 #[test]
@@ -150,6 +162,12 @@ fn flanneld_s_and_older_weft_s_values_both_read_and_flanneld_s_round_trip() {
         let text = fixture(name);
         let attrs = LeaseAttrs::decode(name, text.as_bytes()).expect(name);
         assert_eq!(attrs.public_ip, PUBLIC_IP, "{name}");
+        assert_eq!(String::from_utf8(attrs.encode()).unwrap(), text, "{name}");
+    }
+    for name in ["vxlan-ipv6-only", "host-gw-ipv6-only"] {
+        let text = fixture(name);
+        let attrs = LeaseAttrs::decode(name, text.as_bytes()).expect(name);
+        assert_eq!(attrs.public_ip, Ipv4Addr::UNSPECIFIED, "{name}");
         assert_eq!(String::from_utf8(attrs.encode()).unwrap(), text, "{name}");
     }
     // What weft wrote before it matched flanneld, and flanneld's own oldest udp form.

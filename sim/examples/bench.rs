@@ -195,7 +195,7 @@ fn mass_join(nodes: usize, watches: bool) {
         .hosts
         .iter()
         .filter_map(|h| h.lease_key())
-        .map(|k| k.ipv4)
+        .filter_map(|k| k.ipv4)
         .collect();
     subnets.sort();
     let overlaps = subnets

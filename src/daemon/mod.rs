@@ -247,6 +247,8 @@ pub async fn run(args: DaemonArgs) -> Result<()> {
             ifaces: args.iface,
             regexes: args.iface_regex,
             can_reach: args.iface_can_reach,
+            // Set by the daemon once it has read the network config.
+            ipv6_only: false,
         },
         public_ip: args.public_ip,
         public_ipv6: args.public_ipv6,

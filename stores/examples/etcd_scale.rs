@@ -347,7 +347,13 @@ async fn weft(args: &Args, space: SubnetSpace) -> Report {
                 }
                 node
             });
-            (i, lease.key.ipv4, latency, phases, (stop, drain))
+            (
+                i,
+                lease.key.ipv4.expect("an IPv4 lease"),
+                latency,
+                phases,
+                (stop, drain),
+            )
         });
     }
     let mut joined = Vec::new();
@@ -467,7 +473,7 @@ async fn flannel_node(
             })
             .collect();
         let (leases, _) = decode_all(&sp, &entries);
-        let taken: BTreeSet<_> = leases.iter().map(|l| l.key.ipv4).collect();
+        let taken: BTreeSet<_> = leases.iter().filter_map(|l| l.key.ipv4).collect();
         let subnet = flannel_pick(&space, &taken).expect("out of subnets");
         let key = format!("{sp}{}-{}", subnet.network(), subnet.prefix_len());
         round_trips += 1;

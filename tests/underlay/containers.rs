@@ -12,18 +12,10 @@ impl Underlay {
     /// host. Returns the container's address.
     pub fn add_container(&mut self, i: usize) -> Ipv4Addr {
         let subnet = self.hosts[i - 1].subnet.expect("start the host first");
-        let c = self.add_ns(&format!("c{i}"));
-        let h = self.hosts[i - 1].ns.clone();
+        let (h, c) = self.add_veth(i);
         let base = u32::from(subnet.network());
         let (gw, ip) = (Ipv4Addr::from(base + 1), Ipv4Addr::from(base + 2));
         let len = subnet.prefix_len();
-        run(
-            "ip",
-            &[
-                "-n", &h, "link", "add", "veth0", "type", "veth", "peer", "name", "eth0", "netns",
-                &c,
-            ],
-        );
         run(
             "ip",
             &[
@@ -36,7 +28,6 @@ impl Underlay {
                 "veth0",
             ],
         );
-        run("ip", &["-n", &h, "link", "set", "veth0", "up"]);
         run(
             "ip",
             &[
@@ -49,13 +40,30 @@ impl Underlay {
                 "eth0",
             ],
         );
-        run("ip", &["-n", &c, "link", "set", "eth0", "up"]);
         run(
             "ip",
             &["-n", &c, "route", "add", "default", "via", &gw.to_string()],
         );
-        self.hosts[i - 1].container = Some(c);
         ip
+    }
+
+    /// A container namespace behind host `i` with no address yet: the veth pair
+    /// (`veth0` on the host, `eth0` in the container), both ends up. Returns the host's
+    /// and the container's namespace names.
+    pub fn add_veth(&mut self, i: usize) -> (String, String) {
+        let c = self.add_ns(&format!("c{i}"));
+        let h = self.hosts[i - 1].ns.clone();
+        run(
+            "ip",
+            &[
+                "-n", &h, "link", "add", "veth0", "type", "veth", "peer", "name", "eth0", "netns",
+                &c,
+            ],
+        );
+        run("ip", &["-n", &h, "link", "set", "veth0", "up"]);
+        run("ip", &["-n", &c, "link", "set", "eth0", "up"]);
+        self.hosts[i - 1].container = Some(c.clone());
+        (h, c)
     }
 
     /// A container's address.

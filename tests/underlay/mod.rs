@@ -344,6 +344,41 @@ impl Underlay {
 
     /// [`Underlay::start_with`], with variables in the daemon's environment.
     pub fn start_env(&mut self, i: usize, flags: &[&str], env: &[(&str, &str)]) -> ipnet::Ipv4Net {
+        let text = self.launch(i, flags, env);
+        let subnet: ipnet::Ipv4Net = text
+            .lines()
+            .find_map(|l| l.strip_prefix("FLANNEL_SUBNET="))
+            .unwrap_or_else(|| panic!("h{i}: no FLANNEL_SUBNET in\n{text}"))
+            .parse()
+            .unwrap();
+        let subnet = subnet.trunc();
+        let h = &mut self.hosts[i - 1];
+        if let Some(old) = h.subnet {
+            assert_eq!(old, subnet, "h{i} came back on another subnet");
+        }
+        h.subnet = Some(subnet);
+        subnet
+    }
+
+    /// Starts host `i`'s daemon on an IPv6-only network (`EnableIPv4: false`): its
+    /// subnet.env has no IPv4 lines at all (flannel's WriteSubnetFile), only
+    /// `FLANNEL_IPV6_SUBNET`; returns that subnet.
+    pub fn start6(&mut self, i: usize) -> ipnet::Ipv6Net {
+        self.start6_env(i, &[])
+    }
+
+    /// [`Underlay::start6`] with variables in the daemon's environment.
+    pub fn start6_env(&mut self, i: usize, env: &[(&str, &str)]) -> ipnet::Ipv6Net {
+        let text = self.launch(i, &[], env);
+        assert!(
+            !text.contains("FLANNEL_NETWORK=") && !text.contains("FLANNEL_SUBNET="),
+            "h{i}: IPv4 lines in an IPv6-only subnet.env:\n{text}"
+        );
+        self.subnet6(i)
+    }
+
+    /// Starts host `i`'s daemon and waits (bounded) for its subnet.env; returns its text.
+    fn launch(&mut self, i: usize, flags: &[&str], env: &[(&str, &str)]) -> String {
         let store = self.store.clone();
         let ttl = self.lease_ttl.to_string();
         let dir = self.dir.path().to_path_buf();
@@ -393,18 +428,7 @@ impl Underlay {
             );
             std::thread::sleep(Duration::from_millis(100));
         };
-        let subnet: ipnet::Ipv4Net = text
-            .lines()
-            .find_map(|l| l.strip_prefix("FLANNEL_SUBNET="))
-            .unwrap()
-            .parse()
-            .unwrap();
-        let subnet = subnet.trunc();
-        if let Some(old) = h.subnet {
-            assert_eq!(old, subnet, "h{i} came back on another subnet");
-        }
-        h.subnet = Some(subnet);
-        subnet
+        text
     }
 
     /// Stops host `i`'s daemon by SIGTERM to its PID (a clean stop: the lease stays).

@@ -62,6 +62,15 @@ impl Underlay {
         }
     }
 
+    /// Takes every IPv4 address (and so the IPv4 default route) off every host's `eth0`:
+    /// hosts with IPv6 alone, for IPv6-only networks. Their etcd relays listen on
+    /// loopback and keep working.
+    pub fn drop_ipv4(&mut self) {
+        for h in &self.hosts {
+            run("ip", &["-n", &h.ns, "-4", "addr", "flush", "dev", "eth0"]);
+        }
+    }
+
     /// Host `i`'s IPv6 subnet, from its subnet.env.
     pub fn subnet6(&self, i: usize) -> ipnet::Ipv6Net {
         let text = std::fs::read_to_string(&self.hosts[i - 1].env).unwrap();
@@ -206,6 +215,45 @@ impl Underlay {
         }
         drop(conn);
         [sent.done(), receiver.join().unwrap()]
+    }
+
+    /// A container behind host `i` of an IPv6-only network: the veth pair, then
+    /// [`Underlay::add_container6`] alone (no IPv4 address anywhere).
+    pub fn add_container_v6_only(&mut self, i: usize) -> Ipv6Addr {
+        self.add_veth(i);
+        self.add_container6(i)
+    }
+
+    /// Host `i`'s IPv6-only lease key, as flannel writes it: the empty IPv4 net, then
+    /// its IPv6 subnet (`MakeSubnetKey`, pkg/subnet/subnet.go:62-68).
+    pub fn lease_key6(&self, i: usize) -> String {
+        let s = self.subnet6(i);
+        format!(
+            "{PREFIX}/subnets/0.0.0.0-0&{}-{}",
+            s.network(),
+            s.prefix_len()
+        )
+    }
+
+    /// Host `i`'s IPv6-only lease key as etcd holds it: the one key under the subnets
+    /// prefix ending in `&<its IPv6 subnet>`.
+    pub fn lease_key_in6(&self, i: usize, etcd: &weft_stores::testing::Etcd) -> String {
+        let s = self.subnet6(i);
+        let tail = format!("&{}-{}", s.network(), s.prefix_len());
+        let out = etcd.etcdctl(&[
+            "get",
+            "--prefix",
+            "--keys-only",
+            &format!("{PREFIX}/subnets/"),
+        ]);
+        let keys: Vec<String> = String::from_utf8(out.stdout)
+            .unwrap()
+            .lines()
+            .filter(|k| k.ends_with(&tail))
+            .map(String::from)
+            .collect();
+        assert_eq!(keys.len(), 1, "h{i}'s lease in etcd: {keys:?}");
+        keys[0].clone()
     }
 
     /// Host `i`'s lease key as etcd holds it (with its `&<IPv6 subnet>` part when it

@@ -145,7 +145,8 @@ impl Allocator {
         let reusable = table
             .by_public_ip(self.cfg.public_ip)
             .find(|l| {
-                self.cfg.v4_space.contains(&l.key.ipv4_net())
+                self.cfg.is_own_address(&l.attrs)
+                    && self.in_v4_space(&l.key)
                     && l.key.ipv6.is_some() == wants_v6
                     && !self.recent_conflicts.contains(&l.key)
             })
@@ -183,8 +184,18 @@ impl Allocator {
         }
     }
 
+    /// Whether `key`'s IPv4 part fits the config: in the IPv4 space, or absent when
+    /// there is none (an IPv6-only network).
+    fn in_v4_space(&self, key: &LeaseKey) -> bool {
+        match (self.cfg.v4_space, key.ipv4_net()) {
+            (Some(space), Some(net)) => space.contains(&net),
+            (None, None) => true,
+            _ => false,
+        }
+    }
+
     fn is_free(&self, key: &LeaseKey, table: &LeaseTable) -> bool {
-        let v4_ok = self.cfg.v4_space.contains(&key.ipv4_net()) && !table.is_v4_taken(key.ipv4);
+        let v4_ok = self.in_v4_space(key) && key.ipv4.is_none_or(|n| !table.is_v4_taken(n));
         let v6_ok = match (self.cfg.v6_space, key.ipv6) {
             (None, None) => true,
             (Some(space), Some(v6)) => space.contains(&IpNet::V6(v6)) && !table.is_v6_taken(v6),
@@ -211,21 +222,39 @@ impl Allocator {
     /// one; a subnet that is taken, or was just lost in a race, falls through to the
     /// random draw.
     fn pointed_at(&self) -> Option<LeaseKey> {
-        let space = &self.cfg.v4_space;
+        let Some(space) = self.cfg.v4_space else {
+            // IPv6 only: the IPv6 address points into the IPv6 space.
+            let space = self.cfg.v6_space?;
+            let ip = self.cfg.public_ipv6?;
+            let offset = u128::from(ip) % space.len();
+            let IpNet::V6(ipv6) = space.subnet_at(space.min_index() + offset) else {
+                return None;
+            };
+            return Some(LeaseKey {
+                ipv4: None,
+                ipv6: Some(ipv6),
+            });
+        };
         let offset = u128::from(u32::from(self.cfg.public_ip)) % space.len();
         let IpNet::V4(ipv4) = space.subnet_at(space.min_index() + offset) else {
             return None;
         };
         let ipv6 = match self.cfg.v6_space {
             None => None,
-            Some(v6_space) => Some(pair_of(space, &v6_space, ipv4)?),
+            Some(v6_space) => Some(pair_of(&space, &v6_space, ipv4)?),
         };
-        Some(LeaseKey { ipv4, ipv6 })
+        Some(LeaseKey {
+            ipv4: Some(ipv4),
+            ipv6,
+        })
     }
 
     fn pick_random(&mut self, table: &LeaseTable) -> Result<LeaseKey, AllocError> {
-        let conflicted_v4: BTreeSet<Ipv4Net> =
-            self.recent_conflicts.iter().map(|k| k.ipv4).collect();
+        let conflicted_v4: BTreeSet<Ipv4Net> = self
+            .recent_conflicts
+            .iter()
+            .filter_map(|k| k.ipv4)
+            .collect();
         // A subnet of a key that a create just found existing is taken, though the
         // table may not show it yet.
         let conflicted_v6: BTreeSet<Ipv6Net> = self
@@ -235,39 +264,56 @@ impl Allocator {
             .collect();
         let v4_taken = |n: Ipv4Net| table.is_v4_taken(n) || conflicted_v4.contains(&n);
         let v6_taken = |n: Ipv6Net| table.is_v6_taken(n) || conflicted_v6.contains(&n);
+        // IPv6-only: an IPv6 subnet alone, drawn as the IPv4 one is on an IPv4 network.
+        // flannel's etcd allocator walks an IPv4 range here too
+        // (pkg/subnet/etcd/local_manager.go:234-248, SubnetMin = SubnetMax = 0/0 overlaps
+        // every lease) and so cannot place a second IPv6-only node.
+        let Some(v4_space) = self.cfg.v4_space else {
+            let Some(space) = self.cfg.v6_space else {
+                return Err(AllocError::NoSpace);
+            };
+            let v6 = pick_free(&mut self.rng, &space, |n| {
+                let IpNet::V6(n) = n else { return true };
+                v6_taken(n)
+            })
+            .map_err(|taken| out_of(&space, taken))?;
+            let IpNet::V6(ipv6) = v6 else {
+                unreachable!("the v6 space yields IPv6 subnets")
+            };
+            return Ok(LeaseKey::v6(ipv6));
+        };
         // Dual stack: an IPv4 subnet whose paired IPv6 subnet is free, first (see
         // `pick_v6`). Two nodes that draw different IPv4 subnets this way lease different
         // IPv6 ones; drawing the IPv4 subnet alone, a node whose pair was taken could
         // draw at random the IPv6 subnet another node was pairing at the same time (the
         // simulator's scenario 26 found it).
         if let Some(v6_space) = self.cfg.v6_space {
-            let v4_space = self.cfg.v4_space;
             let paired = pick_free(&mut self.rng, &v4_space, |n| {
                 let IpNet::V4(n) = n else { return true };
                 v4_taken(n) || pair_of(&v4_space, &v6_space, n).is_none_or(v6_taken)
             });
             if let Ok(IpNet::V4(ipv4)) = paired {
                 if let Some(ipv6) = pair_of(&v4_space, &v6_space, ipv4) {
-                    return Ok(LeaseKey {
-                        ipv4,
-                        ipv6: Some(ipv6),
-                    });
+                    return Ok(LeaseKey::dual(ipv4, ipv6));
                 }
             }
         }
-        let v4 = pick_free(&mut self.rng, &self.cfg.v4_space, |n| {
+        let v4 = pick_free(&mut self.rng, &v4_space, |n| {
             let IpNet::V4(n) = n else { return true };
             v4_taken(n)
         })
-        .map_err(|taken| out_of(&self.cfg.v4_space, taken))?;
+        .map_err(|taken| out_of(&v4_space, taken))?;
         let IpNet::V4(ipv4) = v4 else {
             unreachable!("the v4 space yields IPv4 subnets")
         };
         let ipv6 = match self.cfg.v6_space {
             None => None,
-            Some(space) => Some(self.pick_v6(&space, ipv4, &v6_taken)?),
+            Some(space) => Some(self.pick_v6(&v4_space, &space, ipv4, &v6_taken)?),
         };
-        Ok(LeaseKey { ipv4, ipv6 })
+        Ok(LeaseKey {
+            ipv4: Some(ipv4),
+            ipv6,
+        })
     }
 }
 
@@ -292,11 +338,12 @@ impl Allocator {
     /// random. The simulator's dual-stack scenario found this (its IPv6 overlap check).
     fn pick_v6(
         &mut self,
+        v4_space: &SubnetSpace,
         space: &SubnetSpace,
         v4: Ipv4Net,
         taken: &impl Fn(Ipv6Net) -> bool,
     ) -> Result<Ipv6Net, AllocError> {
-        if let Some(paired) = pair_of(&self.cfg.v4_space, space, v4) {
+        if let Some(paired) = pair_of(v4_space, space, v4) {
             if !taken(paired) {
                 return Ok(paired);
             }

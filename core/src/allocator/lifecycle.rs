@@ -184,7 +184,7 @@ impl Allocator {
             return false;
         }
         crate::lease::LeaseAttrs::decode(&entry.key, &entry.value)
-            .is_ok_and(|attrs| attrs.public_ip == self.cfg.public_ip)
+            .is_ok_and(|attrs| self.cfg.is_own_address(&attrs))
     }
 
     /// Our clock went back by at least `d` (we cannot tell how much real time passed

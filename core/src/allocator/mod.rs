@@ -43,11 +43,13 @@ const RENEW_RETRY_FLOOR: Duration = Duration::from_millis(100);
 /// What the allocator is told about its node.
 #[derive(Debug, Clone)]
 pub struct AllocatorConfig {
-    /// The IPv4 subnets to allocate from.
-    pub v4_space: SubnetSpace,
+    /// The IPv4 subnets to allocate from; `None` on an IPv6-only network
+    /// (`EnableIPv4: false`), whose leases hold an IPv6 subnet alone.
+    pub v4_space: Option<SubnetSpace>,
     /// The IPv6 subnets to allocate from, when IPv6 is enabled.
     pub v6_space: Option<SubnetSpace>,
-    /// The node's public IPv4 address.
+    /// The node's public IPv4 address; `0.0.0.0` on an IPv6-only network, which is what
+    /// flannel records there (its zero `ip.IP4`, pkg/lease/lease.go:43).
     pub public_ip: Ipv4Addr,
     /// The node's public IPv6 address.
     pub public_ipv6: Option<Ipv6Addr>,
@@ -75,7 +77,7 @@ impl AllocatorConfig {
     /// A config with flannel's defaults for a node with `public_ip` running `backend`.
     pub fn new(v4_space: SubnetSpace, public_ip: Ipv4Addr, backend: BackendType) -> Self {
         AllocatorConfig {
-            v4_space,
+            v4_space: Some(v4_space),
             v6_space: None,
             public_ip,
             public_ipv6: None,
@@ -87,6 +89,28 @@ impl AllocatorConfig {
             previous: None,
             retry_min: Duration::from_secs(1),
             retry_max: Duration::from_secs(30),
+        }
+    }
+
+    /// A config with flannel's defaults for a node with `public_ipv6` running `backend`
+    /// on an IPv6-only network: leases of `v6_space` alone, `PublicIP` 0.0.0.0.
+    pub fn v6_only(v6_space: SubnetSpace, public_ipv6: Ipv6Addr, backend: BackendType) -> Self {
+        let mut cfg = AllocatorConfig::new(v6_space, Ipv4Addr::UNSPECIFIED, backend);
+        cfg.v4_space = None;
+        cfg.v6_space = Some(v6_space);
+        cfg.public_ipv6 = Some(public_ipv6);
+        cfg
+    }
+
+    /// Whether a lease recording `attrs` records this node's public address: its IPv4
+    /// one, or on an IPv6-only network (where every lease says `PublicIP` 0.0.0.0) its
+    /// IPv6 one. flannel compares the IPv4 address alone
+    /// (pkg/subnet/etcd/local_manager.go:128-136), so on an IPv6-only network it would
+    /// take any peer's lease for its own.
+    pub(crate) fn is_own_address(&self, attrs: &LeaseAttrs) -> bool {
+        match self.v4_space {
+            Some(_) => attrs.public_ip == self.public_ip,
+            None => self.public_ipv6.is_some() && attrs.public_ipv6 == self.public_ipv6,
         }
     }
 
@@ -116,6 +140,9 @@ pub enum AllocError {
         /// How many of them are taken.
         taken: u128,
     },
+    /// The config gives neither an IPv4 nor an IPv6 space to allocate from.
+    #[error("no subnet space to allocate from: the config enables neither IPv4 nor IPv6")]
+    NoSpace,
     /// The store failed while acquiring.
     #[error("store failed while acquiring a lease: {0}")]
     Store(StoreError),

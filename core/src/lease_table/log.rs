@@ -201,7 +201,7 @@ mod tests {
 
     fn table() -> LeaseTable {
         let v4 = "10.5.0.0/16".parse().expect("net");
-        LeaseTable::new(PREFIX).within(v4, None)
+        LeaseTable::new(PREFIX).within(Some(v4), None)
     }
 
     type Change<'a> = Box<dyn Fn(&mut StoreModel) + 'a>;

@@ -92,11 +92,12 @@ pub struct LeaseTable {
     contents: Arc<Contents>,
     revision: Revision,
     synced: bool,
-    /// The overlay networks; leases outside them are skipped (when set).
-    networks: Option<(Ipv4Net, Option<Ipv6Net>)>,
+    /// The overlay networks (no IPv4 one on an IPv6-only network); leases outside them
+    /// are skipped (when set).
+    networks: Option<(Option<Ipv4Net>, Option<Ipv6Net>)>,
     /// The subnet lengths of those networks; leases of another length are skipped (when
     /// set).
-    subnet_lens: Option<(u8, Option<u8>)>,
+    subnet_lens: Option<(Option<u8>, Option<u8>)>,
 }
 
 impl LeaseTable {
@@ -110,8 +111,9 @@ impl LeaseTable {
 
     /// The same table, skipping (and reporting once) every lease whose IPv4 subnet lies
     /// outside `v4`, or whose IPv6 subnet lies outside `v6`: someone else's mistake
-    /// must neither be routed to nor stop the node.
-    pub fn within(mut self, v4: Ipv4Net, v6: Option<Ipv6Net>) -> Self {
+    /// must neither be routed to nor stop the node. On an IPv6-only network (`v4`
+    /// `None`) a lease without an IPv6 subnet lies outside it too.
+    pub fn within(mut self, v4: Option<Ipv4Net>, v6: Option<Ipv6Net>) -> Self {
         self.networks = Some((v4, v6));
         self
     }
@@ -121,7 +123,7 @@ impl LeaseTable {
     /// network's `SubnetLen`, and one of another size written by someone else (a /16
     /// over the whole network, a /25 inside a peer's /24) would overlap the leases of
     /// others and draw their traffic.
-    pub fn of_subnet_len(mut self, v4: u8, v6: Option<u8>) -> Self {
+    pub fn of_subnet_len(mut self, v4: Option<u8>, v6: Option<u8>) -> Self {
         self.subnet_lens = Some((v4, v6));
         self
     }
@@ -155,13 +157,17 @@ impl LeaseTable {
                 key: lease.key.to_string(),
                 network,
             };
-            if !v4.contains(&lease.key.ipv4) {
-                return Err(outside(IpNet::V4(v4)));
+            match (v4, lease.key.ipv4) {
+                (Some(v4), Some(key)) if !v4.contains(&key) => return Err(outside(IpNet::V4(v4))),
+                // An IPv6-only lease on an IPv4 network, or an IPv4-only one on an
+                // IPv6-only network: no subnet of ours.
+                (Some(v4), None) => return Err(outside(IpNet::V4(v4))),
+                _ => {}
             }
-            if let (Some(v6), Some(key)) = (v6, lease.key.ipv6) {
-                if !v6.contains(&key) {
-                    return Err(outside(IpNet::V6(v6)));
-                }
+            match (v6, lease.key.ipv6) {
+                (Some(v6), Some(key)) if !v6.contains(&key) => return Err(outside(IpNet::V6(v6))),
+                (Some(v6), None) if v4.is_none() => return Err(outside(IpNet::V6(v6))),
+                _ => {}
             }
         }
         if let Some((v4, v6)) = self.subnet_lens {
@@ -169,8 +175,10 @@ impl LeaseTable {
                 key: lease.key.to_string(),
                 want,
             };
-            if lease.key.ipv4.prefix_len() != v4 {
-                return Err(wrong(v4));
+            if let (Some(v4), Some(key)) = (v4, lease.key.ipv4) {
+                if key.prefix_len() != v4 {
+                    return Err(wrong(v4));
+                }
             }
             if let (Some(v6), Some(key)) = (v6, lease.key.ipv6) {
                 if key.prefix_len() != v6 {
@@ -210,6 +218,16 @@ impl LeaseTable {
             .leases
             .iter()
             .map(|(k, h)| (k, h.public_ip, h.public_ipv6))
+    }
+
+    /// How many leases have no IPv4 subnet (IPv6-only leases). They sort first; on an
+    /// IPv4 or dual-stack network there are none and this costs nothing.
+    pub fn v6_only_len(&self) -> usize {
+        self.contents
+            .leases
+            .keys()
+            .take_while(|k| k.ipv4.is_none())
+            .count()
     }
 
     /// How many leases have both an IPv6 subnet and a public IPv6 address.
@@ -257,7 +275,7 @@ impl LeaseTable {
     /// Whether some lease (valid or not) occupies this IPv4 subnet.
     pub fn is_v4_taken(&self, subnet: Ipv4Net) -> bool {
         let probe = LeaseKey::v4(subnet);
-        let hit = |k: Option<&LeaseKey>| k.is_some_and(|k| k.ipv4 == subnet);
+        let hit = |k: Option<&LeaseKey>| k.is_some_and(|k| k.ipv4 == Some(subnet));
         let c = &self.contents;
         hit(c.leases.range(probe..).next().map(|(k, _)| k))
             || hit(c.unusable.range(probe..).next().map(|(k, _)| k))
@@ -271,14 +289,14 @@ impl LeaseTable {
     /// The IPv4 subnets of all occupied keys within `[min, max]`, in order.
     pub fn v4_taken_in(&self, min: Ipv4Net, max: Ipv4Net) -> BTreeSet<Ipv4Net> {
         let lo = LeaseKey::v4(min);
-        let in_range = |k: &&LeaseKey| k.ipv4 <= max;
+        let in_range = |k: &&LeaseKey| k.ipv4 <= Some(max);
         let c = &self.contents;
         c.leases
             .range(lo..)
             .map(|(k, _)| k)
             .take_while(in_range)
             .chain(c.unusable.range(lo..).map(|(k, _)| k).take_while(in_range))
-            .map(|k| k.ipv4)
+            .filter_map(|k| k.ipv4)
             .collect()
     }
 
@@ -485,7 +503,7 @@ mod tests {
     #[test]
     fn leases_outside_the_network_are_skipped_once_and_never_routed() {
         let network: Ipv4Net = "10.5.0.0/16".parse().expect("net");
-        let mut table = LeaseTable::new("/n/subnets/").within(network, None);
+        let mut table = LeaseTable::new("/n/subnets/").within(Some(network), None);
         let listing = Listing {
             entries: vec![entry("10.5.1.0-24", 1), entry("10.6.1.0-24", 2)],
             revision: 2,
@@ -558,8 +576,8 @@ mod tests {
     fn leases_of_another_size_are_skipped_never_routed_nor_taken_for_their_neighbours() {
         let network: Ipv4Net = "10.5.0.0/16".parse().expect("net");
         let mut table = LeaseTable::new("/n/subnets/")
-            .within(network, None)
-            .of_subnet_len(24, None);
+            .within(Some(network), None)
+            .of_subnet_len(Some(24), None);
         let listing = Listing {
             entries: vec![
                 entry("10.5.0.0-16", 1),
@@ -588,12 +606,9 @@ mod tests {
     #[test]
     fn a_flannel_ipv6_only_lease_is_skipped_never_routed_as_0_0_0_0_slash_0() {
         // flanneld with EnableIPv4: false writes MakeSubnetKey(ip.IP4Net{}, sn6) and
-        // PublicIP 0.0.0.0. weft does not run IPv6-only yet; until it does, such a lease
-        // in a shared store must not become a route to every IPv4 address.
-        let (v4, v6) = (
-            "10.5.0.0/16".parse().expect("net"),
-            "fc00::/48".parse().ok(),
-        );
+        // PublicIP 0.0.0.0. On a dual-stack network such a lease has no IPv4 subnet of
+        // ours; it must not become a route to every IPv4 address.
+        let (v4, v6) = ("10.5.0.0/16".parse().ok(), "fc00::/48".parse().ok());
         let mut table = LeaseTable::new("/n/subnets/").within(v4, v6);
         let v6_only = Entry {
             value: br#"{"PublicIP":"0.0.0.0","PublicIPv6":"2001:db8::7","BackendType":"vxlan"}"#
@@ -614,5 +629,38 @@ mod tests {
         assert!(table
             .get_v6(&"fc00:0:0:5::/64".parse().expect("net"))
             .is_none());
+    }
+
+    #[test]
+    fn an_ipv6_only_table_holds_ipv6_only_leases_and_skips_the_others() {
+        let v6: Ipv6Net = "fc00::/48".parse().expect("net");
+        let mut table = LeaseTable::new("/n/subnets/")
+            .within(None, Some(v6))
+            .of_subnet_len(None, Some(64));
+        let v6_entry = |name: &str, ip: &str, revision| Entry {
+            value: format!(r#"{{"PublicIP":"0.0.0.0","PublicIPv6":"{ip}"}}"#).into_bytes(),
+            ..entry(name, revision)
+        };
+        let listing = Listing {
+            entries: vec![
+                v6_entry("0.0.0.0-0&fc00:0:0:5::-64", "2001:db8::5", 1),
+                v6_entry("0.0.0.0-0&fc00:0:0:6::-64", "2001:db8::6", 2),
+                // IPv4 alone: nothing of an IPv6-only network.
+                entry("10.5.1.0-24", 3),
+                // Outside the IPv6 network, and of the wrong size.
+                v6_entry("0.0.0.0-0&fc01:0:0:1::-64", "2001:db8::9", 4),
+                v6_entry("0.0.0.0-0&fc00:0:0:7::-80", "2001:db8::9", 5),
+            ],
+            revision: 5,
+        };
+        let (changes, skipped) = table.replace(&listing);
+        assert_eq!((changes.len(), table.len(), skipped.len()), (2, 2, 3));
+        // Two IPv6-only leases share the (absent) IPv4 subnet yet neither takes the other's.
+        assert!(table.is_v6_taken("fc00:0:0:5::/64".parse().expect("net")));
+        assert!(table.is_v6_taken("fc00:0:0:6::/64".parse().expect("net")));
+        assert!(!table.is_v6_taken("fc00:0:0:7::/64".parse().expect("net")));
+        let unspecified = Ipv4Addr::UNSPECIFIED;
+        assert_eq!(table.by_public_ip(unspecified).count(), 2);
+        assert_eq!(table.v6_only_len(), 2);
     }
 }

@@ -96,7 +96,7 @@ pub struct Node {
     routes: RouteTable,
     allocator: Allocator,
     /// The networks, for the forwarding table.
-    spaces: (SubnetSpace, Option<SubnetSpace>),
+    spaces: (Option<SubnetSpace>, Option<SubnetSpace>),
     /// The forwarding table as last built; rebuilt from the routes when `forward_stale`,
     /// at the next poll (a node of a large cluster hears many changes between two
     /// packets, and keeps no second copy of its routes).
@@ -142,12 +142,15 @@ impl Node {
         let (retry_min, retry_max) = (config.alloc.retry_min, config.alloc.retry_max);
         let table = config.lease_table();
         let spaces = (config.alloc.v4_space, config.alloc.v6_space);
-        let forward = ForwardTable::new(Some(spaces.0), spaces.1);
+        let forward = ForwardTable::new(spaces.0, spaces.1);
         let mut rng = ChaCha8Rng::seed_from_u64(seed);
         rng.set_stream(1);
         let mut node = Node {
             table,
-            routes: RouteTable::of_node(config.alloc.public_ip),
+            routes: match (config.alloc.v4_space, config.alloc.public_ipv6) {
+                (None, Some(ip6)) => RouteTable::of_v6_node(ip6),
+                _ => RouteTable::of_node(config.alloc.public_ip),
+            },
             allocator: Allocator::new(config.alloc, &subnets_prefix, seed),
             spaces,
             forward: Arc::new(forward),
@@ -236,9 +239,9 @@ impl Node {
     }
 
     fn build_forward_table(&self) -> ForwardTable {
-        let mut table = ForwardTable::new(Some(self.spaces.0), self.spaces.1);
+        let mut table = ForwardTable::new(self.spaces.0, self.spaces.1);
         let (v4, v6) = match self.allocator.lease().map(|l| l.key) {
-            Some(k) => (Some(IpNet::V4(k.ipv4)), k.ipv6.map(IpNet::V6)),
+            Some(k) => (k.ipv4_net(), k.ipv6.map(IpNet::V6)),
             None => (None, None),
         };
         table.set_own(v4, v6);
@@ -312,7 +315,7 @@ impl Node {
     fn set_own(&mut self, own: Option<&Lease>) {
         let key = own.map(|l| l.key);
         let (v4, v6) = match key {
-            Some(k) => (Some(IpNet::V4(k.ipv4)), k.ipv6.map(IpNet::V6)),
+            Some(k) => (k.ipv4_net(), k.ipv6.map(IpNet::V6)),
             None => (None, None),
         };
         if self.forward.own() != (v4, v6) || self.forward_stale {

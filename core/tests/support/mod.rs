@@ -5,7 +5,7 @@
 #![allow(dead_code, clippy::unwrap_used)]
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 use std::time::Duration;
 
 use weft_core::allocator::{AllocEvent, AllocatorConfig};
@@ -64,6 +64,9 @@ pub struct Cluster {
     pub after_each_op: Option<OpCheck>,
     /// What `after_each_op` found, in order.
     pub violations: Vec<String>,
+    /// Whether `space` is an IPv6 space whose nodes run IPv6-only (`EnableIPv4:
+    /// false`): each keyed by its IPv4 address here, recording [`ip6`] of it.
+    pub v6_only: bool,
 }
 
 impl Cluster {
@@ -84,6 +87,7 @@ impl Cluster {
             watch_paused: BTreeSet::new(),
             after_each_op: None,
             violations: Vec::new(),
+            v6_only: false,
         }
     }
 
@@ -121,7 +125,11 @@ impl Cluster {
         if self.nodes.contains_key(&ip) {
             return;
         }
-        let mut alloc = AllocatorConfig::new(self.space, ip, BackendType::Alloc);
+        let mut alloc = if self.v6_only {
+            AllocatorConfig::v6_only(self.space, ip6(ip.octets()[3]), BackendType::Alloc)
+        } else {
+            AllocatorConfig::new(self.space, ip, BackendType::Alloc)
+        };
         alloc.lease_ttl = self.ttl;
         alloc.renew_margin = self.margin;
         alloc.previous = self.subnet_files.get(&ip).copied();
@@ -314,4 +322,9 @@ pub fn space(network: &str, subnet_len: u8) -> SubnetSpace {
 
 pub fn ip(i: u8) -> Ipv4Addr {
     Ipv4Addr::new(192, 0, 2, i)
+}
+
+/// The public IPv6 address of node `i` of an IPv6-only cluster.
+pub fn ip6(i: u8) -> Ipv6Addr {
+    Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, u16::from(i))
 }

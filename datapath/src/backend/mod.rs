@@ -188,14 +188,27 @@ pub fn create(setup: BackendSetup) -> Result<Box<dyn Backend>, DatapathError> {
     }
 }
 
-/// The overlay network as IPv4, for backends that route it.
-fn ipv4_network(setup: &BackendSetup) -> Result<Ipv4Net, DatapathError> {
-    setup.network.network.ok_or_else(|| {
-        DatapathError::Unsupported(format!(
-            "the {} backend needs an IPv4 Network (IPv6-only is not supported yet)",
-            setup.network.backend.kind
-        ))
-    })
+/// The overlay network as IPv4, when the config enables IPv4.
+fn ipv4_network(setup: &BackendSetup) -> Option<Ipv4Net> {
+    setup.network.network.filter(|_| setup.network.enable_ipv4)
+}
+
+/// Why `config`, an IPv6-only network (`EnableIPv4: false`), cannot run on its
+/// backend, if it cannot: wireguard in a mode that reaches peers through one session
+/// found by their `PublicIP` (`auto`, `ipv4`, `ipv6`), which an IPv6-only lease records
+/// as 0.0.0.0. Every other backend, and wireguard's `separate` mode, runs it.
+pub fn ipv6_only_refusal(config: &NetworkConfig) -> Option<String> {
+    let mode = config.backend.wireguard.as_ref()?.mode;
+    (config.backend.kind == BackendType::Wireguard
+        && mode != weft_core::config::WireguardMode::Separate)
+        .then(|| {
+            format!(
+                "the wireguard backend runs IPv6-only networks (EnableIPv4: false) in Mode \
+                 \"separate\" (the default) only: Mode \"{}\" keeps one session per peer, \
+                 found by its PublicIP, which an IPv6-only lease records as 0.0.0.0",
+                mode.as_str()
+            )
+        })
 }
 
 /// The IPv6 overlay network, when the config enables IPv6.

@@ -354,10 +354,7 @@ impl Backend for VxlanBackend {
     }
 
     async fn lease_acquired(&mut self, lease: &Lease) -> Result<(), DatapathError> {
-        let subnets = [
-            Some(IpNet::V4(lease.key.ipv4)),
-            lease.key.ipv6.map(IpNet::V6),
-        ];
+        let subnets = [lease.key.ipv4_net(), lease.key.ipv6.map(IpNet::V6)];
         for (i, subnet) in subnets.into_iter().enumerate() {
             let Some(device) = self.devices[i].as_ref() else {
                 continue;

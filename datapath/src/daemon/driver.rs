@@ -366,6 +366,7 @@ fn alloc_store_error(
 ) -> Option<&weft_core::store::StoreError> {
     match e {
         weft_core::allocator::AllocError::Store(s) => Some(s),
-        weft_core::allocator::AllocError::OutOfSubnets { .. } => None,
+        weft_core::allocator::AllocError::OutOfSubnets { .. }
+        | weft_core::allocator::AllocError::NoSpace => None,
     }
 }

@@ -236,8 +236,13 @@ async fn start_and_run(
         } else {
             Netlink::open(setup.netns.as_deref()).ok()
         };
+    // On an IPv6-only network an interface with IPv6 alone will do.
+    let iface = IfaceSelector {
+        ipv6_only: config.ipv4_space().is_none(),
+        ..setup.iface.clone()
+    };
     let external = match &netlink {
-        Some(nl) => match setup.iface.select(nl).await {
+        Some(nl) => match iface.select(nl).await {
             Ok(ext) => Some(ext),
             Err(e) if kind == BackendType::Alloc && setup.public_ip.is_some() => {
                 tracing::debug!(error = %e, "no external interface; assuming a 1500-byte MTU");

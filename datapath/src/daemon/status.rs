@@ -48,8 +48,9 @@ impl NodeState {
 pub struct LeaseStatus {
     /// Its key as the store writes it (`10.5.3.0-24`).
     pub key: String,
-    /// Its IPv4 subnet.
-    pub subnet: Ipv4Net,
+    /// Its IPv4 subnet; none for an IPv6-only lease.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subnet: Option<Ipv4Net>,
     /// Its IPv6 subnet, for a dual-stack lease.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ipv6_subnet: Option<Ipv6Net>,
@@ -288,7 +289,7 @@ mod tests {
     fn an_ended_node_says_how_and_keeps_its_last_lease() {
         let held = LeaseStatus {
             key: "10.5.3.0-24".into(),
-            subnet: "10.5.3.0/24".parse().unwrap_or_default(),
+            subnet: "10.5.3.0/24".parse().ok(),
             ipv6_subnet: None,
         };
         let mut s = NodeStatus {

@@ -13,14 +13,17 @@ use crate::netns;
 /// The lab as a table: one line per node, then how each exited node ended.
 pub fn table(status: &LabStatus) -> String {
     let mut out = String::new();
-    let mut network = status
-        .network
-        .map_or_else(|| "(unknown)".to_string(), |n| n.to_string());
+    let mut network = status.network.map(|n| n.to_string());
     let mut underlay = status.underlay.to_string();
     if let Some(v6) = status.ipv6_network {
-        network = format!("{network} and {v6}");
+        // IPv6-only: the IPv6 network alone (the underlay keeps both families).
+        network = Some(match network {
+            Some(n) => format!("{n} and {v6}"),
+            None => v6.to_string(),
+        });
         underlay = format!("{underlay} and {}", super::topology::UNDERLAY6);
     }
+    let network = network.unwrap_or_else(|| "(unknown)".to_string());
     let _ = writeln!(
         out,
         "weft lab: {} nodes on overlay {network}, underlay {underlay}; store {}",
@@ -55,7 +58,14 @@ pub fn table(status: &LabStatus) -> String {
                 let routes: Vec<String> = s.routes.iter().map(|r| r.subnet.to_string()).collect();
                 (
                     s.state.as_str().to_string(),
-                    lease.map_or_else(|| "-".to_string(), |l| l.subnet.to_string()),
+                    // An IPv6-only lease shows its IPv6 subnet.
+                    lease
+                        .and_then(|l| {
+                            l.subnet
+                                .map(|s| s.to_string())
+                                .or(l.ipv6_subnet.map(|s| s.to_string()))
+                        })
+                        .unwrap_or_else(|| "-".to_string()),
                     if routes.is_empty() {
                         "-".to_string()
                     } else {
@@ -161,7 +171,7 @@ mod tests {
         let lease = |key: &str, subnet: &str| {
             Some(LeaseStatus {
                 key: key.into(),
-                subnet: subnet.parse().unwrap_or(UNDERLAY),
+                subnet: Some(subnet.parse().unwrap_or(UNDERLAY)),
                 ipv6_subnet: None,
             })
         };

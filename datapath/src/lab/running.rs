@@ -47,7 +47,7 @@ impl Running {
         mut state: LabState,
         seed: u64,
     ) -> Result<Running, LabError> {
-        state.network = Some(spec.network);
+        state.network = spec.network;
         state.ipv6_network = spec.ipv6_network;
         state.save(dir)?;
         let store: Arc<dyn Store> =
@@ -127,7 +127,7 @@ impl Running {
         let (leases, _) = weft_core::lease::decode_all(&prefix, &listing.entries);
         Ok(leases
             .into_iter()
-            .map(|l| (l.key.to_string(), l.key.ipv4))
+            .filter_map(|l| Some((l.key.to_string(), l.key.ipv4?)))
             .collect())
     }
 
@@ -194,6 +194,7 @@ impl Running {
                 can_reach: None,
                 ifaces: vec!["eth0".into()],
                 regexes: Vec::new(),
+                ipv6_only: false,
             },
             public_ip: None,
             public_ipv6: None,
@@ -242,7 +243,7 @@ impl Running {
                 continue;
             };
             let (subnet, subnet6) = (lease.subnet, lease.ipv6_subnet);
-            self.state.nodes[k].subnet = Some(subnet.to_string());
+            self.state.nodes[k].subnet = subnet.map(|s| s.to_string());
             self.state.nodes[k].ipv6_subnet = subnet6.map(|s| s.to_string());
             let path = self.paths[&name].clone();
             let mtu = status.mtu.unwrap_or(1472);
@@ -270,7 +271,7 @@ impl Running {
             live: true,
             ready: self.state.ready,
             store: self.state.store.clone(),
-            network: Some(self.spec.network),
+            network: self.spec.network,
             ipv6_network: self.spec.ipv6_network,
             underlay: topology::UNDERLAY,
             nodes: self

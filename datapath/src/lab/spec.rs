@@ -40,8 +40,8 @@ pub struct LabSpec {
     pub config_text: String,
     /// The same, parsed.
     pub config: NetworkConfig,
-    /// The overlay's IPv4 network.
-    pub network: Ipv4Net,
+    /// The overlay's IPv4 network; none on an IPv6-only network (`EnableIPv4: false`).
+    pub network: Option<Ipv4Net>,
     /// The overlay's IPv6 network, when the config enables IPv6.
     pub ipv6_network: Option<Ipv6Net>,
     /// Lease TTL.
@@ -52,14 +52,17 @@ pub struct LabSpec {
     pub reservations: Vec<(Ipv4Net, Ipv4Addr)>,
 }
 
-/// Parses a lab's network config: flannel's rules, an IPv4 network to give out, and a
-/// backend that carries what the config enables. Refused here, before anything is
-/// built, rather than by the first node's daemon in a half-built lab.
-fn parse_config(text: &str) -> Result<(NetworkConfig, Ipv4Net), LabError> {
+/// Parses a lab's network config: flannel's rules, an IPv4 network to give out (or,
+/// IPv6-only, none), and a backend that carries what the config enables. Refused here,
+/// before anything is built, rather than by the first node's daemon in a half-built lab.
+fn parse_config(text: &str) -> Result<(NetworkConfig, Option<Ipv4Net>), LabError> {
     let config = NetworkConfig::parse(text).map_err(|e| LabError::Config(e.to_string()))?;
-    let network = config
-        .network
-        .ok_or_else(|| LabError::Config("the lab needs an IPv4 Network".into()))?;
+    let network = config.network.filter(|_| config.enable_ipv4);
+    if network.is_none() {
+        if let Some(why) = crate::backend::ipv6_only_refusal(&config) {
+            return Err(LabError::Config(why));
+        }
+    }
     Ok((config, network))
 }
 
@@ -165,7 +168,10 @@ mod tests {
         assert_eq!(spec.nodes[1].ip, Ipv4Addr::new(192, 0, 2, 12));
         assert_eq!(spec.nodes[2].containers, ["c1", "c2"]);
         assert!(spec.nodes.iter().all(|n| n.start));
-        assert_eq!(spec.network.to_string(), "10.5.0.0/16");
+        assert_eq!(
+            spec.network.map(|n| n.to_string()).as_deref(),
+            Some("10.5.0.0/16")
+        );
         // A short TTL renews halfway, not an hour before it runs out.
         assert_eq!(spec.renew_margin, Duration::from_secs(3));
     }
@@ -175,7 +181,10 @@ mod tests {
         let config = r#"{"Network":"10.77.0.0/16","SubnetLen":20,"Backend":{"Type":"udp"}}"#;
         let spec = LabSpec::generated(1, 0, Some(config.into()), Duration::from_secs(3600))
             .expect("valid");
-        assert_eq!(spec.network.to_string(), "10.77.0.0/16");
+        assert_eq!(
+            spec.network.map(|n| n.to_string()).as_deref(),
+            Some("10.77.0.0/16")
+        );
         assert_eq!(spec.config.subnet_len, 20);
         assert!(spec.nodes[0].containers.is_empty());
     }
@@ -206,10 +215,42 @@ mod tests {
         let err = LabSpec::generated(1, 1, Some(bad.into()), Duration::from_secs(60))
             .expect_err("SubnetLen 31 is refused");
         assert!(err.to_string().contains("SubnetLen"), "{err}");
+    }
+
+    #[test]
+    fn an_ipv6_only_lab_runs_every_backend_and_refuses_a_one_session_wireguard_mode() {
+        for kind in ["vxlan", "host-gw", "udp", "alloc"] {
+            let v6_only = format!(
+                r#"{{"EnableIPv4":false,"EnableIPv6":true,"IPv6Network":"fc00::/48","Backend":{{"Type":"{kind}"}}}}"#
+            );
+            let spec = LabSpec::generated(2, 1, Some(v6_only), Duration::from_secs(60))
+                .expect("an IPv6-only lab");
+            assert_eq!(spec.network, None, "{kind}");
+            assert_eq!(
+                spec.ipv6_network.map(|n| n.to_string()).as_deref(),
+                Some("fc00::/48")
+            );
+            assert!(spec.nodes.iter().all(|n| n.ipv6.is_some()), "{kind}");
+        }
+        // No Backend: flannel's default, udp, which runs it too.
         let v6_only = r#"{"EnableIPv4":false,"EnableIPv6":true,"IPv6Network":"fc00::/48"}"#;
-        let err = LabSpec::generated(1, 1, Some(v6_only.into()), Duration::from_secs(60))
-            .expect_err("no IPv4 network");
-        assert!(err.to_string().contains("IPv4"), "{err}");
+        LabSpec::generated(1, 1, Some(v6_only.into()), Duration::from_secs(60))
+            .expect("udp runs IPv6-only");
+        // wireguard in Mode separate (the default) runs it; a one-session mode cannot.
+        let wg = |mode: &str| {
+            format!(
+                r#"{{"EnableIPv4":false,"EnableIPv6":true,"IPv6Network":"fc00::/48","Backend":{{"Type":"wireguard"{mode}}}}}"#
+            )
+        };
+        LabSpec::generated(1, 1, Some(wg("")), Duration::from_secs(60))
+            .expect("wireguard separate runs IPv6-only");
+        let err = LabSpec::generated(1, 1, Some(wg(r#","Mode":"auto""#)), Duration::from_secs(60))
+            .expect_err("refused");
+        let text = err.to_string();
+        assert!(
+            text.contains("the wireguard backend runs IPv6-only networks (EnableIPv4: false) in Mode \"separate\" (the default) only: Mode \"auto\""),
+            "{text}"
+        );
     }
 
     #[test]
@@ -235,7 +276,10 @@ start = false
 "#;
         let scenario = weft_sim::scenario::parse("t.toml", text).expect("parses");
         let spec = LabSpec::from_scenario(&scenario, None).expect("a lab");
-        assert_eq!(spec.network.to_string(), "10.9.0.0/16");
+        assert_eq!(
+            spec.network.map(|n| n.to_string()).as_deref(),
+            Some("10.9.0.0/16")
+        );
         assert_eq!(spec.lease_ttl, Duration::from_secs(60));
         assert_eq!(spec.renew_margin, Duration::from_secs(10));
         assert_eq!(

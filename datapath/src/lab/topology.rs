@@ -180,15 +180,22 @@ pub async fn container(
     lab: &mut LabState,
     dir: &Path,
     (node_short, node_ns): (&str, &Path),
-    (subnet, subnet6): (Ipv4Net, Option<Ipv6Net>),
+    (subnet, subnet6): (Option<Ipv4Net>, Option<Ipv6Net>),
     mtu: u32,
     (j, name): (usize, &str),
 ) -> Result<Container, LabError> {
     let short = format!("{node_short}-{name}");
-    let ip = container_ip(subnet, j).ok_or_else(|| LabError::NoRoom {
-        container: short.clone(),
-        subnet: IpNet::V4(subnet),
-    })?;
+    // An IPv6-only lab's containers have no IPv4 address at all.
+    let ipv4 = match subnet {
+        Some(s) => Some((
+            s,
+            container_ip(s, j).ok_or_else(|| LabError::NoRoom {
+                container: short.clone(),
+                subnet: IpNet::V4(s),
+            })?,
+        )),
+        None => None,
+    };
     let ipv6 = match subnet6 {
         Some(s) => Some((
             s,
@@ -202,11 +209,12 @@ pub async fn container(
     let (_, path) = new_namespace(lab, dir, &short).await?;
     let built = async {
         let node_nl = Netlink::open(Some(node_ns))?;
-        let gateway = gateway(subnet);
         let bridge = node_nl.add_bridge("cni0").await?;
-        node_nl
-            .add_address(bridge.index, IpAddr::V4(gateway), subnet.prefix_len())
-            .await?;
+        if let Some((s, _)) = ipv4 {
+            node_nl
+                .add_address(bridge.index, IpAddr::V4(gateway(s)), s.prefix_len())
+                .await?;
+        }
         let host_side = format!("veth{j}");
         let peer = format!("c{j}-eth0");
         node_nl
@@ -219,11 +227,15 @@ pub async fn container(
         lo_up(&nl).await?;
         let eth = nl.require_link(&peer).await?;
         nl.rename(eth.index, "eth0").await?;
-        nl.add_address(eth.index, IpAddr::V4(ip), subnet.prefix_len())
-            .await?;
+        if let Some((s, ip)) = ipv4 {
+            nl.add_address(eth.index, IpAddr::V4(ip), s.prefix_len())
+                .await?;
+        }
         nl.set_up(eth.index, Some(mtu)).await?;
-        nl.replace_route(Ipv4Net::default(), eth.index, Some(gateway))
-            .await?;
+        if let Some((s, _)) = ipv4 {
+            nl.replace_route(Ipv4Net::default(), eth.index, Some(gateway(s)))
+                .await?;
+        }
         if let Some((s, ip6)) = ipv6 {
             let gateway6 = gateway6(s);
             node_nl
@@ -246,7 +258,7 @@ pub async fn container(
         .map_err(netlink(format!("building container {short}")))?;
     Ok(Container {
         name: short,
-        ip: Some(ip),
+        ip: ipv4.map(|(_, a)| a),
         ipv6: ipv6.map(|(_, a)| a),
     })
 }

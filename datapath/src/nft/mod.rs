@@ -152,7 +152,7 @@ impl Firewall {
     pub fn spec_for(&self, key: &LeaseKey) -> RuleSpec {
         let (v4, v6) = self.network;
         RuleSpec {
-            v4: v4.map(|n| (n, key.ipv4)),
+            v4: v4.zip(key.ipv4),
             v6: v6.zip(key.ipv6),
             masquerade: self.settings.ip_masq,
             fully_random: self.settings.fully_random,
@@ -324,7 +324,10 @@ mod tests {
         assert!(fw.enabled());
         let key: LeaseKey = "10.5.7.0-24&fc00:0:0:7::-64".parse().unwrap();
         let spec = fw.spec_for(&key);
-        assert_eq!(spec.v4, Some(("10.5.0.0/16".parse().unwrap(), key.ipv4)));
+        assert_eq!(
+            spec.v4,
+            Some(("10.5.0.0/16".parse().unwrap(), key.ipv4.unwrap()))
+        );
         assert_eq!(spec.v6.map(|(_, s)| s), key.ipv6);
         assert!(spec.masquerade && !spec.forward);
         let v4only: LeaseKey = "10.5.7.0-24".parse().unwrap();

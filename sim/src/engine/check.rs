@@ -32,6 +32,9 @@ pub const CATCH_UP_BOUND: Duration = STORE_TIMEOUT
 pub(crate) struct LiveLease {
     /// The public IPv4 address it records.
     pub ip: Ipv4Addr,
+    /// The address that names its holder: `ip`, or for an IPv6-only lease (whose
+    /// `PublicIP` is flannel's 0.0.0.0) its public IPv6 address.
+    pub holder: IpAddr,
     /// Its IPv6 subnet and public IPv6 address, on a dual-stack network.
     pub v6: Option<(Ipv6Net, Ipv6Addr)>,
 }
@@ -41,10 +44,19 @@ pub(crate) struct LiveLease {
 pub struct LiveRoute {
     /// The route: subnet and public IP.
     pub route: (IpNet, IpAddr),
-    /// The IPv4 subnet of the lease it comes from.
-    pub lease: Ipv4Net,
-    /// The public IPv4 address that lease records.
-    pub ip: Ipv4Addr,
+    /// The primary subnet of the lease it comes from (see [`LeaseKey::primary`]).
+    pub lease: IpNet,
+    /// The address that names that lease's holder (see `LiveLease::holder`).
+    pub ip: IpAddr,
+}
+
+/// The address that names the holder of a lease `key` recording `attrs`: its public
+/// IPv4 address, or for an IPv6-only lease its public IPv6 one.
+fn holder_of(key: &LeaseKey, attrs: &LeaseAttrs) -> IpAddr {
+    match (key.ipv4, attrs.public_ipv6) {
+        (None, Some(ip6)) => IpAddr::V6(ip6),
+        _ => IpAddr::V4(attrs.public_ip),
+    }
 }
 
 /// What a passed check of a host's routes compared: see
@@ -53,7 +65,7 @@ pub struct LiveRoute {
 pub(crate) struct RoutesChecked {
     live_version: u64,
     routes: weft_core::router::RoutesSnapshot,
-    own: Option<Ipv4Net>,
+    own: Option<IpNet>,
     ip: Ipv4Addr,
     networks: (usize, usize),
 }
@@ -70,6 +82,12 @@ impl Subnet for Ipv4Net {
 }
 
 impl Subnet for Ipv6Net {
+    fn covers(&self, other: &Self) -> bool {
+        self.contains(other)
+    }
+}
+
+impl Subnet for IpNet {
     fn covers(&self, other: &Self) -> bool {
         self.contains(other)
     }
@@ -93,9 +111,17 @@ fn overlapping<N: Subnet, V: Copy>(map: &BTreeMap<N, V>, net: N) -> Option<(N, V
 }
 
 /// Whether `key`'s IPv4 subnet is one of `cfg`'s: in its Network, of its SubnetLen, on
-/// its boundary (an operator's reservation may lie outside [SubnetMin, SubnetMax]).
+/// its boundary (an operator's reservation may lie outside [SubnetMin, SubnetMax]). On
+/// an IPv6-only network, the same of its IPv6 subnet, and no IPv4 one.
 fn is_subnet_of(key: &LeaseKey, cfg: &NetworkConfig) -> bool {
-    let v4 = key.ipv4;
+    let Some(v4) = key.ipv4 else {
+        return cfg.network.is_none()
+            && key.ipv6.is_some_and(|v6| {
+                cfg.ipv6_network.is_some_and(|n| n.contains(&v6))
+                    && v6.prefix_len() == cfg.ipv6_subnet_len
+                    && v6.trunc() == v6
+            });
+    };
     cfg.network.is_some_and(|n| n.contains(&v4))
         && v4.prefix_len() == cfg.subnet_len
         && v4.trunc() == v4
@@ -105,7 +131,17 @@ fn is_subnet_of(key: &LeaseKey, cfg: &NetworkConfig) -> bool {
 /// a subnet of its network within [SubnetMin, SubnetMax]. A node started with `cfg`
 /// neither reuses nor writes another; its old lease outside them runs out.
 fn is_compatible(key: &LeaseKey, cfg: &NetworkConfig) -> bool {
-    let first = u32::from(key.ipv4.network());
+    let Some(v4) = key.ipv4 else {
+        let first = key.ipv6.map_or(0, |n| u128::from(n.network()));
+        return is_subnet_of(key, cfg)
+            && cfg
+                .ipv6_subnet_min
+                .is_none_or(|min| first >= u128::from(min))
+            && cfg
+                .ipv6_subnet_max
+                .is_none_or(|max| first <= u128::from(max));
+    };
+    let first = u32::from(v4.network());
     is_subnet_of(key, cfg)
         && (u32::from(cfg.subnet_min)..=u32::from(cfg.subnet_max)).contains(&first)
 }
@@ -131,6 +167,17 @@ pub(crate) fn forward_mismatch(run: &super::host::Running) -> Option<String> {
         }
     }
     (n != run.table.len()).then(|| format!("{n} routes, {} table entries", run.table.len()))
+}
+
+/// The key of the live lease `l` followed under `id` (its primary subnet).
+fn key_of(id: IpNet, l: &LiveLease) -> LeaseKey {
+    match id {
+        IpNet::V4(v4) => LeaseKey {
+            ipv4: Some(v4),
+            ipv6: l.v6.map(|(n, _)| n),
+        },
+        IpNet::V6(v6) => LeaseKey::v6(v6),
+    }
 }
 
 impl World {
@@ -179,26 +226,31 @@ impl World {
             let Some(key) = self.lease_key_of(event.key()) else {
                 continue;
             };
-            let before = self.live.get(&key.ipv4).copied();
+            let id = key.primary();
+            let before = self.live.get(&id).copied();
             let revision = event.revision();
             match event {
                 WatchEvent::Put(entry) => {
                     let Ok(attrs) = LeaseAttrs::decode(&entry.key, &entry.value) else {
                         // Garbage over a key: whatever lease it held is gone.
-                        self.forget_live(&key.ipv4);
-                        if self.live.get(&key.ipv4).copied() != before {
+                        self.forget_live(&id);
+                        if self.live.get(&id).copied() != before {
                             self.routes_revision = revision;
                         }
                         continue;
                     };
-                    self.forget_live(&key.ipv4);
-                    let writer = self.by_ip.get(&attrs.public_ip).copied();
+                    self.forget_live(&id);
+                    let holder = holder_of(&key, &attrs);
+                    let writer = match holder {
+                        IpAddr::V4(ip) => self.by_ip.get(&ip).copied(),
+                        IpAddr::V6(ip6) => self.hosts.iter().position(|h| h.ipv6() == ip6),
+                    };
                     if entry.expires_at.is_none()
                         && !self.networks.iter().any(|n| is_subnet_of(&key, n))
                     {
                         // No lease of any network in effect (garbage, a subnet of the
                         // wrong size): every node must skip it, and route nowhere.
-                        if self.live.get(&key.ipv4).copied() != before {
+                        if self.live.get(&id).copied() != before {
                             self.routes_revision = revision;
                         }
                         continue;
@@ -215,20 +267,17 @@ impl World {
                         // it to run out; scenario 24.
                         let several = self.networks.len() > 1;
                         if let Some((other, _)) = self.live.iter().find(|(n, l)| {
-                            l.ip == attrs.public_ip
-                                && (!several
-                                    || is_compatible(&LeaseKey::v4(**n), &self.networks[net]))
+                            l.holder == holder
+                                && (!several || is_compatible(&key_of(**n, l), &self.networks[net]))
                         }) {
                             self.fail(format!(
-                                "invariant: live leases {other} and {} both record public IP {}",
-                                key.ipv4, attrs.public_ip
+                                "invariant: live leases {other} and {id} both record public IP {holder}",
                             ));
                         }
                     }
-                    if let Some((other, _)) = overlapping(&self.live, key.ipv4) {
+                    if let Some((other, _)) = overlapping(&self.live, id) {
                         self.fail(format!(
-                            "invariant: live leases {other} and {} overlap in the store",
-                            key.ipv4
+                            "invariant: live leases {other} and {id} overlap in the store",
                         ));
                     }
                     if let Some(v6) = key.ipv6 {
@@ -237,18 +286,19 @@ impl World {
                                 "invariant: live leases {other} and {v6} overlap in the store"
                             ));
                         }
-                        self.live6.insert(v6, key.ipv4);
+                        self.live6.insert(v6, id);
                     }
                     let v6 = key.ipv6.zip(attrs.public_ipv6);
                     let lease = LiveLease {
                         ip: attrs.public_ip,
+                        holder,
                         v6,
                     };
-                    self.live.insert(key.ipv4, lease);
+                    self.live.insert(id, lease);
                 }
-                WatchEvent::Delete { .. } => self.forget_live(&key.ipv4),
+                WatchEvent::Delete { .. } => self.forget_live(&id),
             }
-            if self.live.get(&key.ipv4).copied() != before {
+            if self.live.get(&id).copied() != before {
                 self.routes_revision = revision;
             }
         }
@@ -259,7 +309,12 @@ impl World {
     /// between `SubnetMin` and `SubnetMax` (IPv6 alike). Checked here from the config's
     /// numbers, not with the allocator's own `SubnetSpace`.
     fn outside_range(&self, key: &LeaseKey, cfg: &NetworkConfig) -> Option<String> {
-        let v4 = key.ipv4;
+        let Some(v4) = key.ipv4 else {
+            if let Some(network) = cfg.network {
+                return Some(format!("{key}, with no IPv4 subnet of {network}"));
+            }
+            return self.outside_v6_range(key, cfg);
+        };
         let first = u32::from(v4.network());
         let ok = cfg.network.is_some_and(|n| n.contains(&v4))
             && v4.prefix_len() == cfg.subnet_len
@@ -274,6 +329,11 @@ impl World {
                 cfg.subnet_len, cfg.subnet_min, cfg.subnet_max
             ));
         }
+        self.outside_v6_range(key, cfg)
+    }
+
+    /// [`World::outside_range`] of `key`'s IPv6 subnet, if it has one.
+    fn outside_v6_range(&self, key: &LeaseKey, cfg: &NetworkConfig) -> Option<String> {
         let v6 = key.ipv6?;
         let first = u128::from(v6.network());
         let ok = cfg.ipv6_network.is_some_and(|n| n.contains(&v6))
@@ -288,10 +348,10 @@ impl World {
         (!ok).then(|| format!("{v6}, outside the IPv6 network's subnets"))
     }
 
-    fn forget_live(&mut self, v4: &Ipv4Net) {
+    fn forget_live(&mut self, id: &IpNet) {
         if let Some(LiveLease {
             v6: Some((n, _)), ..
-        }) = self.live.remove(v4)
+        }) = self.live.remove(id)
         {
             self.live6.remove(&n);
         }
@@ -299,11 +359,14 @@ impl World {
 
     /// Host `h` now holds `key`: no other running node may hold an overlapping subnet.
     pub(crate) fn hold(&mut self, h: usize, key: LeaseKey) {
-        if let Some((other, o)) = overlapping(&self.held, key.ipv4) {
+        let id = key.primary();
+        if let Some((other, o)) = overlapping(&self.held, id) {
             if o != h
-                && self.hosts[o].lease_key().is_some_and(|k| k.ipv4 == other)
+                && self.hosts[o]
+                    .lease_key()
+                    .is_some_and(|k| k.primary() == other)
                 && self.hosts[o].ip == self.hosts[h].ip
-                && other == key.ipv4
+                && other == id
             {
                 // Two nodes configured with one public IP: by flannel's rule the new one
                 // reuses the lease recording that address, and the old holder must give
@@ -313,16 +376,19 @@ impl World {
                     "sim",
                     format_args!("{b} takes over {other} from {a}, which has its public IP"),
                 );
-            } else if o != h && self.hosts[o].lease_key().is_some_and(|k| k.ipv4 == other) {
+            } else if o != h
+                && self.hosts[o]
+                    .lease_key()
+                    .is_some_and(|k| k.primary() == other)
+            {
                 let (a, b) = (self.hosts[o].name.clone(), self.hosts[h].name.clone());
                 self.fail(format!(
-                    "invariant: {a} holds {other} and {b} now holds {}: they overlap",
-                    key.ipv4
+                    "invariant: {a} holds {other} and {b} now holds {id}: they overlap",
                 ));
             }
             self.held.remove(&other);
         }
-        self.held.insert(key.ipv4, h);
+        self.held.insert(id, h);
     }
 
     /// Whether host `h` has caught up with the store: its view is synced, its watch runs
@@ -345,18 +411,21 @@ impl World {
     /// first, each family by subnet), each with the IPv4 subnet and address of the
     /// lease it comes from: what [`World::route_mismatch_with`] compares a node with.
     pub fn live_routes(&self) -> Vec<LiveRoute> {
-        let v4 = self.live.iter().map(|(n, l)| LiveRoute {
-            route: (IpNet::V4(*n), IpAddr::V4(l.ip)),
-            lease: *n,
-            ip: l.ip,
+        let v4 = self.live.iter().filter_map(|(n, l)| {
+            let IpNet::V4(_) = n else { return None };
+            Some(LiveRoute {
+                route: (*n, IpAddr::V4(l.ip)),
+                lease: *n,
+                ip: l.holder,
+            })
         });
-        let v6 = self.live6.values().filter_map(|v4| {
-            let l = self.live.get(v4)?;
+        let v6 = self.live6.values().filter_map(|id| {
+            let l = self.live.get(id)?;
             let (n, ip6) = l.v6?;
             Some(LiveRoute {
                 route: (IpNet::V6(n), IpAddr::V6(ip6)),
-                lease: *v4,
-                ip: l.ip,
+                lease: *id,
+                ip: l.holder,
             })
         });
         v4.chain(v6).collect()
@@ -372,9 +441,13 @@ impl World {
     /// check of every node makes it once).
     pub fn route_mismatch_with(&self, h: usize, live: &[LiveRoute]) -> Option<String> {
         let node = self.hosts[h].node()?;
-        let own = node.lease().map(|l| l.key.ipv4);
-        // A node never routes to itself: not its lease, nor any recording its address.
-        let ip = self.hosts[h].ip;
+        let own = node.lease().map(|l| l.key.primary());
+        // A node never routes to itself: not its lease, nor any recording its address
+        // (its IPv6 one on an IPv6-only network).
+        let ip = match self.networks[self.hosts[h].network].network {
+            Some(_) => IpAddr::V4(self.hosts[h].ip),
+            None => IpAddr::V6(self.hosts[h].ipv6()),
+        };
         // A node started after the config changed routes only to leases in its network
         // (with one network only, every live lease lies in it: no filter).
         let network = (self.networks.len() > 1)
@@ -383,7 +456,7 @@ impl World {
         let want = live
             .iter()
             .filter(|r| Some(r.lease) != own && r.ip != ip)
-            .filter(|r| network.is_none_or(|n| n.contains(&r.lease)))
+            .filter(|r| network.is_none_or(|n| IpNet::V4(n).contains(&r.lease)))
             .map(|r| r.route);
         // Compared as they come (the common case, in a large cluster, is that they
         // agree); only a mismatch is worth collecting.
@@ -450,7 +523,7 @@ impl World {
         Some(RoutesChecked {
             live_version: self.live_version,
             routes: node.routes().snapshot(),
-            own: node.lease().map(|l| l.key.ipv4),
+            own: node.lease().map(|l| l.key.primary()),
             ip: host.ip,
             networks: (self.networks.len(), host.network),
         })
@@ -467,7 +540,7 @@ impl World {
             return false;
         };
         done.live_version == self.live_version
-            && done.own == node.lease().map(|l| l.key.ipv4)
+            && done.own == node.lease().map(|l| l.key.primary())
             && done.ip == host.ip
             && done.networks == (self.networks.len(), host.network)
             && node.routes().is_same(&done.routes)
@@ -623,6 +696,7 @@ mod tests {
             "10.5.99.0/24".parse().unwrap(),
             super::LiveLease {
                 ip: std::net::Ipv4Addr::new(192, 0, 2, 99),
+                holder: std::net::Ipv4Addr::new(192, 0, 2, 99).into(),
                 v6: None,
             },
         );

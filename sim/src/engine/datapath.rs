@@ -46,7 +46,12 @@ impl World {
             return;
         };
         run.builds += 1;
-        let IpAddr::V4(gateway) = first_host(&ipnet::IpNet::V4(key.ipv4)).addr() else {
+        // The simulated containers are IPv4 hosts: an IPv6-only node has none.
+        let Some(v4) = key.ipv4 else {
+            run.guests = Vec::new();
+            return;
+        };
+        let IpAddr::V4(gateway) = first_host(&ipnet::IpNet::V4(v4)).addr() else {
             return;
         };
         let base = u32::from(gateway);
@@ -60,7 +65,7 @@ impl World {
                     Guest::Full(Box::new(Container::new(
                         name,
                         addr,
-                        key.ipv4.prefix_len(),
+                        v4.prefix_len(),
                         gateway,
                         mtu,
                         seed,
@@ -150,7 +155,8 @@ impl World {
                 let Some(key) = self.hosts[h].lease_key() else {
                     return;
                 };
-                let IpAddr::V4(gw) = first_host(&ipnet::IpNet::V4(key.ipv4)).addr() else {
+                let Some(v4) = key.ipv4 else { return };
+                let IpAddr::V4(gw) = first_host(&ipnet::IpNet::V4(v4)).addr() else {
                     return;
                 };
                 let mut out = [0u8; 576];
@@ -204,7 +210,7 @@ impl World {
         };
         if self.hosts[h]
             .lease_key()
-            .is_none_or(|k| !k.ipv4.contains(&dst))
+            .is_none_or(|k| !k.ipv4.is_some_and(|n| n.contains(&dst)))
         {
             return Some(format!(
                 "a packet for {dst} from {from}, outside the lease it holds"
@@ -236,7 +242,7 @@ impl World {
         let Some(guest) = run.guests.iter_mut().find(|g| g.addr() == dst) else {
             return;
         };
-        if held.is_none_or(|k| !k.ipv4.contains(&dst)) || guest.addr() != dst {
+        if held.is_none_or(|k| !k.ipv4.is_some_and(|n| n.contains(&dst))) || guest.addr() != dst {
             let name = self.hosts[h].name.clone();
             self.fail(format!(
                 "invariant: a packet for {dst} was delivered to a container of {name}, which does not hold it"

@@ -46,8 +46,10 @@ impl World {
                     format_args!("acquired {} ({}), {expiry}", subnets(&lease.key), how(h_)),
                 );
                 self.hosts[h].subnet_file = Some(lease.key);
-                if !self.hosts[h].held_ever.contains(&lease.key.ipv4) {
-                    self.hosts[h].held_ever.push(lease.key.ipv4);
+                if let Some(v4) = lease.key.ipv4 {
+                    if !self.hosts[h].held_ever.contains(&v4) {
+                        self.hosts[h].held_ever.push(v4);
+                    }
                 }
                 self.hold(h, lease.key);
                 self.build_guests(h, lease.key);
@@ -60,7 +62,7 @@ impl World {
                         .unwrap_or_default();
                     self.log(
                         &name,
-                        format_args!("renewed {}, expires at {expiry}", lease.key.ipv4),
+                        format_args!("renewed {}, expires at {expiry}", lease.key.primary()),
                     );
                 }
             }
@@ -74,21 +76,21 @@ impl World {
                 {
                     self.fail(format!(
                         "invariant: {name} let its lease {} run out, though it could reach the store for a whole TTL (since {})",
-                        key.ipv4,
+                        key.primary(),
                         since.to_string().trim()
                     ));
                 }
-                self.log(&name, format_args!("lost {}: {}", key.ipv4, reason(r)));
+                self.log(&name, format_args!("lost {}: {}", key.primary(), reason(r)));
                 if r == LossReason::Claimed {
                     let ip = self.hosts[h].ip;
                     self.hosts[h].errors.push(format!(
                         "lease {} {} ({ip}); exiting",
-                        key.ipv4,
+                        key.primary(),
                         reason(r)
                     ));
                 }
-                if self.held.get(&key.ipv4) == Some(&h) {
-                    self.held.remove(&key.ipv4);
+                if self.held.get(&key.primary()) == Some(&h) {
+                    self.held.remove(&key.primary());
                 }
                 if let Some(run) = self.hosts[h].running_mut() {
                     run.guests.clear();
@@ -197,11 +199,11 @@ impl World {
     }
 }
 
-/// A lease's subnets for the trace: `10.5.1.0/24`, or on a dual-stack network
-/// `10.5.1.0/24 and fc00:0:0:1::/64`.
+/// A lease's subnets for the trace: `10.5.1.0/24`, on a dual-stack network
+/// `10.5.1.0/24 and fc00:0:0:1::/64`, on an IPv6-only one `fc00:0:0:1::/64`.
 fn subnets(key: &weft_core::lease::LeaseKey) -> String {
-    match key.ipv6 {
-        Some(v6) => format!("{} and {v6}", key.ipv4),
-        None => key.ipv4.to_string(),
+    match (key.ipv4, key.ipv6) {
+        (Some(v4), Some(v6)) => format!("{v4} and {v6}"),
+        _ => key.primary().to_string(),
     }
 }

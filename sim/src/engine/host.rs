@@ -303,8 +303,8 @@ impl World {
         host.state = HostState::Down;
         host.watch = None;
         if let Some(k) = held {
-            if self.held.get(&k.ipv4) == Some(&h) {
-                self.held.remove(&k.ipv4);
+            if self.held.get(&k.primary()) == Some(&h) {
+                self.held.remove(&k.primary());
             }
         }
         let name = host.name.clone();

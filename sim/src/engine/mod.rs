@@ -17,7 +17,7 @@ use std::fmt::Write as _;
 use std::net::Ipv4Addr;
 use std::time::Duration;
 
-use ipnet::Ipv4Net;
+use ipnet::IpNet;
 use weft_core::config::NetworkConfig;
 use weft_core::lease_table::{LeaseLog, WatchBatch};
 use weft_core::node::NodeConfig;
@@ -227,9 +227,11 @@ pub struct World {
     /// The store revision the watches were last woken for.
     pub(crate) flushed_revision: Revision,
     /// The store's live leases as the invariant checker follows them.
-    pub(crate) live: BTreeMap<Ipv4Net, check::LiveLease>,
+    /// By the lease's [`weft_core::lease::LeaseKey::primary`] subnet (its IPv4 one; an IPv6-only lease's
+    /// IPv6 one).
+    pub(crate) live: BTreeMap<IpNet, check::LiveLease>,
     /// The IPv6 subnets of those leases, to check them for overlaps too.
-    pub(crate) live6: BTreeMap<ipnet::Ipv6Net, Ipv4Net>,
+    pub(crate) live6: BTreeMap<ipnet::Ipv6Net, IpNet>,
     pub(crate) live_next: Revision,
     /// The store revision of the last change to the live leases' routes.
     pub(crate) routes_revision: Revision,
@@ -239,7 +241,7 @@ pub struct World {
     /// it hears compares it against the same routes many times over.
     pub(crate) live_routes_cache: Option<(u64, Vec<check::LiveRoute>)>,
     /// Subnets held by running nodes.
-    pub(crate) held: BTreeMap<Ipv4Net, usize>,
+    pub(crate) held: BTreeMap<IpNet, usize>,
     /// Pings started so far.
     pub pings: Vec<Ping>,
     /// Transfers started so far.

@@ -329,8 +329,8 @@ impl World {
         // store cannot know before its deadline, and another node may take the subnet
         // meanwhile. That overlap is the operator's doing, not the protocol's, so the
         // held-subnets invariant stops counting the old holder.
-        if self.held.get(&key.ipv4) == Some(&host) {
-            self.held.remove(&key.ipv4);
+        if self.held.get(&key.primary()) == Some(&host) {
+            self.held.remove(&key.primary());
         }
         let deleted = if self.store_down {
             Err(outage())

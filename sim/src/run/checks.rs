@@ -8,13 +8,12 @@ pub(super) fn expect(w: &mut World, e: &Expect) {
     let result: Result<String, String> = match e {
         Expect::Holds { node, subnet, .. } => {
             let h = host(w, node);
-            let held = w.hosts[h].lease_key().map(|k| k.ipv4);
-            let show =
-                |k: Option<ipnet::Ipv4Net>| k.map_or("nothing".to_string(), |k| k.to_string());
+            let held = w.hosts[h].lease_key().map(|k| k.primary());
+            let show = |k: Option<ipnet::IpNet>| k.map_or("nothing".to_string(), |k| k.to_string());
             let ok = match subnet {
-                SubnetExpect::Exactly(n) => held == Some(*n),
+                SubnetExpect::Exactly(n) => held == Some(ipnet::IpNet::V4(*n)),
                 SubnetExpect::Previous => {
-                    held.is_some() && held == w.hosts[h].previous.map(|k| k.ipv4)
+                    held.is_some() && held == w.hosts[h].previous.map(|k| k.primary())
                 }
                 SubnetExpect::Any => held.is_some(),
                 SubnetExpect::None => held.is_none(),
@@ -23,7 +22,7 @@ pub(super) fn expect(w: &mut World, e: &Expect) {
                 SubnetExpect::Exactly(n) => n.to_string(),
                 SubnetExpect::Previous => format!(
                     "its previous subnet ({})",
-                    show(w.hosts[h].previous.map(|k| k.ipv4))
+                    show(w.hosts[h].previous.map(|k| k.primary()))
                 ),
                 SubnetExpect::Any => "a subnet".into(),
                 SubnetExpect::None => "nothing".into(),
@@ -83,11 +82,11 @@ pub(super) fn expect(w: &mut World, e: &Expect) {
             }
         }
         Expect::AllLeased { .. } => {
-            let mut held: Vec<(ipnet::Ipv4Net, usize)> = Vec::new();
+            let mut held: Vec<(ipnet::IpNet, usize)> = Vec::new();
             let mut problems = Vec::new();
             for (h, host) in w.hosts.iter().enumerate() {
                 match host.lease_key() {
-                    Some(k) => held.push((k.ipv4, h)),
+                    Some(k) => held.push((k.primary(), h)),
                     None if host.is_up() => problems.push(format!("{} holds no lease", host.name)),
                     None => problems.push(format!("{} is down", host.name)),
                 }
@@ -193,7 +192,7 @@ pub(super) fn summary(w: &mut World) {
                 let state = match (h.is_up(), h.lease_key(), h.node()) {
                     (false, _, _) => "down".to_string(),
                     (true, Some(k), Some(n)) => {
-                        format!("holds {}, {} routes", k.ipv4, n.routes().len())
+                        format!("holds {}, {} routes", k.primary(), n.routes().len())
                     }
                     (true, _, _) => "holds nothing".to_string(),
                 };

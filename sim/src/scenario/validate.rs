@@ -50,13 +50,20 @@ pub fn config_json(value: &toml::Value) -> Result<String, String> {
     })
 }
 
-/// The flannel network config of `value` (see [`config_json`]), with an IPv4 network;
-/// any backend (`weft lab play` runs them all on the real kernel).
+/// The flannel network config of `value` (see [`config_json`]), with an IPv4 network,
+/// or IPv6 alone (`EnableIPv4: false`) with the alloc backend: the simulated datapath
+/// and containers are IPv4, so an IPv6-only scenario checks leases and routes only.
+/// Any backend (`weft lab play` runs them all on the real kernel).
 pub fn network_config(value: &toml::Value) -> Result<NetworkConfig, String> {
     let json = config_json(value)?;
     let config = NetworkConfig::parse(&json).map_err(|e| format!("network config: {e}"))?;
-    if config.ipv4_space().is_none() {
-        return Err("network config: the simulator needs an IPv4 Network".into());
+    if config.ipv4_space().is_none()
+        && !(config.ipv6_space().is_some() && config.backend.kind == BackendType::Alloc)
+    {
+        return Err(
+            "network config: the simulator needs an IPv4 Network (IPv6 alone only with the alloc backend: its containers are IPv4)"
+                .into(),
+        );
     }
     Ok(config)
 }

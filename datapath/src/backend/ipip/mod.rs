@@ -130,7 +130,13 @@ pub struct IpipBackend {
 impl IpipBackend {
     /// An ipip backend for `setup`; the device comes with the first lease.
     pub fn new(setup: BackendSetup) -> Result<IpipBackend, DatapathError> {
-        let network = super::ipv4_network(&setup)?;
+        let network = super::ipv4_network(&setup).ok_or_else(|| {
+            DatapathError::Unsupported(
+                "the ipip backend carries IPv4 only, and the network has no IPv4 half \
+                 (EnableIPv4: false)"
+                    .to_string(),
+            )
+        })?;
         let netlink = setup.netlink.clone().ok_or_else(|| {
             DatapathError::Unsupported("the ipip backend needs netlink".to_string())
         })?;
@@ -355,7 +361,11 @@ impl Backend for IpipBackend {
     }
 
     async fn lease_acquired(&mut self, lease: &Lease) -> Result<(), DatapathError> {
-        let subnet = lease.key.ipv4;
+        let Some(subnet) = lease.key.ipv4 else {
+            return Err(DatapathError::Unsupported(
+                "the ipip backend carries IPv4 only: our lease has no IPv4 subnet".to_string(),
+            ));
+        };
         if self.running.as_ref().is_some_and(|r| r.subnet == subnet) {
             return Ok(());
         }

@@ -171,7 +171,7 @@ impl UserDatapath {
             drops: drops.register(),
             ..outbound.clone()
         };
-        let icmp_from = IcmpFrom::of(cfg.network, None);
+        let icmp_from = IcmpFrom::of(Some(cfg.network), None);
         let spawn = |name: &str, f: Box<dyn FnOnce() + Send>| {
             std::thread::Builder::new()
                 .name(name.into())

@@ -30,6 +30,12 @@
 //! version). flannel's udp backend is IPv4-only (`pkg/backend/udp` configures no IPv6
 //! on `flannel0`); here weft goes beyond it, and a flannel udp node in the same cluster
 //! simply has no IPv6 subnet.
+//!
+//! IPv6-only (`EnableIPv4: false`): the TUN device holds the IPv6 subnet's address and
+//! route alone, the socket is an IPv6 one on `[PublicIPv6]:Port`, and every datagram
+//! goes to the peer's `PublicIPv6` and is accepted from it only ([`Underlay::PerFamily`]:
+//! the lease's `PublicIP` is flannel's 0.0.0.0 there). The TUN MTU is 20 bytes less, the
+//! IPv6 outer header being that much longer.
 
 pub(crate) mod batch;
 mod batched;
@@ -71,16 +77,20 @@ pub struct UdpConfig {
     pub tun_name: String,
     /// The TUN device's MTU: the underlay MTU minus 28.
     pub mtu: u32,
-    /// The whole overlay network, routed into the TUN device.
-    pub network: Ipv4Net,
+    /// The whole overlay network, routed into the TUN device; none on an IPv6-only
+    /// network.
+    pub network: Option<Ipv4Net>,
     /// Our subnet: the TUN device gets its network address as a /32, as flannel does.
-    pub subnet: Ipv4Net,
+    pub subnet: Option<Ipv4Net>,
     /// The IPv6 network (`EnableIPv6`), routed into the TUN device too.
     pub network6: Option<Ipv6Net>,
     /// Our IPv6 subnet: the TUN device gets its network address as a /128.
     pub subnet6: Option<Ipv6Net>,
     /// The public IP to bind the socket to.
     pub public_ip: Ipv4Addr,
+    /// The public IPv6 address to bind the socket to on an IPv6-only network, where
+    /// the datagrams travel over the IPv6 underlay.
+    pub public_ipv6: Option<Ipv6Addr>,
     /// The UDP port (8285).
     pub port: u16,
     /// Batched syscalls (the default) or one packet per syscall (`WEFT_UDP_BATCH=0`).
@@ -177,15 +187,21 @@ impl UdpDatapath {
     ) -> Result<UdpDatapath, DatapathError> {
         let vnet_hdr = cfg.offload && cfg.batched;
         let device = open_tun(ns, &cfg.tun_name, vnet_hdr)?;
-        let bind = SocketAddrV4::new(cfg.public_ip, cfg.port);
-        let socket = netns::in_netns(ns, move || bind_socket(bind))?
-            .map_err(|e| DatapathError::io(format!("bind udp {bind}"), e))?;
+        // IPv6-only: one IPv6 socket, every datagram over the IPv6 underlay.
+        let v4 = cfg.network.zip(cfg.subnet);
+        let bind = match (v4, cfg.public_ipv6) {
+            (None, Some(ip6)) => SocketAddr::V6(std::net::SocketAddrV6::new(ip6, cfg.port, 0, 0)),
+            _ => SocketAddr::V4(SocketAddrV4::new(cfg.public_ip, cfg.port)),
+        };
+        let socket = netns::in_netns(ns, move || match bind {
+            SocketAddr::V4(a) => bind_socket(a),
+            SocketAddr::V6(a) => bind_socket_v6(a),
+        })?
+        .map_err(|e| DatapathError::io(format!("bind udp {bind}"), e))?;
 
         let link = netlink.require_link(&cfg.tun_name).await?;
         let v6 = cfg.network6.zip(cfg.subnet6);
-        if let Err(e) =
-            program_tun(netlink, link.index, cfg.mtu, (cfg.network, cfg.subnet), v6).await
-        {
+        if let Err(e) = program_tun(netlink, link.index, cfg.mtu, v4, v6).await {
             let _ = netlink.del_link(link.index).await;
             return Err(e);
         }
@@ -251,7 +267,7 @@ impl UdpDatapath {
                 spawn("weft-udp-to-tun", Box::new(move || inbound.udp_to_tun()))?,
             ]
         };
-        tracing::info!(tun = %cfg.tun_name, mtu = cfg.mtu, batched = cfg.batched, offloads = ?offloads, addr = %cfg.subnet.network(), route = %cfg.network, addr6 = ?cfg.subnet6.map(|s| s.network()), route6 = ?cfg.network6, bind = %bind, "udp backend up");
+        tracing::info!(tun = %cfg.tun_name, mtu = cfg.mtu, batched = cfg.batched, offloads = ?offloads, addr = ?cfg.subnet.map(|s| s.network()), route = ?cfg.network, addr6 = ?cfg.subnet6.map(|s| s.network()), route6 = ?cfg.network6, bind = %bind, "udp backend up");
         Ok(UdpDatapath {
             netlink: netlink.clone(),
             tun_index: link.index,
@@ -314,12 +330,14 @@ pub(super) async fn program_tun(
     netlink: &Netlink,
     index: u32,
     mtu: u32,
-    v4: (Ipv4Net, Ipv4Net),
+    v4: Option<(Ipv4Net, Ipv4Net)>,
     v6: Option<(Ipv6Net, Ipv6Net)>,
 ) -> Result<(), DatapathError> {
-    netlink
-        .add_address(index, IpAddr::V4(v4.1.network()), 32)
-        .await?;
+    if let Some((_, subnet)) = v4 {
+        netlink
+            .add_address(index, IpAddr::V4(subnet.network()), 32)
+            .await?;
+    }
     if let Some((_, subnet6)) = v6 {
         // Without duplicate address detection: the address is ours by lease, and a
         // tentative one could not be the source of anything for a second or more.
@@ -328,7 +346,9 @@ pub(super) async fn program_tun(
             .await?;
     }
     netlink.set_up(index, Some(mtu)).await?;
-    netlink.replace_route(v4.0, index, None).await?;
+    if let Some((network, _)) = v4 {
+        netlink.replace_route(network, index, None).await?;
+    }
     if let Some((network6, _)) = v6 {
         netlink
             .replace_gateway_route(&GatewayRoute {
@@ -348,14 +368,14 @@ pub(super) async fn program_tun(
 /// dropped as a martian source).
 #[derive(Debug, Clone, Copy)]
 pub(super) struct IcmpFrom {
-    pub(super) v4: Ipv4Addr,
+    pub(super) v4: Option<Ipv4Addr>,
     pub(super) v6: Option<Ipv6Addr>,
 }
 
 impl IcmpFrom {
-    pub(super) fn of(network: Ipv4Net, network6: Option<Ipv6Net>) -> Self {
+    pub(super) fn of(network: Option<Ipv4Net>, network6: Option<Ipv6Net>) -> Self {
         IcmpFrom {
-            v4: network.network(),
+            v4: network.map(|n| n.network()),
             v6: network6.map(|n| n.network()),
         }
     }
@@ -365,7 +385,7 @@ impl IcmpFrom {
     /// when there is none to send.
     pub(super) fn unreachable(&self, packet: &[u8], out: &mut [u8]) -> Option<usize> {
         match packet.first().map(|b| b >> 4) {
-            Some(4) => icmp::net_unreachable_v4(packet, self.v4, out),
+            Some(4) => icmp::net_unreachable_v4(packet, self.v4?, out),
             Some(6) => icmp::net_unreachable_v6(packet, self.v6?, out),
             _ => None,
         }
@@ -577,10 +597,24 @@ pub struct UdpBackend {
 impl UdpBackend {
     /// A udp backend for `setup`; nothing is created before the first lease. With
     /// `EnableIPv6` it carries IPv6 inner packets too, over the IPv4 underlay (see the
-    /// module docs).
+    /// module docs); on an IPv6-only network (`EnableIPv4: false`), IPv6 inner packets
+    /// alone over the IPv6 underlay, to each peer's `PublicIPv6` (flannel's udp backend
+    /// has no IPv6 at all).
     pub fn new(setup: BackendSetup) -> Result<UdpBackend, DatapathError> {
-        let network = super::ipv4_network(&setup)?;
+        let network = setup.network.network.filter(|_| setup.network.enable_ipv4);
         let network6 = super::ipv6_network(&setup);
+        if network.is_none() {
+            if network6.is_none() {
+                return Err(DatapathError::Unsupported(
+                    "the udp backend needs a Network or an IPv6Network".to_string(),
+                ));
+            }
+            if setup.public_ipv6.is_none() {
+                return Err(DatapathError::Unsupported(
+                    "the udp backend on an IPv6-only network sends over the IPv6 underlay, and this node has no public IPv6 address (--public-ipv6, or a global IPv6 address on the interface)".to_string(),
+                ));
+            }
+        }
         let netlink = setup.netlink.clone().ok_or_else(|| {
             DatapathError::Unsupported("the udp backend needs netlink".to_string())
         })?;
@@ -589,12 +623,18 @@ impl UdpBackend {
             netlink,
             template: UdpConfig {
                 tun_name: setup.device_name,
-                mtu: setup.mtu,
+                // Over the IPv6 underlay the outer header is 20 bytes longer (as for
+                // vxlan's flannel-v6 device).
+                mtu: match network {
+                    Some(_) => setup.mtu,
+                    None => setup.mtu.saturating_sub(20),
+                },
                 network,
                 subnet: network,
                 network6,
                 subnet6: None,
                 public_ip: setup.public_ip,
+                public_ipv6: setup.public_ipv6,
                 port: setup.network.backend.port,
                 batched: std::env::var("WEFT_UDP_BATCH").map_or(true, |v| v != "0"),
                 offload: std::env::var("WEFT_UDP_OFFLOAD").map_or(true, |v| v != "0"),
@@ -614,8 +654,12 @@ impl Backend for UdpBackend {
     }
 
     fn forward_underlay(&self) -> Underlay {
-        // IPv6 inner packets go to the peer's PublicIP, over the one IPv4 socket.
-        Underlay::Ipv4
+        // IPv6 inner packets go to the peer's PublicIP, over the one IPv4 socket; on an
+        // IPv6-only network (one IPv6 socket) to its PublicIPv6.
+        match self.template.network {
+            Some(_) => Underlay::Ipv4,
+            None => Underlay::PerFamily,
+        }
     }
 
     async fn lease_acquired(&mut self, lease: &Lease) -> Result<(), DatapathError> {
@@ -631,8 +675,14 @@ impl Backend for UdpBackend {
                 lease.key
             )));
         }
+        if self.template.network.is_some() && lease.key.ipv4.is_none() {
+            return Err(DatapathError::Unsupported(format!(
+                "the network config enables IPv4, but the lease {} has no IPv4 subnet",
+                lease.key
+            )));
+        }
         let cfg = UdpConfig {
-            subnet: lease.key.ipv4,
+            subnet: lease.key.ipv4.filter(|_| self.template.network.is_some()),
             subnet6: lease.key.ipv6.filter(|_| self.template.network6.is_some()),
             ..self.template.clone()
         };

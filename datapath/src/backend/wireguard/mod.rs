@@ -71,7 +71,9 @@ pub struct WireguardBackend {
     netlink: Netlink,
     tun_name: String,
     mtu: u32,
-    network: Ipv4Net,
+    /// The IPv4 network; none on an IPv6-only network (Mode `separate`: IPv6 sessions
+    /// over the IPv6 socket alone).
+    network: Option<Ipv4Net>,
     /// The IPv6 network, with `EnableIPv6`.
     network6: Option<Ipv6Net>,
     public_ip: std::net::Ipv4Addr,
@@ -119,8 +121,18 @@ impl WireguardBackend {
     /// A wireguard backend for `setup`, its key read from (or made in)
     /// `setup.wg_key_file`.
     pub fn new(setup: BackendSetup) -> Result<WireguardBackend, DatapathError> {
-        let network = super::ipv4_network(&setup)?;
+        let network = super::ipv4_network(&setup);
         let network6 = super::ipv6_network(&setup);
+        if network.is_none() {
+            if let Some(why) = super::ipv6_only_refusal(&setup.network) {
+                return Err(DatapathError::Unsupported(why));
+            }
+            if network6.is_none() {
+                return Err(DatapathError::Unsupported(
+                    "the wireguard backend needs a Network or an IPv6Network".to_string(),
+                ));
+            }
+        }
         let netlink = setup.netlink.clone().ok_or_else(|| {
             DatapathError::Unsupported("the wireguard backend needs netlink".to_string())
         })?;
@@ -196,14 +208,20 @@ impl WireguardBackend {
 
     async fn start(
         &self,
-        subnet: Ipv4Net,
+        subnet: Option<Ipv4Net>,
         subnet6: Option<Ipv6Net>,
     ) -> Result<Running, DatapathError> {
         let ns = self.netns.as_deref();
         let device = udp::open_tun(ns, &self.tun_name, self.batched)?;
         let bind = SocketAddrV4::new(self.public_ip, self.port);
-        let socket4 = netns::in_netns(ns, move || super::udp::bind_socket(bind))?
-            .map_err(|e| DatapathError::io(format!("bind the wireguard port {bind}"), e))?;
+        // IPv6-only: no IPv4 socket at all, the IPv6 one carries every session.
+        let socket4 = match self.network {
+            Some(_) => Some(
+                netns::in_netns(ns, move || super::udp::bind_socket(bind))?
+                    .map_err(|e| DatapathError::io(format!("bind the wireguard port {bind}"), e))?,
+            ),
+            None => None,
+        };
         let socket6 = match self.public_ipv6 {
             Some(ip6) => {
                 let bind6 = SocketAddrV6::new(ip6, self.port6, 0, 0);
@@ -220,7 +238,7 @@ impl WireguardBackend {
             &self.netlink,
             link.index,
             self.mtu,
-            (self.network, subnet),
+            self.network.zip(subnet),
             v6,
         )
         .await
@@ -243,19 +261,24 @@ impl WireguardBackend {
             Ok(Side { socket, state })
         };
         let sockets = Arc::new(Sockets {
-            v4: Some(side(socket4)?),
+            v4: socket4.map(side).transpose()?,
             v6: socket6.map(side).transpose()?,
         });
         let stopping = Arc::new(AtomicBool::new(false));
-        let v4_socket = sockets
-            .v4
-            .as_ref()
-            .map(|s| s.socket.clone())
-            .expect("bound above");
+        // The IPv4 socket, or IPv6-only the IPv6 one: new() made sure of one.
+        let (main_socket, main_v6) = match (&sockets.v4, &sockets.v6) {
+            (Some(s), _) => (s.socket.clone(), false),
+            (None, Some(s)) => (s.socket.clone(), true),
+            (None, None) => {
+                return Err(DatapathError::Unsupported(
+                    "the wireguard backend has neither an IPv4 nor an IPv6 socket".to_string(),
+                ))
+            }
+        };
         let forwarder = Forwarder {
             tun: Arc::new(device),
-            socket: v4_socket,
-            slot: Slot::for_socket(self.mode, false),
+            socket: main_socket,
+            slot: Slot::for_socket(self.mode, main_v6),
             sockets: sockets.clone(),
             table: self.table.clone(),
             peers: self.peers.clone(),
@@ -313,7 +336,7 @@ impl WireguardBackend {
             .flatten()
             .map(|s| s.socket.clone())
             .collect();
-        tracing::info!(tun = %self.tun_name, mtu = self.mtu, batched = self.batched, offloads = ?offloads, addr = %subnet.network(), route = %self.network, addr6 = ?subnet6.map(|s| s.network()), route6 = ?self.network6, bind = %bind, port6 = self.public_ipv6.map(|_| self.port6), mode = self.mode.as_str(), "wireguard backend up");
+        tracing::info!(tun = %self.tun_name, mtu = self.mtu, batched = self.batched, offloads = ?offloads, addr = ?subnet.map(|s| s.network()), route = ?self.network, addr6 = ?subnet6.map(|s| s.network()), route6 = ?self.network6, bind = %bind, port6 = self.public_ipv6.map(|_| self.port6), mode = self.mode.as_str(), "wireguard backend up");
         Ok(Running {
             tun_index: link.index,
             threads,
@@ -351,6 +374,10 @@ impl Backend for WireguardBackend {
     }
 
     fn forward_underlay(&self) -> Underlay {
+        if self.network.is_none() {
+            // IPv6-only (Mode separate): the IPv6 sessions, via PublicIPv6.
+            return Underlay::PerFamily;
+        }
         match self.mode {
             // The IPv6 sessions run over IPv6: IPv6 subnets via PublicIPv6.
             WireguardMode::Separate => Underlay::PerFamily,
@@ -360,6 +387,9 @@ impl Backend for WireguardBackend {
     }
 
     fn lease_data(&self) -> Option<RawJson> {
+        // flannel's newSubnetAttrs writes BackendData only with IPv4 enabled
+        // (pkg/backend/wireguard/wireguard.go:84-86).
+        self.network?;
         Some(
             LeaseData {
                 public_key: self.identity.public.to_bytes(),
@@ -396,7 +426,14 @@ impl Backend for WireguardBackend {
             )));
         }
         let subnet6 = lease.key.ipv6.filter(|_| self.network6.is_some());
-        let running = self.start(lease.key.ipv4, subnet6).await?;
+        if self.network.is_some() && lease.key.ipv4.is_none() {
+            return Err(DatapathError::Unsupported(format!(
+                "the network config enables IPv4, but the lease {} has no IPv4 subnet",
+                lease.key
+            )));
+        }
+        let subnet = lease.key.ipv4.filter(|_| self.network.is_some());
+        let running = self.start(subnet, subnet6).await?;
         self.running = Some((lease.key, running));
         Ok(())
     }

@@ -85,7 +85,7 @@ impl LabWorld {
             let lease = report
                 .status
                 .filter(|s| s.state == NodeState::Running)
-                .and_then(|s| s.lease.map(|l| l.subnet));
+                .and_then(|s| s.lease.and_then(|l| l.subnet));
             match lease {
                 Some(subnet) => held.push((subnet, report.name)),
                 None => return failed(format!("{} holds no lease", report.name)),
@@ -109,7 +109,7 @@ impl LabWorld {
             .lease
             .as_ref()
             .filter(|_| status.state == NodeState::Running)
-            .map(|l| l.subnet);
+            .and_then(|l| l.subnet);
         let ok = match want {
             SubnetExpect::Any => held.is_some(),
             SubnetExpect::None => held.is_none(),
@@ -144,7 +144,7 @@ impl LabWorld {
             let Some(status) = report.status.filter(|s| s.state == NodeState::Running) else {
                 continue;
             };
-            let own = status.lease.as_ref().map(|l| l.subnet);
+            let own = status.lease.as_ref().and_then(|l| l.subnet);
             let want: BTreeSet<Ipv4Net> = leases
                 .iter()
                 .map(|(_, subnet)| *subnet)

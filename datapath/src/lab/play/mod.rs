@@ -149,7 +149,8 @@ impl ScenarioWorld for LabWorld {
                     report.name,
                     s.lease
                         .as_ref()
-                        .map_or_else(String::new, |l| l.subnet.to_string()),
+                        .and_then(|l| l.subnet)
+                        .map_or_else(String::new, |s| s.to_string()),
                     s.routes.len()
                 ),
                 Some(s) => format!("end   {}: {}", report.name, s.state.as_str()),
@@ -194,7 +195,8 @@ impl LabWorld {
             Step::Start { node, .. } | Step::Restart { node, .. } => {
                 // What it held in the run that ended, for `holds = "previous"`.
                 let last = self.status(node).ok().and_then(|s| s.last_lease);
-                self.previous.insert(node.clone(), last.map(|l| l.subnet));
+                self.previous
+                    .insert(node.clone(), last.and_then(|l| l.subnet));
                 let running = &mut self.running;
                 let result = running
                     .start(node)
