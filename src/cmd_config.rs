@@ -54,7 +54,7 @@ pub fn describe(config: &NetworkConfig) -> String {
         let mark = if kind == config.backend.kind { "*" } else { "" };
         // The backend's own `MTU` option replaces the underlay's, as in flannel.
         let mtu = if kind == config.backend.kind {
-            config.mtu(TYPICAL_UNDERLAY_MTU)
+            config.container_mtu(TYPICAL_UNDERLAY_MTU)
         } else {
             TYPICAL_UNDERLAY_MTU - kind.overhead()
         };

@@ -623,15 +623,18 @@ fn ipv4_routes_via_peers(net: &Underlay, i: usize) -> Vec<String> {
 }
 
 /// What every IPv6-only test checks on each host: no IPv4 lines in its subnet.env (the
-/// daemon wrote them), flannel's lease at flannel's key (the empty IPv4 net first),
-/// `value(i)` byte for byte, and no IPv4 route to a peer.
-fn assert_ipv6_only_hosts(net: &Underlay, etcd: &Etcd, value: impl Fn(usize) -> String) {
+/// daemon wrote them), its `FLANNEL_MTU` the `mtu` of the device that carries the
+/// overlay over the IPv6 underlay (so that containers never send what it cannot carry),
+/// flannel's lease at flannel's key (the empty IPv4 net first), `value(i)` byte for
+/// byte, and no IPv4 route to a peer.
+fn assert_ipv6_only_hosts(net: &Underlay, etcd: &Etcd, mtu: u32, value: impl Fn(usize) -> String) {
     for i in 1..=3 {
         let env = std::fs::read_to_string(&net.hosts[i - 1].env).unwrap();
         assert!(
             env.starts_with("FLANNEL_IPV6_NETWORK=fc00::/48\nFLANNEL_IPV6_SUBNET=")
                 && !env.contains("FLANNEL_NETWORK")
-                && !env.contains("FLANNEL_SUBNET"),
+                && !env.contains("FLANNEL_SUBNET")
+                && env.contains(&format!("\nFLANNEL_MTU={mtu}\n")),
             "h{i}: {env}"
         );
         let key = net.lease_key6(i);
@@ -656,7 +659,7 @@ fn host_gw_ipv6_only_three_hosts_mesh_leases_and_routes_via_public_ipv6() {
     assert_mesh_ipv6(&net, &[1, 2, 3]);
     // flannel's host-gw lease without IPv4: PublicIP keeps its zero value
     // (pkg/backend/hostgw/hostgw.go:64-88).
-    assert_ipv6_only_hosts(&net, &etcd, |i| {
+    assert_ipv6_only_hosts(&net, &etcd, 1500, |i| {
         format!(
             r#"{{"PublicIP":"0.0.0.0","PublicIPv6":"2001:db8:1::{i}","BackendType":"host-gw"}}"#
         )
@@ -688,7 +691,7 @@ fn vxlan_ipv6_only_three_hosts_second_device_alone_mesh_and_leases() {
     let mac6 = |p: usize| format!("0e:01:00:00:00:0{p}");
     // flannel's vxlan lease without IPv4: no BackendData, the second device's
     // BackendV6Data (pkg/backend/vxlan/vxlan.go:92-120).
-    assert_ipv6_only_hosts(&net, &etcd, |i| {
+    assert_ipv6_only_hosts(&net, &etcd, 1430, |i| {
         format!(
             r#"{{"PublicIP":"0.0.0.0","PublicIPv6":"2001:db8:1::{i}","BackendType":"vxlan","BackendV6Data":{{"VNI":1,"VtepMAC":"{}"}}}}"#,
             mac6(i)
@@ -753,7 +756,7 @@ fn udp_ipv6_only_three_hosts_mesh_over_the_ipv6_underlay() {
     let net = three_hosts_v6_only("o8", &etcd, &ipv6_only("udp"));
     assert_mesh_ipv6(&net, &[1, 2, 3]);
     // weft's udp lease (flannel's udp writes PublicIP alone; it has no IPv6).
-    assert_ipv6_only_hosts(&net, &etcd, |i| {
+    assert_ipv6_only_hosts(&net, &etcd, 1452, |i| {
         format!(r#"{{"PublicIP":"0.0.0.0","PublicIPv6":"2001:db8:1::{i}"}}"#)
     });
     for i in 1..=3 {
@@ -812,7 +815,7 @@ fn wireguard_ipv6_only_separate_three_hosts_mesh_and_leases() {
     assert_mesh_ipv6(&net, &[1, 2, 3]);
     // flannel's wireguard lease without IPv4: no BackendData, BackendV6Data with the
     // key and ListenPortV6 (pkg/backend/wireguard/wireguard.go:76-96).
-    assert_ipv6_only_hosts(&net, &etcd, |i| {
+    assert_ipv6_only_hosts(&net, &etcd, 1420, |i| {
         format!(
             r#"{{"PublicIP":"0.0.0.0","PublicIPv6":"2001:db8:1::{i}","BackendType":"wireguard","BackendV6Data":{{"PublicKey":"{}","Port":51821}}}}"#,
             wg_pubkey_of(&net, i)

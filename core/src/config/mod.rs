@@ -337,4 +337,18 @@ impl NetworkConfig {
             .unwrap_or(underlay_mtu);
         underlay.saturating_sub(self.backend.kind.overhead())
     }
+
+    /// The MTU containers get (`FLANNEL_MTU`): [`NetworkConfig::mtu`], less the 20 bytes
+    /// an IPv6 header takes beyond an IPv4 one when the network is IPv6 only and its udp
+    /// or vxlan backend carries it over the IPv6 underlay (their devices are 20 bytes
+    /// smaller there). flannel's vxlan writes the IPv4 figure in that case, which its
+    /// IPv6 device cannot carry; wireguard's overhead counts an IPv6 header already.
+    pub fn container_mtu(&self, underlay_mtu: u32) -> u32 {
+        let ipv6_only = self.ipv4_space().is_none() && self.ipv6_space().is_some();
+        let extra = match self.backend.kind {
+            BackendType::Udp | BackendType::Vxlan if ipv6_only => 20,
+            _ => 0,
+        };
+        self.mtu(underlay_mtu).saturating_sub(extra)
+    }
 }

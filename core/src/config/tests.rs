@@ -762,3 +762,29 @@ fn a_network_with_host_bits_is_truncated_with_a_warning() {
     );
     assert!(parse(r#"{"Network":"10.5.0.0/16"}"#).warnings.is_empty());
 }
+
+/// `FLANNEL_MTU` on an IPv6-only network is what its device carries over the IPv6
+/// underlay: 20 bytes less for udp and vxlan, as their devices are; wireguard's 80 bytes
+/// count an IPv6 header already; host-gw adds no header. Dual stack keeps IPv4's figure.
+#[test]
+fn containers_on_an_ipv6_only_network_get_the_ipv6_devices_mtu() {
+    let v6_only = |backend: &str| {
+        NetworkConfig::parse(&format!(
+            r#"{{"EnableIPv4":false,"EnableIPv6":true,"IPv6Network":"fc00::/48","Backend":{{"Type":"{backend}"}}}}"#
+        ))
+        .unwrap()
+    };
+    let got: Vec<_> = ["udp", "vxlan", "wireguard", "host-gw"]
+        .iter()
+        .map(|b| (v6_only(b).mtu(1500), v6_only(b).container_mtu(1500)))
+        .collect();
+    assert_eq!(
+        got,
+        [(1472, 1452), (1450, 1430), (1420, 1420), (1500, 1500)]
+    );
+    let dual = NetworkConfig::parse(
+        r#"{"Network":"10.5.0.0/16","EnableIPv6":true,"IPv6Network":"fc00::/48","Backend":{"Type":"vxlan"}}"#,
+    )
+    .unwrap();
+    assert_eq!(dual.container_mtu(1500), 1450);
+}

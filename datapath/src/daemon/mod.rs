@@ -264,9 +264,10 @@ async fn start_and_run(
     };
     let underlay_mtu = external.as_ref().map_or(1500, |e| e.link.mtu);
     let mtu = config.mtu(underlay_mtu);
+    let container_mtu = config.container_mtu(underlay_mtu);
     status.send_modify(|s| {
         s.public_ip = Some(public_ip);
-        s.mtu = Some(mtu);
+        s.mtu = Some(container_mtu);
     });
 
     let backend = crate::backend::create(BackendSetup {
@@ -299,7 +300,7 @@ async fn start_and_run(
         iface = ?external.as_ref().map(|e| &e.link.name),
         network = ?config.network,
         backend = kind.as_str(),
-        mtu,
+        mtu = container_mtu,
         previous = ?previous.map(|k| k.to_string()),
         "starting"
     );
@@ -309,7 +310,7 @@ async fn start_and_run(
         path: setup.subnet_file.clone(),
         network: config.network,
         ipv6_network: config.ipv6_network,
-        mtu,
+        mtu: container_mtu,
         ip_masq: setup.firewall.ip_masq,
     };
     let firewall = Firewall::new(setup.netns.clone(), firewall_settings(&setup), config);
