@@ -155,7 +155,7 @@ fuzz_target!(|input: Input| {
     );
 
     // The node's lease table takes whatever came.
-    let mut table = LeaseTable::new(PREFIX).within("10.5.0.0/16".parse().expect("net"), None);
+    let mut table = LeaseTable::new(PREFIX).within(Some("10.5.0.0/16".parse().expect("net")), None);
     let _ = table.replace(&Listing {
         entries: Vec::new(),
         revision: input.next.saturating_sub(1),

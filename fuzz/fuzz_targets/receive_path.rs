@@ -262,10 +262,12 @@ impl Case {
 
 /// The subnets of a lease with the public address each is reached at.
 fn nets_of(lease: &Lease) -> Vec<(IpNet, Option<IpAddr>)> {
-    let mut nets = vec![(
-        IpNet::V4(lease.key.ipv4),
-        Some(IpAddr::V4(lease.attrs.public_ip)),
-    )];
+    let mut nets: Vec<_> = lease
+        .key
+        .ipv4
+        .map(|v4| (IpNet::V4(v4), Some(IpAddr::V4(lease.attrs.public_ip))))
+        .into_iter()
+        .collect();
     if let Some(v6) = lease.key.ipv6 {
         nets.push((IpNet::V6(v6), lease.attrs.public_ipv6.map(IpAddr::V6)));
     }
@@ -401,14 +403,14 @@ fuzz_target!(|input: Input| {
     assert_eq!(
         table.own(),
         (
-            own.map(|k| IpNet::V4(k.ipv4)),
+            own.and_then(|k| k.ipv4.map(IpNet::V4)),
             own.and_then(|k| k.ipv6.map(IpNet::V6))
         ),
         "the table's own subnets are the node's lease"
     );
     let is_own = |a: IpAddr| {
         own.is_some_and(|k| match a {
-            IpAddr::V4(a) => k.ipv4.contains(&a),
+            IpAddr::V4(a) => k.ipv4.is_some_and(|n| n.contains(&a)),
             IpAddr::V6(a) => k.ipv6.is_some_and(|n| n.contains(&a)),
         })
     };
@@ -463,7 +465,7 @@ fuzz_target!(|input: Input| {
                         if *v6 {
                             k.ipv6.map(IpNet::V6)
                         } else {
-                            Some(IpNet::V4(k.ipv4))
+                            k.ipv4.map(IpNet::V4)
                         }
                     });
                     match a {
