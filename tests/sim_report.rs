@@ -30,7 +30,9 @@ fn a_report_renders_in_chromium_with_a_timeline_per_run() {
     assert!(out.status.success(), "{out:?}");
     let page = std::fs::read_to_string(&html).unwrap();
     assert_eq!(page.matches("<svg").count(), 2, "one timeline per run");
-    for want in ["outage", "10.5.0.240/28", "b,c -&gt; store", "passed"] {
+    // 10.5.0.48/28: a subnet the chaos scenario's nodes lease (its snapshot,
+    // tests/snapshots/sim_scenarios__chaos.snap, shows which).
+    for want in ["outage", "10.5.0.48/28", "b,c -&gt; store", "passed"] {
         assert!(page.contains(want), "the report lacks {want}");
     }
     assert_eq!(
