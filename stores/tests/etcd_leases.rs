@@ -60,8 +60,17 @@ async fn a_hundred_renewals_leave_exactly_one_etcd_lease() {
     ));
     // The stale renewal's lease is revoked in the background; the lost race's is kept
     // for the next write (see the test after this one).
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    assert_eq!(store.live_leases().await.expect("leases").len(), 2);
+    // In the background: wait for it (at most 5 s; 500 ms was too short with the other
+    // tests of this file running beside it).
+    let mut live = 0;
+    for _ in 0..50 {
+        live = store.live_leases().await.expect("leases").len();
+        if live == 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(live, 2);
     store
         .create(OTHER, &value, Some(DAY))
         .await

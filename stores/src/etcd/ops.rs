@@ -19,7 +19,9 @@ use weft_core::store::validate::{check_key, check_ttl};
 /// Keys per page of a listing: well under etcd's and gRPC's message size limits.
 const PAGE: i64 = 1_000;
 /// How long the listing a lost create fetched stands in for the next listing of its
-/// prefix: the node lists again at once, so this only bounds how stale it may be.
+/// prefix: the node lists again at once, so this only bounds how stale it may be. Any
+/// write through this store drops it first; another client's write in that window is
+/// missing from it, as from a listing whose answer took that long.
 pub(super) const STASH_FRESH: Duration = Duration::from_secs(1);
 /// Grants retried after an ID collision before giving up.
 const GRANT_ATTEMPTS: u32 = 8;
@@ -343,6 +345,8 @@ impl EtcdStore {
         ttl: Option<Duration>,
     ) -> Result<Entry, StoreError> {
         check_key(key)?;
+        // A write of ours makes a listing a lost create left stale.
+        self.stash(None);
         check_ttl(ttl)?;
         let lease = match ttl {
             Some(ttl) => Some(self.lease_for(ttl).await?),
@@ -476,6 +480,8 @@ impl EtcdStore {
         ttl: Option<Duration>,
     ) -> Result<Entry, StoreError> {
         check_key(key)?;
+        // A write of ours makes a listing a lost create left stale.
+        self.stash(None);
         check_ttl(ttl)?;
         let mut granted: Option<(i64, Timestamp)> = None;
         let result = self
@@ -574,6 +580,8 @@ impl EtcdStore {
 
     pub(super) async fn put_entry(&self, key: &str, value: &[u8]) -> Result<Entry, StoreError> {
         check_key(key)?;
+        // A write of ours makes a listing a lost create left stale.
+        self.stash(None);
         let (k, v) = (key.as_bytes().to_vec(), value.to_vec());
         let resp = self
             .call(|mut c| {
@@ -600,6 +608,8 @@ impl EtcdStore {
 
     pub(super) async fn delete_entry(&self, key: &str) -> Result<bool, StoreError> {
         check_key(key)?;
+        // A write of ours makes a listing a lost create left stale.
+        self.stash(None);
         let k = key.as_bytes().to_vec();
         let resp = self
             .call(|mut c| {
