@@ -381,6 +381,12 @@ fn flannel_datagrams_are_delivered_and_hostile_ones_are_dropped_and_counted() {
     let from_n1 = in_ns(&lab.ns("n1"), || UdpSocket::bind("192.0.2.11:0").unwrap());
     let mut buf = [0u8; 2048];
 
+    // The counters as they stand before it, so that `before` below is read only once
+    // the datagram's own TUN write is counted: the status is a snapshot, and a snapshot
+    // taken before that write was published counted it in `after` (CI: 5 vs 4).
+    let start = lab
+        .wait_status("n2", "counters", |s| s.packets.contains_key("tun_tx"))
+        .packets["tun_tx"];
     // A hand-built flannel datagram: the inner packet, as is, to port 8285.
     from_n1
         .send_to(&ipv4_udp(c1, c2, 64, 9999, b"flannel"), n2)
@@ -389,8 +395,8 @@ fn flannel_datagrams_are_delivered_and_hostile_ones_are_dropped_and_counted() {
         .recv_from(&mut buf)
         .expect("the flannel datagram reaches n2-c1");
     assert_eq!(&buf[..n], b"flannel");
-    let before = lab.wait_status("n2", "counters", |s| {
-        s.packets.get("tun_tx").copied() >= Some(1)
+    let before = lab.wait_status("n2", "the flannel datagram counted", |s| {
+        s.packets.get("tun_tx").copied() >= Some(start + 1)
     });
 
     // Hostile: garbage, a truncated packet, a spoofed inner source (n3's subnet, sent by
